@@ -1,0 +1,55 @@
+"""The `provision` command: global options and the list of commands.
+
+Every command module exposes `register(app)`. Modules here are imported at start-up, so they stay
+light: torch, transformers, modelscope, docker and huggingface_hub are imported inside the
+functions that need them, never at module level.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+
+from provision import __version__
+from provision.cli import gpus, profiles
+from provision.cli.output import use_json
+
+# One example per command, shown under `provision --help` (the single place they are listed).
+EXAMPLES = [
+    ("check", "provision check qwen2.5-vl-7b --gpu 'RTX 4090' --task lora"),
+    ("profiles", "provision profiles show gemma-3-12b-it"),
+    ("gpus", "provision gpus"),
+]
+
+app = typer.Typer(
+    name="provision",
+    help="Make a GPU machine ready to run or fine-tune a multimodal LLM, reproducibly.",
+    epilog="Examples:\n\n" + "\n\n".join(f"  {cmd}: {ex}" for cmd, ex in EXAMPLES),
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    rich_markup_mode=None,
+)
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"provision {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _global(
+    json_output: Annotated[
+        bool, typer.Option("--json", help="Print results as JSON (any command that reports).")
+    ] = False,
+    version: Annotated[
+        bool, typer.Option("--version", callback=_version, is_eager=True, help="Show the version.")
+    ] = False,
+) -> None:
+    use_json(json_output)
+
+
+for module in (profiles, gpus):
+    module.register(app)

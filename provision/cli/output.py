@@ -1,0 +1,47 @@
+"""Printing results: rich for people, JSON (`--json`) for scripts. Commands call `emit`."""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Callable
+from typing import Annotated, Any
+
+import typer
+
+_STATE = {"json": False}
+
+# `--json` works before the command (global) and after it (each reporting command's own flag).
+JsonFlag = Annotated[bool, typer.Option("--json", help="Print the result as JSON.")]
+
+
+def use_json(local: bool = False) -> bool:
+    if local:
+        _STATE["json"] = True
+    return _STATE["json"]
+
+
+def console(stderr: bool = False) -> Any:
+    from rich.console import Console  # rich is imported only when something is printed
+
+    return Console(stderr=stderr, highlight=False)
+
+
+def emit(payload: Any, render: Callable[[Any], None], as_json: bool = False) -> None:
+    """Print `payload` as JSON (objects with to_json() are converted) or through `render`."""
+    if use_json(as_json):
+        sys.stdout.write(json.dumps(to_jsonable(payload), indent=2) + "\n")
+    else:
+        render(console())
+
+
+def to_jsonable(value: Any) -> Any:
+    if hasattr(value, "to_json"):
+        return value.to_json()
+    if isinstance(value, dict):
+        return {str(k): to_jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [to_jsonable(v) for v in value]
+    if hasattr(value, "__fspath__"):
+        return str(value)
+    return value

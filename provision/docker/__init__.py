@@ -1,0 +1,1 @@
+"""Dockerfile rendering and image builds through the docker SDK."""

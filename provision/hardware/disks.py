@@ -1,0 +1,131 @@
+"""Where big files should go: candidate data directories and their free space.
+
+Rented GPU boxes have a small system disk and a big data disk (AutoDL: /root/autodl-tmp); weights,
+caches and environments belong on the big one.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+from provision.errors import ProvisionError
+
+AUTODL_DATA = Path("/root/autodl-tmp")
+# File systems that never hold a user's data disk.
+_PSEUDO_FS = {
+    "proc", "sysfs", "devtmpfs", "devpts", "tmpfs", "cgroup", "cgroup2", "overlay", "squashfs",
+    "securityfs", "debugfs", "tracefs", "mqueue", "hugetlbfs", "pstore", "bpf", "autofs",
+    "configfs", "fusectl", "binfmt_misc", "nsfs", "ramfs", "rpc_pipefs", "efivarfs", "shm",
+}  # fmt: skip
+_SYSTEM_MOUNTS = (
+    "/",
+    "/boot",
+    "/boot/efi",
+    "/etc",
+    "/usr",
+    "/var",
+    "/snap",
+    "/run",
+    "/dev",
+    "/proc",
+    "/sys",
+)
+
+
+@dataclass(frozen=True)
+class DataDir:
+    path: Path  # where provision puts its caches and environments
+    free: int  # bytes free on that file system
+    total: int
+    reason: str  # why it is a candidate
+
+    def to_json(self) -> dict[str, object]:
+        return {
+            "path": str(self.path),
+            "free": self.free,
+            "total": self.total,
+            "reason": self.reason,
+        }
+
+
+def _usage(path: Path) -> tuple[int, int] | None:
+    probe = path
+    while not probe.exists():  # a folder not made yet: measure the disk it would be on
+        if probe.parent == probe:
+            return None
+        probe = probe.parent
+    try:
+        usage = shutil.disk_usage(probe)
+    except OSError:
+        return None
+    return usage.free, usage.total
+
+
+def _mounted_volumes(mounts_file: str = "/proc/mounts") -> list[Path]:
+    try:
+        lines = Path(mounts_file).read_text().splitlines()
+    except OSError:
+        return []
+    found = []
+    for line in lines:
+        parts = line.split()
+        if len(parts) < 3:
+            continue
+        mount_point = parts[1].replace("\\040", " ")
+        fs_type = parts[2]
+        if fs_type in _PSEUDO_FS or mount_point in _SYSTEM_MOUNTS:
+            continue
+        if mount_point.startswith(("/proc", "/sys", "/dev", "/run", "/boot", "/snap", "/var/lib")):
+            continue
+        found.append(Path(mount_point))
+    return found
+
+
+def candidate_data_dirs(mounts_file: str = "/proc/mounts") -> list[DataDir]:
+    """Candidates in preference order: PROVISION_DATA_DIR, AutoDL's data disk, /data, volumes, home."""
+    seen: set[Path] = set()
+    out: list[DataDir] = []
+
+    def add(path: Path, reason: str) -> None:
+        path = path.expanduser()
+        if path in seen:
+            return
+        usage = _usage(path)
+        if usage is None:
+            return
+        seen.add(path)
+        out.append(DataDir(path=path, free=usage[0], total=usage[1], reason=reason))
+
+    env = os.environ.get("PROVISION_DATA_DIR")
+    if env:
+        add(Path(env), "PROVISION_DATA_DIR")
+    if AUTODL_DATA.is_dir():
+        add(AUTODL_DATA, "AutoDL data disk")
+    if Path("/data").is_dir():
+        add(Path("/data/provision"), "/data volume")
+    for mount in _mounted_volumes(mounts_file):
+        if mount in (AUTODL_DATA, Path("/data")) or mount == Path.home():
+            continue
+        add(mount / "provision", f"mounted volume {mount}")
+    add(Path.home() / ".cache" / "provision", "home directory")
+    return out
+
+
+def choose_data_dir(mounts_file: str = "/proc/mounts") -> DataDir:
+    """PROVISION_DATA_DIR when set; AutoDL's data disk when present; else the roomiest candidate."""
+    candidates = candidate_data_dirs(mounts_file)
+    if not candidates:
+        raise ProvisionError(
+            "No usable data directory found.", "Set PROVISION_DATA_DIR to a folder on a big disk."
+        )
+    first = candidates[0]
+    if first.reason in ("PROVISION_DATA_DIR", "AutoDL data disk"):
+        return first
+    return max(candidates, key=lambda d: d.free)
+
+
+def is_autodl() -> bool:
+    return AUTODL_DATA.is_dir()

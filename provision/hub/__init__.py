@@ -1,0 +1,1 @@
+"""Weight sources (Hugging Face, mirrors, ModelScope, a local folder) and the downloader."""

@@ -1,0 +1,1 @@
+"""Resolution through uv, the pylock.toml lockfile and its [tool.provision] table."""

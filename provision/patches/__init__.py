@@ -1,0 +1,1 @@
+"""Known library fixes: one module each, plus the apply/revert/status machinery."""

@@ -1,0 +1,404 @@
+"""Model profiles: one TOML file per model saying what it is, what it needs, and how to prove it runs.
+
+Built-in profiles live in `profiles/` (package data); users add their own with `--profiles-dir` or
+`PROVISION_PROFILES_DIR` (a user profile with a built-in's name takes its place). Loading
+validates every key: an unknown key, a wrong type or a missing field is one message naming the
+file, the key and the reason.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from provision.errors import ProvisionError
+from provision.resources import builtin_dir
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover - exercised on 3.10 only
+    import tomli as tomllib
+
+TASKS = ("infer", "lora", "qlora", "full")
+DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
+STACKS = ("transformers", "vllm", "lmdeploy", "ms-swift", "xtuner", "llava", "peft")
+NAME_RE = re.compile(r"^[a-z0-9][a-z0-9._-]*$")
+
+
+class ProfileError(ProvisionError):
+    """A profile file that cannot be used: names the file, the key and the reason."""
+
+    def __init__(self, path: Path | str, key: str | None, reason: str) -> None:
+        where = f"{path}" + (f": key '{key}'" if key else "")
+        super().__init__(
+            f"Bad profile {where}: {reason}",
+            "Fix the file (see `provision profiles show qwen2-vl-2b` for a complete example).",
+        )
+        self.path = str(path)
+        self.key = key
+        self.reason = reason
+
+
+# --- the schema, as data -------------------------------------------------------------------
+# Each entry: key -> (python type(s), required?, help). Nested tables are dicts of the same.
+# `int` accepts TOML integers only; `float` accepts integers too.
+_STR = (str,)
+_INT = (int,)
+_NUM = (int, float)
+_BOOL = (bool,)
+_STRLIST = (list, str)  # a list of strings
+
+SOURCE_SCHEMA = {
+    "huggingface": (_STR, True, "Hugging Face repo id, e.g. Qwen/Qwen2.5-VL-7B-Instruct"),
+    "modelscope": (_STR, False, "ModelScope repo id"),
+    "revision": (_STR, False, "a pinned revision (branch, tag or 40-hex commit)"),
+    "gated": (_BOOL, True, "the hub asks for an accepted license and a token"),
+    "license": (_STR, False, "license name"),
+    "trust_remote_code": (_BOOL, False, "the model's code lives in its repository"),
+    "note": (_STR, False, "free text"),
+}
+PARAMS_SCHEMA = {
+    "total": (_INT, True, "all parameters"),
+    "vision": (_INT, True, "vision encoder + projector parameters"),
+    "language": (_INT, True, "language model parameters incl. embeddings and lm_head"),
+    "source": (_STR, True, "where the numbers come from"),
+}
+WEIGHTS_SCHEMA = {
+    "dtype": (_STR, True, "stored dtype: bfloat16, float16 or float32"),
+    "bytes": (_INT, True, "bytes of the stored weights (sum of the checkpoint's tensors)"),
+    "format": (_STR, False, "safetensors or pytorch"),
+    "download_bytes": (_INT, False, "bytes a full download takes, if not `bytes`"),
+    "source": (_STR, True, "where the numbers come from"),
+}
+TEXT_SCHEMA = {
+    "layers": (_INT, True, "decoder layers"),
+    "hidden": (_INT, True, "hidden size"),
+    "intermediate": (_INT, True, "MLP intermediate size"),
+    "heads": (_INT, True, "attention heads"),
+    "kv_heads": (_INT, True, "key/value heads"),
+    "head_dim": (_INT, True, "head dimension"),
+    "vocab": (_INT, True, "vocabulary size"),
+    "max_context": (_INT, True, "longest context the model is meant to use"),
+    "tie_word_embeddings": (_BOOL, True, "lm_head shares the embedding matrix"),
+    "sliding_window": (_INT, False, "tokens a sliding-window layer keeps"),
+    "global_layers": (_INT, False, "layers with full attention when others slide"),
+    "cross_attention_layers": (_INT, False, "layers that attend to image states (no text KV)"),
+    "source": (_STR, True, "where the numbers come from"),
+}
+IMAGE_SCHEMA = {
+    "tokens": (_INT, True, "tokens one image costs at the default resolution"),
+    "max_tokens": (_INT, False, "tokens one image can cost at the processor's maximum"),
+    "in_text_sequence": (_BOOL, False, "image tokens sit in the text sequence (false: cross-attn)"),
+    "encoder_tokens_per_image_token": (_INT, False, "vision-encoder patches per LLM image token"),
+    "encoder_hidden": (_INT, False, "vision encoder hidden size"),
+    "encoder_layers": (_INT, False, "vision encoder layers"),
+    "encoder_attention_bytes": (
+        _INT,
+        False,
+        "bytes per patch pair the encoder's attention holds at once (a dense mask); 0 if linear",
+    ),
+    "rule": (_STR, False, "how the count follows from the resolution"),
+    "source": (_STR, True, "where the numbers come from"),
+}
+TASK_SCHEMA = {
+    "stack": (_STR, True, f"one of {', '.join(STACKS)}"),
+    "packages": (_STRLIST, True, "requirements, exact pins for torch, transformers and the stack"),
+    "zero": (_INT, False, "DeepSpeed ZeRO stage the stack uses by default for multi-GPU tuning"),
+    "python": (_STR, False, "Python version this task's environment needs, e.g. 3.10"),
+}
+SMOKE_SCHEMA = {
+    "prompt": (_STR, True, "the question asked about the bundled image"),
+    "max_new_tokens": (_INT, False, "answer length"),
+    "model_class": (_STR, False, "transformers Auto class to load with"),
+}
+PROFILE_SCHEMA: dict[str, Any] = {
+    "name": (_STR, True, "profile name: lowercase letters, digits, '.', '-', '_'"),
+    "title": (_STR, True, "display name"),
+    "family": (_STR, True, "model family, for suggesting siblings"),
+    "architecture": (_STR, True, "the checkpoint's architecture class"),
+    "python": (_STR, False, "Python version for the environment (default 3.11)"),
+    "siblings": (_STRLIST, False, "smaller profiles of the same family"),
+    "fixes": (_STRLIST, False, "library fixes this profile needs (see `provision patch status`)"),
+    "source": SOURCE_SCHEMA,
+    "params": PARAMS_SCHEMA,
+    "weights": WEIGHTS_SCHEMA,
+    "text": TEXT_SCHEMA,
+    "image": IMAGE_SCHEMA,
+    "tasks": {task: TASK_SCHEMA for task in TASKS},
+    "smoke": SMOKE_SCHEMA,
+}
+_OPTIONAL_TABLES = {"tasks.qlora", "tasks.full", "tasks.lora"}
+
+
+def _validate(data: dict[str, Any], schema: dict[str, Any], path: Path, prefix: str = "") -> None:
+    for key, value in data.items():
+        dotted = f"{prefix}{key}"
+        if key not in schema:
+            known = ", ".join(sorted(schema))
+            raise ProfileError(path, dotted, f"unknown key (known keys here: {known})")
+        spec = schema[key]
+        if isinstance(spec, dict):
+            if not isinstance(value, dict):
+                raise ProfileError(path, dotted, f"must be a table, got {_tname(value)}")
+            _validate(value, spec, path, dotted + ".")
+            continue
+        types, _required, help_text = spec
+        if types == _STRLIST:
+            if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+                raise ProfileError(path, dotted, f"must be a list of strings ({help_text})")
+        elif not isinstance(value, types) or (bool not in types and isinstance(value, bool)):
+            want = " or ".join(t.__name__ for t in types).replace("str", "string")
+            raise ProfileError(path, dotted, f"must be {want}, got {_tname(value)} ({help_text})")
+    for key, spec in schema.items():
+        dotted = f"{prefix}{key}"
+        if key in data:
+            continue
+        if isinstance(spec, dict):
+            if dotted not in _OPTIONAL_TABLES:
+                raise ProfileError(path, dotted, "missing table")
+        elif spec[1]:
+            raise ProfileError(path, dotted, f"missing ({spec[2]})")
+
+
+def _tname(value: Any) -> str:
+    return {
+        str: "a string",
+        int: "an integer",
+        float: "a number",
+        bool: "a boolean",
+        list: "a list",
+        dict: "a table",
+    }.get(type(value), type(value).__name__)
+
+
+# --- the loaded form ------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class TaskSpec:
+    stack: str
+    packages: tuple[str, ...]
+    zero: int = 0
+    python: str | None = None
+
+
+@dataclass(frozen=True)
+class Profile:
+    name: str
+    title: str
+    family: str
+    architecture: str
+    path: Path
+    builtin: bool
+    data: dict[str, Any] = field(repr=False, compare=False)
+
+    # Convenience views over `data`, which stays the single source of truth.
+    @property
+    def hf_repo(self) -> str:
+        return self.data["source"]["huggingface"]
+
+    @property
+    def modelscope_repo(self) -> str | None:
+        return self.data["source"].get("modelscope")
+
+    @property
+    def revision(self) -> str | None:
+        return self.data["source"].get("revision") or None
+
+    @property
+    def gated(self) -> bool:
+        return self.data["source"]["gated"]
+
+    @property
+    def trust_remote_code(self) -> bool:
+        return self.data["source"].get("trust_remote_code", False)
+
+    @property
+    def python(self) -> str:
+        return self.data.get("python", "3.11")
+
+    @property
+    def params(self) -> dict[str, Any]:
+        return self.data["params"]
+
+    @property
+    def weights(self) -> dict[str, Any]:
+        return self.data["weights"]
+
+    @property
+    def text(self) -> dict[str, Any]:
+        return self.data["text"]
+
+    @property
+    def image(self) -> dict[str, Any]:
+        return self.data["image"]
+
+    @property
+    def smoke(self) -> dict[str, Any]:
+        return self.data["smoke"]
+
+    @property
+    def fixes(self) -> tuple[str, ...]:
+        return tuple(self.data.get("fixes", ()))
+
+    @property
+    def siblings(self) -> tuple[str, ...]:
+        return tuple(self.data.get("siblings", ()))
+
+    @property
+    def download_bytes(self) -> int:
+        return self.weights.get("download_bytes", self.weights["bytes"])
+
+    def task(self, task: str) -> TaskSpec:
+        """The packages and stack for `task`; qlora falls back to lora plus bitsandbytes."""
+        tasks = self.data["tasks"]
+        if task in tasks:
+            spec = tasks[task]
+            return TaskSpec(
+                stack=spec["stack"],
+                packages=tuple(spec["packages"]),
+                zero=spec.get("zero", 0),
+                python=spec.get("python"),
+            )
+        if task == "qlora" and "lora" in tasks:
+            lora = self.task("lora")
+            extra = (
+                ()
+                if any(_req_name(p) == "bitsandbytes" for p in lora.packages)
+                else ("bitsandbytes",)
+            )
+            return TaskSpec(lora.stack, lora.packages + extra, lora.zero, lora.python)
+        raise ProvisionError(
+            f"Profile {self.name} has no packages for the task '{task}'.",
+            f"Tasks it has: {', '.join(self.tasks)}. Add a [tasks.{task}] table to {self.path}.",
+        )
+
+    @property
+    def tasks(self) -> tuple[str, ...]:
+        names = [t for t in TASKS if t in self.data["tasks"]]
+        if "qlora" not in names and "lora" in names:
+            names.insert(names.index("lora") + 1, "qlora")
+        return tuple(names)
+
+    def content_hash(self) -> str:
+        """sha256 of the profile file's bytes: what a lock was made from."""
+        return hashlib.sha256(self.path.read_bytes()).hexdigest()
+
+
+def _req_name(requirement: str) -> str:
+    return re.split(r"[<>=!~\[;@ ]", requirement.strip(), maxsplit=1)[0].lower().replace("_", "-")
+
+
+def _check_semantics(data: dict[str, Any], path: Path) -> None:
+    """What the type check cannot see: names, known dtypes and stacks, consistent numbers."""
+    name = data["name"]
+    if not NAME_RE.match(name):
+        raise ProfileError(
+            path, "name", f"{name!r} must be lowercase letters, digits, '.', '-', '_'"
+        )
+    if path.stem != name:
+        raise ProfileError(path, "name", f"{name!r} must match the file name ({path.stem}.toml)")
+    dtype = data["weights"]["dtype"]
+    if dtype not in DTYPE_BYTES:
+        raise ProfileError(path, "weights.dtype", f"{dtype!r} is not one of {sorted(DTYPE_BYTES)}")
+    params = data["params"]
+    if params["vision"] + params["language"] > params["total"] * 1.01:
+        raise ProfileError(path, "params", "vision + language exceed total by more than 1%")
+    text = data["text"]
+    for key in ("layers", "hidden", "heads", "kv_heads", "head_dim", "vocab", "max_context"):
+        if text[key] <= 0:
+            raise ProfileError(path, f"text.{key}", "must be positive")
+    if text["heads"] % text["kv_heads"]:
+        raise ProfileError(path, "text.kv_heads", "must divide text.heads")
+    if "infer" not in data["tasks"]:
+        raise ProfileError(path, "tasks.infer", "missing table (every profile can at least infer)")
+    for task, spec in data["tasks"].items():
+        if spec["stack"] not in STACKS:
+            raise ProfileError(
+                path, f"tasks.{task}.stack", f"{spec['stack']!r} is not one of {', '.join(STACKS)}"
+            )
+        names = {_req_name(p) for p in spec["packages"]}
+        for needed in ("torch", "transformers"):
+            pins = [p for p in spec["packages"] if _req_name(p) == needed]
+            if needed not in names or not any("==" in p for p in pins):
+                raise ProfileError(
+                    path,
+                    f"tasks.{task}.packages",
+                    f"needs an exact pin for {needed} (e.g. {needed}==X.Y.Z)",
+                )
+    source = data["source"]
+    if "/" not in source["huggingface"]:
+        raise ProfileError(path, "source.huggingface", "must look like org/name")
+
+
+def load_profile_file(path: Path, builtin: bool = False) -> Profile:
+    try:
+        raw = path.read_bytes()
+    except OSError as exc:
+        raise ProfileError(path, None, f"cannot be read ({exc.strerror})") from exc
+    try:
+        data = tomllib.loads(raw.decode("utf-8"))
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raise ProfileError(path, None, f"is not valid TOML ({exc})") from exc
+    _validate(data, PROFILE_SCHEMA, path)
+    _check_semantics(data, path)
+    return Profile(
+        name=data["name"],
+        title=data["title"],
+        family=data["family"],
+        architecture=data["architecture"],
+        path=path,
+        builtin=builtin,
+        data=data,
+    )
+
+
+def profile_dirs(profiles_dir: str | os.PathLike[str] | None = None) -> list[tuple[Path, bool]]:
+    """Search order: the user's folder (flag, then PROVISION_PROFILES_DIR), then the built-ins."""
+    dirs: list[tuple[Path, bool]] = []
+    user = profiles_dir or os.environ.get("PROVISION_PROFILES_DIR")
+    if user:
+        user_path = Path(user).expanduser()
+        if not user_path.is_dir():
+            raise ProvisionError(
+                f"Profiles folder {user_path} does not exist.",
+                "Pass an existing folder with --profiles-dir or PROVISION_PROFILES_DIR.",
+            )
+        dirs.append((user_path, False))
+    dirs.append((builtin_dir("profiles"), True))
+    return dirs
+
+
+def _profile_files(profiles_dir: str | os.PathLike[str] | None) -> dict[str, tuple[Path, bool]]:
+    found: dict[str, tuple[Path, bool]] = {}
+    for directory, builtin in reversed(profile_dirs(profiles_dir)):  # user entries win
+        for path in sorted(directory.glob("*.toml")):
+            found[path.stem] = (path, builtin)
+    return found
+
+
+def list_profiles(profiles_dir: str | os.PathLike[str] | None = None) -> list[Profile]:
+    return [load_profile_file(p, b) for p, b in _profile_files(profiles_dir).values()]
+
+
+def load_profile(name: str, profiles_dir: str | os.PathLike[str] | None = None) -> Profile:
+    """A profile by name, or by path to a .toml file."""
+    if name.endswith(".toml") and Path(name).is_file():
+        return load_profile_file(Path(name))
+    files = _profile_files(profiles_dir)
+    if name in files:
+        path, builtin = files[name]
+        return load_profile_file(path, builtin)
+    import difflib
+
+    close = difflib.get_close_matches(name, list(files), n=3, cutoff=0.5)
+    hint = f"Did you mean: {', '.join(close)}? " if close else ""
+    raise ProvisionError(
+        f"Unknown profile '{name}'.",
+        f"{hint}`provision profiles` lists the {len(files)} profiles it knows.",
+    )

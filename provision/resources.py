@@ -1,0 +1,20 @@
+"""Where the built-in tables live: inside the package in a wheel, at the repository top in a checkout."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+PACKAGE_DIR = Path(__file__).resolve().parent
+REPO_DIR = PACKAGE_DIR.parent
+
+
+def builtin_dir(name: str) -> Path:
+    """`profiles`, `directions` or `lockfiles`: the wheel's copy, else the source checkout's folder."""
+    packaged = PACKAGE_DIR / "_builtin" / name
+    if packaged.is_dir():
+        return packaged
+    return REPO_DIR / name
+
+
+def data_file(name: str) -> Path:
+    return PACKAGE_DIR / "data" / name

@@ -1,0 +1,1 @@
+"""The smoke inference: a script run by the target environment's own Python."""
