@@ -59,7 +59,7 @@ def _fsync_dir(directory: Path) -> None:
 
 @contextlib.contextmanager
 def file_lock(path: str | os.PathLike[str], timeout: float = -1) -> Iterator[None]:
-    """An inter-process lock on `path` (created if missing); waits up to `timeout` s (-1: forever)."""
+    """An inter-process lock on `path` (created if missing); waits `timeout` s (-1: forever)."""
     from filelock import FileLock  # light, but only the commands that share state need it
 
     Path(path).parent.mkdir(parents=True, exist_ok=True)

@@ -1,4 +1,4 @@
-"""Model profiles: one TOML file per model saying what it is, what it needs, and how to prove it runs.
+"""Model profiles: one TOML file per model: what it is, what it needs, how to prove it runs.
 
 Built-in profiles live in `profiles/` (package data); users add their own with `--profiles-dir` or
 `PROVISION_PROFILES_DIR` (a user profile with a built-in's name takes its place). Loading

@@ -1,4 +1,4 @@
-"""Where the built-in tables live: inside the package in a wheel, at the repository top in a checkout."""
+"""Where the built-in tables live: in the package (a wheel) or at the repository top (checkout)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ REPO_DIR = PACKAGE_DIR.parent
 
 
 def builtin_dir(name: str) -> Path:
-    """`profiles`, `directions` or `lockfiles`: the wheel's copy, else the source checkout's folder."""
+    """`profiles`, `directions` or `lockfiles`: the wheel's copy, else the checkout's folder."""
     packaged = PACKAGE_DIR / "_builtin" / name
     if packaged.is_dir():
         return packaged

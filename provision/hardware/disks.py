@@ -85,7 +85,7 @@ def _mounted_volumes(mounts_file: str = "/proc/mounts") -> list[Path]:
 
 
 def candidate_data_dirs(mounts_file: str = "/proc/mounts") -> list[DataDir]:
-    """Candidates in preference order: PROVISION_DATA_DIR, AutoDL's data disk, /data, volumes, home."""
+    """Candidates, preferred first: PROVISION_DATA_DIR, AutoDL's data disk, /data, volumes, home."""
     seen: set[Path] = set()
     out: list[DataDir] = []
 

@@ -1,4 +1,4 @@
-"""Probe this machine's NVIDIA GPUs: NVML first, then nvidia-smi, then the driver's /proc and /sys files.
+"""Probe this machine's NVIDIA GPUs: NVML, then nvidia-smi, then the driver's /proc and /sys files.
 
 No GPU is a normal answer (a Machine with no GPUs), never an error. Each probe returns None when its
 way of looking is not available, so the next one gets a turn.
@@ -6,6 +6,7 @@ way of looking is not available, so the next one gets a turn.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import shutil
@@ -56,10 +57,8 @@ def probe_nvml() -> Machine | None:
             )
         return Machine(gpus=gpus, driver_version=driver, cuda_version=cuda, source="nvml")
     finally:
-        try:
+        with contextlib.suppress(pynvml.NVMLError):
             pynvml.nvmlShutdown()
-        except pynvml.NVMLError:
-            pass
 
 
 def _text(value: bytes | str) -> str:

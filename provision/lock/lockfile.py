@@ -27,7 +27,7 @@ LOCK_DIR_ENV = "PROVISION_LOCK_DIR"
 
 
 def lock_name(profile_name: str) -> str:
-    """PEP 751 names are `pylock.<name>.toml` where <name> has no dots: qwen2.5-vl-7b -> qwen2_5-vl-7b."""
+    """PEP 751 lock names have no dots: `pylock.<name>.toml`, so qwen2.5-vl-7b -> qwen2_5-vl-7b."""
     return re.sub(r"[^A-Za-z0-9_-]", "_", profile_name)
 
 
