@@ -12,7 +12,7 @@ from typing import Annotated
 import typer
 
 from provision import __version__
-from provision.cli import gpus, profiles
+from provision.cli import check, gpus, profiles
 from provision.cli.output import use_json
 
 # One example per command, shown under `provision --help` (the single place they are listed).
@@ -51,5 +51,5 @@ def _global(
     use_json(json_output)
 
 
-for module in (profiles, gpus):
+for module in (check, profiles, gpus):
     module.register(app)

@@ -98,8 +98,9 @@ def lookup(name: str) -> CatalogueGpu:
     )
 
 
-_COUNT = re.compile(r"^(?P<name>.+?)\s*[x*×]\s*(?P<count>[0-9]+)\s*$", re.IGNORECASE)
-_COUNT_PREFIX = re.compile(r"^(?P<count>[0-9]+)\s*[x*×]\s*(?P<name>.+)$", re.IGNORECASE)
+# A count is one or two digits after/before an x: "A100-80GB x2", "2x RTX 4090" (never "RTX 4090").
+_COUNT = re.compile(r"^(?P<name>.+?)\s*[x*×]\s*(?P<count>[0-9]{1,2})\s*$", re.IGNORECASE)
+_COUNT_PREFIX = re.compile(r"^(?P<count>[0-9]{1,2})\s*[x*×]\s+(?P<name>.+)$", re.IGNORECASE)
 
 
 def parse_gpu_spec(spec: str) -> tuple[str, int]:
@@ -124,7 +125,6 @@ def target_machine(
         return None
     if gpus is not None and gpus < 1:
         raise ProvisionError(f"--gpus {gpus} must be at least 1.")
-    notes = []
     if gpu is not None:
         name, count = parse_gpu_spec(gpu)
         if gpus is not None:
@@ -132,8 +132,6 @@ def target_machine(
         entry = lookup(name)
         memory = parse_size(gpu_mem, "--gpu-mem") if gpu_mem else entry.memory_total
         cc = parse_cc(compute_capability) if compute_capability else entry.compute_capability
-        if entry.note:
-            notes.append(f"{entry.name}: {entry.note}")
         label = entry.name
     elif gpu_mem is not None:
         count = gpus or 1
@@ -155,5 +153,4 @@ def target_machine(
         cuda_version=cuda_for_driver(driver),
         source="target",
         planned=True,
-        notes=notes,
     )

@@ -1,0 +1,85 @@
+"""`provision check`: this machine (or a planned one) against what a profile needs for a task."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Any
+
+from provision.fit import FitRequest, FitResult, check_fit
+from provision.hardware.disks import DataDir, choose_data_dir
+from provision.hardware.machine import Machine
+from provision.profiles import Profile, load_profile
+
+
+@dataclass
+class DiskCheck:
+    data_dir: DataDir | None
+    need: int  # bytes the weights take on disk
+    enough: bool
+    note: str
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "data_dir": None if self.data_dir is None else self.data_dir.to_json(),
+            "need_bytes": self.need,
+            "enough": self.enough,
+            "note": self.note,
+        }
+
+
+@dataclass
+class CheckReport:
+    profile: Profile
+    machine: Machine
+    fit: FitResult
+    disk: DiskCheck
+
+    @property
+    def ok(self) -> bool:
+        # A planned target is judged on its GPUs; this machine also needs room for the weights.
+        return self.fit.fits and (self.machine.planned or self.disk.enough)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "profile": self.profile.name,
+            "model": self.profile.hf_repo,
+            "machine": self.machine.to_json(),
+            "fit": self.fit.to_json(),
+            "disk": self.disk.to_json(),
+            "ok": self.ok,
+        }
+
+
+def check_disk(profile: Profile) -> DiskCheck:
+    need = profile.download_bytes
+    try:
+        data_dir = choose_data_dir()
+    except Exception as exc:  # noqa: BLE001 - a disk we cannot read is reported, not fatal
+        return DiskCheck(None, need, False, str(exc))
+    # Weights plus a margin: a download keeps one partial file beside the finished ones.
+    enough = data_dir.free >= need * 1.05
+    note = f"{data_dir.path} ({data_dir.reason})"
+    return DiskCheck(data_dir, need, enough, note)
+
+
+def run_check(
+    profile_name: str,
+    request: FitRequest,
+    machine: Machine | None = None,
+    profiles_dir: str | os.PathLike[str] | None = None,
+) -> CheckReport:
+    """Load the profile, probe this machine unless a planned one is given, and judge the fit."""
+    from provision.profiles import list_profiles
+
+    profile = load_profile(profile_name, profiles_dir)
+    if machine is None:
+        from provision.hardware.probe import probe_machine
+
+        machine = probe_machine()
+    siblings = []
+    if profile.siblings:
+        known = {p.name: p for p in list_profiles(profiles_dir)}
+        siblings = [known[name] for name in profile.siblings if name in known]
+    fit = check_fit(profile, request, machine, siblings)
+    return CheckReport(profile=profile, machine=machine, fit=fit, disk=check_disk(profile))

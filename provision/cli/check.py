@@ -1,0 +1,154 @@
+"""`provision check PROFILE`: does the model fit this machine (or a planned one) for a task?"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+import typer
+
+from provision.cli.output import JsonFlag, emit
+from provision.cli.profiles import ProfilesDir
+from provision.errors import EXIT_FAILED
+
+# Planning-target options, shared with `lock` and `direction check`.
+GpuOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--gpu",
+        help="Plan for a GPU you do not have: 'RTX 4090', 'A100-80GB x2' (see `provision gpus`).",
+    ),
+]
+GpuMemOpt = Annotated[
+    str | None, typer.Option("--gpu-mem", help="Plan for a GPU with this memory, e.g. 24GiB.")
+]
+GpusOpt = Annotated[int | None, typer.Option("--gpus", help="Number of GPUs in the plan.")]
+DriverOpt = Annotated[
+    str | None, typer.Option("--driver", help="NVIDIA driver version of the planned machine.")
+]
+
+
+def planned_machine(gpu: str | None, gpu_mem: str | None, gpus: int | None, driver: str | None):  # noqa: ANN201
+    from provision.hardware.catalogue import target_machine
+
+    return target_machine(gpu=gpu, gpu_mem=gpu_mem, gpus=gpus, driver=driver)
+
+
+def check(
+    profile: Annotated[str, typer.Argument(help="Profile name, e.g. qwen2.5-vl-7b.")],
+    task: Annotated[str, typer.Option(help="infer, lora, qlora or full.")] = "infer",
+    quant: Annotated[
+        str | None, typer.Option(help="bf16, fp16, fp8, int8 or int4 (default bf16; qlora int4).")
+    ] = None,
+    batch: Annotated[int, typer.Option(help="Samples per GPU per step.")] = 1,
+    seq: Annotated[
+        int | None, typer.Option(help="Tokens per sample, image tokens included (default by task).")
+    ] = None,
+    images: Annotated[int, typer.Option(help="Images per sample.")] = 1,
+    image_tokens: Annotated[
+        int | None, typer.Option(help="Tokens per image (default: the profile's resolution).")
+    ] = None,
+    context: Annotated[
+        int | None,
+        typer.Option(help="Serving engines: tokens of KV cache reserved (default: model context)."),
+    ] = None,
+    stack: Annotated[
+        str | None,
+        typer.Option(help="transformers, vllm, lmdeploy, ms-swift... (default: profile)"),
+    ] = None,
+    zero: Annotated[int | None, typer.Option(help="DeepSpeed ZeRO stage for tuning.")] = None,
+    gradient_checkpointing: Annotated[
+        bool, typer.Option("--gradient-checkpointing/--no-gradient-checkpointing")
+    ] = True,
+    gpu: GpuOpt = None,
+    gpu_mem: GpuMemOpt = None,
+    gpus: GpusOpt = None,
+    driver: DriverOpt = None,
+    profiles_dir: ProfilesDir = None,
+    json_output: JsonFlag = False,
+) -> None:
+    """Check GPUs, memory and disk against what PROFILE needs; exit 1 if it does not fit."""
+    from provision.check import run_check
+    from provision.fit import FitRequest
+
+    request = FitRequest(
+        task=task,
+        quant=quant,
+        batch=batch,
+        seq=seq,
+        images=images,
+        image_tokens=image_tokens,
+        gradient_checkpointing=gradient_checkpointing,
+        stack=stack,
+        zero=zero,
+        context=context,
+    )
+    machine = planned_machine(gpu, gpu_mem, gpus, driver)
+    report = run_check(profile, request, machine, profiles_dir)
+    emit(report, lambda con: render(con, report), json_output)
+    if not report.ok:
+        raise typer.Exit(EXIT_FAILED)
+
+
+_STYLE = {"fits": "bold green", "tight": "bold yellow", "does not fit": "bold red"}
+
+
+def render(con: Any, report: Any) -> None:
+    from rich.table import Table
+
+    fit, machine, profile = report.fit, report.machine, report.profile
+    est, req = fit.estimate, fit.request
+    where = "planned" if machine.planned else f"this machine, read through {machine.source}"
+    if not machine.planned and machine.source == "none":
+        where = "this machine; NVML, nvidia-smi and /proc found no NVIDIA driver"
+    con.print(f"[bold]{profile.title}[/] — {req.task}, {req.quant}, stack {est.stack}")
+    driver = (
+        f", driver {machine.driver_version} (CUDA {machine.cuda_version})"
+        if machine.driver_version
+        else ""
+    )
+    con.print(f"Machine ({where}): {machine.describe()}{driver}")
+    for gpu in machine.gpus[:1]:
+        if gpu.compute_capability:
+            con.print(
+                f"  compute capability {gpu.cc_text}: bf16 {'yes' if gpu.bf16 else 'no'}, "
+                f"FlashAttention-2 {'yes' if gpu.flash_attn2 else 'no'}"
+            )
+    shape = (
+        f"batch {req.batch}, {est.seq} tokens/sample ({req.images} image(s) x {est.image_tokens})"
+    )
+    con.print(f"Requirement: {shape}; {est.strategy}")
+    table = Table(show_header=True, header_style="bold", box=None, pad_edge=False)
+    table.add_column("per GPU")
+    table.add_column("GiB", justify="right")
+    table.add_column("")
+    for comp in est.components:
+        table.add_row(comp.name, f"{comp.bytes / 1024**3:.2f}", comp.detail)
+    table.add_row("[bold]total[/]", f"[bold]{est.per_gpu / 1024**3:.2f}[/]", "")
+    con.print(table)
+    style = _STYLE[fit.verdict]
+    con.print(f"Verdict: [{style}]{fit.verdict}[/] — {fit.reason}")
+    for note in fit.notes + machine.notes:
+        con.print(f"  note: {note}")
+    if fit.suggestions:
+        con.print("What would make it fit:")
+        for i, s in enumerate(fit.suggestions, 1):
+            need = "" if s.need is None else f"  (needs {s.need / 1024**3:.1f} GiB per GPU)"
+            con.print(f"  {i}. {s.text}{need}")
+    disk = report.disk
+    if disk.data_dir is not None:
+        state = "[green]enough room[/]" if disk.enough else "[red]not enough room[/]"
+        con.print(
+            f"Data disk: {disk.note}: {disk.data_dir.free / 1024**3:.1f} GiB free, weights need "
+            f"{disk.need / 1024**3:.1f} GiB — {state}"
+            + (" (this machine; the plan does not depend on it)" if machine.planned else "")
+        )
+    else:
+        con.print(f"Data disk: [red]{disk.note}[/]")
+
+
+def register(app: typer.Typer) -> None:
+    app.command(
+        "check",
+        help="Does a model fit this machine or a planned one?  "
+        "e.g. provision check qwen2.5-vl-7b --gpu 'RTX 4090' --task lora",
+    )(check)
