@@ -1,0 +1,121 @@
+"""The CLI as users meet it: help, light start-up, exit codes, JSON, and `check` end to end."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+from tests.cli_helpers import run_cli, run_json
+
+HEAVY = ("torch", "transformers", "modelscope", "docker", "huggingface_hub")
+
+
+def test_help_lists_every_command_with_an_example():
+    proc = run_cli("--help")
+    assert proc.returncode == 0
+    from provision.cli.app import EXAMPLES, app
+
+    names = {c.name for c in app.registered_commands} | {g.name for g in app.registered_groups}
+    for name in names:
+        assert f"  {name} " in proc.stdout, f"{name} missing from --help"
+    examples = dict(EXAMPLES)
+    assert set(examples) == names, "every command has exactly one example"
+    for example in examples.values():
+        assert example in proc.stdout
+
+
+def test_start_up_imports_nothing_heavy():
+    code = (
+        "import sys, runpy\n"
+        "sys.argv = ['provision', 'check', 'qwen2.5-vl-7b', '--gpu', 'RTX 4090', '--json']\n"
+        "try:\n    runpy.run_module('provision', run_name='__main__')\n"
+        "except SystemExit:\n    pass\n"
+        f"print('HEAVY', [m for m in {HEAVY!r} if m in sys.modules])\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert "HEAVY []" in proc.stdout, proc.stdout[-500:]
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            code.replace("'check', 'qwen2.5-vl-7b', '--gpu', 'RTX 4090', '--json'", "'--help'"),
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert "HEAVY []" in proc.stdout
+
+
+def test_check_on_this_gpu_less_machine_exits_1_with_a_suggestion():
+    proc = run_cli("check", "qwen2.5-vl-7b")
+    if "no NVIDIA GPU" not in proc.stdout:  # on a GPU machine the verdict may differ
+        return
+    assert proc.returncode == 1
+    assert "does not fit" in proc.stdout and "What would make it fit" in proc.stdout
+    assert "--gpu '" in proc.stdout  # a concrete catalogue GPU to plan with
+
+
+def test_check_planned_target_json():
+    rc, report = run_json("check", "qwen2.5-vl-7b", "--gpu", "A100-80GB x2", "--task", "lora")
+    assert rc == 0
+    assert report["machine"]["planned"] and len(report["machine"]["gpus"]) == 2
+    assert report["fit"]["verdict"] == "fits"
+    names = [c["name"] for c in report["fit"]["estimate"]["components"]]
+    assert names[:2] == ["weights", "lora state"]
+
+
+def test_json_flag_after_the_command_too():
+    proc = run_cli("check", "smolvlm-256m", "--gpu", "T4", "--json")
+    assert proc.returncode == 0
+    assert json.loads(proc.stdout)["fit"]["verdict"] == "fits"
+
+
+def test_does_not_fit_exits_1_and_ranks_suggestions():
+    args = ("check", "qwen2.5-vl-7b", "--gpu-mem", "16GiB", "--stack", "transformers")
+    rc, report = run_json(*args)
+    assert rc == 1 and report["fit"]["verdict"] == "does not fit"
+    kinds = [s["kind"] for s in report["fit"]["suggestions"]]
+    order = [kinds.index(k) for k in ("gpus", "quant", "model", "gpu-model")]
+    assert order == sorted(order), kinds
+    for s in report["fit"]["suggestions"]:
+        if s["kind"] != "gpu-model":  # each change alone brings it under the comfortable line
+            assert s["need_gib"] <= 16 * 0.92, s
+
+
+def test_usage_errors_exit_2_with_one_message():
+    cases = [
+        (("check", "nope-model"), "Unknown profile"),
+        (("check", "qwen2.5-vl-7b", "--gpu", "RTX 4009"), "Close names: RTX 4090"),
+        (("check", "qwen2.5-vl-7b", "--gpu-mem", "24 gigs"), "is not a size"),
+        (("check", "qwen2.5-vl-7b", "--gpu-mem", "-3GiB"), "is not a size"),
+        (("check", "qwen2.5-vl-7b", "--task", "pretrain"), "Unknown task"),
+        (("check", "qwen2.5-vl-7b", "--quant", "int3", "--gpu", "L4"), "Unknown --quant"),
+        (("check", "qwen2.5-vl-7b", "--task", "lora", "--quant", "int4", "--gpu", "L4"), "qlora"),
+        (("check", "qwen2.5-vl-7b", "--gpus", "2"), "needs a GPU"),
+    ]
+    for args, message in cases:
+        proc = run_cli(*args)
+        assert proc.returncode == 2, (args, proc.stdout, proc.stderr)
+        assert message in proc.stderr, (args, proc.stderr)
+        assert "Traceback" not in proc.stderr
+
+
+def test_debug_env_shows_the_traceback():
+    proc = run_cli("check", "nope-model", env={"PROVISION_DEBUG": "1"})
+    assert proc.returncode != 0 and "Traceback" in proc.stderr
+
+
+def test_json_error_payload():
+    proc = run_cli("--json", "check", "nope-model")
+    assert proc.returncode == 2
+    assert json.loads(proc.stdout)["error"].startswith("Unknown profile")
+
+
+def test_gpus_catalogue_lists_nvml_names():
+    rc, rows = run_json("gpus")
+    assert rc == 0
+    by_name = {r["name"]: r for r in rows}
+    assert by_name["NVIDIA GeForce RTX 4090"]["memory_mib"] == 24564
+    assert by_name["NVIDIA A100-SXM4-80GB"]["compute_capability"] == "8.0"
