@@ -1,0 +1,132 @@
+"""The two cache layouts weights are placed in, exactly as their own clients lay them out.
+
+Hugging Face (`HF_HOME/hub`, huggingface_hub 2.4 `file_download.py`):
+
+    models--{org}--{name}/blobs/{etag}                      the content (etag: sha256 for LFS)
+    models--{org}--{name}/snapshots/{commit}/{path} -> ../../blobs/{etag}
+    models--{org}--{name}/refs/{revision}                   the commit, as text
+    models--{org}--{name}/trees/{commit}.json               the tree listing (offline checks)
+    .locks/models--{org}--{name}/{etag}.lock                huggingface_hub's own per-blob lock
+
+Taking the same lock file as huggingface_hub means a `from_pretrained` downloading the same blob
+in another process waits for us, and we for it. Our partial file, `blobs/{etag}.provision-partial`,
+keeps its name across runs, which is what lets a killed download resume.
+
+ModelScope (`MODELSCOPE_CACHE`, modelscope-hub `_download.py`):
+
+    models/{org}--{name}/snapshots/{revision}/{path}        plain files
+    .lock/file_{sha256(key)}.lock                           modelscope-hub's per-file lock
+    (partial: {path}.incomplete, which modelscope-hub also resumes with Range)
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import uuid
+from pathlib import Path
+
+from provision.atomic import atomic_write_text
+from provision.hub.listing import RemoteFile
+
+PARTIAL_SUFFIX = ".provision-partial"
+
+
+def _inside(base: Path, path: Path) -> Path:
+    """`path`, after checking it stays under `base` (listing.check_path ran already: twice safe)."""
+    resolved = path.parent.resolve() / path.name  # the file itself may be a symlink to a blob
+    if not resolved.is_relative_to(base.resolve()):
+        raise ValueError(f"{path} is outside {base}")
+    return path
+
+
+class HfCache:
+    def __init__(self, cache: Path, repo_id: str) -> None:
+        self.cache = Path(cache)
+        self.repo_id = repo_id
+        self.folder_name = "models--" + repo_id.replace("/", "--")
+        self.storage = self.cache / self.folder_name
+
+    def blob(self, etag: str) -> Path:
+        return self.storage / "blobs" / etag
+
+    def partial(self, etag: str) -> Path:
+        return self.storage / "blobs" / (etag + PARTIAL_SUFFIX)
+
+    def lock(self, etag: str) -> Path:
+        return self.cache / ".locks" / self.folder_name / f"{etag}.lock"
+
+    def snapshot(self, commit: str) -> Path:
+        return self.storage / "snapshots" / commit
+
+    def pointer(self, commit: str, path: str) -> Path:
+        snapshot = self.snapshot(commit)
+        return _inside(snapshot, snapshot / Path(*path.split("/")))
+
+    def leftovers(self, etag: str) -> list[Path]:
+        """Partial files huggingface_hub left when it was killed (it never resumes them)."""
+        blobs = self.storage / "blobs"
+        return sorted(blobs.glob(f"{etag}.*incomplete")) if blobs.is_dir() else []
+
+    def link(self, commit: str, path: str, etag: str) -> Path:
+        """Point snapshots/{commit}/{path} at the blob, atomically (a relative symlink)."""
+        pointer = self.pointer(commit, path)
+        pointer.parent.mkdir(parents=True, exist_ok=True)
+        target = os.path.relpath(self.blob(etag), pointer.parent)
+        if pointer.is_symlink() and os.readlink(pointer) == target:
+            return pointer
+        tmp = pointer.with_name(f".{pointer.name}.{uuid.uuid4().hex[:8]}.tmp")
+        os.symlink(target, tmp)
+        try:
+            os.replace(tmp, pointer)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                tmp.unlink()
+            raise
+        return pointer
+
+    def write_ref(self, revision: str, commit: str) -> None:
+        if revision == commit:
+            return
+        ref = self.storage / "refs" / revision
+        if ref.is_file() and ref.read_text() == commit:
+            return
+        atomic_write_text(ref, commit)  # huggingface_hub reads it without stripping: no newline
+
+    def write_tree(self, commit: str, files: list[RemoteFile]) -> None:
+        """trees/{commit}.json in huggingface_hub's format: its offline mode then knows whether
+        a snapshot is complete."""
+        entries = {}
+        for f in sorted(files, key=lambda f: f.path):
+            info: dict[str, object] = {"size": f.size, "blob_id": f.blob_id or f.etag}
+            if f.lfs and f.sha256:
+                info["lfs_sha256"] = f.sha256
+                info["lfs_size"] = f.size
+            entries[f.path] = info
+        payload = {"format_version": 1, "files": entries}
+        atomic_write_text(self.storage / "trees" / f"{commit}.json", json.dumps(payload, indent=1))
+
+
+class ModelScopeCache:
+    def __init__(self, cache: Path, repo_id: str) -> None:
+        self.cache = Path(cache)
+        self.repo_id = repo_id
+        self.storage = self.cache / "models" / repo_id.replace("/", "--")
+
+    def snapshot(self, revision: str) -> Path:
+        return self.storage / "snapshots" / revision
+
+    def file(self, revision: str, path: str) -> Path:
+        snapshot = self.snapshot(revision)
+        return _inside(snapshot, snapshot / Path(*path.split("/")))
+
+    def partial(self, revision: str, path: str) -> Path:
+        target = self.file(revision, path)
+        return target.with_name(target.name + ".incomplete")
+
+    def lock(self, path: str) -> Path:
+        """modelscope-hub's own lock for this file (DownloadManager._lock_path, key v2)."""
+        key = "\0".join(("modelscope-hub-download-lock-v2", "file", "model", self.repo_id, path))
+        return self.cache / ".lock" / f"file_{hashlib.sha256(key.encode()).hexdigest()}.lock"

@@ -1,0 +1,528 @@
+"""`download_profile`: a profile's weights, from the source that answers, into the caches, recorded.
+
+The steps: pick the source (`auto` probes them concurrently), list the repository through its
+client, plan what is missing from the cache, check the disk has room, fetch the missing files in
+parallel (resumable, verified, see transfer.py), place them in the client's own cache layout, and
+record the commit and every file's size and sha256 in the profile's lockfile. When a lockfile
+already pins a commit, that commit is what is fetched, and its hashes are what is checked.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from provision.errors import ProvisionError
+from provision.hub.cache import HfCache, ModelScopeCache
+from provision.hub.errors import SourceFailed, disk_full, gated_message
+from provision.hub.listing import (
+    COMMIT_RE,
+    Listing,
+    RemoteFile,
+    hf_listing,
+    hf_token,
+    local_listing,
+    modelscope_listing,
+    modelscope_token,
+    select,
+)
+from provision.hub.progress import Progress, make_progress
+from provision.hub.sources import Choice, Source, auto_candidates, choose_source, parse_source
+from provision.hub.transfer import Fetcher, Job, Outcome, run_jobs
+from provision.profiles import Profile
+
+WORKERS_ENV = "PROVISION_DOWNLOAD_WORKERS"
+DEFAULT_WORKERS = 8
+
+
+@dataclass
+class FileRecord:
+    path: str
+    size: int
+    sha256: str
+
+    def to_json(self) -> dict[str, Any]:
+        return {"path": self.path, "size": self.size, "sha256": self.sha256}
+
+
+@dataclass
+class DownloadResult:
+    profile: str
+    source: Source
+    reason: str  # why this source
+    repo_id: str
+    revision: str
+    commit: str | None
+    files: list[FileRecord]
+    bytes_fetched: int  # came over the network this run (re-fetches included)
+    bytes_reused: int  # already on disk: whole files, and the kept part of partial files
+    files_fetched: int
+    files_reused: int
+    cache_dir: Path  # HF_HUB_CACHE or MODELSCOPE_CACHE
+    snapshot: Path  # the folder holding the files (what from_pretrained reads)
+    lock_file: Path | None = None
+    seconds: float = 0.0
+    probes: list[dict[str, Any]] = field(default_factory=list)
+    fallbacks: list[dict[str, str]] = field(default_factory=list)  # sources that failed first
+    include: list[str] = field(default_factory=list)
+    exclude: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def total_bytes(self) -> int:
+        return sum(f.size for f in self.files)
+
+    def record(self) -> dict[str, Any]:
+        """The lockfile's `[tool.provision.model]`: portable (no local paths), nothing secret."""
+        out: dict[str, Any] = {
+            "source": self.source.name,
+            "repo_id": self.repo_id,
+            "revision": self.revision,
+        }
+        if self.source.kind != "local":
+            out["endpoint"] = self.source.endpoint
+        if self.commit:
+            out["commit"] = self.commit
+        if self.include:
+            out["include"] = list(self.include)
+        if self.exclude:
+            out["exclude"] = list(self.exclude)
+        out["files"] = [f.to_json() for f in self.files]
+        return out
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "profile": self.profile,
+            "source": self.source.name,
+            "endpoint": self.source.endpoint,
+            "kind": self.source.kind,
+            "reason": self.reason,
+            "repo_id": self.repo_id,
+            "revision": self.revision,
+            "commit": self.commit,
+            "files": [f.to_json() for f in self.files],
+            "total_bytes": self.total_bytes,
+            "bytes_fetched": self.bytes_fetched,
+            "bytes_reused": self.bytes_reused,
+            "files_fetched": self.files_fetched,
+            "files_reused": self.files_reused,
+            "cache_dir": str(self.cache_dir),
+            "snapshot": str(self.snapshot),
+            "lock_file": str(self.lock_file) if self.lock_file else None,
+            "seconds": round(self.seconds, 3),
+            "probes": self.probes,
+            "fallbacks": self.fallbacks,
+            "notes": self.notes,
+        }
+
+
+# --- the lock's record ---------------------------------------------------------------------------
+
+
+def model_record(lock_file: Path) -> dict[str, Any] | None:
+    """`[tool.provision.model]` of a lockfile, or None when the file or the section is absent."""
+    from provision.lock.lockfile import read_lock, tool_table
+
+    if not Path(lock_file).exists():
+        return None
+    record = tool_table(read_lock(lock_file)).get("model")
+    return record if isinstance(record, dict) and record.get("repo_id") else None
+
+
+def _kind_of(record: dict[str, Any]) -> str:
+    name = str(record.get("source", ""))
+    if name == "modelscope" or name.startswith("modelscope:"):
+        return "modelscope"
+    return "local" if name == "local" else "hf"
+
+
+def _patterns(value: str | list[str] | tuple[str, ...] | None) -> list[str]:
+    if value is None:
+        return []
+    if isinstance(value, str):
+        value = [value]
+    out = []
+    for item in value:
+        out.extend(p.strip() for p in item.split(",") if p.strip())
+    return out
+
+
+# --- the entry point -----------------------------------------------------------------------------
+
+
+def download_profile(
+    profile: Profile,
+    source: str = "auto",
+    revision: str | None = None,
+    include: str | list[str] | None = None,
+    exclude: str | list[str] | None = None,
+    lock_file: Path | str | None = None,
+    progress: bool = True,
+    *,
+    hf_cache: Path | None = None,
+    ms_cache: Path | None = None,
+    workers: int | None = None,
+    record: bool = True,
+) -> DownloadResult:
+    """Fetch `profile`'s weights into the Hugging Face (or ModelScope) cache and record them.
+
+    `source`: auto, hf, hf-mirror, modelscope, an HF-compatible URL, modelscope:URL, or a folder.
+    The cache is HF_HUB_CACHE / HF_HOME/hub (MODELSCOPE_CACHE for ModelScope), else the data
+    disk's (see provision.settings). The record goes to `lock_file` (default: the profile's lock).
+    """
+    from provision.lock.lockfile import lock_path, set_tool_section
+    from provision.settings import autodl_notes, hf_hub_cache, modelscope_cache
+
+    started = time.monotonic()
+    includes, excludes = _patterns(include), _patterns(exclude)
+    lock = Path(lock_file) if lock_file else lock_path(profile.name)
+    pinned = model_record(lock)
+    if pinned and pinned["repo_id"] not in (profile.hf_repo, profile.modelscope_repo):
+        pinned = None  # the profile moved to another repository: the old pin does not apply
+    repos = {"hf": profile.hf_repo, "modelscope": profile.modelscope_repo, "local": profile.hf_repo}
+    choice: Choice | None = None
+    if source == "auto":
+        candidates = auto_candidates(has_modelscope=bool(profile.modelscope_repo))
+        probe_rev = revision or _pinned_revision(pinned, "hf") or profile.revision
+        choice = choose_source(candidates, repos, probe_rev if probe_rev else None)
+        order, reason = [choice.source], choice.reason
+    else:
+        chosen = parse_source(source)
+        if chosen.kind == "modelscope" and not profile.modelscope_repo:
+            raise ProvisionError(
+                f"Profile {profile.name} names no ModelScope repository.",
+                f"Add source.modelscope to {profile.path}, or use another --source.",
+            )
+        order, reason = [chosen], f"{chosen.name}: chosen with --source"
+
+    plan = _Plan(
+        profile=profile,
+        includes=includes,
+        excludes=excludes,
+        explicit_revision=revision,
+        pinned=pinned,
+        hf_cache=Path(hf_cache) if hf_cache else hf_hub_cache(),
+        ms_cache=Path(ms_cache) if ms_cache else modelscope_cache(),
+        workers=workers or int(os.environ.get(WORKERS_ENV) or DEFAULT_WORKERS),
+        progress=progress,
+    )
+    failures: list[dict[str, str]] = []
+    index = 0
+    while True:
+        current = order[index]
+        try:
+            result = plan.run(current, repos[current.kind] or profile.hf_repo)
+            break
+        except SourceFailed as exc:
+            failures.append({"source": current.name, "error": exc.message})
+            if choice is not None and index + 1 == len(order):
+                order.extend(s for s in choice.fallbacks() if s not in order)
+            if index + 1 >= len(order):
+                if len(failures) == 1:
+                    raise
+                tried = "; ".join(f"{f['source']}: {f['error']}" for f in failures)
+                raise ProvisionError(
+                    f"Every source failed for {profile.name}: {tried}",
+                    "Files already downloaded are kept; run again later or pick --source.",
+                ) from exc
+            index += 1
+    if failures:
+        reason = f"{order[index].name}: took over after " + "; ".join(
+            f"{f['source']} failed ({f['error']})" for f in failures
+        )
+    result.reason = reason
+    result.fallbacks = failures
+    result.probes = [p.to_json() for p in choice.probes] if choice is not None else []
+    result.include, result.exclude = includes, excludes
+    result.notes.extend(autodl_notes())
+    if record:
+        set_tool_section(lock, "model", result.record())
+        result.lock_file = lock
+    result.seconds = time.monotonic() - started
+    return result
+
+
+def _pinned_revision(pinned: dict[str, Any] | None, kind: str) -> str | None:
+    if not pinned or _kind_of(pinned) != kind:
+        return None
+    commit = pinned.get("commit")
+    if isinstance(commit, str) and COMMIT_RE.match(commit):
+        return commit
+    return pinned.get("revision")
+
+
+@dataclass
+class _Plan:
+    profile: Profile
+    includes: list[str]
+    excludes: list[str]
+    explicit_revision: str | None
+    pinned: dict[str, Any] | None
+    hf_cache: Path
+    ms_cache: Path
+    workers: int
+    progress: bool
+
+    def revisions(self, kind: str) -> tuple[str | None, str | None]:
+        """(what to ask the source for, the branch or tag name to record).
+
+        A lock that pins a commit is asked for by commit, and its branch name still gets a
+        refs/ entry, so `from_pretrained(repo_id)` finds the pinned snapshot offline.
+        """
+        if self.explicit_revision:
+            return self.explicit_revision, self.explicit_revision
+        if self.pinned and _kind_of(self.pinned) == kind and kind != "local":
+            name = self.pinned.get("revision")
+            if kind == "hf":
+                return _pinned_revision(self.pinned, kind), name
+            return name, name  # ModelScope snapshots are named by revision, not commit
+        return self.profile.revision, self.profile.revision
+
+    def pinned_hashes(self, kind: str, repo_id: str) -> dict[str, str]:
+        """path -> sha256 the lock expects (same kind of source and repository only)."""
+        if self.explicit_revision or not self.pinned or _kind_of(self.pinned) != kind:
+            return {}
+        if self.pinned.get("repo_id") != repo_id:
+            return {}
+        return {f["path"]: f["sha256"] for f in self.pinned.get("files", []) if "sha256" in f}
+
+    def run(self, source: Source, repo_id: str) -> DownloadResult:
+        if source.kind == "modelscope":
+            return self._modelscope(source, repo_id)
+        return self._huggingface(source, repo_id)
+
+    # --- Hugging Face layout (hub, mirrors, local folders) -------------------------------------
+    def _huggingface(self, source: Source, repo_id: str) -> DownloadResult:
+        token = hf_token() if source.kind == "hf" else None
+        ask, name = self.revisions(source.kind)
+        if source.kind == "local":
+            listing = local_listing(source, repo_id, ask)
+        else:
+            listing = hf_listing(source, repo_id, ask, token)
+        if name and name != listing.revision:
+            listing.revision = name
+            if listing.gated and token is None:
+                raise gated_message(repo_id, source.license_page(repo_id), False)
+        assert listing.commit is not None
+        commit = listing.commit
+        files = select(listing, self.includes, self.excludes)
+        cache = HfCache(self.hf_cache, repo_id)
+        for f in files:
+            cache.pointer(commit, f.path)  # refuses a path that resolves outside the snapshot
+        self._check_pins(source.kind, repo_id, {f.path: f.sha256 for f in files if f.sha256})
+
+        reused: dict[str, str] = {}  # path -> sha256 of files already in the cache
+        jobs: list[Job] = []
+        for f in files:
+            blob = cache.blob(f.etag)
+            if blob.exists() and blob.stat().st_size == f.size:
+                reused[f.path] = f.sha256 if f.lfs and f.sha256 else _sha256(blob)
+                cache.link(commit, f.path, f.etag)
+                continue
+            jobs.append(
+                Job(
+                    path=f.path,
+                    size=f.size,
+                    target=blob,
+                    partial=cache.partial(f.etag),
+                    lock=cache.lock(f.etag),
+                    sha256=f.sha256,
+                    git_oid=None if f.lfs else f.blob_id,
+                    url=_resolve_url(source, repo_id, commit, f.path),
+                    origin=f.origin,
+                    leftovers=tuple(cache.leftovers(f.etag)),
+                )
+            )
+        # One job per blob: two paths with the same content share it.
+        unique = list({job.target: job for job in jobs}.values())
+
+        def still_needed(job: Job) -> bool:
+            return not (job.target.exists() and job.target.stat().st_size == job.size)
+
+        def placed(outcome: Outcome) -> None:
+            for f in files:
+                if cache.blob(f.etag) == outcome.job.target:
+                    cache.link(commit, f.path, f.etag)
+
+        headers = {"Authorization": f"Bearer {token}"} if token else {}
+        blobs = cache.storage / "blobs"
+        outcomes = self._fetch(source, repo_id, unique, headers, files, still_needed, placed, blobs)
+        hashes = dict(reused)
+        for outcome in outcomes:
+            for f in files:
+                if cache.blob(f.etag) == outcome.job.target:
+                    hashes[f.path] = outcome.sha256 or _sha256(outcome.job.target)
+        for f in files:  # same blob as another path in this run
+            if f.path not in hashes:
+                hashes[f.path] = f.sha256 if f.lfs and f.sha256 else _sha256(cache.blob(f.etag))
+        self._check_pins(source.kind, repo_id, hashes)
+        cache.write_ref(listing.revision, commit)
+        cache.write_tree(commit, listing.files)
+        snapshot = cache.snapshot(commit)
+        return self._result(source, listing, files, hashes, outcomes, self.hf_cache, snapshot)
+
+    # --- ModelScope layout ---------------------------------------------------------------------
+    def _modelscope(self, source: Source, repo_id: str) -> DownloadResult:
+        revision = self.revisions("modelscope")[0] or "master"
+        listing = modelscope_listing(source, repo_id, revision)
+        files = select(listing, self.includes, self.excludes)
+        cache = ModelScopeCache(self.ms_cache, repo_id)
+        for f in files:
+            cache.file(revision, f.path)
+        self._check_pins("modelscope", repo_id, {f.path: f.sha256 for f in files if f.sha256})
+        reused: dict[str, str] = {}
+        jobs = []
+
+        def still_needed(job: Job) -> bool:
+            return not _verified(job.target, job.size, job.sha256)
+
+        for f in files:
+            target = cache.file(revision, f.path)
+            if _verified(target, f.size, f.sha256):
+                reused[f.path] = f.sha256 or _sha256(target)
+                continue
+            jobs.append(
+                Job(
+                    path=f.path,
+                    size=f.size,
+                    target=target,
+                    partial=cache.partial(revision, f.path),
+                    lock=cache.lock(f.path),
+                    sha256=f.sha256,
+                    url=_modelscope_url(source, repo_id, revision, f.path),
+                )
+            )
+        token = modelscope_token()
+        headers = {"Cookie": f"m_session_id={token}"} if token else {}
+        snapshot = cache.snapshot(revision)
+        outcomes = self._fetch(source, repo_id, jobs, headers, files, still_needed, None, snapshot)
+        hashes = dict(reused)
+        for outcome in outcomes:
+            hashes[outcome.job.path] = outcome.sha256 or _sha256(outcome.job.target)
+        self._check_pins("modelscope", repo_id, hashes)
+        return self._result(source, listing, files, hashes, outcomes, self.ms_cache, snapshot)
+
+    # --- shared ----------------------------------------------------------------------------------
+    def _fetch(
+        self,
+        source: Source,
+        repo_id: str,
+        jobs: list[Job],
+        headers: dict[str, str],
+        files: list[RemoteFile],
+        still_needed: Any,
+        placed: Any,
+        where: Path,
+    ) -> list[Outcome]:
+        total = sum(f.size for f in files)
+        have = sum(j.partial.stat().st_size for j in jobs if j.partial.exists())
+        need = sum(j.size for j in jobs) - have
+        _check_space(where, need, repo_id)
+        display: Progress = make_progress(self.progress and bool(jobs))
+        client = None
+        if any(j.url for j in jobs):
+            from provision.hub.sources import http_client
+
+            client = http_client()
+        fetcher = Fetcher(
+            client,
+            headers,
+            display,
+            describe=f"{source.name}" if source.name == source.endpoint else source.name,
+            repo_id=repo_id,
+            gated_page=source.license_page(repo_id),
+            hub="modelscope" if source.kind == "modelscope" else "huggingface",
+        )
+        display.start(f"{repo_id} from {source.name}", total, total - need)
+        try:
+            return run_jobs(fetcher, jobs, self.workers, still_needed, placed)
+        finally:
+            display.stop()
+            if client is not None:
+                client.close()
+
+    def _check_pins(self, kind: str, repo_id: str, hashes: dict[str, str | None]) -> None:
+        expected = self.pinned_hashes(kind, repo_id)
+        wrong = [p for p, sha in hashes.items() if sha and p in expected and expected[p] != sha]
+        if wrong:
+            raise ProvisionError(
+                f"{repo_id}: {', '.join(wrong[:5])} differ from the hashes the lockfile records "
+                f"for commit {self.pinned.get('commit') if self.pinned else '?'}.",
+                "The source serves other content than was locked. Use the source named in the "
+                "lock, or pass --revision to fetch and record a new revision on purpose.",
+            )
+
+    def _result(
+        self,
+        source: Source,
+        listing: Listing,
+        files: list[RemoteFile],
+        hashes: dict[str, str],
+        outcomes: list[Outcome],
+        cache_dir: Path,
+        snapshot: Path,
+    ) -> DownloadResult:
+        fetched_paths = {o.job.path for o in outcomes if not o.placed_by_other}
+        reused_bytes = sum(f.size for f in files if f.path not in fetched_paths)
+        reused_bytes += sum(o.resumed for o in outcomes)
+        return DownloadResult(
+            profile=self.profile.name,
+            source=source,
+            reason="",
+            repo_id=listing.repo_id,
+            revision=listing.revision,
+            commit=listing.commit,
+            files=[FileRecord(f.path, f.size, hashes[f.path]) for f in files],
+            bytes_fetched=sum(o.fetched for o in outcomes),
+            bytes_reused=reused_bytes,
+            files_fetched=len(fetched_paths),
+            files_reused=len(files) - len(fetched_paths),
+            cache_dir=cache_dir,
+            snapshot=snapshot,
+        )
+
+
+def _resolve_url(source: Source, repo_id: str, commit: str, path: str) -> str | None:
+    if source.kind != "hf":
+        return None
+    from urllib.parse import quote
+
+    return f"{source.endpoint}/{repo_id}/resolve/{commit}/{quote(path)}"
+
+
+def _modelscope_url(source: Source, repo_id: str, revision: str, path: str) -> str:
+    from urllib.parse import quote_plus
+
+    return (
+        f"{source.endpoint}/api/v1/models/{repo_id}/repo"
+        f"?Revision={quote_plus(revision)}&FilePath={quote_plus(path)}"
+    )
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        while block := handle.read(8 * 1024 * 1024):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _verified(path: Path, size: int, sha256: str | None) -> bool:
+    """A plain cached file (ModelScope's layout is named by path, not content) checked in full."""
+    if not path.is_file() or path.stat().st_size != size:
+        return False
+    return sha256 is None or _sha256(path) == sha256
+
+
+def _check_space(where: Path, need: int, repo_id: str) -> None:
+    probe = where
+    while not probe.exists() and probe.parent != probe:
+        probe = probe.parent
+    free = shutil.disk_usage(probe).free
+    if need > free:
+        raise disk_full(str(probe), need, free, repo_id)

@@ -1,0 +1,332 @@
+"""What a repository holds at a revision, asked through the real clients.
+
+Hugging Face: `HfApi.model_info` resolves the revision to a commit, `HfApi.list_repo_tree` gives
+each file's size, git blob id and, for LFS files, the sha256. ModelScope: `HubApi.list_repo_files`
+gives sizes and sha256. A local folder is read and hashed. Client errors become one message each.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fnmatch
+import hashlib
+import os
+import re
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from provision import __version__
+from provision.errors import ProvisionError
+from provision.hub.errors import SourceFailed, gated_message, unsafe_path
+from provision.hub.sources import Source
+
+COMMIT_RE = re.compile(r"^[0-9a-f]{40}$")
+SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
+
+
+@dataclass(frozen=True)
+class RemoteFile:
+    path: str  # '/'-separated path in the repository
+    size: int
+    sha256: str | None = None  # LFS sha256 (Hugging Face), Sha256 (ModelScope), hashed (local)
+    blob_id: str | None = None  # git blob sha1 (Hugging Face files kept in plain git)
+    lfs: bool = False
+    origin: Path | None = None  # a local source's file
+
+    @property
+    def etag(self) -> str:
+        """The name of the file's blob in the Hugging Face cache: sha256 for LFS, else git's id."""
+        name = self.sha256 if self.lfs else self.blob_id
+        if not name:
+            raise ValueError(f"{self.path}: no hash to name its blob by")
+        return name
+
+
+@dataclass
+class Listing:
+    source: Source
+    repo_id: str
+    revision: str
+    commit: str | None  # the revision resolved, when the hub tells (always for Hugging Face)
+    files: list[RemoteFile] = field(default_factory=list)
+    gated: bool = False
+
+
+def hf_token() -> str | None:
+    """A Hugging Face token from HF_TOKEN or `hf auth login`'s file; read, never written."""
+    if os.environ.get("HF_TOKEN"):
+        return os.environ["HF_TOKEN"].strip()
+    from huggingface_hub import get_token
+
+    token = get_token()
+    if token:
+        return token
+    # HF_HOME moved to the data disk: a login made before still sits in the default place.
+    legacy = Path.home() / ".cache" / "huggingface" / "token"
+    with contextlib.suppress(OSError):
+        return legacy.read_text().strip() or None
+    return None
+
+
+def modelscope_token() -> str | None:
+    return os.environ.get("MODELSCOPE_API_TOKEN") or None
+
+
+# --- Hugging Face --------------------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def _hf_errors(source: Source, repo_id: str, revision: str, token: str | None) -> Iterator[None]:
+    import httpx2
+    from huggingface_hub.errors import (
+        GatedRepoError,
+        HfHubHTTPError,
+        OfflineModeIsEnabled,
+        RepositoryNotFoundError,
+        RevisionNotFoundError,
+    )
+
+    where = f"{source.name} ({source.endpoint})" if source.name != source.endpoint else source.name
+    try:
+        yield
+    except GatedRepoError as exc:
+        raise gated_message(repo_id, source.license_page(repo_id), token is not None) from exc
+    except RevisionNotFoundError as exc:
+        raise ProvisionError(
+            f"Revision {revision!r} of {repo_id} does not exist on {where}.",
+            "Check source.revision in the profile or --revision (a branch, tag or 40-hex commit); "
+            f"the revisions are listed at {source.page(repo_id)}.",
+        ) from exc
+    except RepositoryNotFoundError as exc:
+        raise ProvisionError(
+            f"Repository {repo_id} was not found on {where}.",
+            "Check source.huggingface in the profile. A private repository also answers like "
+            "this without a token: export HF_TOKEN=... or run `hf auth login`.",
+        ) from exc
+    except OfflineModeIsEnabled as exc:
+        raise ProvisionError(
+            "HF_HUB_OFFLINE=1 is set, so nothing can be downloaded.",
+            "Unset HF_HUB_OFFLINE for the download (keep it for runs afterwards).",
+        ) from exc
+    except HfHubHTTPError as exc:
+        status = exc.response.status_code if exc.response is not None else None
+        if status is not None and (status >= 500 or status in (408, 429)):
+            raise SourceFailed(f"{where} answered {status} for {repo_id}.") from exc
+        kind = exc.response.headers.get("Content-Type", "?") if exc.response is not None else "?"
+        raise _not_a_hub(source, f"{status} {kind.split(';')[0]}") from exc
+    except (httpx2.TimeoutException, httpx2.TransportError) as exc:
+        raise SourceFailed(
+            f"Cannot reach {where}: {type(exc).__name__}: {exc}",
+            "Check the network or the URL, or pick another --source (auto tries them all).",
+        ) from exc
+    except ValueError as exc:  # a body that is not the JSON a hub sends
+        raise _not_a_hub(source, "an answer that is not hub JSON") from exc
+
+
+def _not_a_hub(source: Source, what: str) -> ProvisionError:
+    return ProvisionError(
+        f"{source.endpoint} does not answer like a Hugging Face hub (it gave {what}).",
+        "Use hf, hf-mirror, modelscope, the base URL of an HF-compatible mirror "
+        "(e.g. https://hf-mirror.com), or a folder.",
+    )
+
+
+def hf_listing(source: Source, repo_id: str, revision: str | None, token: str | None) -> Listing:
+    from huggingface_hub import HfApi
+    from huggingface_hub.hf_api import RepoFile
+
+    revision = revision or "main"
+    api = HfApi(
+        endpoint=source.endpoint,
+        token=token or False,  # False: never fall back to a token of the library's own choosing
+        library_name="provision",
+        library_version=__version__,
+    )
+    with _hf_errors(source, repo_id, revision, token):
+        info = api.model_info(repo_id, revision=revision, timeout=30)
+        commit = info.sha
+        if not commit or not COMMIT_RE.match(commit):
+            raise _not_a_hub(source, "no commit for the revision")
+        files = []
+        for entry in api.list_repo_tree(repo_id, recursive=True, revision=commit):
+            if not isinstance(entry, RepoFile):
+                continue
+            lfs = entry.lfs is not None
+            files.append(
+                RemoteFile(
+                    path=entry.path,
+                    size=entry.lfs.size if entry.lfs is not None else entry.size,
+                    sha256=entry.lfs.sha256 if entry.lfs is not None else None,
+                    blob_id=entry.blob_id,
+                    lfs=lfs,
+                )
+            )
+    return Listing(source, repo_id, revision, commit, files, gated=bool(info.gated))
+
+
+# --- ModelScope ----------------------------------------------------------------------------------
+
+
+def modelscope_listing(source: Source, repo_id: str, revision: str | None) -> Listing:
+    from modelscope_hub import errors as ms_errors
+    from modelscope_hub.api import HubApi
+
+    revision = revision or "master"
+    api = HubApi(endpoint=source.endpoint, token=modelscope_token())
+    page = source.page(repo_id)
+    try:
+        entries = api.list_repo_files(repo_id, "model", revision=revision)
+    except ms_errors.NotExistError as exc:
+        try:
+            api.legacy.get_repo_info(repo_id, "model")
+        except ms_errors.NotExistError:
+            raise ProvisionError(
+                f"Repository {repo_id} was not found on ModelScope ({source.endpoint}).",
+                "Check source.modelscope in the profile, or use another --source.",
+            ) from exc
+        raise ProvisionError(
+            f"Revision {revision!r} of {repo_id} does not exist on ModelScope ({source.endpoint}).",
+            f"Check --revision; the revisions are listed at {page}.",
+        ) from exc
+    except (ms_errors.AuthenticationError, ms_errors.PermissionDeniedError) as exc:
+        raise gated_message(repo_id, page, modelscope_token() is not None, "modelscope") from exc
+    except (ms_errors.NetworkError, ms_errors.ServerError, ms_errors.RequestTimeoutError) as exc:
+        raise SourceFailed(f"ModelScope ({source.endpoint}) failed: {exc}") from exc
+    except (ms_errors.APIError, ValueError) as exc:
+        raise ProvisionError(
+            f"{source.endpoint} does not answer like ModelScope ({exc}).",
+            "Use modelscope, modelscope:URL with a ModelScope-compatible URL, or another source.",
+        ) from exc
+    files = [
+        RemoteFile(path=e.path, size=int(e.size), sha256=(e.sha256 or None), lfs=True)
+        for e in entries
+        if not e.is_dir and e.path
+    ]
+    return Listing(source, repo_id, revision, _modelscope_commit(api, repo_id, revision), files)
+
+
+def _modelscope_commit(api: Any, repo_id: str, revision: str) -> str | None:
+    """The commit a ModelScope branch or tag points at, when the hub says (it may not)."""
+    if COMMIT_RE.match(revision):
+        return revision
+    try:
+        branches, tags = api.legacy.list_revisions_detail(repo_id, "model")
+    except Exception:  # noqa: BLE001 - optional detail; the files are pinned by sha256 anyway
+        return None
+    for entry in [*branches, *tags]:
+        if entry.get("Revision") == revision:
+            commit = entry.get("CommitId") or entry.get("Commit") or entry.get("Sha")
+            if isinstance(commit, str) and COMMIT_RE.match(commit):
+                return commit
+    return None
+
+
+# --- a local folder ------------------------------------------------------------------------------
+
+
+def _hash(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        while block := handle.read(8 * 1024 * 1024):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def local_listing(source: Source, repo_id: str, revision: str | None) -> Listing:
+    """A folder as a source: a Hugging Face cache holding the repo, or the model's files.
+
+    From a cache, the commit is the cache's; a plain folder has none, so its snapshot is named
+    after the content (sha1 over the paths and sha256s), 40 hex digits like a commit.
+    """
+    root = Path(source.endpoint)
+    folder_name = "models--" + repo_id.replace("/", "--")
+    for cache in (root, root / "hub"):
+        storage = cache / folder_name
+        if storage.is_dir():
+            return _from_hf_cache(source, storage, repo_id, revision or "main")
+    folder = root / repo_id if (root / repo_id).is_dir() else root
+    files = []
+    for path in sorted(p for p in folder.rglob("*") if p.is_file()):
+        rel = path.relative_to(folder).as_posix()
+        if rel.startswith(".cache/") or rel.startswith(".git/"):
+            continue
+        files.append(RemoteFile(rel, path.stat().st_size, _hash(path), lfs=True, origin=path))
+    if not files:
+        raise ProvisionError(f"Source folder {folder} holds no files.")
+    digest = hashlib.sha1(b"provision-local")
+    for f in files:
+        digest.update(f"\0{f.path}\0{f.sha256}".encode())
+    return Listing(source, repo_id, revision or "main", digest.hexdigest(), files)
+
+
+def _from_hf_cache(source: Source, storage: Path, repo_id: str, revision: str) -> Listing:
+    commit = revision if COMMIT_RE.match(revision) else None
+    ref = storage / "refs" / revision
+    if commit is None and ref.is_file():
+        commit = ref.read_text().strip()
+    snapshot = storage / "snapshots" / (commit or "")
+    if not commit or not snapshot.is_dir():
+        known = ", ".join(p.name for p in (storage / "refs").glob("*")) or "none"
+        raise ProvisionError(
+            f"The cache at {storage} has no snapshot for revision {revision!r}.",
+            f"Revisions there: {known}.",
+        )
+    files = []
+    for path in sorted(p for p in snapshot.rglob("*") if p.is_file()):
+        rel = path.relative_to(snapshot).as_posix()
+        blob = path.resolve().name
+        sha = blob if SHA256_RE.match(blob) else _hash(path)
+        blob_id = blob if COMMIT_RE.match(blob) else None
+        files.append(
+            RemoteFile(rel, path.stat().st_size, sha, blob_id, lfs=blob_id is None, origin=path)
+        )
+    return Listing(source, repo_id, revision, commit, files)
+
+
+# --- choosing files ------------------------------------------------------------------------------
+
+
+def _matches(path: str, patterns: list[str]) -> bool:
+    return any(fnmatch.fnmatch(path, p + "*" if p.endswith("/") else p) for p in patterns)
+
+
+def select(
+    listing: Listing, include: list[str] | None = None, exclude: list[str] | None = None
+) -> list[RemoteFile]:
+    """The files to fetch: --include globs keep, --exclude globs drop (trailing /: a folder)."""
+    chosen = [
+        f
+        for f in listing.files
+        if (not include or _matches(f.path, include))
+        and not (exclude and _matches(f.path, exclude))
+    ]
+    if not chosen:
+        shown = ", ".join(f.path for f in listing.files[:8])
+        raise ProvisionError(
+            f"No file of {listing.repo_id} matches --include {include or []} "
+            f"--exclude {exclude or []}.",
+            f"The repository has: {shown}{' ...' if len(listing.files) > 8 else ''}",
+        )
+    for f in chosen:
+        check_path(listing.repo_id, f.path)
+    return chosen
+
+
+_DRIVE = re.compile(r"^[A-Za-z]:")
+
+
+def check_path(repo_id: str, path: str) -> str:
+    """Refuse a repository path that could leave the snapshot folder (.., absolute, odd bytes)."""
+    parts = path.split("/")
+    if (
+        not path
+        or path.startswith("/")
+        or "\\" in path
+        or "\0" in path
+        or _DRIVE.match(path)
+        or any(part in ("", ".", "..") for part in parts)
+    ):
+        raise unsafe_path(repo_id, path)
+    return path

@@ -1,0 +1,309 @@
+"""Weight sources: the hub, its mirrors, ModelScope, a local folder; and picking one that answers.
+
+A source is named on the command line (`hf`, `hf-mirror`, `modelscope`, an HF-compatible URL,
+`modelscope:URL`, or a folder). `--source auto` probes the candidates concurrently with a short
+timeout and takes the first one, in preference order, that answers for the repository; the others
+stay in line as fallbacks should a transfer keep failing.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import sys
+import time
+from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import TimeoutError as FutureTimeout
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from provision import __version__
+from provision.errors import ProvisionError
+from provision.resources import data_file
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+SOURCES_ENV = "PROVISION_SOURCES"
+PROBE_TIMEOUT_ENV = "PROVISION_PROBE_TIMEOUT"
+DEFAULT_PROBE_TIMEOUT = 3.0
+USER_AGENT = f"provision/{__version__}"
+
+
+@functools.lru_cache(maxsize=1)
+def source_table() -> dict[str, Any]:
+    """provision/data/hub_sources.toml: known sources, auto order, AutoDL facts."""
+    with data_file("hub_sources.toml").open("rb") as handle:
+        return tomllib.load(handle)
+
+
+@dataclass(frozen=True)
+class Source:
+    """Where weights come from. `kind` says which protocol: hf, modelscope or local."""
+
+    name: str  # what the user typed or the table's name: hf, hf-mirror, modelscope, a URL, a path
+    kind: str
+    endpoint: str  # base URL without a trailing slash; the folder for a local source
+
+    @property
+    def is_default_modelscope(self) -> bool:
+        return self.kind == "modelscope" and self.endpoint == _table_endpoint("modelscope")
+
+    def page(self, repo_id: str) -> str:
+        """The repository's web page on this source (where a gated license is accepted)."""
+        known = source_table()["sources"].get(self.name)
+        if known and "page" in known:
+            return known["page"].format(repo=repo_id)
+        if self.kind == "modelscope":
+            return f"{self.endpoint}/models/{repo_id}"
+        return f"{self.endpoint}/{repo_id}"
+
+    def license_page(self, repo_id: str) -> str:
+        known = source_table()["sources"].get(self.name, {})
+        if "license_page" in known:
+            return known["license_page"].format(repo=repo_id)
+        return self.page(repo_id)
+
+    def to_json(self) -> dict[str, str]:
+        return {"name": self.name, "kind": self.kind, "endpoint": self.endpoint}
+
+
+def _table_endpoint(name: str) -> str:
+    return source_table()["sources"][name]["endpoint"]
+
+
+def _looks_like_path(spec: str) -> bool:
+    return spec.startswith(("/", "./", "../", "~")) or os.sep in spec or Path(spec).is_dir()
+
+
+def parse_source(spec: str) -> Source:
+    """A source from what the user typed; a clear message for anything else."""
+    spec = spec.strip()
+    known = source_table()["sources"]
+    if spec in known:
+        entry = known[spec]
+        endpoint = entry["endpoint"]
+        if spec == "modelscope" and os.environ.get("MODELSCOPE_ENDPOINT"):
+            endpoint = os.environ["MODELSCOPE_ENDPOINT"]  # the user's own ModelScope endpoint
+        return Source(spec, entry["kind"], endpoint.rstrip("/"))
+    if spec.startswith("modelscope:"):
+        url = spec.split(":", 1)[1]
+        if not url.startswith(("http://", "https://")):
+            raise ProvisionError(
+                f"Source {spec!r}: after 'modelscope:' comes the endpoint URL.",
+                "e.g. --source modelscope:https://www.modelscope.cn",
+            )
+        return Source(spec, "modelscope", url.rstrip("/"))
+    if spec.startswith(("http://", "https://")):
+        return Source(spec.rstrip("/"), "hf", spec.rstrip("/"))
+    if _looks_like_path(spec):
+        folder = Path(spec).expanduser()
+        if not folder.is_dir():
+            raise ProvisionError(
+                f"Source folder {folder} does not exist.",
+                "Pass a folder holding the model's files (or a Hugging Face cache), or a hub name.",
+            )
+        return Source("local", "local", str(folder.resolve()))
+    names = ", ".join([*known, "auto"])
+    raise ProvisionError(
+        f"Unknown source {spec!r}.",
+        f"Use one of {names}, an HF-compatible URL (https://...), modelscope:URL, or a folder.",
+    )
+
+
+def auto_candidates(has_modelscope: bool = True) -> list[Source]:
+    """Sources `auto` tries, preferred first: HF_ENDPOINT if set, then PROVISION_SOURCES/table."""
+    order = os.environ.get(SOURCES_ENV)
+    specs = [s for s in order.split(",") if s.strip()] if order else source_table()["auto_order"]
+    found: list[Source] = []
+    if os.environ.get("HF_ENDPOINT") and not order:
+        endpoint = os.environ["HF_ENDPOINT"].rstrip("/")
+        named = [n for n, e in source_table()["sources"].items() if e["endpoint"] == endpoint]
+        found.append(parse_source(named[0] if named else endpoint))
+    for spec in specs:
+        source = parse_source(spec)
+        if source.kind == "modelscope" and not has_modelscope:
+            continue
+        if all(s.endpoint != source.endpoint or s.kind != source.kind for s in found):
+            found.append(source)
+    if not found:
+        raise ProvisionError(
+            f"No source to try: {SOURCES_ENV}={order!r} names none this profile can use.",
+            "List hf, hf-mirror, modelscope or URLs there, comma-separated.",
+        )
+    return found
+
+
+# --- probing -----------------------------------------------------------------------------------
+
+
+@dataclass
+class Probe:
+    source: Source
+    ok: bool
+    detail: str  # "answered in 41 ms", "timed out after 3.0 s", "no repository org/x there"
+    elapsed: float = 0.0
+    status: int | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "source": self.source.name,
+            "endpoint": self.source.endpoint,
+            "ok": self.ok,
+            "detail": self.detail,
+            "elapsed_ms": round(self.elapsed * 1000),
+        }
+
+
+def http_client(timeout: float | None = None, **kwargs: Any) -> Any:
+    """An httpx2 client (installed with huggingface_hub): proxies from the environment, as
+    AutoDL's network_turbo sets them."""
+    import httpx2
+
+    if timeout is None:
+        spec = httpx2.Timeout(connect=15.0, read=60.0, write=60.0, pool=None)
+    else:
+        spec = httpx2.Timeout(timeout)
+    headers = {"User-Agent": USER_AGENT, **kwargs.pop("headers", {})}
+    return httpx2.Client(follow_redirects=True, timeout=spec, headers=headers, **kwargs)
+
+
+def probe(
+    source: Source, repo_id: str | None = None, revision: str | None = None, timeout: float = 3.0
+) -> Probe:
+    """Does `source` answer, as the hub it claims to be, and does it have `repo_id`?"""
+    started = time.monotonic()
+    if source.kind == "local":
+        ok = Path(source.endpoint).is_dir()
+        return Probe(source, ok, "folder exists" if ok else "folder missing")
+    import httpx2
+
+    if source.kind == "hf":
+        rev = revision or "main"
+        path = f"/api/models/{repo_id}/revision/{rev}" if repo_id else "/api/models?limit=1"
+    else:
+        path = f"/api/v1/models/{repo_id}" if repo_id else "/api/v1/models?PageSize=1"
+    try:
+        with http_client(timeout) as client:
+            response = client.get(source.endpoint + path)
+    except httpx2.TimeoutException:
+        return Probe(source, False, f"timed out after {timeout:g} s", time.monotonic() - started)
+    except httpx2.HTTPError as exc:
+        return Probe(source, False, f"unreachable ({_short(exc)})", time.monotonic() - started)
+    elapsed = time.monotonic() - started
+    return _judge(source, repo_id, response, elapsed)
+
+
+def _judge(source: Source, repo_id: str | None, response: Any, elapsed: float) -> Probe:
+    status = response.status_code
+    ms = f"{elapsed * 1000:.0f} ms"
+    try:
+        body = response.json()
+    except ValueError:
+        body = None
+    if source.kind == "hf":
+        code = response.headers.get("X-Error-Code")
+        if status == 200 and (repo_id is None or (isinstance(body, dict) and "sha" in body)):
+            return Probe(source, True, f"answered in {ms}", elapsed, status)
+        if code == "RepoNotFound":
+            return Probe(source, False, f"has no repository {repo_id}", elapsed, status)
+        if code == "RevisionNotFound":
+            return Probe(source, False, f"has {repo_id} but not that revision", elapsed, status)
+        if status >= 500:
+            return Probe(source, False, f"answered {status} (server error)", elapsed, status)
+        kind = response.headers.get("Content-Type", "?").split(";")[0]
+        return Probe(source, False, f"is not a Hugging Face hub ({status} {kind})", elapsed, status)
+    if isinstance(body, dict) and body.get("Success") is True:
+        return Probe(source, True, f"answered in {ms}", elapsed, status)
+    if status >= 500:
+        return Probe(source, False, f"answered {status} (server error)", elapsed, status)
+    if isinstance(body, dict) and "Code" in body:
+        return Probe(source, False, f"has no repository {repo_id}", elapsed, status)
+    return Probe(source, False, f"is not a ModelScope hub ({status})", elapsed, status)
+
+
+def _short(exc: BaseException) -> str:
+    text = str(exc) or type(exc).__name__
+    return text if len(text) < 120 else text[:117] + "..."
+
+
+@dataclass
+class Choice:
+    """The source taken, why, and the ones left to fall back on (probed reachable, in order)."""
+
+    source: Source
+    reason: str
+    probes: list[Probe] = field(default_factory=list)
+    pending: list[tuple[Source, Future[Probe]]] = field(default_factory=list, repr=False)
+
+    def fallbacks(self) -> list[Source]:
+        """Sources after the chosen one that answered too (waits for probes still running)."""
+        out = []
+        for source, future in self.pending:
+            try:
+                result = future.result()
+            except Exception:  # noqa: BLE001 - a probe that crashed is a source we skip
+                continue
+            if result not in self.probes:
+                self.probes.append(result)
+            if result.ok:
+                out.append(source)
+        return out
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "source": self.source.to_json(),
+            "reason": self.reason,
+            "probes": [p.to_json() for p in self.probes],
+        }
+
+
+def choose_source(
+    candidates: list[Source],
+    repo_ids: dict[str, str | None] | None = None,
+    revision: str | None = None,
+    timeout: float | None = None,
+) -> Choice:
+    """Probe all candidates at once; take the first, in order, that answers for its repository.
+
+    `repo_ids` maps a source kind (hf, modelscope, local) to the repository to look for there.
+    """
+    if timeout is None:
+        timeout = float(os.environ.get(PROBE_TIMEOUT_ENV) or DEFAULT_PROBE_TIMEOUT)
+    repo_ids = repo_ids or {}
+    pool = ThreadPoolExecutor(max_workers=len(candidates), thread_name_prefix="probe")
+    futures = [
+        (s, pool.submit(probe, s, repo_ids.get(s.kind), _rev_for(s, revision), timeout))
+        for s in candidates
+    ]
+    pool.shutdown(wait=False)
+    deadline = time.monotonic() + timeout + 2.0
+    probes: list[Probe] = []
+    for index, (source, future) in enumerate(futures):
+        try:
+            result = future.result(timeout=max(0.1, deadline - time.monotonic()))
+        except FutureTimeout:
+            result = Probe(source, False, f"timed out after {timeout:g} s")
+        probes.append(result)
+        if result.ok:
+            order = ", ".join(s.name for s, _ in futures)
+            skipped = "; ".join(f"{p.source.name} {p.detail}" for p in probes[:-1])
+            reason = f"{source.name} {result.detail}, first reachable in the order {order}"
+            if skipped:
+                reason += f" ({skipped})"
+            return Choice(source, reason, probes, futures[index + 1 :])
+    detail = "; ".join(f"{p.source.name} ({p.source.endpoint}) {p.detail}" for p in probes)
+    raise ProvisionError(
+        f"No source answered for this model: {detail}.",
+        "Check the network (on AutoDL: `source /etc/network_turbo`), pick one with --source, "
+        f"or set {SOURCES_ENV} (e.g. hf-mirror,modelscope) or {PROBE_TIMEOUT_ENV} (seconds).",
+    )
+
+
+def _rev_for(source: Source, revision: str | None) -> str | None:
+    if source.kind == "hf":
+        return revision
+    return None  # ModelScope's repo info route takes no revision
