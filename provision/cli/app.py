@@ -12,7 +12,7 @@ from typing import Annotated
 import typer
 
 from provision import __version__
-from provision.cli import check, gpus, profiles
+from provision.cli import check, download, env, gpus, profiles
 from provision.cli.output import use_json
 
 # One example per command, shown under `provision --help` (the single place they are listed).
@@ -20,6 +20,9 @@ EXAMPLES = [
     ("check", "provision check qwen2.5-vl-7b --gpu 'RTX 4090' --task lora"),
     ("profiles", "provision profiles show gemma-3-12b-it"),
     ("gpus", "provision gpus"),
+    ("download", "provision download qwen2-vl-2b --source auto"),
+    ("verify", "provision verify qwen2-vl-2b"),
+    ("env", 'eval "$(provision env qwen2-vl-2b)"'),
 ]
 
 app = typer.Typer(
@@ -51,5 +54,5 @@ def _global(
     use_json(json_output)
 
 
-for module in (check, profiles, gpus):
+for module in (check, profiles, gpus, download, env):
     module.register(app)

@@ -1,0 +1,123 @@
+"""`provision download PROFILE` and `provision verify PROFILE`: fetch the weights; check them."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from provision.cli.output import JsonFlag, emit, use_json
+from provision.cli.profiles import ProfilesDir
+from provision.errors import EXIT_FAILED
+
+SourceOpt = Annotated[
+    str,
+    typer.Option(
+        "--source",
+        help="auto (probe and pick), hf, hf-mirror, modelscope, an HF-compatible URL, "
+        "modelscope:URL, or a folder.",
+    ),
+]
+LockOpt = Annotated[
+    Path | None,
+    typer.Option("--lock", help="Lockfile to record into / read (default: the profile's)."),
+]
+
+
+def download(
+    profile: Annotated[str, typer.Argument(help="Profile name, e.g. qwen2-vl-2b.")],
+    source: SourceOpt = "auto",
+    revision: Annotated[
+        str | None, typer.Option(help="Branch, tag or commit (default: lock, then profile).")
+    ] = None,
+    include: Annotated[
+        list[str] | None, typer.Option("--include", help="Only files matching this glob.")
+    ] = None,
+    exclude: Annotated[
+        list[str] | None, typer.Option("--exclude", help="Leave out files matching this glob.")
+    ] = None,
+    lock: LockOpt = None,
+    profiles_dir: ProfilesDir = None,
+    json_output: JsonFlag = False,
+) -> None:
+    """Download a profile's weights (resumable, sha256-verified) and record them in its lock."""
+    from provision.hub import download_profile
+    from provision.profiles import load_profile
+
+    loaded = load_profile(profile, profiles_dir)
+    as_json = use_json(json_output)
+    result = download_profile(
+        loaded,
+        source=source,
+        revision=revision,
+        include=include,
+        exclude=exclude,
+        lock_file=lock,
+        progress=not as_json,
+    )
+
+    def render(con: Any) -> None:
+        from provision.units import fmt_bytes
+
+        con.print(f"[bold]{result.repo_id}[/] @ {result.revision} ({result.commit or 'no commit'})")
+        con.print(f"source: {result.reason}", markup=False)
+        con.print(
+            f"{len(result.files)} files, {fmt_bytes(result.total_bytes)}: "
+            f"{fmt_bytes(result.bytes_fetched)} fetched, {fmt_bytes(result.bytes_reused)} "
+            f"already here, in {result.seconds:.1f} s"
+        )
+        con.print(f"in {result.snapshot}", markup=False)
+        if result.lock_file:
+            con.print(f"recorded in {result.lock_file}", markup=False)
+        for note in result.notes:
+            con.print(note, markup=False)
+
+    emit(result, render, as_json)
+
+
+def verify(
+    profile: Annotated[str, typer.Argument(help="Profile name, e.g. qwen2-vl-2b.")],
+    lock: LockOpt = None,
+    profiles_dir: ProfilesDir = None,
+    json_output: JsonFlag = False,
+) -> None:
+    """Re-hash the downloaded weights against the lockfile; exit 1 if any is missing or wrong."""
+    from provision.hub import verify_profile
+    from provision.profiles import load_profile
+
+    result = verify_profile(load_profile(profile, profiles_dir), lock)
+
+    def render(con: Any) -> None:
+        from rich.markup import escape
+
+        from provision.units import fmt_bytes
+
+        total = sum(c.size for c in result.checks)
+        if result.ok:
+            con.print(
+                f"[green]ok[/]: {len(result.checks)} files, {fmt_bytes(total)} of "
+                f"{escape(result.repo_id)} match {escape(str(result.lock_file))}"
+            )
+            return
+        con.print(
+            f"[red]{len(result.problems)} of {len(result.checks)} files[/] of "
+            f"{escape(result.repo_id)} do not match {escape(str(result.lock_file))}:"
+        )
+        for c in result.problems:
+            what = {
+                "missing": "missing",
+                "size": f"size {c.actual_size}, expected {c.size}",
+                "sha256": f"sha256 {c.actual_sha256}, expected {c.sha256}",
+            }[c.status]
+            con.print(f"  {escape(c.path)}: {what}")
+        con.print(f"Fetch them again: provision download {escape(profile)}")
+
+    emit(result, render, json_output)
+    if not result.ok:
+        raise typer.Exit(EXIT_FAILED)
+
+
+def register(app: typer.Typer) -> None:
+    app.command("download")(download)
+    app.command("verify")(verify)
