@@ -1,0 +1,53 @@
+"""Fixtures for the Docker tests: one podman service per session, a base image made locally."""
+
+from __future__ import annotations
+
+import os
+import time
+
+import pytest
+
+from tests.servers import podman
+
+
+@pytest.fixture(scope="session")
+def engine(tmp_path_factory: pytest.TempPathFactory):
+    """The session's podman service (Docker API on a unix socket), its storage removed at the end.
+
+    The tests need podman, runc and debootstrap on the host (.ci/run installs them); without them
+    they fail with that message rather than skip, so CI cannot go green without building images.
+    """
+    missing = podman.missing_tools()
+    if missing:
+        pytest.fail(
+            f"The Docker tests need {', '.join(missing)} on this machine: "
+            "`apt-get install -y podman runc debootstrap` (as .ci/run does)."
+        )
+    service = podman.start_service(tmp_path_factory.mktemp("podman"))
+    yield service
+    service.stop()
+
+
+@pytest.fixture(scope="session")
+def docker_env(engine) -> dict[str, str]:
+    """Environment that points the docker SDK (and `provision docker --build`) at the service."""
+    return {**os.environ, "DOCKER_HOST": engine.docker_host}
+
+
+@pytest.fixture(scope="session")
+def client(engine):
+    return engine.client()
+
+
+@pytest.fixture(scope="session")
+def base_image(client, engine) -> str:
+    """A Debian bookworm + python3.11 image made with debootstrap (cached) and imported here."""
+    started = time.monotonic()
+    tag, timings = podman.ensure_base_image(client)
+    engine.timings.update(timings, base_image_s=time.monotonic() - started)
+    return tag
+
+
+@pytest.fixture(scope="session")
+def uv_image(client) -> str:
+    return podman.ensure_uv_image(client)
