@@ -1,0 +1,692 @@
+"""Virtual environments: create one with uv, install exactly a PEP 751 lock, find an env's Python.
+
+uv does the work (`uv venv`, `uv pip sync --require-hashes`); this module decides what to ask it,
+checks that the lock fits the machine before anything is created, and turns uv's failures into one
+message each. Interpreters are never downloaded (UV_PYTHON_DOWNLOADS=never): a research box gets
+the Python its owner installed, or a clear message saying which one is missing.
+
+Offline installs: uv 0.13 installs a pylock.toml from the URLs written in it and ignores
+`--find-links` for it, so a wheelhouse (`--wheelhouse DIR`, PIP_FIND_LINKS) is honoured by
+pointing the lock's wheel and sdist entries at the local files with the same names; uv still checks
+every file against the lock's sha256.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from urllib.parse import unquote, urlparse
+
+from provision.atomic import file_lock
+from provision.errors import CheckFailed, ProvisionError
+from provision.lock.lockfile import read_lock
+
+# Every uv call: no interpreter downloads, no progress bars in captured output.
+_UV_ENV = {"UV_PYTHON_DOWNLOADS": "never", "UV_NO_PROGRESS": "1", "NO_COLOR": "1"}
+# pylock support is a preview feature in uv 0.13; naming it silences the warning on every call.
+_PYLOCK = ("--preview-features", "pylock")
+
+
+@dataclass
+class EnvResult:
+    """What `ensure_env` did: `action` is created, synced or unchanged."""
+
+    env: Path
+    python: Path
+    python_version: str
+    lock: Path
+    action: str
+    installed: list[str] = field(default_factory=list)  # "name==version" put in
+    removed: list[str] = field(default_factory=list)  # "name==version" taken out
+    packages: int = 0  # packages in the environment afterwards
+    wheelhouse: list[str] = field(default_factory=list)  # local folders wheels came from
+    local_files: int = 0  # lock entries served from the wheelhouse
+    timings: dict[str, float] = field(default_factory=dict)  # seconds per step, and total
+
+    @property
+    def message(self) -> str:
+        if self.action == "unchanged":
+            return f"{self.env} already matches {self.lock.name}: nothing to do."
+        change = f"{len(self.installed)} installed, {len(self.removed)} removed"
+        if self.action == "created":
+            return f"Created {self.env} (Python {self.python_version}) from the lock: {change}."
+        return f"Synced {self.env} back to the lock: {change}."
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "env": str(self.env),
+            "python": str(self.python),
+            "python_version": self.python_version,
+            "lock": str(self.lock),
+            "action": self.action,
+            "installed": self.installed,
+            "removed": self.removed,
+            "packages": self.packages,
+            "wheelhouse": self.wheelhouse,
+            "local_files": self.local_files,
+            "timings": {k: round(v, 3) for k, v in self.timings.items()},
+            "message": self.message,
+        }
+
+
+# --- locating interpreters -------------------------------------------------------------------
+
+
+def uv_bin() -> str:
+    """The uv binary shipped in the `uv` package (the version provision is tested with)."""
+    from uv import find_uv_bin
+
+    return str(find_uv_bin())
+
+
+def env_python(env: str | os.PathLike[str]) -> Path:
+    """The interpreter of the virtual environment at `env` (bin/python, or Scripts\\python.exe)."""
+    root = Path(env).expanduser()
+    if root.exists() and not root.is_dir():
+        raise ProvisionError(
+            f"Environment path {root} is a file, not a virtual environment.",
+            "Pass --env with a folder (created if missing), or move the file away.",
+        )
+    for candidate in (root / "bin" / "python", root / "Scripts" / "python.exe"):
+        if candidate.exists():
+            return candidate.absolute()
+    raise ProvisionError(
+        f"{root} is not a virtual environment (no bin/python in it).",
+        "Create it with `provision setup PROFILE --env PATH`, or pass --python PATH instead.",
+    )
+
+
+def python_for(
+    env: str | os.PathLike[str] | None = None, python: str | os.PathLike[str] | None = None
+) -> Path:
+    """Resolve `--env PATH | --python PATH`; neither: the active virtualenv, else this Python."""
+    if env is not None and python is not None:
+        raise ProvisionError(
+            "Pass either --env or --python, not both.",
+            "--env names a virtual environment folder, --python an interpreter.",
+        )
+    if python is not None:
+        path = Path(python).expanduser()
+        if path.is_dir():
+            raise ProvisionError(
+                f"--python {path} is a folder, not an interpreter.",
+                f"Use --env {path} for a virtual environment, or name its bin/python.",
+            )
+        found = path if path.exists() else shutil.which(str(python))
+        if not found or not os.access(found, os.X_OK):
+            raise ProvisionError(
+                f"Python interpreter {python} not found or not executable.",
+                "Pass the full path of the interpreter, e.g. --python /opt/venv/bin/python.",
+            )
+        return Path(found).absolute()
+    if env is not None:
+        return env_python(env)
+    active = os.environ.get("VIRTUAL_ENV")
+    if active:
+        return env_python(active)
+    return Path(sys.executable)
+
+
+def is_venv(path: Path) -> bool:
+    return (path / "pyvenv.cfg").is_file()
+
+
+# --- reading what an environment holds ----------------------------------------------------------
+
+
+def _uv(args: list[str], timeout: float = 3600) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, **_UV_ENV}
+    return subprocess.run(
+        [uv_bin(), *args], capture_output=True, text=True, env=env, timeout=timeout
+    )
+
+
+def installed_packages(env: str | os.PathLike[str]) -> dict[str, str]:
+    """{normalized name: version} of what is installed in the environment (`uv pip list`)."""
+    python = env_python(env)
+    proc = _uv(["pip", "list", "--python", str(python), "--format", "json"])
+    if proc.returncode != 0:
+        raise ProvisionError(f"Could not list the packages in {env}: {_uv_error(proc.stderr)}")
+    return {row["name"]: row["version"] for row in json.loads(proc.stdout or "[]")}
+
+
+def python_version(python: Path) -> str:
+    proc = subprocess.run(
+        [str(python), "-I", "-S", "-c", "import sys; print('%d.%d.%d' % sys.version_info[:3])"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    if proc.returncode != 0:
+        raise ProvisionError(f"{python} does not run: {proc.stderr.strip()[-300:]}")
+    return proc.stdout.strip()
+
+
+# --- the lock -----------------------------------------------------------------------------------
+
+
+def _load_lock(lock_file: Path) -> dict[str, Any]:
+    data = read_lock(lock_file)
+    if "lock-version" not in data or not isinstance(data.get("packages"), list):
+        raise ProvisionError(
+            f"{lock_file} is not a PEP 751 lock (no lock-version or [[packages]]).",
+            "Pass a pylock.*.toml written by `provision lock` or `uv pip compile --format "
+            "pylock.toml`.",
+        )
+    return data
+
+
+def lock_python(data: dict[str, Any]) -> str | None:
+    """The Python version a lock was made for: [tool.provision] target, else requires-python."""
+    tool = data.get("tool", {}).get("provision", {})
+    for table in (tool.get("target", {}), tool, tool.get("profile", {})):
+        value = table.get("python") if isinstance(table, dict) else None
+        if isinstance(value, str) and value:
+            return value
+    return _lower_bound(data.get("requires-python"))
+
+
+def _lower_bound(spec: str | None) -> str | None:
+    """ ">=3.11" -> "3.11": the version `uv pip compile --python-version` wrote the lock for."""
+    if not spec:
+        return None
+    from packaging.specifiers import SpecifierSet
+
+    for item in SpecifierSet(spec):
+        if item.operator in (">=", "==", "~=", "==="):
+            parts = item.version.rstrip(".*").split(".")
+            if len(parts) >= 2 and parts[0].isdigit() and parts[1].isdigit():
+                return f"{parts[0]}.{parts[1]}"
+    return None
+
+
+def _entry_filename(entry: dict[str, Any]) -> str | None:
+    """The file name of a wheel or sdist entry (PEP 751: `name`, else the url's or path's end)."""
+    if entry.get("name"):
+        return str(entry["name"])
+    where = entry.get("url") or entry.get("path")
+    if not where:
+        return None
+    return unquote(Path(urlparse(str(where)).path).name) if "://" in where else Path(where).name
+
+
+def _package_files(data: dict[str, Any]) -> dict[str, tuple[str, str]]:
+    """{file name: (package, version)} for every wheel and sdist the lock names."""
+    out: dict[str, tuple[str, str]] = {}
+    for pkg in data.get("packages", []):
+        entries = list(pkg.get("wheels") or [])
+        if isinstance(pkg.get("sdist"), dict):
+            entries.append(pkg["sdist"])
+        for entry in entries:
+            name = _entry_filename(entry)
+            if name:
+                out[name] = (str(pkg.get("name")), str(pkg.get("version", "?")))
+    return out
+
+
+# --- wheelhouses --------------------------------------------------------------------------------
+
+
+def find_links(wheelhouse: str | os.PathLike[str] | None = None) -> list[str]:
+    """The wheel folders to use: --wheelhouse first, then PIP_FIND_LINKS (space separated)."""
+    links: list[str] = []
+    if wheelhouse is not None:
+        folder = Path(wheelhouse).expanduser()
+        if not folder.is_dir():
+            raise ProvisionError(
+                f"Wheelhouse {folder} is not a folder.",
+                "Pass --wheelhouse with the folder holding the .whl files you carried over.",
+            )
+        links.append(str(folder.absolute()))
+    for item in os.environ.get("PIP_FIND_LINKS", "").split():
+        if item not in links:
+            links.append(item)
+    return links
+
+
+def _local_folders(links: list[str]) -> list[Path]:
+    folders = []
+    for link in links:
+        path = Path(unquote(urlparse(link).path)) if link.startswith("file:") else Path(link)
+        if "://" in link and not link.startswith("file:"):
+            continue  # a remote find-links page: uv is given it, nothing to map locally
+        if path.is_dir():
+            folders.append(path.absolute())
+    return folders
+
+
+def localize_lock(
+    data: dict[str, Any], lock_dir: Path, folders: list[Path]
+) -> tuple[dict[str, Any], int]:
+    """A copy of the lock whose wheel/sdist entries point at same-named files in `folders`.
+
+    Relative `path` entries are made absolute (the copy is written elsewhere). Hashes stay, so uv
+    still verifies each local file against the lock. Returns the copy and how many entries moved.
+    """
+    import copy
+
+    available: dict[str, Path] = {}
+    for folder in folders:
+        for item in folder.iterdir():
+            if item.is_file() and item.name not in available:
+                available[item.name] = item.absolute()
+    out = copy.deepcopy(data)
+    moved = 0
+    for pkg in out.get("packages", []):
+        files = list(pkg.get("wheels") or [])
+        files += [pkg[key] for key in ("sdist", "archive") if isinstance(pkg.get(key), dict)]
+        for entry in [*files, pkg.get("directory"), pkg.get("vcs")]:
+            if (
+                isinstance(entry, dict)
+                and "path" in entry
+                and not Path(entry["path"]).is_absolute()
+            ):
+                entry["path"] = str((lock_dir / entry["path"]).absolute())
+        for entry in files:
+            name = _entry_filename(entry)
+            if name in available:
+                entry.pop("url", None)
+                entry["path"] = str(available[name])
+                moved += 1
+    return out, moved
+
+
+# --- does the lock fit this interpreter? -------------------------------------------------------
+
+# Run by the target interpreter with `-I -S` (stdlib only) plus a private copy of `packaging`, so
+# markers and wheel tags are judged by the Python that will run the code, not by provision's.
+_FIT_PROBE = r"""
+import json, sys
+sys.path.insert(0, sys.argv[1])
+from packaging.markers import Marker
+from packaging.specifiers import SpecifierSet
+from packaging.tags import sys_tags
+from packaging.utils import InvalidWheelFilename, parse_wheel_filename
+
+lock = json.load(sys.stdin)
+tags = list(sys_tags())
+accepted = set(tags)
+version = "%d.%d.%d" % sys.version_info[:3]
+out = {"python": version, "best_tag": str(tags[0]) if tags else "",
+       "platforms": sorted({t.platform for t in tags}),
+       "interpreters": sorted({t.interpreter for t in tags}), "problems": []}
+
+def applies(marker):
+    if not marker:
+        return True
+    try:
+        return Marker(marker).evaluate(context="lock_file")
+    except TypeError:
+        return Marker(marker).evaluate()
+
+spec = lock.get("requires-python")
+if spec and not SpecifierSet(spec).contains(version, prereleases=True):
+    out["problems"].append({"kind": "python", "requires": spec})
+for pkg in lock.get("packages", []):
+    if not applies(pkg.get("marker")):
+        continue
+    spec = pkg.get("requires-python")
+    if spec and not SpecifierSet(spec).contains(version, prereleases=True):
+        out["problems"].append({"kind": "python", "requires": spec, "name": pkg.get("name"),
+                                "version": pkg.get("version")})
+        continue
+    wheel_tags, fits = set(), False
+    for name in pkg.get("wheel_files", []):
+        try:
+            found = parse_wheel_filename(name)[3]
+        except InvalidWheelFilename:
+            continue
+        if found & accepted:
+            fits = True
+            break
+        wheel_tags |= {str(t) for t in found}
+    if pkg.get("wheel_files") and not fits:
+        out["problems"].append({"kind": "wheel", "name": pkg.get("name"),
+                                "version": pkg.get("version"), "wheel_tags": sorted(wheel_tags)})
+print(json.dumps(out))
+"""
+
+
+def check_lock_fits(python: Path, data: dict[str, Any], lock_file: Path) -> dict[str, Any]:
+    """Stop with one message if the lock was made for another Python or platform than `python`.
+
+    A package whose lock entry has wheels, none of which this interpreter accepts, is refused even
+    if it has an sdist: such a lock was resolved for another machine, and building ML packages
+    from source is never what the user wanted.
+    """
+
+    slim = {
+        "requires-python": data.get("requires-python"),
+        "packages": [
+            {
+                "name": pkg.get("name"),
+                "version": pkg.get("version"),
+                "marker": pkg.get("marker"),
+                "requires-python": pkg.get("requires-python"),
+                "wheel_files": [_entry_filename(w) for w in pkg.get("wheels") or []],
+            }
+            for pkg in data.get("packages", [])
+        ],
+    }
+    proc = subprocess.run(
+        [str(python), "-I", "-S", "-c", _FIT_PROBE, str(_probe_libs())],
+        input=json.dumps(slim),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    if proc.returncode != 0:
+        raise ProvisionError(
+            f"Could not check {lock_file} against {python}: {proc.stderr.strip()[-400:]}"
+        )
+    report = json.loads(proc.stdout)
+    problems = report["problems"]
+    if not problems:
+        return report
+    here = f"Python {report['python']} ({report['best_tag']})"
+    python_rules = [p for p in problems if p["kind"] == "python"]
+    if python_rules:
+        rule = python_rules[0]
+        what = f"{rule['name']} {rule['version']} needs" if rule.get("name") else "it needs"
+        raise ProvisionError(
+            f"Lockfile {lock_file} was made for another Python: {what} Python "
+            f"{rule['requires']}, the environment has {report['python']}.",
+            _relock_hint(report["python"]),
+        )
+    platforms = set(report["platforms"]) | {"any"}
+    other_python = [
+        p for p in problems if any(t.split("-")[-1] in platforms for t in p["wheel_tags"])
+    ]
+    shown = ", ".join(
+        f"{p['name']} {p['version']} ({', '.join(p['wheel_tags'][:3]) or 'no usable wheel'})"
+        for p in problems[:4]
+    )
+    more = f" and {len(problems) - 4} more" if len(problems) > 4 else ""
+    if other_python and len(other_python) == len(problems):
+        raise ProvisionError(
+            f"Lockfile {lock_file} was made for another Python: {shown}{more} have no wheel "
+            f"for {here}.",
+            _relock_hint(report["python"]),
+        )
+    raise ProvisionError(
+        f"Lockfile {lock_file} was made for another platform: {shown}{more} have no wheel for "
+        f"this machine ({here}).",
+        "Re-lock for this machine (`provision lock PROFILE` here), or install on the platform the "
+        "lock names.",
+    )
+
+
+def _probe_libs() -> Path:
+    """A private copy of `packaging` for the probe, kept in the user's cache.
+
+    Kept rather than copied per call so the interpreter's bytecode for it survives (importing it
+    from source costs ~0.2 s); one copy per packaging version, made atomically by a rename.
+    """
+    import packaging
+
+    base = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "provision"
+    home = base / "probe" / f"packaging-{packaging.__version__}"
+    if (home / "packaging" / "__init__.py").is_file():
+        return home
+    home.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=".packaging-", dir=home.parent))
+    shutil.copytree(Path(packaging.__file__).parent, staging / "packaging")
+    try:
+        os.replace(staging, home)
+    except OSError:  # another process made it first
+        shutil.rmtree(staging, ignore_errors=True)
+    return home
+
+
+def _relock_hint(version: str) -> str:
+    major_minor = ".".join(version.split(".")[:2])
+    return (
+        f"Use a lock made for Python {major_minor} (`provision lock PROFILE` with that Python), "
+        "or create the environment with the Python the lock names (--env to a new folder)."
+    )
+
+
+# --- creating and syncing -----------------------------------------------------------------------
+
+
+def _explain_venv_failure(request: str, root: Path, stderr: str) -> ProvisionError:
+    lowered = stderr.lower()
+    if "interpreter" in lowered or "no python" in lowered or "not found" in lowered:
+        return ProvisionError(
+            f"Python {request} is not installed on this machine (provision never downloads "
+            f"interpreters). uv said: {_uv_error(stderr, lines=2)}",
+            f"Install Python {request} (e.g. `apt install python{request}`, or "
+            f"`pyenv install {request}` and put it on PATH), or use a lock made for a Python "
+            "this machine has.",
+        )
+    return ProvisionError(f"uv venv {root} failed: {_uv_error(stderr)}")
+
+
+def _uv_error(stderr: str, lines: int = 8) -> str:
+    """uv's error and its causes, without warnings, progress and empty lines."""
+    keep = [
+        line.strip()
+        for line in stderr.splitlines()
+        if line.strip()
+        and not line.startswith(("warning:", "Using Python", "Using CPython", "Resolved"))
+    ]
+    text = " | ".join(keep[:lines])
+    return text or "no output"
+
+
+def _explain_sync_failure(stderr: str, data: dict[str, Any], lock_file: Path) -> ProvisionError:
+    """uv's failure as one message naming the package, the file and the fix."""
+    import re
+
+    files = _package_files(data)
+    hint = (
+        "Copy the wheel into a folder and pass --wheelhouse DIR (or set PIP_FIND_LINKS), "
+        "or run where the package index is reachable."
+    )
+    url = re.search(r"wasn't found in the cache: (\S+)", stderr)
+    if url:
+        name = _entry_filename({"url": url.group(1)}) or url.group(1)
+        pkg, ver = files.get(name, ("?", "?"))
+        return ProvisionError(
+            f"{pkg} {ver}: {name} is in neither the wheelhouse nor uv's cache, and the network is "
+            "off (offline).",
+            hint,
+        )
+    missing = re.search(r"query metadata of file `([^`]+)`: No such file", stderr)
+    if missing:
+        name = Path(missing.group(1)).name
+        pkg, ver = files.get(name, ("?", "?"))
+        return ProvisionError(
+            f"{pkg} {ver}: the lock points at {missing.group(1)}, which does not exist.", hint
+        )
+    if "Hash mismatch" in stderr:
+        return ProvisionError(
+            f"A downloaded file does not match the hash in {lock_file}: {_uv_error(stderr, 4)}",
+            "The file or the mirror is corrupt or was replaced; fetch it again or re-lock.",
+        )
+    failed = re.search(r"Failed to (?:download|fetch) `([^`]+)`", stderr)
+    if failed:
+        return ProvisionError(
+            f"Could not download {failed.group(1)}: {_uv_error(stderr, 6)}",
+            hint,
+        )
+    return ProvisionError(f"uv pip sync of {lock_file} failed: {_uv_error(stderr)}")
+
+
+def _sync_plan(python: Path, lock_file: Path) -> tuple[int, dict[str, Any], str]:
+    """`uv pip sync --check`: (returncode, JSON plan, stderr); 0 = matches, 1 = would change."""
+    proc = _uv(
+        ["pip", "sync", *_PYLOCK, "--check", "--output-format", "json"]
+        + ["--python", str(python), str(lock_file)]
+    )
+    try:
+        plan = json.loads(proc.stdout) if proc.stdout.strip() else {}
+    except json.JSONDecodeError:
+        plan = {}
+    return proc.returncode, plan, proc.stderr
+
+
+def _changes(plan: dict[str, Any]) -> tuple[list[str], list[str]]:
+    added = [
+        f"{c['name']}=={c['version']}"
+        for c in plan.get("changes", [])
+        if c["action"] == "installed"
+    ]
+    gone = [
+        f"{c['name']}=={c['version']}"
+        for c in plan.get("changes", [])
+        if c["action"] != "installed"
+    ]
+    return added, gone
+
+
+def _sync(
+    python: Path,
+    lock_file: Path,
+    data: dict[str, Any],
+    links: list[str],
+    offline: bool,
+) -> tuple[dict[str, Any], int, list[str]]:
+    folders = _local_folders(links)
+    args = ["pip", "sync", *_PYLOCK, "--require-hashes", "--output-format", "json"]
+    args += ["--python", str(python)]
+    for link in links:
+        args += ["--find-links", link]
+    if offline:
+        args.append("--offline")
+    with tempfile.TemporaryDirectory(prefix="provision-lock-") as tmp:
+        target = lock_file
+        moved = 0
+        if folders:
+            from provision.lock.lockfile import write_lock
+
+            local, moved = localize_lock(data, lock_file.parent.absolute(), folders)
+            if moved:
+                target = Path(tmp) / "pylock.toml"  # uv accepts only pylock[.name].toml names
+                write_lock(target, local)
+        proc = _uv([*args, str(target)])
+    if proc.returncode != 0:
+        raise _explain_sync_failure(proc.stderr, data, lock_file)
+    try:
+        plan = json.loads(proc.stdout) if proc.stdout.strip() else {}
+    except json.JSONDecodeError:
+        plan = {}
+    return plan, moved, [str(f) for f in folders]
+
+
+def ensure_env(
+    env: str | os.PathLike[str],
+    lock_file: str | os.PathLike[str],
+    wheelhouse: str | os.PathLike[str] | None = None,
+    *,
+    python: str | None = None,
+    offline: bool = False,
+) -> EnvResult:
+    """Make the virtual environment at `env` hold exactly `lock_file`'s packages.
+
+    A missing env is created with the lock's Python (or `python`: "3.11" or a path); an env that
+    already matches is left alone (action "unchanged"); a drifted one is synced back ("synced").
+    Concurrent calls on the same env wait for each other. Bad input (an env path that is a file,
+    a lock for another Python or platform, a wheel that cannot be had offline, a missing Python)
+    raises ProvisionError with one message.
+    """
+    started = time.perf_counter()
+    root = Path(env).expanduser().absolute()
+    lock = Path(lock_file).expanduser().absolute()
+    if root.exists() and not root.is_dir():
+        raise ProvisionError(
+            f"Environment path {root} is a file, not a folder.",
+            "Pass --env with a folder path (it is created if missing), or move the file away.",
+        )
+    data = _load_lock(lock)
+    links = find_links(wheelhouse)
+    timings: dict[str, float] = {}
+
+    def lap(name: str, since: float) -> float:
+        now = time.perf_counter()
+        timings[name] = now - since
+        return now
+
+    root.parent.mkdir(parents=True, exist_ok=True)
+    # The lock file sits beside the env: uv refuses to create a venv in a non-empty folder.
+    with file_lock(root.parent / f".{root.name}.provision-lock"):
+        mark = time.perf_counter()
+        created = False
+        if is_venv(root):
+            interpreter = env_python(root)
+            code, plan, err = _sync_plan(interpreter, lock)
+            mark = lap("check", mark)
+            if code == 0:
+                timings["total"] = time.perf_counter() - started
+                return EnvResult(
+                    env=root,
+                    python=interpreter,
+                    python_version=python_version(interpreter),
+                    lock=lock,
+                    action="unchanged",
+                    packages=len(installed_packages(root)),
+                    timings=timings,
+                )
+            check_lock_fits(interpreter, data, lock)
+            if code not in (0, 1):
+                raise ProvisionError(f"uv could not check {root} against {lock}: {_uv_error(err)}")
+        else:
+            if root.is_dir() and any(root.iterdir()):
+                raise ProvisionError(
+                    f"{root} exists, is not empty and is not a virtual environment.",
+                    "Pass --env with a new or empty folder; provision does not overwrite folders.",
+                )
+            request = python or lock_python(data)
+            if not request:
+                raise ProvisionError(
+                    f"{lock} does not say which Python it is for (no requires-python).",
+                    "Pass the Python version (e.g. --python 3.11), or re-lock with provision.",
+                )
+            proc = _uv(["venv", "--no-project", "--python", request, str(root)])
+            if proc.returncode != 0:
+                raise _explain_venv_failure(request, root, proc.stderr)
+            interpreter = env_python(root)
+            created = True
+            mark = lap("create", mark)
+        try:
+            if created:  # before anything is installed: a lock for another Python stops here
+                check_lock_fits(interpreter, data, lock)
+                mark = lap("check", mark)
+            plan, moved, folders = _sync(interpreter, lock, data, links, offline)
+        except BaseException:
+            if created:  # a half-filled env we made ourselves would pass for a real one later
+                shutil.rmtree(root, ignore_errors=True)
+            raise
+        mark = lap("sync", mark)
+        code, after, err = _sync_plan(interpreter, lock)
+        if code != 0:
+            raise CheckFailed(
+                f"{root} still differs from {lock} after the sync: "
+                f"{_changes(after) if after else _uv_error(err)}",
+                "Report this; remove the environment folder and run again to start clean.",
+            )
+        lap("verify", mark)
+    added, gone = _changes(plan)
+    result = EnvResult(
+        env=root,
+        python=interpreter,
+        python_version=python_version(interpreter),
+        lock=lock,
+        action="created" if created else "synced",
+        installed=added,
+        removed=gone,
+        packages=len(installed_packages(root)),
+        wheelhouse=folders,
+        local_files=moved,
+        timings=timings,
+    )
+    result.timings["total"] = time.perf_counter() - started
+    return result
