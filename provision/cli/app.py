@@ -12,7 +12,7 @@ from typing import Annotated
 import typer
 
 from provision import __version__
-from provision.cli import check, download, env, gpus, profiles
+from provision.cli import check, download, env, gpus, patch, profiles
 from provision.cli.output import use_json
 
 # One example per command, shown under `provision --help` (the single place they are listed).
@@ -23,6 +23,7 @@ EXAMPLES = [
     ("download", "provision download qwen2-vl-2b --source auto"),
     ("verify", "provision verify qwen2-vl-2b"),
     ("env", 'eval "$(provision env qwen2-vl-2b)"'),
+    ("patch", "provision patch apply group-beam-search-dtype --env ENV --lock LOCK"),
 ]
 
 app = typer.Typer(
@@ -54,5 +55,5 @@ def _global(
     use_json(json_output)
 
 
-for module in (check, profiles, gpus, download, env):
+for module in (check, profiles, gpus, download, env, patch):
     module.register(app)
