@@ -1,348 +1,26 @@
-"""Will the model fit? Peak GPU memory per task from the profile's numbers, the verdict per GPU, and
-ranked suggestions when it does not fit.
-
-The estimate adds up what a run actually holds: weights (by dtype or quantisation), KV cache from
-the text model's shape (sliding-window and cross-attention layers counted as such), activations
-(with or without gradient checkpointing), logits, the vision encoder's peak, LoRA / optimizer /
-gradient state, and framework overhead. Coefficients live in provision/data/fit.toml.
-"""
+"""Will the model fit? The verdict per GPU from the memory estimate (provision/memory.py), and
+ranked suggestions when it does not fit."""
 
 from __future__ import annotations
 
-import sys
 from dataclasses import dataclass, field, replace
-from functools import lru_cache
 from typing import Any
 
-from provision.errors import ProvisionError
 from provision.hardware.machine import Machine
-from provision.profiles import DTYPE_BYTES, Profile
-from provision.resources import data_file
+from provision.memory import (
+    QUANTS,
+    Estimate,
+    FitRequest,
+    coefficients,
+    estimate,
+    resolve_request,
+    stacks,
+)
+from provision.profiles import Profile
 from provision.units import GIB
 
-if sys.version_info >= (3, 11):
-    import tomllib
-else:  # pragma: no cover
-    import tomli as tomllib
-
-TASKS = ("infer", "lora", "qlora", "full")
-QUANTS = ("bf16", "fp16", "fp8", "int8", "int4")
-# Serving engines pre-allocate memory and reserve KV cache for a whole context.
-PAGED_STACKS = ("vllm", "lmdeploy", "sglang")
+__all__ = ["FitRequest", "FitResult", "check_fit", "judge", "suggest"]
 VERDICTS = ("fits", "tight", "does not fit")
-
-
-@lru_cache(maxsize=1)
-def coefficients() -> dict[str, Any]:
-    with data_file("fit.toml").open("rb") as handle:
-        return tomllib.load(handle)
-
-
-@dataclass(frozen=True)
-class FitRequest:
-    task: str = "infer"
-    quant: str | None = None  # infer: bf16 default; lora/full: bf16 base; qlora: int4 base
-    batch: int = 1
-    seq: int | None = (
-        None  # whole sample: text + image tokens (image tokens excluded for cross-attn)
-    )
-    images: int = 1
-    image_tokens: int | None = None  # per image; default from the profile
-    gradient_checkpointing: bool = True
-    stack: str | None = None  # default: the profile's stack for the task
-    zero: int | None = None  # DeepSpeed ZeRO stage for tuning; default from the profile
-    lora_rank: int | None = None
-    context: int | None = None  # serving engines: tokens of KV reserved (max_model_len)
-    train_vision: bool = False
-
-    def to_json(self) -> dict[str, Any]:
-        return dict(self.__dict__)
-
-
-def validate_request(req: FitRequest) -> None:
-    if req.task not in TASKS:
-        raise ProvisionError(f"Unknown task '{req.task}'.", f"Use one of: {', '.join(TASKS)}.")
-    if req.quant is not None and req.quant not in QUANTS:
-        raise ProvisionError(f"Unknown --quant '{req.quant}'.", f"Use one of: {', '.join(QUANTS)}.")
-    if req.task in ("lora", "full") and req.quant in ("int8", "int4", "fp8"):
-        hint = "Use --task qlora for a 4-bit base, or drop --quant." if req.task == "lora" else ""
-        raise ProvisionError(f"--task {req.task} trains on a 16-bit base, not {req.quant}.", hint)
-    for name in ("batch", "images", "seq", "image_tokens", "lora_rank", "context"):
-        value = getattr(req, name)
-        if value is not None and value < (0 if name == "images" else 1):
-            raise ProvisionError(f"--{name.replace('_', '-')} {value} is out of range.")
-    if req.zero is not None and req.zero not in (0, 1, 2, 3):
-        raise ProvisionError(f"--zero {req.zero} must be 0, 1, 2 or 3.")
-
-
-@dataclass(frozen=True)
-class Component:
-    name: str
-    bytes: float  # per GPU
-    detail: str
-
-    def to_json(self) -> dict[str, Any]:
-        return {"name": self.name, "gib": round(self.bytes / GIB, 2), "detail": self.detail}
-
-
-@dataclass
-class Estimate:
-    """Peak memory per GPU for one request spread over `gpus` GPUs."""
-
-    components: list[Component]
-    gpus: int
-    strategy: str
-    stack: str
-    quant: str
-    seq: int
-    image_tokens: int
-    context: int
-    memory_fraction: float  # share of a GPU's memory the stack can use
-
-    @property
-    def per_gpu(self) -> float:
-        return sum(c.bytes for c in self.components)
-
-    def to_json(self) -> dict[str, Any]:
-        return {
-            "per_gpu_gib": round(self.per_gpu / GIB, 2),
-            "gpus": self.gpus,
-            "strategy": self.strategy,
-            "stack": self.stack,
-            "quant": self.quant,
-            "seq": self.seq,
-            "image_tokens_per_image": self.image_tokens,
-            "context": self.context,
-            "memory_fraction": self.memory_fraction,
-            "components": [c.to_json() for c in self.components],
-        }
-
-
-# --- the model's pieces ------------------------------------------------------------------------
-
-
-def embedding_params(profile: Profile) -> tuple[int, int]:
-    """(input embedding, untied lm_head) parameter counts."""
-    text = profile.text
-    embed = text["vocab"] * text["hidden"]
-    return embed, (0 if text["tie_word_embeddings"] else embed)
-
-
-def language_linear_params(profile: Profile) -> int:
-    """Parameters in the language model's linear layers: what quantisation shrinks."""
-    embed, head = embedding_params(profile)
-    return max(profile.params["language"] - embed - head, 0)
-
-
-def weight_bytes(profile: Profile, quant: str) -> float:
-    total = profile.params["total"]
-    stored = profile.weights["dtype"]
-    sixteen = profile.weights["bytes"] if DTYPE_BYTES[stored] == 2 else total * 2
-    if quant in ("bf16", "fp16"):
-        return float(sixteen)
-    linear = language_linear_params(profile)
-    per_param = coefficients()["quant"][quant]
-    return linear * per_param + (total - linear) * 2.0
-
-
-def kv_bytes(profile: Profile, tokens: int, batch: int) -> float:
-    """16-bit KV cache for `tokens` per sequence: sliding layers keep at most their window."""
-    text = profile.text
-    per_layer_token = 2 * text["kv_heads"] * text["head_dim"] * 2
-    self_layers = text["layers"] - text.get("cross_attention_layers", 0)
-    window = text.get("sliding_window", 0)
-    global_layers = text.get("global_layers", self_layers) if window else self_layers
-    sliding_layers = self_layers - global_layers
-    held = global_layers * tokens + sliding_layers * min(tokens, window or tokens)
-    return float(batch * per_layer_token * held)
-
-
-def cross_kv_bytes(profile: Profile, image_tokens: int, images: int, batch: int) -> float:
-    """Cross-attention layers (Mllama) keep K/V of the image states instead of text tokens."""
-    text = profile.text
-    layers = text.get("cross_attention_layers", 0)
-    return float(
-        batch * layers * 2 * text["kv_heads"] * text["head_dim"] * 2 * image_tokens * images
-    )
-
-
-def lora_params(profile: Profile, rank: int) -> int:
-    """LoRA on every linear layer of the language model (ms-swift's all-linear)."""
-    t = profile.text
-    h, i, q, kv = (
-        t["hidden"],
-        t["intermediate"],
-        t["heads"] * t["head_dim"],
-        t["kv_heads"] * t["head_dim"],
-    )
-    per_layer = (h + q) + 2 * (h + kv) + (q + h) + 2 * (h + i) + (i + h)
-    return rank * per_layer * t["layers"]
-
-
-def vision_patches(profile: Profile, image_tokens: int) -> int:
-    return image_tokens * profile.image.get("encoder_tokens_per_image_token", 1)
-
-
-def vision_peak_bytes(profile: Profile, image_tokens: int, images: int, train: bool) -> float:
-    """The vision tower's activations for the images of one sample (run image by image at infer)."""
-    image = profile.image
-    patches = vision_patches(profile, image_tokens)
-    hidden = image.get("encoder_hidden", 1024)
-    per_layer = patches * hidden * 2 * coefficients()["activations"]["vision_hidden"]
-    layers = image.get("encoder_layers", 24) if train else 1
-    dense = patches * patches * image.get("encoder_attention_bytes", 0)
-    return per_layer * layers * max(images, 1) + dense
-
-
-# --- the estimate --------------------------------------------------------------------------------
-
-
-def default_stack(profile: Profile, task: str) -> str:
-    if task in profile.data["tasks"] or (task == "qlora" and "lora" in profile.data["tasks"]):
-        return profile.task(task).stack
-    return "transformers" if task == "infer" else "peft"
-
-
-def resolve_request(profile: Profile, req: FitRequest) -> FitRequest:
-    """Fill the request's defaults from the profile and the coefficients table."""
-    validate_request(req)
-    d = coefficients()["defaults"]
-    stack = req.stack or default_stack(profile, req.task)
-    quant = req.quant or ("int4" if req.task == "qlora" else "bf16")
-    image_tokens = req.image_tokens or profile.image["tokens"]
-    in_seq = profile.image.get("in_text_sequence", True)
-    image_total = image_tokens * req.images if in_seq else 0
-    if req.seq is None:
-        if req.task == "infer":
-            seq = image_total + d["infer_text_tokens"]
-        else:
-            seq = max(d["train_seq"], image_total + 256)
-    else:
-        seq = req.seq
-    zero = req.zero
-    if zero is None:
-        zero = profile.task(req.task).zero if req.task in profile.data["tasks"] else 0
-    context = req.context or (profile.text["max_context"] if stack in PAGED_STACKS else seq)
-    return replace(
-        req,
-        stack=stack,
-        quant=quant,
-        image_tokens=image_tokens,
-        seq=seq,
-        zero=zero,
-        lora_rank=req.lora_rank or d["lora_rank"],
-        context=context,
-    )
-
-
-def estimate(profile: Profile, req: FitRequest, gpus: int = 1) -> Estimate:
-    """Peak memory per GPU when the request runs on `gpus` GPUs."""
-    req = resolve_request(profile, req)
-    c = coefficients()
-    act, ovh = c["activations"], c["overhead"]
-    t = profile.text
-    gpus = max(gpus, 1)
-    assert req.seq is not None and req.image_tokens is not None and req.quant is not None
-    seq, batch, images = req.seq, req.batch, req.images
-    parts: list[Component] = []
-    weights = weight_bytes(profile, req.quant)
-    in_seq = profile.image.get("in_text_sequence", True)
-    paged = req.stack in PAGED_STACKS
-    fraction = c["verdict"]["engine_memory_fraction"] if paged else 1.0
-
-    if req.task == "infer":
-        context = req.context or seq
-        kv = kv_bytes(profile, context if paged else seq, batch)
-        kv += cross_kv_bytes(profile, req.image_tokens, images, batch)
-        # Inference shards weights and KV over the GPUs (tensor parallel / device_map="auto").
-        strategy = "one GPU" if gpus == 1 else f"weights and KV cache split over {gpus} GPUs"
-        parts.append(Component("weights", weights / gpus, f"{req.quant}, {_b(weights)} in all"))
-        kv_detail = (
-            f"{context} tokens reserved x batch {batch}"
-            if paged
-            else f"{seq} tokens x batch {batch}"
-        )
-        parts.append(Component("kv cache", kv / gpus, kv_detail))
-        tokens = min(seq * batch, ovh["engine_profile_tokens"]) if paged else seq * batch
-        lm_act = (
-            tokens
-            * (act["infer_hidden"] * t["hidden"] + act["infer_intermediate"] * t["intermediate"])
-            * 2
-        )
-        logits = batch * t["vocab"] * act["infer_logit_bytes"]
-        vision = vision_peak_bytes(profile, req.image_tokens, images if not in_seq else 1, False)
-        activations = lm_act + logits + vision
-        parts.append(
-            Component("activations", activations, f"prefill of {tokens} tokens + vision encoder")
-        )
-    else:
-        strategy = _training_strategy(req, gpus)
-        shard_weights = gpus if (req.task == "full" and req.zero == 3) else 1
-        parts.append(Component("weights", weights / shard_weights, f"{req.quant} base model"))
-        if req.task in ("lora", "qlora"):
-            n = lora_params(profile, req.lora_rank or 8)
-            state = n * c["optimizer"]["lora_bytes_per_param"]
-            parts.append(
-                Component("lora state", state, f"rank {req.lora_rank}, {n / 1e6:.0f}M params")
-            )
-        else:
-            trainable = profile.params["language"] + (
-                profile.params["vision"] if req.train_vision else 0
-            )
-            per = c["optimizer"]["full_bytes_per_param"]
-            shard = gpus if req.zero in (1, 2, 3) else 1
-            # ZeRO-1 shards only optimizer states; the 16-bit gradient (2 of the 14 bytes) stays.
-            grads = 0.0 if req.zero in (2, 3) else 2.0 * trainable
-            state = (
-                trainable * per - (0.0 if req.zero in (2, 3) else 2.0 * trainable)
-            ) / shard + grads
-            parts.append(
-                Component(
-                    "optimizer+grads",
-                    state,
-                    f"AdamW mixed precision, {trainable / 1e9:.2f}B trainable",
-                )
-            )
-        tokens = batch * seq
-        layer_full = (
-            tokens
-            * (act["train_hidden"] * t["hidden"] + act["train_intermediate"] * t["intermediate"])
-            * 2
-        )
-        if req.gradient_checkpointing:
-            lm_act = tokens * t["hidden"] * 2 * act["checkpoint_hidden"] * t["layers"] + layer_full
-            how = "gradient checkpointing"
-        else:
-            lm_act = layer_full * t["layers"]
-            how = "no gradient checkpointing"
-        logits = tokens * t["vocab"] * act["train_logit_bytes"]
-        vision = vision_peak_bytes(profile, req.image_tokens, images * batch, req.train_vision)
-        parts.append(Component("activations", lm_act + vision, f"{tokens} tokens, {how}"))
-        parts.append(Component("logits + loss", logits, f"{tokens} tokens x vocab {t['vocab']}"))
-    activations_total = sum(p.bytes for p in parts if p.name in ("activations", "logits + loss"))
-    overhead = ovh["context_gib"] * GIB + ovh["fragmentation"] * activations_total
-    if paged:
-        overhead += ovh["engine_gib"] * GIB
-    parts.append(Component("overhead", overhead, "CUDA context, workspaces, allocator"))
-    return Estimate(
-        components=parts,
-        gpus=gpus,
-        strategy=strategy,
-        stack=req.stack or "transformers",
-        quant=req.quant,
-        seq=seq,
-        image_tokens=req.image_tokens,
-        context=req.context or seq,
-        memory_fraction=fraction,
-    )
-
-
-def _training_strategy(req: FitRequest, gpus: int) -> str:
-    if gpus == 1:
-        return "one GPU"
-    if req.task == "full" and req.zero:
-        return f"DeepSpeed ZeRO-{req.zero} over {gpus} GPUs"
-    return f"data parallel: a full replica on each of {gpus} GPUs"
 
 
 def _b(n: float) -> str:
@@ -534,7 +212,8 @@ def suggest(
                         Suggestion("batch", f"--batch {batch} (largest batch that fits)", need)
                     )
                     break
-        if req.task == "infer" and req.stack in PAGED_STACKS and req.context:
+        paged = stacks()[req.stack or "transformers"]["kind"] == "paged"
+        if req.task == "infer" and paged and req.context:
             best = _largest(lambda n: fits(replace(asked, context=n)), 1024, req.context)
             if best:
                 n, need = best
@@ -557,8 +236,10 @@ def suggest(
                         "image-tokens", f"--image-tokens {n}{_pixels_hint(profile, n)}", need
                     )
                 )
-        if req.task != "infer" and req.seq and req.seq > 512:
-            best = _largest(lambda n: fits(replace(asked, seq=n)), 512, req.seq - 1)
+        in_text = profile.image.get("in_text_sequence", True)
+        shortest = max(512, (req.image_tokens or 0) * req.images * in_text + 128)
+        if req.task != "infer" and req.seq and req.seq > shortest:
+            best = _largest(lambda n: fits(replace(asked, seq=n)), shortest, req.seq - 1)
             if best:
                 out.append(Suggestion("seq", f"--seq {best[0]} (shorter samples)", best[1]))
         if req.task != "infer" and not req.gradient_checkpointing:

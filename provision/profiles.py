@@ -26,7 +26,6 @@ else:  # pragma: no cover - exercised on 3.10 only
 
 TASKS = ("infer", "lora", "qlora", "full")
 DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
-STACKS = ("transformers", "vllm", "lmdeploy", "ms-swift", "xtuner", "llava", "peft")
 NAME_RE = re.compile(r"^[a-z0-9][a-z0-9._-]*$")
 
 
@@ -88,6 +87,11 @@ TEXT_SCHEMA = {
     "sliding_window": (_INT, False, "tokens a sliding-window layer keeps"),
     "global_layers": (_INT, False, "layers with full attention when others slide"),
     "cross_attention_layers": (_INT, False, "layers that attend to image states (no text KV)"),
+    "prefill_logits_all": (
+        _BOOL,
+        False,
+        "generate computes logits for every prompt token (no logits_to_keep in forward)",
+    ),
     "source": (_STR, True, "where the numbers come from"),
 }
 IMAGE_SCHEMA = {
@@ -97,16 +101,17 @@ IMAGE_SCHEMA = {
     "encoder_tokens_per_image_token": (_INT, False, "vision-encoder patches per LLM image token"),
     "encoder_hidden": (_INT, False, "vision encoder hidden size"),
     "encoder_layers": (_INT, False, "vision encoder layers"),
-    "encoder_attention_bytes": (
-        _INT,
+    "encoder_heads": (_INT, False, "vision encoder attention heads"),
+    "encoder_dense_mask": (
+        _BOOL,
         False,
-        "bytes per patch pair the encoder's attention holds at once (a dense mask); 0 if linear",
+        "the encoder attends over all patches of a batch with one S x S mask (Qwen2-VL family)",
     ),
     "rule": (_STR, False, "how the count follows from the resolution"),
     "source": (_STR, True, "where the numbers come from"),
 }
 TASK_SCHEMA = {
-    "stack": (_STR, True, f"one of {', '.join(STACKS)}"),
+    "stack": (_STR, True, "a stack from provision/data/stacks.toml, e.g. vllm or ms-swift"),
     "packages": (_STRLIST, True, "requirements, exact pins for torch, transformers and the stack"),
     "zero": (_INT, False, "DeepSpeed ZeRO stage the stack uses by default for multi-GPU tuning"),
     "python": (_STR, False, "Python version this task's environment needs, e.g. 3.10"),
@@ -317,10 +322,13 @@ def _check_semantics(data: dict[str, Any], path: Path) -> None:
         raise ProfileError(path, "text.kv_heads", "must divide text.heads")
     if "infer" not in data["tasks"]:
         raise ProfileError(path, "tasks.infer", "missing table (every profile can at least infer)")
+    from provision.memory import stacks  # the stack table lives with the memory model
+
     for task, spec in data["tasks"].items():
-        if spec["stack"] not in STACKS:
+        if spec["stack"] not in stacks():
+            known = ", ".join(sorted(stacks()))
             raise ProfileError(
-                path, f"tasks.{task}.stack", f"{spec['stack']!r} is not one of {', '.join(STACKS)}"
+                path, f"tasks.{task}.stack", f"{spec['stack']!r} is not one of {known}"
             )
         names = {_req_name(p) for p in spec["packages"]}
         for needed in ("torch", "transformers"):

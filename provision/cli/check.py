@@ -59,6 +59,13 @@ def check(
     gradient_checkpointing: Annotated[
         bool, typer.Option("--gradient-checkpointing/--no-gradient-checkpointing")
     ] = True,
+    attention: Annotated[
+        str, typer.Option(help="Attention kernel: sdpa, flash_attention_2 or eager.")
+    ] = "sdpa",
+    memory_fraction: Annotated[
+        float | None,
+        typer.Option(help="Share of GPU memory the stack may use (vLLM --gpu-memory-utilization)."),
+    ] = None,
     gpu: GpuOpt = None,
     gpu_mem: GpuMemOpt = None,
     gpus: GpusOpt = None,
@@ -81,6 +88,8 @@ def check(
         stack=stack,
         zero=zero,
         context=context,
+        attention=attention,
+        memory_fraction=memory_fraction,
     )
     machine = planned_machine(gpu, gpu_mem, gpus, driver)
     report = run_check(profile, request, machine, profiles_dir)
@@ -100,7 +109,7 @@ def render(con: Any, report: Any) -> None:
     where = "planned" if machine.planned else f"this machine, read through {machine.source}"
     if not machine.planned and machine.source == "none":
         where = "this machine; NVML, nvidia-smi and /proc found no NVIDIA driver"
-    con.print(f"[bold]{profile.title}[/] — {req.task}, {req.quant}, stack {est.stack}")
+    con.print(f"[bold]{profile.title}[/] — {req.task}, {req.quant}, stack {req.stack}")
     driver = (
         f", driver {machine.driver_version} (CUDA {machine.cuda_version})"
         if machine.driver_version
@@ -113,9 +122,8 @@ def render(con: Any, report: Any) -> None:
                 f"  compute capability {gpu.cc_text}: bf16 {'yes' if gpu.bf16 else 'no'}, "
                 f"FlashAttention-2 {'yes' if gpu.flash_attn2 else 'no'}"
             )
-    shape = (
-        f"batch {req.batch}, {est.seq} tokens/sample ({req.images} image(s) x {est.image_tokens})"
-    )
+    images = f"{req.images} image(s) x {req.image_tokens} tokens"
+    shape = f"batch {req.batch}, {req.seq} tokens per sample, {images}"
     con.print(f"Requirement: {shape}; {est.strategy}")
     table = Table(show_header=True, header_style="bold", box=None, pad_edge=False)
     table.add_column("per GPU")

@@ -78,10 +78,24 @@ def _mounted_volumes(mounts_file: str = "/proc/mounts") -> list[Path]:
         fs_type = parts[2]
         if fs_type in _PSEUDO_FS or mount_point in _SYSTEM_MOUNTS:
             continue
-        if mount_point.startswith(("/proc", "/sys", "/dev", "/run", "/boot", "/snap", "/var/lib")):
+        if mount_point.startswith(
+            ("/proc", "/sys", "/dev", "/run", "/boot", "/snap", "/var/lib", "/tmp", "/mnt/sandbox")
+        ):
             continue
         found.append(Path(mount_point))
-    return found
+    # A bind mount of the system disk (container storage, say) is not another disk.
+    try:
+        root_dev = os.stat("/").st_dev
+    except OSError:
+        return found
+    distinct = []
+    for mount in found:
+        try:
+            if os.stat(mount).st_dev != root_dev:
+                distinct.append(mount)
+        except OSError:
+            continue
+    return distinct
 
 
 def candidate_data_dirs(mounts_file: str = "/proc/mounts") -> list[DataDir]:
