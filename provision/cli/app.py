@@ -12,7 +12,7 @@ from typing import Annotated
 import typer
 
 from provision import __version__
-from provision.cli import check, download, env, gpus, patch, profiles
+from provision.cli import check, download, env, gpus, lock, patch, profiles
 from provision.cli.output import use_json
 
 # One example per command, shown under `provision --help` (the single place they are listed).
@@ -24,6 +24,7 @@ EXAMPLES = [
     ("verify", "provision verify qwen2-vl-2b"),
     ("env", 'eval "$(provision env qwen2-vl-2b)"'),
     ("patch", "provision patch apply group-beam-search-dtype --env ENV --lock LOCK"),
+    ("lock", "provision lock qwen2.5-vl-7b --gpu 'RTX 4090' --driver 550.54.14 --explain"),
 ]
 
 app = typer.Typer(
@@ -55,5 +56,5 @@ def _global(
     use_json(json_output)
 
 
-for module in (check, profiles, gpus, download, env, patch):
+for module in (check, profiles, gpus, download, env, patch, lock):
     module.register(app)

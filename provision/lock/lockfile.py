@@ -37,8 +37,12 @@ def lock_dir(explicit: str | os.PathLike[str] | None = None) -> Path:
     return Path(chosen).expanduser()
 
 
-def lock_path(profile_name: str, directory: str | os.PathLike[str] | None = None) -> Path:
-    return lock_dir(directory) / f"pylock.{lock_name(profile_name)}.toml"
+def lock_path(
+    profile_name: str, directory: str | os.PathLike[str] | None = None, task: str = "infer"
+) -> Path:
+    """`pylock.<name>.toml` for the infer task; other tasks get `pylock.<name>--<task>.toml`."""
+    suffix = "" if task == "infer" else f"--{task}"
+    return lock_dir(directory) / f"pylock.{lock_name(profile_name)}{suffix}.toml"
 
 
 def read_lock(path: str | os.PathLike[str]) -> dict[str, Any]:

@@ -1,0 +1,206 @@
+"""`provision lock`: resolve a profile into a pinned, hashed PEP 751 lockfile, or check one."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+import typer
+
+from provision.cli.output import JsonFlag, emit, use_json
+
+ProfilesDir = Annotated[
+    str | None,
+    typer.Option(
+        "--profiles-dir",
+        envvar="PROVISION_PROFILES_DIR",
+        help="Folder of your own profile TOML files (searched before the built-ins).",
+    ),
+]
+
+
+def lock(
+    profile: Annotated[
+        str | None, typer.Argument(help="Profile name (or a path to a .toml file).")
+    ] = None,
+    task: Annotated[str, typer.Option("--task", help="infer, lora, qlora or full.")] = "infer",
+    python: Annotated[
+        str | None, typer.Option("--python", help="Target Python X.Y (default: the profile's).")
+    ] = None,
+    gpu: Annotated[
+        str | None, typer.Option("--gpu", help="Plan for this GPU, e.g. 'RTX 4090' or 'A100 x2'.")
+    ] = None,
+    gpu_mem: Annotated[
+        str | None, typer.Option("--gpu-mem", help="Plan for a GPU of this memory, e.g. 24GiB.")
+    ] = None,
+    gpus: Annotated[int | None, typer.Option("--gpus", help="Number of planned GPUs.")] = None,
+    driver: Annotated[
+        str | None, typer.Option("--driver", help="Plan for this NVIDIA driver, e.g. 550.54.14.")
+    ] = None,
+    torch_index: Annotated[
+        str | None,
+        typer.Option(
+            "--torch-index",
+            help="Where torch comes from: official, a mirror name (nju, aliyun), pypi, "
+            "a URL, or a template with {variant}.",
+        ),
+    ] = None,
+    variant: Annotated[
+        str | None,
+        typer.Option("--variant", help="Force a build: cu124, cpu, or pypi (PyPI's build)."),
+    ] = None,
+    output: Annotated[
+        str | None, typer.Option("-o", "--output", help="Lock file to write (or to --check).")
+    ] = None,
+    lock_dir: Annotated[
+        str | None,
+        typer.Option("--lock-dir", envvar="PROVISION_LOCK_DIR", help="Folder of lockfiles."),
+    ] = None,
+    ignore_pip_config: Annotated[
+        bool,
+        typer.Option(
+            "--ignore-pip-config", help="Resolve against PyPI only, ignoring pip.conf / PIP_*."
+        ),
+    ] = False,
+    explain: Annotated[
+        bool, typer.Option("--explain", help="Print the whole decision, step by step.")
+    ] = False,
+    check: Annotated[
+        bool,
+        typer.Option("--check", help="Only tell whether the lock is stale (no network)."),
+    ] = False,
+    all_profiles: Annotated[
+        bool,
+        typer.Option("--all", help="Every built-in profile, every task (PyPI's torch build)."),
+    ] = False,
+    profiles_dir: ProfilesDir = None,
+    json_output: JsonFlag = False,
+) -> None:
+    """Pick the CUDA build of torch for a machine and pin everything into a lockfile."""
+    from provision.errors import ProvisionError
+
+    if check:
+        _check(profile, task, output, lock_dir, all_profiles, profiles_dir, json_output)
+        return
+    if all_profiles:
+        if profile:
+            raise ProvisionError("--all locks every built-in profile: give no PROFILE with it.")
+        _lock_all(lock_dir, json_output)
+        return
+    if not profile:
+        raise ProvisionError(
+            "Which profile? e.g. provision lock qwen2.5-vl-7b",
+            "`provision profiles` lists them; --all locks every built-in one.",
+        )
+    from provision.hardware.catalogue import target_machine
+    from provision.lock.locking import lock_profile
+
+    if driver and gpu is None and gpu_mem is None:
+        # A driver alone is enough to choose a build: plan for it without sizing any GPU.
+        from provision.hardware.machine import Machine, cuda_for_driver
+
+        machine = Machine([], driver, cuda_for_driver(driver), source="target", planned=True)
+    else:
+        machine = target_machine(gpu=gpu, gpu_mem=gpu_mem, gpus=gpus, driver=driver)
+    result = lock_profile(
+        profile,
+        task,
+        machine=machine,
+        python=python,
+        torch_index=torch_index,
+        output=output,
+        variant=variant,
+        use_pip_config=not ignore_pip_config,
+        profiles_dir=profiles_dir,
+        lock_dir=lock_dir,
+    )
+
+    def render(con: Any) -> None:
+        from rich.markup import escape
+
+        if explain:
+            for line in result.explain():
+                con.print(escape(line))
+            return
+        for rewrite in result.plan.rewrites:
+            con.print(f"[yellow]rewrote[/] {escape(rewrite)}")
+        for warning in result.warnings:
+            con.print(f"[yellow]warning:[/] {escape(warning)}")
+        indexes = result.table["indexes"]
+        used = [f"torch from {indexes['torch']['url']} ({indexes['torch']['route']})"]
+        used.append(f"others from {indexes['default']} ({indexes['default_from']})")
+        used += [f"{e['url']} ({e['from']})" for e in indexes["extra"]]
+        used += [f"find-links {f['location']} ({f['from']})" for f in indexes["find_links"]]
+        con.print("indexes: " + escape("; ".join(used)))
+        for note in result.resolution.notes:
+            con.print(escape(note))
+        con.print(f"[green]locked[/] {escape(result.summary())}")
+
+    emit(result, render, json_output)
+
+
+def _check(
+    profile: str | None,
+    task: str,
+    output: str | None,
+    lock_dir: str | None,
+    all_profiles: bool,
+    profiles_dir: str | None,
+    json_output: bool,
+) -> None:
+    from provision.errors import EXIT_FAILED, CheckFailed, ProvisionError
+    from provision.lock.locking import check_builtins, check_lock
+
+    if all_profiles or not profile:
+        if profile or output:
+            raise ProvisionError("--check --all checks the built-in lockfiles: no PROFILE or -o.")
+        results = check_builtins(lock_dir)
+    else:
+        results = [check_lock(profile, task, output, profiles_dir, lock_dir)]
+
+    def render(con: Any) -> None:
+        from rich.markup import escape
+
+        for item in results:
+            mark = "[green]fresh[/]" if item.fresh else "[red]stale[/]"
+            con.print(f"{mark} {escape(str(item.path))} ({item.profile}, {item.task})")
+            for reason in item.reasons:
+                con.print(f"    {escape(reason)}")
+
+    emit(results, render, json_output)
+    stale = [r for r in results if not r.fresh]
+    if stale:
+        if use_json(json_output):
+            raise typer.Exit(EXIT_FAILED)  # the JSON above already says which and why
+        raise CheckFailed(
+            f"{len(stale)} of {len(results)} lockfile(s) stale.",
+            "Lock again: provision lock PROFILE [--task T] (or provision lock --all).",
+        )
+
+
+def _lock_all(lock_dir: str | None, json_output: bool) -> None:
+    from provision.errors import EXIT_FAILED, CheckFailed
+    from provision.lock.locking import lock_builtins
+
+    items = lock_builtins(lock_dir)
+
+    def render(con: Any) -> None:
+        from rich.markup import escape
+
+        for item in items:
+            mark = "[green]locked[/]" if item.ok else "[red]failed[/]"
+            con.print(f"{mark} {item.profile} ({item.task}): {escape(item.message)}")
+
+    emit(items, render, json_output)
+    failed = [i for i in items if not i.ok]
+    if failed:
+        if use_json(json_output):
+            raise typer.Exit(EXIT_FAILED)
+        raise CheckFailed(f"{len(failed)} of {len(items)} locks failed (listed above).")
+
+
+def register(app: typer.Typer) -> None:
+    app.command(
+        "lock",
+        help="Pin torch (CUDA-matched) and everything else into a lockfile."
+        "  e.g. provision lock qwen2.5-vl-7b --gpu 'RTX 4090' --driver 550.54.14",
+    )(lock)

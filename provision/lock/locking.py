@@ -1,0 +1,521 @@
+"""`provision lock`: a profile's task -> a pinned, hashed PEP 751 lock plus [tool.provision].
+
+    lock_profile("qwen2.5-vl-7b", task="infer")   # this machine (or a planning target)
+    check_lock(profile, "infer")                   # stale against its profile? (no network)
+    lock_builtins()                                # lockfiles/ for every built-in profile
+
+The lock is uv's pylock.toml as uv wrote it (so `uv pip sync` / `uv pip install -r` take it as it
+is), under a header saying how to regenerate it, followed by `[tool.provision]`: profile (name,
+content hash, task), target (Python, platform, CUDA variant, minimum driver and compute
+capability), indexes, model, fixes, env, smoke, tool version. Re-locking keeps what later stages
+recorded when it still holds: the model's commit and file hashes while source, repo and revision
+are unchanged; smoke results and patched-file hashes while the locked packages are unchanged.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import sys
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from provision import __version__
+from provision.atomic import atomic_write_text, file_lock
+from provision.errors import ProvisionError
+from provision.hardware.driver import DriverFacts, driver_facts
+from provision.hardware.machine import Machine
+from provision.lock.indexes import Index, IndexConfig, index_config
+from provision.lock.lockfile import LOCK_DIR_ENV, lock_path, tool_table
+from provision.lock.resolve import (
+    DEFAULT_PLATFORM,
+    RequirementSet,
+    Resolution,
+    Route,
+    canonical,
+    resolve,
+)
+from provision.profiles import Profile, load_profile, load_profile_file
+from provision.resources import builtin_dir
+from provision.torch_select import TorchPlan, cc_text, plan_torch, variant_info
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+# Names that look like they hold a secret never go into the lock's env table.
+_SECRET = re.compile(r"(TOKEN|SECRET|PASSWORD|PASSWD|API_?KEY|CREDENTIAL|AUTH)", re.IGNORECASE)
+_PIN = re.compile(r"^\s*([A-Za-z0-9][A-Za-z0-9._-]*)(\[[^\]]*\])?\s*==\s*([^\s;,]+)")
+_OWN_SECTIONS = ("profile", "target", "indexes", "model", "fixes", "env", "smoke", "tool-version")
+
+
+@dataclass
+class LockResult:
+    path: Path
+    profile: str
+    task: str
+    python: str
+    platform: str
+    facts: DriverFacts
+    plan: TorchPlan
+    indexes: IndexConfig
+    resolution: Resolution
+    table: dict[str, Any]
+    kept: list[str] = field(default_factory=list)
+
+    @property
+    def warnings(self) -> list[str]:
+        return list(self.plan.choice.warnings)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "path": str(self.path),
+            "profile": self.profile,
+            "task": self.task,
+            "python": self.python,
+            "platform": self.platform,
+            "torch": self.plan.torch_version,
+            "variant": self.plan.variant,
+            "rewrites": list(self.plan.rewrites),
+            "warnings": self.warnings,
+            "driver": self.facts.to_json(),
+            "decision": self.plan.to_json(),
+            "indexes": self.table["indexes"],
+            "target": self.table["target"],
+            "resolution": self.resolution.to_json(),
+            "kept": list(self.kept),
+        }
+
+    def summary(self) -> str:
+        return (
+            f"{self.path}: {len(self.resolution.packages)} packages for {self.profile} "
+            f"({self.task}), torch {self.plan.torch_version} [{self.plan.variant}], "
+            f"Python {self.python}"
+        )
+
+    def explain(self) -> list[str]:
+        """The whole decision, in the order it was taken."""
+        plan = self.plan
+        lines = ["Driver: " + self.facts.describe()]
+        if self.facts.looked_at:
+            lines.append("  looked at: " + ", ".join(self.facts.looked_at))
+        lines.append("Variant choice:")
+        lines += [f"  {step}" for step in plan.choice.steps]
+        rule = plan.choice.rule
+        label = f"rule {rule}" if rule.isdigit() else rule
+        lines.append(f"  chosen: {plan.variant} ({label}: {plan.choice.reason})")
+        for warning in plan.choice.warnings:
+            lines.append(f"  warning: {warning}")
+        for rewrite in plan.rewrites:
+            lines.append(f"  rewrite: {rewrite}")
+        lines.append(
+            f"torch family ({', '.join(plan.routed) or 'torch'}) only from "
+            f"{Index('t', plan.index.url, '').public_url} [{plan.index.route}]"
+        )
+        indexes = self.table["indexes"]
+        lines.append(f"Other packages: {indexes['default']} ({indexes['default_from']})")
+        for extra in indexes["extra"]:
+            lines.append(f"  extra index {extra['url']} ({extra['from']})")
+        for link in indexes["find_links"]:
+            lines.append(f"  find-links {link['location']} ({link['from']})")
+        lines.append(f"  index strategy: {indexes['strategy']}")
+        lines.append("Requirements: " + ", ".join(plan.requirements))
+        lines.append(f"Resolved by: {' '.join(self.resolution.command)}")
+        lines += [f"  {note}" for note in self.resolution.notes]
+        target = self.table["target"]
+        lines.append(
+            f"Target: Python {target['python']} on {target['platform']}, {target['variant']}"
+            + (
+                f", driver {target['min_driver']}+ and compute capability "
+                f"{target['min_compute_capability']}+"
+                if target.get("min_driver")
+                else ""
+            )
+        )
+        if self.kept:
+            lines.append("Kept from the previous lock: " + ", ".join(self.kept))
+        lines.append(self.summary())
+        return lines
+
+
+# --- building the [tool.provision] table -----------------------------------------------------
+
+
+def _target(plan: TorchPlan, python: str, platform: str, facts: DriverFacts) -> dict[str, Any]:
+    variant = variant_info(plan.variant)
+    target: dict[str, Any] = {
+        "python": python,
+        "platform": platform,
+        "variant": plan.variant,
+        "torch": plan.torch_version,
+        "route": plan.index.route,
+        "rule": plan.choice.rule,
+        "reason": plan.choice.reason,
+    }
+    if not variant.is_cpu:
+        target.update(
+            {
+                "cuda": variant.cuda,
+                "min_driver": variant.min_driver,
+                "full_support_driver": variant.full_driver,
+                "min_compute_capability": cc_text(variant.min_cc),
+                "max_compute_capability": cc_text(variant.max_cc),
+            }
+        )
+    if facts.driver_version:
+        target["planned_for_driver"] = facts.driver_version
+    if facts.gpu_names:
+        target["planned_for_gpus"] = sorted(set(facts.gpu_names))
+    return {k: v for k, v in target.items() if v is not None}
+
+
+def _indexes(plan: TorchPlan, config: IndexConfig) -> dict[str, Any]:
+    data = config.to_json()
+    data["torch"] = {
+        "url": Index("torch", plan.index.url, "").public_url,
+        "route": plan.index.route,
+        "format": plan.index.format,
+        "packages": list(plan.routed),
+    }
+    return data
+
+
+def _model(profile: Profile) -> dict[str, Any]:
+    model: dict[str, Any] = {
+        "source": "huggingface",
+        "repo_id": profile.hf_repo,
+        "revision": profile.revision or "main",
+    }
+    if profile.modelscope_repo:
+        model["modelscope_repo_id"] = profile.modelscope_repo
+    return model
+
+
+def _package_set(data: Mapping[str, Any]) -> set[tuple[str, str]]:
+    return {(canonical(p["name"]), str(p.get("version"))) for p in data.get("packages", [])}
+
+
+def _merge_previous(
+    table: dict[str, Any], old: Mapping[str, Any] | None, same_packages: bool, profile: Profile
+) -> list[str]:
+    """Carry over what later stages recorded, where it still describes this lock."""
+    if not old:
+        return []
+    kept = []
+    old_table = tool_table(old)  # type: ignore[arg-type]
+    old_model = old_table.get("model", {})
+    repos = {profile.hf_repo, profile.modelscope_repo}
+    if (
+        old_model
+        and old_model.get("repo_id") in repos
+        and old_model.get("revision") == table["model"]["revision"]
+        and any(k in old_model for k in ("commit", "files"))
+    ):
+        table["model"] = {**table["model"], **old_model}
+        kept.append("model (commit and files)")
+    old_env = {k: v for k, v in old_table.get("env", {}).items() if not _SECRET.search(k)}
+    others = {k: v for k, v in old_env.items() if k not in table["env"]}
+    if others:
+        table["env"] = {**others, **table["env"]}
+        kept.append("env (" + ", ".join(sorted(others)) + ")")
+    if same_packages:
+        old_fixes = old_table.get("fixes", {})
+        extra = {k: v for k, v in old_fixes.items() if k != "apply"}
+        if extra:
+            table["fixes"].update(extra)
+            kept.append("fixes (patched files)")
+        if old_table.get("smoke"):
+            table["smoke"] = old_table["smoke"]
+            kept.append("smoke")
+    for key, value in old_table.items():  # sections other stages own that this one does not
+        if key not in _OWN_SECTIONS and key not in table:
+            table[key] = value
+            kept.append(key)
+    return kept
+
+
+def lock_inputs(profile: Profile, task: str) -> dict[str, Any]:
+    """The parts of a profile a lock is made from. Its hash decides staleness, so that editing a
+    memory figure or a comment in the profile does not stale a lock whose packages still hold."""
+    spec = profile.task(task)
+    return {
+        "name": profile.name,
+        "task": task,
+        "python": spec.python or profile.python,
+        "stack": spec.stack,
+        "packages": list(spec.packages),
+        "source": {k: v for k, v in profile.data["source"].items() if k != "note"},
+        "fixes": list(profile.fixes),
+    }
+
+
+def inputs_hash(profile: Profile, task: str) -> str:
+    import hashlib
+    import json
+
+    blob = json.dumps(lock_inputs(profile, task), sort_keys=True).encode("utf-8")
+    return "sha256:" + hashlib.sha256(blob).hexdigest()
+
+
+def _header(profile: Profile, task: str) -> str:
+    command = f"provision lock {profile.name}" + ("" if task == "infer" else f" --task {task}")
+    return (
+        f"# Generated by provision {__version__} ({command}); resolved by uv.\n"
+        "# Do not edit by hand: change the profile and lock again. `provision lock --check` tells\n"
+        "# whether this file is stale; `uv pip sync` installs it as it is.\n"
+    )
+
+
+def _read_existing(path: Path) -> dict[str, Any] | None:
+    try:
+        return tomllib.loads(path.read_text(encoding="utf-8"))
+    except (OSError, tomllib.TOMLDecodeError):
+        return None
+
+
+# --- the public entry points -----------------------------------------------------------------
+
+
+def lock_profile(
+    profile: str | Profile,
+    task: str = "infer",
+    machine: Machine | None = None,
+    python: str | None = None,
+    torch_index: str | None = None,
+    output: str | os.PathLike[str] | None = None,
+    *,
+    variant: str | None = None,
+    facts: DriverFacts | None = None,
+    use_pip_config: bool = True,
+    indexes: IndexConfig | None = None,
+    platform: str = DEFAULT_PLATFORM,
+    profiles_dir: str | os.PathLike[str] | None = None,
+    lock_dir: str | os.PathLike[str] | None = None,
+    env: Mapping[str, str] | None = None,
+) -> LockResult:
+    """Resolve `profile`'s `task` for a machine and write its lock; return what was decided.
+
+    `machine` is a planning target (provision.hardware.catalogue.target_machine) or None for
+    this machine; `facts` skips probing altogether. `variant` forces a build ("cu124", "cpu",
+    "pypi" = the one PyPI's wheel is built with). `output` defaults to lock_path(name, task).
+    """
+    prof = profile if isinstance(profile, Profile) else load_profile(profile, profiles_dir)
+    spec = prof.task(task)
+    python = python or spec.python or prof.python
+    facts = facts or driver_facts(machine, env=env)
+    config = indexes or index_config(use_pip_config, env)
+    plan = plan_torch(
+        spec.packages, facts, python, torch_index, variant, default_index=config.default.url
+    )
+    route_index = Index(
+        "torch",
+        plan.index.url,
+        "--torch-index" if torch_index else plan.index.route,
+        format=plan.index.format,
+        explicit=True,
+    )
+    route = Route(route_index, tuple(plan.routed), plan.variant if plan.index.local_label else None)
+    resolution = resolve(
+        [RequirementSet(f"{prof.name}/{task}", tuple(plan.requirements))],
+        python,
+        config,
+        [route],
+        platform=platform,
+    )
+
+    table: dict[str, Any] = {
+        "tool-version": __version__,
+        "resolver": f"uv {resolution.uv_version}",
+        "profile": {
+            "name": prof.name,
+            "hash": "sha256:" + prof.content_hash(),
+            "inputs_hash": inputs_hash(prof, task),
+            "task": task,
+            "stack": spec.stack,
+            "builtin": prof.builtin,
+        },
+        "target": _target(plan, python, platform, facts),
+        "indexes": _indexes(plan, config),
+        "model": _model(prof),
+        "fixes": {"apply": list(prof.fixes)},
+        "env": {k: v for k, v in resolution.install_env.items() if not _SECRET.search(k)},
+        "smoke": {},
+    }
+    path = Path(output) if output else lock_path(prof.name, lock_dir, task)
+    if path.name != "pylock.toml" and not re.fullmatch(r"pylock\.[^.]+\.toml", path.name):
+        raise ProvisionError(
+            f"Lock file name {path.name!r} is not a PEP 751 name.",
+            "Name it pylock.toml or pylock.<name>.toml, where <name> has no dots.",
+        )
+    new_packages = _package_set(tomllib.loads(resolution.text))
+
+    import tomli_w
+
+    with file_lock(str(path) + ".lock"):
+        old = _read_existing(path) if path.exists() else None
+        same = old is not None and _package_set(old) == new_packages
+        kept = _merge_previous(table, old, same, prof)
+        body = resolution.text.rstrip("\n") + "\n\n" + tomli_w.dumps({"tool": {"provision": table}})
+        text = _header(prof, task) + body
+        tomllib.loads(text)  # never write a file that does not parse
+        atomic_write_text(path, text)
+    return LockResult(
+        path, prof.name, task, python, platform, facts, plan, config, resolution, table, kept
+    )
+
+
+def builtin_lock_dir(explicit: str | os.PathLike[str] | None = None) -> Path:
+    """Where the built-in profiles' locks live: the flag, PROVISION_LOCK_DIR, else lockfiles/."""
+    chosen = explicit or os.environ.get(LOCK_DIR_ENV)
+    return Path(chosen).expanduser() if chosen else builtin_dir("lockfiles")
+
+
+def _builtin_profiles(names: Sequence[str] | None = None) -> list[Profile]:
+    # Straight from the built-in folder: a user profile of the same name must not stand in.
+    found = [load_profile_file(p, True) for p in sorted(builtin_dir("profiles").glob("*.toml"))]
+    if names:
+        wanted = set(names)
+        found = [p for p in found if p.name in wanted]
+    return found
+
+
+@dataclass
+class LockAllItem:
+    profile: str
+    task: str
+    path: Path
+    ok: bool
+    message: str
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "profile": self.profile,
+            "task": self.task,
+            "path": str(self.path),
+            "ok": self.ok,
+            "message": self.message,
+        }
+
+
+def lock_builtins(
+    lock_dir: str | os.PathLike[str] | None = None,
+    tasks: Sequence[str] | None = None,
+    names: Sequence[str] | None = None,
+) -> list[LockAllItem]:
+    """Regenerate the built-in profiles' locks: PyPI's torch build, resolved against PyPI only
+    (so the committed files are real, and reproducible anywhere PyPI is reachable)."""
+    directory = builtin_lock_dir(lock_dir)
+    facts = DriverFacts(None, None, [], [], "not used: --all locks PyPI's build", [])
+    items = []
+    for prof in sorted(_builtin_profiles(names), key=lambda p: p.name):
+        for task in prof.tasks:
+            if tasks and task not in tasks:
+                continue
+            path = lock_path(prof.name, directory, task)
+            try:
+                result = lock_profile(
+                    prof,
+                    task,
+                    variant="pypi",
+                    facts=facts,
+                    use_pip_config=False,
+                    output=path,
+                )
+            except ProvisionError as exc:
+                items.append(LockAllItem(prof.name, task, path, False, str(exc)))
+                continue
+            items.append(LockAllItem(prof.name, task, path, True, result.summary()))
+    return items
+
+
+# --- staleness -------------------------------------------------------------------------------
+
+
+@dataclass
+class CheckResult:
+    profile: str
+    task: str
+    path: Path
+    fresh: bool
+    reasons: list[str]
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "profile": self.profile,
+            "task": self.task,
+            "path": str(self.path),
+            "fresh": self.fresh,
+            "reasons": list(self.reasons),
+        }
+
+
+def check_lock(
+    profile: str | Profile,
+    task: str = "infer",
+    path: str | os.PathLike[str] | None = None,
+    profiles_dir: str | os.PathLike[str] | None = None,
+    lock_dir: str | os.PathLike[str] | None = None,
+) -> CheckResult:
+    """Is the lock still what its profile asks for? Reads files only: no network, no uv."""
+    prof = profile if isinstance(profile, Profile) else load_profile(profile, profiles_dir)
+    lock = Path(path) if path else lock_path(prof.name, lock_dir, task)
+    reasons = stale_reasons(prof, task, lock)
+    return CheckResult(prof.name, task, lock, not reasons, reasons)
+
+
+def stale_reasons(profile: Profile, task: str, lock: Path) -> list[str]:
+    if not lock.exists():
+        return [f"{lock} does not exist"]
+    try:
+        data = tomllib.loads(lock.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
+        return [f"{lock} is not a readable TOML file ({exc})"]
+    reasons = []
+    if data.get("lock-version") != "1.0":
+        reasons.append(f"lock-version is {data.get('lock-version')!r}, not '1.0' (PEP 751)")
+    if not data.get("packages"):
+        reasons.append("it locks no packages")
+    table = tool_table(data)
+    recorded = table.get("profile", {})
+    if recorded.get("name") != profile.name:
+        reasons.append(f"it was made for profile {recorded.get('name')!r}, not {profile.name!r}")
+    if recorded.get("task") != task:
+        reasons.append(f"it was made for task {recorded.get('task')!r}, not {task!r}")
+    try:
+        want_hash = inputs_hash(profile, task)
+    except ProvisionError as exc:
+        return reasons + [exc.message]
+    if recorded.get("inputs_hash") != want_hash:
+        reasons.append(
+            f"what {profile.path.name} says about task {task} (packages, Python, model source, "
+            f"fixes) changed since the lock was made"
+        )
+    locked = {canonical(p["name"]): str(p.get("version", "")) for p in data.get("packages", [])}
+    try:
+        wanted = profile.task(task).packages
+    except ProvisionError as exc:
+        return reasons + [exc.message]
+    for requirement in wanted:
+        match = _PIN.match(requirement)
+        if not match:
+            continue
+        name, version = canonical(match.group(1)), match.group(3)
+        have = locked.get(name)
+        if have is None:
+            reasons.append(f"{name} is not in the lock")
+        elif have.split("+", 1)[0] != version.split("+", 1)[0]:
+            reasons.append(f"{name} is locked at {have}, the profile pins {version}")
+    return reasons
+
+
+def check_builtins(lock_dir: str | os.PathLike[str] | None = None) -> list[CheckResult]:
+    """Every built-in profile's every task has a lock, and none is stale."""
+    directory = builtin_lock_dir(lock_dir)
+    results = []
+    for prof in sorted(_builtin_profiles(), key=lambda p: p.name):
+        for task in prof.tasks:
+            results.append(check_lock(prof, task, lock_path(prof.name, directory, task)))
+    return results

@@ -1,0 +1,527 @@
+"""Resolution through uv: requirement sets in, a PEP 751 pylock.toml (as uv writes it) out.
+
+uv is given everything explicitly and nothing else: a generated pyproject.toml in a temporary folder
+holds the requirements, every index (`[[tool.uv.index]]`), the routing of the torch family to its
+one index (`explicit = true` + `[tool.uv.sources]`, so it can never come from another index), and
+static metadata for packages PyPI has only as source archives (`[[tool.uv.dependency-metadata]]`,
+so nothing is built to lock them). uv runs with `--no-config` and without UV_* index variables,
+so a stray uv.toml or UV_INDEX_URL cannot add an index behind the lock's back.
+
+Several requirement sets (one per profile, say) resolve together into one environment; when they
+cannot, the message names the packages in conflict and which set asked for what.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+from provision.errors import CheckFailed, ProvisionError
+from provision.lock.indexes import Index, IndexConfig, redact
+from provision.resources import data_file
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+DEFAULT_PLATFORM = "x86_64-manylinux_2_28"
+PROJECT = "provision-resolve"
+# Variables through which uv would take indexes or settings we did not choose.
+_UV_SCRUB = re.compile(
+    r"^UV_(INDEX|INDEX_URL|EXTRA_INDEX_URL|DEFAULT_INDEX|FIND_LINKS|NO_INDEX|INDEX_STRATEGY|"
+    r"CONFIG_FILE|NO_CONFIG|PRERELEASE|EXCLUDE_NEWER|TORCH_BACKEND|CONSTRAINT|OVERRIDE|"
+    r"BUILD_CONSTRAINT|NO_BUILD|NO_BINARY|INDEX_[A-Z0-9_]+_(USERNAME|PASSWORD))$"
+)
+
+
+@dataclass(frozen=True)
+class RequirementSet:
+    """One input to a resolution: a label people recognise and its requirement strings."""
+
+    label: str  # e.g. "qwen2.5-vl-7b/infer"
+    requirements: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class Route:
+    """Packages that must come from one index, and the local version label they must carry
+    (`cu124` on the PyTorch index; None on PyPI, whose wheels have none)."""
+
+    index: Index
+    packages: tuple[str, ...]
+    local: str | None = None
+
+
+@dataclass(frozen=True)
+class LockedPackage:
+    name: str
+    version: str
+    urls: tuple[str, ...]
+    sdist_only: bool
+
+    def to_json(self) -> dict[str, Any]:
+        return {"name": self.name, "version": self.version, "sdist_only": self.sdist_only}
+
+
+@dataclass
+class Resolution:
+    text: str  # the pylock.toml body uv wrote
+    packages: list[LockedPackage]
+    command: list[str]  # what ran (credentials never appear in it)
+    uv_version: str
+    seconds: float
+    install_env: dict[str, str] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+
+    def package(self, name: str) -> LockedPackage | None:
+        for pkg in self.packages:
+            if pkg.name == name:
+                return pkg
+        return None
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "packages": len(self.packages),
+            "command": " ".join(self.command),
+            "uv_version": self.uv_version,
+            "seconds": round(self.seconds, 3),
+            "install_env": dict(self.install_env),
+            "notes": list(self.notes),
+        }
+
+
+# --- helpers ---------------------------------------------------------------------------------
+
+
+def uv_binary() -> str:
+    """The `uv` package's own binary (the version pyproject.toml pins), not whatever is on PATH."""
+    from uv import find_uv_bin
+
+    return find_uv_bin()
+
+
+@lru_cache(maxsize=1)
+def uv_version() -> str:
+    from importlib.metadata import version
+
+    return version("uv")
+
+
+def canonical(name: str) -> str:
+    return re.sub(r"[-_.]+", "-", name).lower()
+
+
+def _req_name(requirement: str) -> str:
+    return canonical(re.split(r"[<>=!~\[;@ (]", requirement.strip(), maxsplit=1)[0])
+
+
+def _exact_pin(requirement: str) -> str | None:
+    match = re.search(r"===?\s*([^\s,;]+)", requirement)
+    return match.group(1) if match else None
+
+
+@lru_cache(maxsize=1)
+def static_metadata() -> tuple[dict[str, Any], ...]:
+    """provision/data/sdist_metadata.toml: dependency metadata of sdist-only packages."""
+    with data_file("sdist_metadata.toml").open("rb") as handle:
+        return tuple(tomllib.load(handle)["package"])
+
+
+def _strip_credentials(url: str) -> tuple[str, str | None, str | None]:
+    parts = urlsplit(url)
+    if not (parts.username or parts.password):
+        return url, None, None
+    host = parts.hostname or ""
+    if parts.port:
+        host += f":{parts.port}"
+    bare = urlunsplit((parts.scheme, host, parts.path, parts.query, parts.fragment))
+    return bare, parts.username, parts.password
+
+
+def _env_name(index_name: str) -> str:
+    return re.sub(r"[^A-Z0-9]", "_", index_name.upper())
+
+
+def uv_environment(base: Mapping[str, str] | None = None) -> dict[str, str]:
+    """os.environ without the UV_* variables that add indexes or settings, plus our own."""
+    env = {k: v for k, v in (base or os.environ).items() if not _UV_SCRUB.match(k)}
+    env["UV_PYTHON_DOWNLOADS"] = "never"  # a missing interpreter must not cost seconds of retries
+    env["NO_COLOR"] = "1"
+    env.pop("FORCE_COLOR", None)
+    return env
+
+
+# --- the generated project -------------------------------------------------------------------
+
+
+def _merge(sets: Sequence[RequirementSet]) -> tuple[list[str], dict[str, list[tuple[str, str]]]]:
+    """All requirements once each, and package name -> [(set label, requirement)]."""
+    merged: list[str] = []
+    who: dict[str, list[tuple[str, str]]] = {}
+    for rset in sets:
+        for req in rset.requirements:
+            if req not in merged:
+                merged.append(req)
+            who.setdefault(_req_name(req), []).append((rset.label, req))
+    return merged, who
+
+
+def _direct_conflicts(who: Mapping[str, list[tuple[str, str]]]) -> list[str]:
+    """Exact pins of one package that differ between sets: no resolver needed to see those."""
+    lines = []
+    for name, asks in who.items():
+        pins = {_exact_pin(req) for _, req in asks if _exact_pin(req)}
+        if len(pins) > 1:
+            lines.append(f"{name}: " + "; ".join(f"{label} needs {req}" for label, req in asks))
+    return lines
+
+
+def project_toml(
+    requirements: Sequence[str],
+    python: str,
+    indexes: IndexConfig,
+    routes: Sequence[Route],
+) -> tuple[str, dict[str, str]]:
+    """The pyproject.toml uv resolves, and the environment variables holding index credentials."""
+    import tomli_w
+
+    secrets: dict[str, str] = {}
+    uv_indexes: list[dict[str, Any]] = []
+
+    def add(index: Index, **extra: Any) -> None:
+        url, user, password = _strip_credentials(index.url)
+        entry: dict[str, Any] = {"name": index.name, "url": url, **extra}
+        if index.format == "flat":
+            entry["format"] = "flat"
+        uv_indexes.append(entry)
+        # Credentials go to uv through its per-index variables, never into a file.
+        if user:
+            secrets[f"UV_INDEX_{_env_name(index.name)}_USERNAME"] = user
+        if password:
+            secrets[f"UV_INDEX_{_env_name(index.name)}_PASSWORD"] = password
+
+    sources: dict[str, dict[str, str]] = {}
+    for route in routes:
+        add(route.index, explicit=True)
+        for package in route.packages:
+            sources[package] = {"index": route.index.name}
+    for extra in indexes.extras:
+        add(extra)
+    add(indexes.default, default=True)
+
+    keys = ("name", "version", "requires-dist", "requires-python")
+    metadata = [{k: v for k, v in row.items() if k in keys} for row in static_metadata()]
+    doc: dict[str, Any] = {
+        "project": {
+            "name": PROJECT,
+            "version": "0",
+            "requires-python": f">={python}",
+            "dependencies": list(requirements),
+        },
+        "tool": {"uv": {"index": uv_indexes, "dependency-metadata": metadata}},
+    }
+    if sources:
+        doc["tool"]["uv"]["sources"] = sources
+    return tomli_w.dumps(doc), secrets
+
+
+def compile_command(
+    python: str, platform: str, indexes: IndexConfig, output: str = "pylock.toml"
+) -> list[str]:
+    command = [
+        "pip",
+        "compile",
+        "pyproject.toml",
+        "--format",
+        "pylock.toml",
+        "--generate-hashes",
+        "--python-version",
+        python,
+        "--python-platform",
+        platform,
+        "--no-config",
+        "--no-header",
+        "--index-strategy",
+        indexes.strategy,
+        "--output-file",
+        output,
+    ]
+    for location, _origin in indexes.find_links:
+        command += ["--find-links", location]
+    return command
+
+
+# --- resolving -------------------------------------------------------------------------------
+
+
+def resolve(
+    sets: Sequence[RequirementSet],
+    python: str,
+    indexes: IndexConfig,
+    routes: Sequence[Route] = (),
+    platform: str = DEFAULT_PLATFORM,
+    uv: str | None = None,
+    timeout: float = 900,
+    workdir: str | os.PathLike[str] | None = None,
+) -> Resolution:
+    """Resolve the sets together for `python` on `platform`: a PEP 751 lock with hashes.
+
+    Raises CheckFailed (exit 1) when the sets cannot be satisfied, naming the packages and which
+    set needs what; ProvisionError (exit 2) for an index that is down or is not an index, or a
+    Python version or platform no wheel supports.
+    """
+    if not sets:
+        raise ProvisionError("Nothing to resolve: no requirement sets were given.")
+    merged, who = _merge(sets)
+    conflicts = _direct_conflicts(who)
+    if conflicts:
+        raise CheckFailed(
+            "The requirements pin the same package to different versions:\n  "
+            + "\n  ".join(conflicts),
+            "Make the pins agree (or resolve these sets into separate environments).",
+        )
+    pyproject, secrets = project_toml(merged, python, indexes, routes)
+    command = compile_command(python, platform, indexes)
+    uv_bin = uv or uv_binary()
+    env = uv_environment()
+    env.update(secrets)
+
+    with tempfile.TemporaryDirectory(prefix="provision-resolve-", dir=workdir) as tmp:
+        Path(tmp, "pyproject.toml").write_text(pyproject, encoding="utf-8")
+        started = time.perf_counter()
+        try:
+            done = subprocess.run(
+                [uv_bin, *command],
+                cwd=tmp,
+                env=env,
+                capture_output=True,
+                text=True,
+                timeout=timeout,
+            )
+        except subprocess.TimeoutExpired as exc:
+            raise ProvisionError(
+                f"uv did not finish resolving in {timeout:.0f} s.",
+                "An index may be very slow; check the indexes listed by --explain.",
+            ) from exc
+        seconds = time.perf_counter() - started
+        if done.returncode != 0:
+            raise explain_failure(done.stderr, sets, who, indexes, routes, python, platform)
+        text = Path(tmp, "pylock.toml").read_text(encoding="utf-8")
+
+    data = tomllib.loads(text)
+    packages = [_locked(p) for p in data.get("packages", [])]
+    resolution = Resolution(text, packages, ["uv", *command], uv_version(), seconds)
+    _check_routes(resolution, routes)
+    _sdist_notes(resolution)
+    return resolution
+
+
+def _locked(entry: Mapping[str, Any]) -> LockedPackage:
+    urls = [w.get("url") or w.get("path", "") for w in entry.get("wheels", [])]
+    sdist = entry.get("sdist")
+    if sdist:
+        urls.append(sdist.get("url") or sdist.get("path", ""))
+    return LockedPackage(
+        name=canonical(entry["name"]),
+        version=str(entry.get("version", "")),
+        urls=tuple(urls),
+        sdist_only=not entry.get("wheels") and bool(sdist),
+    )
+
+
+def _check_routes(resolution: Resolution, routes: Sequence[Route]) -> None:
+    """Belt and braces: every routed package carries its index's label (or none, on PyPI)."""
+    for route in routes:
+        for name in route.packages:
+            pkg = resolution.package(canonical(name))
+            if pkg is None:
+                continue
+            local = pkg.version.partition("+")[2] or None
+            if local != route.local:
+                want = f"+{route.local}" if route.local else "no local label"
+                raise ProvisionError(
+                    f"uv locked {pkg.name} {pkg.version}, not the build routed to "
+                    f"{route.index.public_url} ({want}).",
+                    "This is a bug in provision's routing; please report it with --explain output.",
+                )
+
+
+def _sdist_notes(resolution: Resolution) -> None:
+    known = {(canonical(r["name"]), r["version"]): r for r in static_metadata()}
+    for pkg in resolution.packages:
+        if not pkg.sdist_only:
+            continue
+        row = known.get((pkg.name, pkg.version))
+        if row:
+            resolution.install_env.update(row.get("install_env", {}))
+            resolution.notes.append(
+                f"{pkg.name} {pkg.version} has no wheel: locked without building it (its "
+                f"metadata is in provision/data/sdist_metadata.toml); it is built at install"
+                + (
+                    f" with {', '.join(f'{k}={v}' for k, v in row['install_env'].items())}"
+                    if row.get("install_env")
+                    else ""
+                )
+                + "."
+            )
+        else:
+            resolution.notes.append(
+                f"{pkg.name} {pkg.version} has no wheel: uv built it to read its metadata, "
+                "and it is built again at install."
+            )
+
+
+# --- failures --------------------------------------------------------------------------------
+
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")
+_NETWORK = re.compile(
+    r"(Failed to fetch|error sending request|tcp connect error|dns error|Connection refused|"
+    r"operation timed out|Could not connect|failed to lookup address|Request failed after)",
+    re.IGNORECASE,
+)
+_URL = re.compile(r"`((?:https?|file)://[^`\s]+)`")
+_PY_TAG = re.compile(
+    r"(\S+) has no wheels with a matching Python (?:ABI|version|implementation) tag"
+    r"|(\S+) only has wheels with the following Python"
+    r"|(\S+) has no wheels with a matching platform tag"
+)
+
+
+def _clean(stderr: str) -> list[str]:
+    lines = []
+    for raw in _ANSI.sub("", stderr).splitlines():
+        line = raw.strip().lstrip("×╰─▶│├ ").strip()
+        line = re.sub(r"^(error|cause):\s*", "", line)
+        if line:
+            lines.append(line)
+    return lines
+
+
+def _trim(lines: Sequence[str], limit: int = 8) -> list[str]:
+    out = []
+    for line in lines:
+        if line.startswith("No solution found"):
+            continue
+        line = re.sub(r"\b" + PROJECT + r" depends on", "the requirements need", line)
+        out.append(line if len(line) <= 400 else line[:397] + "...")
+        if len(out) == limit:
+            break
+    return out
+
+
+def explain_failure(
+    stderr: str,
+    sets: Sequence[RequirementSet],
+    who: Mapping[str, list[tuple[str, str]]],
+    indexes: IndexConfig,
+    routes: Sequence[Route],
+    python: str,
+    platform: str,
+) -> ProvisionError:
+    """uv's error, trimmed to what a person needs, as ProvisionError (2) or CheckFailed (1)."""
+    text = _ANSI.sub("", stderr)
+    lines = _clean(stderr)
+    all_indexes = [r.index for r in routes] + list(indexes.extras) + [indexes.default]
+
+    if _NETWORK.search(text) and "No solution found" not in text:
+        urls = _URL.findall(text)
+        where = redact(urls[0]) if urls else "an index"
+        problem = _diagnose(all_indexes)
+        return ProvisionError(
+            f"Could not reach {where}: {problem or _last_cause(lines)}",
+            "Check the URL and the network; fix pip's configuration or pass another "
+            "--torch-index (--explain lists the indexes and where each came from).",
+        )
+
+    if "No solution found" not in text:
+        return ProvisionError(
+            "uv could not resolve the requirements:\n  " + "\n  ".join(_trim(lines, 6)),
+            "Run with --explain to see the indexes and requirements that were used.",
+        )
+
+    tag = _PY_TAG.search(text)
+    if tag:
+        package = next(g for g in tag.groups() if g)
+        platform_problem = "platform tag" in tag.group(0)
+        target = f"platform {platform}" if platform_problem else f"Python {python}"
+        return ProvisionError(
+            f"No wheel of {package} for {target}:\n  " + "\n  ".join(_trim(lines, 4)),
+            "Use a Python version the wheels are built for (--python X.Y)"
+            if not platform_problem
+            else "Pick a platform the wheels are built for.",
+        )
+
+    missing = re.findall(r"(\S+) was not found in the (?:package registry|provided package)", text)
+    if missing:
+        problems = [p for p in (_diagnose([i]) for i in all_indexes) if p]
+        if problems:
+            return ProvisionError(
+                "An index does not answer as a package index: " + "; ".join(problems),
+                "Fix the URL (pip's configuration, or --torch-index).",
+            )
+
+    trimmed = _trim(lines)
+    named = {canonical(n) for n in re.findall(r"\b([A-Za-z0-9][A-Za-z0-9._-]*)(?=[=<>!~])", text)}
+    named |= {canonical(n) for n in missing}
+    blame = [f"{label} needs {req}" for name in sorted(named) for label, req in who.get(name, [])]
+    message = "The requirements cannot be satisfied together:\n  " + "\n  ".join(trimmed)
+    if blame:
+        message += "\nAsked for by: " + "; ".join(dict.fromkeys(blame))
+    return CheckFailed(
+        message,
+        "Change one of the pins named above in the profile's [tasks.<task>] packages.",
+    )
+
+
+def _last_cause(lines: Sequence[str]) -> str:
+    return lines[-1] if lines else "no answer"
+
+
+def _diagnose(indexes: Sequence[Index], project: str = "torch") -> str | None:
+    """Look at each index the way a resolver would; say what is wrong with the first bad one."""
+    for index in indexes:
+        problem = probe_index(index.url, index.format, project)
+        if problem:
+            return f"{index.public_url} ({index.origin}) {problem}"
+    return None
+
+
+def probe_index(url: str, fmt: str = "simple", project: str = "torch") -> str | None:
+    """None when `url` answers like a package index; else what is wrong ("is down: ...")."""
+    import urllib.error
+    import urllib.request
+
+    if url.startswith("file://"):
+        path = Path(urlsplit(url).path)
+        if not path.is_dir():
+            return "does not exist" if not path.exists() else "is not a folder"
+        return None
+    target = url if fmt == "flat" else url.rstrip("/") + "/"
+    request = urllib.request.Request(target, headers={"Accept": "text/html"})
+    try:
+        with urllib.request.urlopen(request, timeout=10) as answer:
+            body = answer.read(200_000).decode("utf-8", "replace")
+            kind = answer.headers.get("Content-Type", "")
+    except urllib.error.HTTPError as exc:
+        if exc.code == 404:
+            return "is not a package index (HTTP 404 for its root)"
+        return f"answered HTTP {exc.code}"
+    except (urllib.error.URLError, OSError) as exc:
+        reason = getattr(exc, "reason", exc)
+        return f"is down ({reason})"
+    if "json" in kind and '"projects"' in body:
+        return None
+    if "<a " not in body.lower():
+        return "is not a package index (its page lists no links)"
+    return None
