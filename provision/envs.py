@@ -194,6 +194,22 @@ def lock_python(data: dict[str, Any]) -> str | None:
     return _lower_bound(data.get("requires-python"))
 
 
+def _python_requests(data: dict[str, Any], explicit: str | None) -> list[str]:
+    """What to ask `uv venv --python` for, best first.
+
+    An explicit choice or the lock's recorded target is the only answer. A bare requires-python
+    (">=3.11", as `uv pip compile --python-version 3.11` writes) asks for its lower bound first,
+    whose wheels the lock most likely holds, then for any installed Python that satisfies it.
+    """
+    if explicit:
+        return [explicit]
+    named = lock_python(data)
+    spec = data.get("requires-python")
+    if named and named != _lower_bound(spec):
+        return [named]
+    return [r for r in (named, spec) if r]
+
+
 def _lower_bound(spec: str | None) -> str | None:
     """ ">=3.11" -> "3.11": the version `uv pip compile --python-version` wrote the lock for."""
     if not spec:
@@ -507,17 +523,21 @@ def _explain_sync_failure(stderr: str, data: dict[str, Any], lock_file: Path) ->
         return ProvisionError(
             f"{pkg} {ver}: the lock points at {missing.group(1)}, which does not exist.", hint
         )
-    if "Hash mismatch" in stderr:
-        return ProvisionError(
-            f"A downloaded file does not match the hash in {lock_file}: {_uv_error(stderr, 4)}",
-            "The file or the mirror is corrupt or was replaced; fetch it again or re-lock.",
-        )
     failed = re.search(r"Failed to (?:download|fetch) `([^`]+)`", stderr)
-    if failed:
+    if any(sign in stderr for sign in ("Hash mismatch", "but the lockfile records", "Bad CRC")):
+        what = failed.group(1) if failed else "A file"
         return ProvisionError(
-            f"Could not download {failed.group(1)}: {_uv_error(stderr, 6)}",
-            hint,
+            f"{what} does not match the hash in {lock_file} (or is corrupt): "
+            f"{_uv_error(stderr, 4)}",
+            "The wheel in the wheelhouse or on the mirror was replaced or damaged; fetch it "
+            "again, or re-lock if the new file is the one you want.",
         )
+    if failed:
+        causes = [ln.split("cause:", 1)[1].strip() for ln in stderr.splitlines() if "cause:" in ln]
+        fetched = re.search(r"Failed to fetch: (\S+)", stderr)
+        where = f" from {fetched.group(1)}" if fetched else ""
+        why = causes[-1] if causes else _uv_error(stderr, 4)
+        return ProvisionError(f"Could not download {failed.group(1)}{where}: {why}.", hint)
     return ProvisionError(f"uv pip sync of {lock_file} failed: {_uv_error(stderr)}")
 
 
@@ -558,8 +578,9 @@ def _sync(
     folders = _local_folders(links)
     args = ["pip", "sync", *_PYLOCK, "--require-hashes", "--output-format", "json"]
     args += ["--python", str(python)]
-    for link in links:
-        args += ["--find-links", link]
+    for link in links:  # pip skips a missing folder with a warning; uv would stop, so skip it
+        if "://" in link and not link.startswith("file:") or Path(link).is_dir():
+            args += ["--find-links", link]
     if offline:
         args.append("--offline")
     with tempfile.TemporaryDirectory(prefix="provision-lock-") as tmp:
@@ -644,15 +665,18 @@ def ensure_env(
                     f"{root} exists, is not empty and is not a virtual environment.",
                     "Pass --env with a new or empty folder; provision does not overwrite folders.",
                 )
-            request = python or lock_python(data)
-            if not request:
+            requests = _python_requests(data, python)
+            if not requests:
                 raise ProvisionError(
                     f"{lock} does not say which Python it is for (no requires-python).",
                     "Pass the Python version (e.g. --python 3.11), or re-lock with provision.",
                 )
-            proc = _uv(["venv", "--no-project", "--python", request, str(root)])
-            if proc.returncode != 0:
-                raise _explain_venv_failure(request, root, proc.stderr)
+            for request in requests:
+                proc = _uv(["venv", "--no-project", "--python", request, str(root)])
+                if proc.returncode == 0:
+                    break
+            else:
+                raise _explain_venv_failure(requests[0], root, proc.stderr)
             interpreter = env_python(root)
             created = True
             mark = lap("create", mark)
