@@ -325,8 +325,8 @@ def choose_variant(
     not_newer = [v for v in kept if v.cuda_key <= cuda_key and _driver_runs(v, driver)]
     if not_newer:
         chosen = max(not_newer, key=lambda v: v.cuda_key)
-        newest = max(kept, key=lambda v: v.cuda_key)
-        if chosen is newest and cuda_key > newest.cuda_key:
+        newest = max((variant_info(n) for n in release.variants), key=lambda v: v.cuda_key)
+        if chosen.name == newest.name and cuda_key > newest.cuda_key:
             rule = "4"
             reason = (
                 f"driver {driver} supports CUDA {cuda}, newer than every torch "

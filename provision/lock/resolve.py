@@ -187,41 +187,47 @@ def _direct_conflicts(who: Mapping[str, list[tuple[str, str]]]) -> list[str]:
     return lines
 
 
+def _bare(index: Index, secrets: dict[str, str]) -> str:
+    """The index URL without credentials; these go to uv through its per-index variables."""
+    url, user, password = _strip_credentials(index.url)
+    if user:
+        secrets[f"UV_INDEX_{_env_name(index.name)}_USERNAME"] = user
+    if password:
+        secrets[f"UV_INDEX_{_env_name(index.name)}_PASSWORD"] = password
+    return url
+
+
 def project_toml(
     requirements: Sequence[str],
     python: str,
-    indexes: IndexConfig,
     routes: Sequence[Route],
-) -> tuple[str, dict[str, str]]:
-    """The pyproject.toml uv resolves, and the environment variables holding index credentials."""
+    secrets: dict[str, str],
+) -> str:
+    """The pyproject.toml uv resolves: requirements, the routed (explicit) indexes and sources,
+    and the static metadata of sdist-only packages. uv reads these from the project even with
+    --no-config; the other indexes go on the command line (compile_command)."""
     import tomli_w
 
-    secrets: dict[str, str] = {}
     uv_indexes: list[dict[str, Any]] = []
-
-    def add(index: Index, **extra: Any) -> None:
-        url, user, password = _strip_credentials(index.url)
-        entry: dict[str, Any] = {"name": index.name, "url": url, **extra}
-        if index.format == "flat":
-            entry["format"] = "flat"
-        uv_indexes.append(entry)
-        # Credentials go to uv through its per-index variables, never into a file.
-        if user:
-            secrets[f"UV_INDEX_{_env_name(index.name)}_USERNAME"] = user
-        if password:
-            secrets[f"UV_INDEX_{_env_name(index.name)}_PASSWORD"] = password
-
     sources: dict[str, dict[str, str]] = {}
     for route in routes:
-        add(route.index, explicit=True)
+        entry: dict[str, Any] = {
+            "name": route.index.name,
+            "url": _bare(route.index, secrets),
+            "explicit": True,
+        }
+        if route.index.format == "flat":
+            entry["format"] = "flat"
+        uv_indexes.append(entry)
         for package in route.packages:
             sources[package] = {"index": route.index.name}
-    for extra in indexes.extras:
-        add(extra)
-    add(indexes.default, default=True)
-
     keys = ("name", "version", "requires-dist", "requires-python")
     metadata = [{k: v for k, v in row.items() if k in keys} for row in static_metadata()]
+    uv_table: dict[str, Any] = {"dependency-metadata": metadata}
+    if uv_indexes:
+        uv_table["index"] = uv_indexes
+    if sources:
+        uv_table["sources"] = sources
     doc: dict[str, Any] = {
         "project": {
             "name": PROJECT,
@@ -229,16 +235,22 @@ def project_toml(
             "requires-python": f">={python}",
             "dependencies": list(requirements),
         },
-        "tool": {"uv": {"index": uv_indexes, "dependency-metadata": metadata}},
+        "tool": {"uv": uv_table},
     }
-    if sources:
-        doc["tool"]["uv"]["sources"] = sources
-    return tomli_w.dumps(doc), secrets
+    return tomli_w.dumps(doc)
 
 
 def compile_command(
-    python: str, platform: str, indexes: IndexConfig, output: str = "pylock.toml"
+    python: str,
+    platform: str,
+    indexes: IndexConfig,
+    secrets: dict[str, str] | None = None,
+    output: str = "pylock.toml",
 ) -> list[str]:
+    """The `uv pip compile` arguments (without the binary). Extra indexes come first, as uv gives
+    `--index` priority over `--default-index`; each is named so credentials can stay in the
+    environment."""
+    secrets = {} if secrets is None else secrets
     command = [
         "pip",
         "compile",
@@ -257,6 +269,9 @@ def compile_command(
         "--output-file",
         output,
     ]
+    for extra in indexes.extras:
+        command += ["--index", f"{extra.name}={_bare(extra, secrets)}"]
+    command += ["--default-index", f"{indexes.default.name}={_bare(indexes.default, secrets)}"]
     for location, _origin in indexes.find_links:
         command += ["--find-links", location]
     return command
@@ -291,8 +306,9 @@ def resolve(
             + "\n  ".join(conflicts),
             "Make the pins agree (or resolve these sets into separate environments).",
         )
-    pyproject, secrets = project_toml(merged, python, indexes, routes)
-    command = compile_command(python, platform, indexes)
+    secrets: dict[str, str] = {}
+    pyproject = project_toml(merged, python, routes, secrets)
+    command = compile_command(python, platform, indexes, secrets)
     uv_bin = uv or uv_binary()
     env = uv_environment()
     env.update(secrets)
