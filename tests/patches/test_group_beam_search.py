@@ -321,3 +321,33 @@ def test_without_fix_the_lock_list_is_used_and_unknown_ids_are_refused(
     assert FIX in proc.stderr
     proc = run_cli("patch", "status", "--env", str(tmp_path))
     assert proc.returncode == 2 and "not a virtual environment" in proc.stderr
+
+
+def test_engine_runs_in_the_target_python_from_its_own_source_alone(
+    tf457: TfEnv, tmp_path: Path
+) -> None:
+    """Image builds run the engine with the env's Python and only provision's own files on
+    PYTHONPATH (provision/docker/image_fixes.py): it must need nothing beyond the standard library,
+    packaging and filelock (both come with transformers)."""
+    package = Path(__import__("provision").__file__).parent
+    staged = tmp_path / "src" / "provision"
+    (staged / "patches").mkdir(parents=True)
+    for name in ("__init__.py", "errors.py", "atomic.py"):
+        shutil.copy(package / name, staged / name)
+    for module in (package / "patches").glob("*.py"):
+        shutil.copy(module, staged / "patches" / module.name)
+    code = (
+        "import json\nfrom pathlib import Path\nimport sys\n"
+        "from provision.patches import apply_fixes\n"
+        "print(json.dumps([r.to_json() for r in apply_fixes(Path(sys.executable), None)]))\n"
+    )
+    proc = subprocess.run(
+        [str(tf457.python), "-c", code],
+        capture_output=True,
+        text=True,
+        env={"PYTHONPATH": str(tmp_path / "src"), "PATH": "/usr/bin:/bin"},
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    (result,) = json.loads(proc.stdout)
+    assert result["state"] == "not-applicable" and result["version"] == "4.57.6"
