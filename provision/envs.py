@@ -636,7 +636,13 @@ def ensure_env(
         timings[name] = now - since
         return now
 
-    root.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        root.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ProvisionError(
+            f"Cannot create {root.parent} for the environment: {exc.strerror}.",
+            "Pass --env with a folder you can write to (e.g. on the data disk).",
+        ) from exc
     # The lock file sits beside the env: uv refuses to create a venv in a non-empty folder.
     with file_lock(root.parent / f".{root.name}.provision-lock"):
         mark = time.perf_counter()

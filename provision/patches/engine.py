@@ -142,7 +142,11 @@ def _look(fix: Fix, python: Path, records: list[dict[str, Any]]) -> _Seen:
         return seen
     result.file = str(path)
     seen.raw = path.read_bytes()
-    seen.text = seen.raw.decode("utf-8")
+    try:
+        seen.text = seen.raw.decode("utf-8")
+    except UnicodeDecodeError:
+        result.state, result.reason = CHANGED, f"{path} is not UTF-8 text"
+        return seen
     result.sha256 = sha256_bytes(seen.raw)
     backup = _backup_path(path)
     result.backup = str(backup) if backup.exists() else None
@@ -248,7 +252,28 @@ def _record(fix: Fix, seen: _Seen, original: bytes, patched: bytes) -> dict[str,
 # --- the three operations ----------------------------------------------------------------------
 
 
+def _writable(path: Path, doing: str) -> ProvisionError:
+    return ProvisionError(
+        f"Cannot {doing} {path}: permission denied.",
+        "Run provision as the user who owns the environment (or fix the folder's permissions).",
+    )
+
+
 def _apply_one(fix: Fix, python: Path, lock_file: Path | None) -> FixResult:
+    try:
+        return _apply_locked(fix, python, lock_file)
+    except PermissionError as exc:
+        raise _writable(Path(exc.filename or fix.file), "patch") from exc
+
+
+def _revert_one(fix: Fix, python: Path, lock_file: Path | None) -> FixResult:
+    try:
+        return _revert_locked(fix, python, lock_file)
+    except PermissionError as exc:
+        raise _writable(Path(exc.filename or fix.file), "restore") from exc
+
+
+def _apply_locked(fix: Fix, python: Path, lock_file: Path | None) -> FixResult:
     records = _records(lock_file)
     seen = _look(fix, python, records)
     result = seen.result
@@ -292,7 +317,7 @@ def _apply_one(fix: Fix, python: Path, lock_file: Path | None) -> FixResult:
     return result
 
 
-def _revert_one(fix: Fix, python: Path, lock_file: Path | None) -> FixResult:
+def _revert_locked(fix: Fix, python: Path, lock_file: Path | None) -> FixResult:
     records = _records(lock_file)
     seen = _look(fix, python, records)
     if seen.result.state == NOT_APPLICABLE:

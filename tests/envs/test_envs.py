@@ -256,3 +256,10 @@ def test_python_for_resolves_env_and_python_options(tmp_path: Path, lock: Path) 
     (tmp_path / "file").write_text("")
     with pytest.raises(ProvisionError, match="is a file"):
         env_python(tmp_path / "file")
+
+
+def test_env_under_a_file_is_refused(tmp_path: Path, lock: Path) -> None:
+    (tmp_path / "notes").write_text("x")
+    with pytest.raises(ProvisionError) as err:
+        ensure_env(tmp_path / "notes" / "env", lock)
+    assert "Cannot create" in err.value.message and "notes" in err.value.message
