@@ -83,8 +83,15 @@ class _Partial:
         if self.have + len(chunk) > self.job.size:
             raise HashMismatch(f"more than the {self.job.size} bytes expected", fetched)
         view = memoryview(chunk)
-        while view:
-            view = view[out.write(view) :]
+        try:
+            while view:
+                view = view[out.write(view) :]
+        except BaseException:
+            # A short write then an error (a full disk): drop the stray tail so the file ends
+            # exactly where `have` says, and a resume continues from there.
+            with contextlib.suppress(OSError):
+                os.ftruncate(out.fileno(), self.have)
+            raise
         self.sha256.update(chunk)
         if self.git is not None:
             self.git.update(chunk)

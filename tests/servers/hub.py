@@ -98,7 +98,8 @@ class Fault:
 
     Status faults (`fail_first`, `fail_for`) answer `status` to any method on any route;
     body faults (`cut_after`, `corrupt`, `throttle`) act on file-content GETs only.
-    `times` limits how many requests a body fault touches (None: all of them).
+    `times` limits how many requests a body fault touches (None: all of them); `skip` lets the
+    first matching requests through untouched (e.g. fail only after a first partial transfer).
     """
 
     pattern: str
@@ -109,7 +110,9 @@ class Fault:
     corrupt: bool = False  # flip one byte in the middle of the body
     throttle: int | None = None  # bytes per second
     times: int | None = None
+    skip: int = 0
     hits: int = 0
+    seen: int = 0
     created: float = field(default_factory=time.monotonic)
 
     def matches(self, keys: tuple[str, ...]) -> bool:
@@ -137,6 +140,7 @@ class RequestRecord:
     file: str | None = None  # "<repo_id>/<path>" for file-content routes
     sent: int = 0  # file bytes written to the socket
     time: float = field(default_factory=time.time)
+    done: bool = False  # the handler finished with it (a killed client's is done once noticed)
 
 
 def _hash_file(path: Path) -> tuple[str, str, int]:
@@ -321,8 +325,18 @@ class HubServer:
         )
 
     def reset_counters(self) -> None:
+        """Forget the requests so far (call wait_idle first if a client was just killed: its
+        request is counted until the server notices the socket is gone)."""
         with self._lock:
             self._log.clear()
+
+    def wait_idle(self, timeout: float = 10.0) -> None:
+        """Wait until no request is being answered."""
+        deadline = time.monotonic() + timeout
+        while any(not r.done for r in self.requests):
+            if time.monotonic() > deadline:
+                raise TimeoutError("requests still in flight")
+            time.sleep(0.01)
 
     def stats(self) -> dict[str, Any]:
         return {
@@ -339,16 +353,24 @@ class HubServer:
     def _status_fault(self, keys: tuple[str, ...]) -> Fault | None:
         with self._lock:
             for fault in self.faults:
-                if fault.matches(keys) and fault.status_now():
+                if fault.body_fault or not fault.matches(keys):
+                    continue
+                fault.seen += 1
+                if fault.seen > fault.skip and fault.status_now():
                     fault.hits += 1
                     return fault
         return None
 
     def _body_faults(self, keys: tuple[str, ...]) -> list[Fault]:
+        found = []
         with self._lock:
-            found = [f for f in self.faults if f.matches(keys) and f.body_active()]
-            for fault in found:
-                fault.hits += 1
+            for fault in self.faults:
+                if not fault.body_fault or not fault.matches(keys):
+                    continue
+                fault.seen += 1
+                if fault.seen > fault.skip and fault.body_active():
+                    fault.hits += 1
+                    found.append(fault)
         return found
 
     def _allowed(self, repo: HubRepo, token: str | None) -> int:
@@ -385,12 +407,13 @@ class _Handler(BaseHTTPRequestHandler):
         self.segments = [unquote(s) for s in split.path.split("/")[1:]]
         self.record = RequestRecord(method, self.path, range=self.headers.get("Range"))
         self.method = method
+        self.hub._record(self.record)  # counted while it streams, not only once it ends
         try:
             self._route(method, split.path)
         except (BrokenPipeError, ConnectionResetError):
             self.close_connection = True  # the client went away (killed, or gave up)
         finally:
-            self.hub._record(self.record)
+            self.record.done = True
 
     def _route(self, method: str, raw_path: str) -> None:
         seg = self.segments
@@ -406,6 +429,7 @@ class _Handler(BaseHTTPRequestHandler):
         keys = (unquote(raw_path), file_key or "", file_key.split("/", 2)[2] if file_key else "")
         fault = self.hub._status_fault(keys)
         if fault is not None:
+            self.record.file = file_key
             return self._send_json(fault.status, {"error": "injected failure"})
         if len(seg) >= 5 and seg[2] == "resolve" and method in ("GET", "HEAD"):
             return self._hf_resolve(f"{seg[0]}/{seg[1]}", seg[3], "/".join(seg[4:]), keys)
