@@ -41,7 +41,8 @@ def hub_environment(data_dir: Path | str | None = None, source: Any = "auto") ->
     """The hub clients' variables for caches on `data_dir` and weights from `source`.
 
     `source` is a name (hf, hf-mirror, modelscope, a URL, modelscope:URL, a folder), a
-    `provision.hub.sources.Source`, or "auto": keep an HF_ENDPOINT already set, else the Hub.
+    `provision.hub.sources.Source`, or "auto": keep an HF_ENDPOINT already set (none is added:
+    call again with the source `download_profile` chose).
     HF_ENDPOINT is set for HF-compatible sources; MODELSCOPE_ENDPOINT only when not the default.
     """
     from provision.hub.sources import Source, parse_source
@@ -55,7 +56,8 @@ def hub_environment(data_dir: Path | str | None = None, source: Any = "auto") ->
     if isinstance(source, Source):
         chosen: Source | None = source
     elif source == "auto":
-        chosen = parse_source(os.environ.get("HF_ENDPOINT") or "hf")
+        # Nothing chosen yet: keep an endpoint the user set; do not pin the Hub before probing.
+        chosen = parse_source(os.environ["HF_ENDPOINT"]) if os.environ.get("HF_ENDPOINT") else None
     else:
         chosen = parse_source(str(source))
     if chosen is not None and chosen.kind == "hf":

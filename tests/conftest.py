@@ -46,3 +46,43 @@ def tiny_qwen2_vl(tiny_vlm_factory: Callable[..., Path]) -> Path:
 def tiny_llava(tiny_vlm_factory: Callable[..., Path]) -> Path:
     """A tiny random LLaVA-1.5-style model (bf16) saved by this session's transformers."""
     return tiny_vlm_factory("llava")
+
+
+# --- local model hub (tests/servers/hub.py) ----------------------------------------------------
+@pytest.fixture
+def hub_server(tmp_path_factory: pytest.TempPathFactory):
+    """A running local hub speaking the Hugging Face and ModelScope routes the real clients use.
+
+    Publish with `sha = hub_server.add_repo("org/name", folder)`; point clients at `hub_server.url`
+    (see `hub_client_env`). Faults: `hub_server.fault("*.safetensors", cut_after=N | fail_first=K
+    | fail_for=S | corrupt=True | throttle=B, times=..)`; counts: `bytes_sent`, `bytes_for(glob)`.
+    """
+    from tests.servers.hub import HubServer
+
+    with HubServer(tmp_path_factory.mktemp("hub")) as server:
+        yield server
+
+
+@pytest.fixture
+def hub_client_env(hub_server, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> dict[str, str]:
+    """This process and its children fetch from `hub_server`; caches and locks under tmp_path.
+
+    Sets HF_ENDPOINT, MODELSCOPE_ENDPOINT, PROVISION_SOURCES (so `--source auto` finds only the
+    local hub), HF_HOME, MODELSCOPE_CACHE, PROVISION_LOCK_DIR, HF_HUB_DISABLE_TELEMETRY; removes
+    HF_TOKEN and HF_HUB_OFFLINE. Returns the variables set.
+    """
+    env = {
+        "HF_ENDPOINT": hub_server.url,
+        "MODELSCOPE_ENDPOINT": hub_server.url,
+        "PROVISION_SOURCES": hub_server.url,
+        "HF_HOME": str(tmp_path / "hf"),
+        "MODELSCOPE_CACHE": str(tmp_path / "ms"),
+        "PROVISION_LOCK_DIR": str(tmp_path / "locks"),
+        "HF_HUB_DISABLE_TELEMETRY": "1",
+        "PROVISION_RETRY_WAIT": "0.05",
+    }
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    for key in ("HF_TOKEN", "HF_HUB_OFFLINE", "HF_HUB_CACHE"):
+        monkeypatch.delenv(key, raising=False)
+    return env

@@ -71,7 +71,7 @@ def env(
             chosen, reason = choice.source, choice.reason
         except ProvisionError as exc:
             # The caches still belong on the data disk: print those, and say why no endpoint.
-            reason = f"no source answered ({exc.message}); HF_ENDPOINT kept as set, else the Hub"
+            reason = f"no source answered ({exc.message}); HF_ENDPOINT left as it is"
     variables = hub_environment(None, chosen)
     notes = autodl_notes()
     persisted: list[str] = []
