@@ -279,6 +279,40 @@ def _read_existing(path: Path) -> dict[str, Any] | None:
 # --- the public entry points -----------------------------------------------------------------
 
 
+def profile_requirements(
+    profile: Profile,
+    task: str,
+    facts: DriverFacts,
+    python: str,
+    indexes: IndexConfig,
+    torch_index: str | None = None,
+    variant: str | None = None,
+) -> tuple[RequirementSet, TorchPlan, Route]:
+    """One profile's task as an input to `resolve`: its requirements with the torch family pinned
+    to the chosen variant, the plan behind that, and the route that keeps the family on its index.
+
+    Several of these resolve together (`resolve([set_a, set_b], python, indexes, [route])`) when
+    they share one torch variant; a conflict then names the set (`profile/task`) that needs what.
+    """
+    plan = plan_torch(
+        profile.task(task).packages,
+        facts,
+        python,
+        torch_index,
+        variant,
+        default_index=indexes.default.url,
+    )
+    route_index = Index(
+        "torch",
+        plan.index.url,
+        "--torch-index" if torch_index else plan.index.route,
+        format=plan.index.format,
+        explicit=True,
+    )
+    route = Route(route_index, tuple(plan.routed), plan.variant if plan.index.local_label else None)
+    return RequirementSet(f"{profile.name}/{task}", tuple(plan.requirements)), plan, route
+
+
 def lock_profile(
     profile: str | Profile,
     task: str = "infer",
@@ -307,24 +341,10 @@ def lock_profile(
     python = python or spec.python or prof.python
     facts = facts or driver_facts(machine, env=env)
     config = indexes or index_config(use_pip_config, env)
-    plan = plan_torch(
-        spec.packages, facts, python, torch_index, variant, default_index=config.default.url
+    rset, plan, route = profile_requirements(
+        prof, task, facts, python, config, torch_index=torch_index, variant=variant
     )
-    route_index = Index(
-        "torch",
-        plan.index.url,
-        "--torch-index" if torch_index else plan.index.route,
-        format=plan.index.format,
-        explicit=True,
-    )
-    route = Route(route_index, tuple(plan.routed), plan.variant if plan.index.local_label else None)
-    resolution = resolve(
-        [RequirementSet(f"{prof.name}/{task}", tuple(plan.requirements))],
-        python,
-        config,
-        [route],
-        platform=platform,
-    )
+    resolution = resolve([rset], python, config, [route], platform=platform)
 
     table: dict[str, Any] = {
         "tool-version": __version__,

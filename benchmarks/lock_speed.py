@@ -1,0 +1,258 @@
+"""How much `provision lock` costs over the tools users would otherwise run, in one run.
+
+    python benchmarks/lock_speed.py [--profile qwen2.5-vl-7b] [--runs 3] [--no-pip-compile]
+
+Two scenarios, each timed as a person runs it (a fresh process per run, caches warm after a first
+untimed run of each tool, runs interleaved so that network weather hits all tools alike):
+
+1. a built-in profile against PyPI (PyPI's torch build): `provision lock` vs the `uv pip compile`
+   a user would type for the same requirements and index, and `pip-compile` (pip-tools) where it
+   can run (it resolves for this machine's Python only, which here is the target's, 3.11);
+2. the local PEP 503 index from tests/servers with a CUDA variant routed to its own index:
+   `provision lock` vs `uv pip compile --default-index SIMPLE --index TORCH_INDEX`.
+
+Prints median seconds and the ratio provision / uv (target: at most 1.2).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from provision.hardware.driver import DriverFacts  # noqa: E402
+from provision.lock.resolve import uv_binary  # noqa: E402
+from provision.profiles import load_profile  # noqa: E402
+from provision.torch_select import plan_torch  # noqa: E402
+
+PLATFORM = "x86_64-manylinux_2_28"
+PYPI = "https://pypi.org/simple"
+
+
+def timed(command: Sequence[str], env: dict[str, str], cwd: Path) -> float:
+    started = time.perf_counter()
+    done = subprocess.run(command, env=env, cwd=cwd, capture_output=True, text=True)
+    elapsed = time.perf_counter() - started
+    if done.returncode != 0:
+        raise RuntimeError(f"{' '.join(command)} failed:\n{done.stderr[-2000:]}")
+    return elapsed
+
+
+def race(tools: dict[str, Callable[[], float]], runs: int) -> dict[str, float]:
+    for run in tools.values():  # warm every cache once, untimed
+        run()
+    times: dict[str, list[float]] = {name: [] for name in tools}
+    for _ in range(runs):
+        for name, run in tools.items():
+            times[name].append(run())
+    return {name: statistics.median(values) for name, values in times.items()}
+
+
+def report(title: str, medians: dict[str, float]) -> None:
+    print(f"\n{title}")
+    base = medians["uv pip compile"]
+    for name, seconds in medians.items():
+        print(f"  {name:<22} {seconds:7.2f} s   x{seconds / base:5.2f} of uv")
+    ratio = medians["provision lock"] / base
+    verdict = "ok" if ratio <= 1.2 else "OVER TARGET"
+    print(f"  ratio provision/uv = {ratio:.2f} (target <= 1.2: {verdict})")
+
+
+def base_env(work: Path) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("UV_INDEX", "PIP_"))}
+    env.update({"UV_PYTHON_DOWNLOADS": "never", "NO_COLOR": "1", "PIP_CONFIG_FILE": os.devnull})
+    env["PROVISION_LOCK_DIR"] = str(work / "locks")
+    return env
+
+
+def pip_tools(work: Path) -> Path | None:
+    """A throwaway venv with pip-tools (installed from PyPI by uv); None if that fails."""
+    venv = work / "pip-tools"
+    uv = uv_binary()
+    env = {**os.environ, "UV_PYTHON_DOWNLOADS": "never"}
+    made = subprocess.run(
+        [uv, "venv", str(venv), "--python", sys.executable, "--seed"], env=env, capture_output=True
+    )
+    if made.returncode != 0:
+        return None
+    installed = subprocess.run(
+        [uv, "pip", "install", "--python", str(venv / "bin" / "python"), "pip-tools"],
+        env=env,
+        capture_output=True,
+        text=True,
+    )
+    if installed.returncode != 0:
+        print("pip-tools could not be installed:", installed.stderr[-500:])
+        return None
+    return venv / "bin" / "pip-compile"
+
+
+def scenario_pypi(profile_name: str, runs: int, with_pip_compile: bool, work: Path) -> None:
+    profile = load_profile(profile_name)
+    spec = profile.task("infer")
+    python = spec.python or profile.python
+    facts = DriverFacts(None, None, [], [], "benchmark", [])
+    plan = plan_torch(spec.packages, facts, python, variant="pypi")
+    req = work / "requirements.in"
+    req.write_text("\n".join(plan.requirements) + "\n")
+    env = base_env(work)
+    uv = uv_binary()
+    tools: dict[str, Callable[[], float]] = {
+        "provision lock": lambda: timed(
+            [
+                sys.executable,
+                "-m",
+                "provision",
+                "lock",
+                profile_name,
+                "--variant",
+                "pypi",
+                "--ignore-pip-config",
+                "-o",
+                str(work / "pylock.provision.toml"),
+            ],
+            env,
+            REPO,
+        ),
+        "uv pip compile": lambda: timed(
+            [
+                uv,
+                "pip",
+                "compile",
+                str(req),
+                "--format",
+                "pylock.toml",
+                "--generate-hashes",
+                "--python-version",
+                python,
+                "--python-platform",
+                PLATFORM,
+                "--default-index",
+                PYPI,
+                "-o",
+                str(work / "pylock.uv.toml"),
+            ],
+            env,
+            work,
+        ),
+    }
+    pip_compile = pip_tools(work) if with_pip_compile else None
+    if pip_compile is not None:
+        tools["pip-compile"] = lambda: timed(
+            [
+                str(pip_compile),
+                "--generate-hashes",
+                "--index-url",
+                PYPI,
+                "--no-header",
+                "--quiet",
+                "-o",
+                str(work / "requirements.txt"),
+                str(req),
+            ],
+            env,
+            work,
+        )
+    print(f"Scenario 1: {profile_name} (infer) against PyPI, torch {plan.torch_version} "
+          f"[{plan.variant}], Python {python}; requirements: {', '.join(plan.requirements)}")
+    if with_pip_compile and pip_compile is None:
+        print("  pip-compile: could not be set up here (see above)")
+    try:
+        medians = race(tools, runs)
+    except RuntimeError as exc:
+        if "pip-compile" not in str(exc):
+            raise
+        print(f"  pip-compile could not run: {str(exc)[:400]}")
+        tools.pop("pip-compile")
+        medians = race(tools, runs)
+    report(f"Scenario 1 medians over {runs} runs:", medians)
+
+
+def scenario_local(runs: int, work: Path) -> None:
+    from tests.lock.conftest import write_profile
+    from tests.servers.pypi_index import build_tree, serve
+
+    with serve(build_tree(work / "index")) as index:
+        profiles = work / "profiles"
+        write_profile(profiles, "bench-vl")
+        env = base_env(work)
+        env.update({"PROVISION_PROFILES_DIR": str(profiles), "PIP_INDEX_URL": index.simple})
+        env.pop("PIP_CONFIG_FILE")
+        env["PIP_CONFIG_FILE"] = os.devnull
+        torch_index = index.torch_template.format(variant="cu124")
+        req = work / "local.in"
+        req.write_text("torch==2.4.0+cu124\ntorchvision==0.19.0+cu124\ntransformers==4.44.0\n"
+                       "tinylib==1.0\n")
+        uv = uv_binary()
+        tools = {
+            "provision lock": lambda: timed(
+                [
+                    sys.executable,
+                    "-m",
+                    "provision",
+                    "lock",
+                    "bench-vl",
+                    "--driver",
+                    "550.54.14",
+                    "--torch-index",
+                    index.torch_template,
+                    "-o",
+                    str(work / "pylock.local.toml"),
+                ],
+                env,
+                REPO,
+            ),
+            "uv pip compile": lambda: timed(
+                [
+                    uv,
+                    "pip",
+                    "compile",
+                    str(req),
+                    "--format",
+                    "pylock.toml",
+                    "--generate-hashes",
+                    "--python-version",
+                    "3.11",
+                    "--python-platform",
+                    PLATFORM,
+                    "--default-index",
+                    index.simple,
+                    "--index",
+                    torch_index,
+                    "-o",
+                    str(work / "pylock.localuv.toml"),
+                ],
+                env,
+                work,
+            ),
+        }
+        print("\nScenario 2: local PEP 503 index, torch 2.4.0+cu124 routed to its own index")
+        report(f"Scenario 2 medians over {runs} runs:", race(tools, runs))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--profile", default="qwen2.5-vl-7b")
+    parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--no-pip-compile", action="store_true")
+    args = parser.parse_args()
+    work = Path(tempfile.mkdtemp(prefix="lock-speed-"))
+    try:
+        scenario_pypi(args.profile, args.runs, not args.no_pip_compile, work)
+        scenario_local(args.runs, work)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
