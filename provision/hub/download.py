@@ -175,7 +175,7 @@ def download_profile(
     The cache is HF_HUB_CACHE / HF_HOME/hub (MODELSCOPE_CACHE for ModelScope), else the data
     disk's (see provision.settings). The record goes to `lock_file` (default: the profile's lock).
     """
-    from provision.lock.lockfile import lock_path, set_tool_section
+    from provision.lock.lockfile import lock_path
     from provision.settings import autodl_notes, hf_hub_cache, modelscope_cache
 
     started = time.monotonic()
@@ -241,10 +241,29 @@ def download_profile(
     result.include, result.exclude = includes, excludes
     result.notes.extend(autodl_notes())
     if record:
-        set_tool_section(lock, "model", result.record())
+        _record(lock, result.record())
         result.lock_file = lock
     result.seconds = time.monotonic() - started
     return result
+
+
+# Keys of [tool.provision.model] the download owns; others (the lock stage's) are kept.
+RECORD_KEYS = ("source", "endpoint", "repo_id", "revision", "commit", "include", "exclude", "files")
+
+
+def _record(lock: Path, record: dict[str, Any]) -> None:
+    """Write the model record into the lock, atomically, keeping keys other stages put there."""
+    from provision.lock.lockfile import update_lock
+
+    def change(data: dict[str, Any]) -> None:
+        table = data.setdefault("tool", {}).setdefault("provision", {})
+        old = table.get("model", {})
+        kept = (
+            {k: v for k, v in old.items() if k not in RECORD_KEYS} if isinstance(old, dict) else {}
+        )
+        table["model"] = {**kept, **record}
+
+    update_lock(lock, change)
 
 
 def _pinned_revision(pinned: dict[str, Any] | None, kind: str) -> str | None:

@@ -82,6 +82,7 @@ def _looks_like_path(spec: str) -> bool:
 def parse_source(spec: str) -> Source:
     """A source from what the user typed; a clear message for anything else."""
     spec = spec.strip()
+    spec = source_table().get("aliases", {}).get(spec, spec)
     known = source_table()["sources"]
     if spec in known:
         entry = known[spec]

@@ -427,3 +427,24 @@ def test_explicit_source_failure_is_raised_as_is(hub, tiny, monkeypatch):
     hub.fault("*.safetensors", fail_first=10**6)
     with pytest.raises(SourceFailed, match="kept failing"):
         download_profile(load_profile("tiny"), source=hub.url, progress=False)
+
+
+def test_the_record_keeps_what_the_lock_stage_wrote(hub, tiny, tmp_path):
+    from provision.lock.lockfile import set_tool_section
+
+    lock = tmp_path / "locks" / "pylock.tiny.toml"
+    set_tool_section(
+        lock,
+        "model",
+        {
+            "source": "huggingface",
+            "repo_id": "org/tiny",
+            "revision": "main",
+            "modelscope_repo_id": "org/tiny",
+        },
+    )
+    download_profile(load_profile("tiny"), source="auto", progress=False)
+    record = model_record(lock)
+    assert record["modelscope_repo_id"] == "org/tiny"  # the lock stage's key survives
+    assert record["source"] == hub.url and record["commit"] == tiny.commit
+    assert len(record["files"]) == 5
