@@ -1,0 +1,590 @@
+"""The smoke inference, run by the TARGET environment's own Python.
+
+    <env>/bin/python runner.py --request request.json --out result.json
+
+It imports nothing from provision or provision's dependencies: only the standard library and what
+the environment under test has (torch, transformers, PIL, huggingface_hub; lmdeploy or vllm for
+those backends). The model is loaded by repo id from the Hugging Face cache (HF_HOME, with
+HF_HUB_OFFLINE=1 set before any import) or from a local snapshot folder.
+
+Request (JSON): repo_id, revision (commit or null), path (a local snapshot, instead of the cache),
+prompt, max_new_tokens, image (a file), backend ("transformers" | "lmdeploy" | "vllm"; the serving
+stacks are used only when a GPU is present), device ("auto" | "cpu" | "cuda" | "cuda:N"),
+model_class (optional transformers Auto class), trust_remote_code, modes (["greedy",
+"group_beam"]).
+
+Result (JSON, schema 1), written to --out whatever happens; see provision/smoke/run.py for the
+fields. Errors are reported, never raised: the model's own error text is what the user needs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+import time
+import traceback
+
+# Run as a script, this file's folder is sys.path[0]: drop it, so nothing of provision's can
+# shadow the environment's own modules.
+_HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path[:] = [p for p in sys.path if os.path.abspath(p or os.curdir) != _HERE]
+
+SCHEMA = 1
+GROUP_BEAM = {"num_beams": 4, "num_beam_groups": 2, "diversity_penalty": 1.0}
+GROUP_BEAM_MAX_TOKENS = 16  # enough to reach the crash (first step) and show a sequence
+AUTO_CLASSES = ("AutoModelForImageTextToText", "AutoModelForVision2Seq", "AutoModelForCausalLM")
+
+
+class StageError(Exception):
+    """An exception from a named stage (load, inputs, generate), carried to the report."""
+
+    def __init__(self, stage: str, exc: BaseException) -> None:
+        super().__init__(str(exc))
+        self.stage = stage
+        self.exc = exc
+
+
+def error_report(stage: str, exc: BaseException) -> dict:
+    tb = traceback.format_exception(type(exc), exc, exc.__traceback__)
+    return {
+        "stage": stage,
+        "type": type(exc).__name__,
+        "message": str(exc).strip()[:4000],
+        "traceback_tail": "".join(tb)[-3000:],
+    }
+
+
+def version_tuple(text: str) -> tuple:
+    parts = []
+    for piece in text.split("+")[0].split(".")[:3]:
+        digits = ""
+        for ch in piece:
+            if not ch.isdigit():
+                break
+            digits += ch
+        parts.append(int(digits or 0))
+    return tuple(parts)
+
+
+def package_version(name: str) -> str | None:
+    from importlib import metadata
+
+    try:
+        return metadata.version(name)
+    except metadata.PackageNotFoundError:
+        return None
+
+
+# --- memory ------------------------------------------------------------------------------------
+
+
+def peak_rss_bytes() -> int:
+    """Peak resident set size of this process (Linux reports KiB, macOS bytes)."""
+    import resource
+
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return int(peak if sys.platform == "darwin" else peak * 1024)
+
+
+class Memory:
+    """CUDA peak allocated on a GPU (torch's allocator), peak RSS on a CPU."""
+
+    def __init__(self, device: str) -> None:
+        self.cuda = device.startswith("cuda")
+        self.kind = "cuda_peak_allocated" if self.cuda else "peak_rss"
+
+    def reset(self) -> None:
+        if self.cuda:
+            import torch
+
+            torch.cuda.synchronize()
+            torch.cuda.reset_peak_memory_stats()
+
+    def peak(self) -> int:
+        if self.cuda:
+            import torch
+
+            torch.cuda.synchronize()
+            return int(torch.cuda.max_memory_allocated())
+        return peak_rss_bytes()
+
+
+class DeviceMemory:
+    """For serving stacks with their own allocators (TurboMind, vLLM's engine process): the rise
+    in memory used on the device while the stack ran, as the driver sees it."""
+
+    kind = "cuda_device_used"
+
+    def __init__(self, device: str) -> None:
+        import torch
+
+        self.index = torch.device(device).index or 0
+        self.base = self._used()
+        self.high = 0
+
+    def _used(self) -> int:
+        import torch
+
+        free, total = torch.cuda.mem_get_info(self.index)
+        return int(total - free)
+
+    def reset(self) -> None:
+        pass
+
+    def peak(self) -> int:
+        self.high = max(self.high, self._used() - self.base)
+        return self.high
+
+
+# --- device ------------------------------------------------------------------------------------
+
+
+def resolve_device(requested: str) -> tuple[str, str]:
+    """(device, description): "auto" means the first GPU torch sees, else the CPU."""
+    import torch
+
+    if requested == "auto":
+        requested = "cuda" if torch.cuda.is_available() else "cpu"
+    if requested.startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise RuntimeError(
+                f"device {requested!r} was asked for, but this torch ({torch.__version__}) sees "
+                "no CUDA GPU"
+            )
+        device = requested if ":" in requested else "cuda:0"
+        index = int(device.split(":")[1])
+        return device, f"{device} ({torch.cuda.get_device_name(index)})"
+    return "cpu", f"cpu ({platform.processor() or platform.machine()})"
+
+
+def sync(device: str) -> None:
+    if device.startswith("cuda"):
+        import torch
+
+        torch.cuda.synchronize()
+
+
+# --- backends ----------------------------------------------------------------------------------
+
+
+def choose_backend(requested: str, device: str) -> tuple[str, str]:
+    """The serving stacks run only on a GPU; everything else uses transformers."""
+    if requested in ("lmdeploy", "vllm"):
+        if device.startswith("cuda"):
+            return requested, f"the profile's serving stack ({requested}) on {device}"
+        return "transformers", f"{requested} needs a GPU; none here, so transformers on the CPU"
+    return "transformers", "transformers (the default backend)"
+
+
+def local_snapshot(request: dict) -> str:
+    """The snapshot folder for the request, from the offline cache (serving stacks want a path)."""
+    if request.get("path"):
+        return request["path"]
+    from huggingface_hub import snapshot_download
+
+    return snapshot_download(
+        request["repo_id"], revision=request.get("revision"), local_files_only=True
+    )
+
+
+def load_image(path: str):
+    from PIL import Image
+
+    with Image.open(path) as img:
+        return img.convert("RGB")
+
+
+class TransformersBackend:
+    name = "transformers"
+
+    def __init__(self, request: dict, device: str, memory: Memory) -> None:
+        self.request = request
+        self.device = device
+        self.memory = memory
+
+    def load(self, report: dict) -> None:
+        import torch
+        import transformers
+
+        source = self.request.get("path") or self.request["repo_id"]
+        common = {"trust_remote_code": bool(self.request.get("trust_remote_code"))}
+        if not self.request.get("path") and self.request.get("revision"):
+            common["revision"] = self.request["revision"]
+        self.processor = transformers.AutoProcessor.from_pretrained(source, **common)
+        # transformers 4.56 renamed torch_dtype to dtype; "auto" keeps the checkpoint's dtype.
+        dtype_key = "dtype" if version_tuple(transformers.__version__) >= (4, 56) else "torch_dtype"
+        kwargs = dict(common, **{dtype_key: "auto"})
+        if self.device.startswith("cuda") and package_version("accelerate"):
+            kwargs["device_map"] = {"": self.device}  # straight onto the GPU, not via host RAM
+        self.model = None
+        errors = []
+        for name in self.model_classes():
+            auto = getattr(transformers, name, None)
+            if auto is None:
+                continue
+            try:
+                self.model = auto.from_pretrained(source, **kwargs)
+                break
+            except ValueError as exc:
+                # "Unrecognized configuration class ...": this Auto class does not cover the
+                # architecture; the next one may. Anything else is the model's own failure.
+                if "Unrecognized configuration class" not in str(exc):
+                    raise
+                errors.append(f"{name}: {exc}")
+        if self.model is None:
+            raise RuntimeError("no Auto class loads this model: " + " | ".join(errors))
+        if "device_map" not in kwargs:
+            self.model.to(self.device)
+        self.model.eval()
+        report["model_class"] = type(self.model).__name__
+        report["dtype"] = str(self.model.dtype).replace("torch.", "")
+        report["param_bytes"] = int(
+            sum(p.numel() * p.element_size() for p in self.model.parameters())
+        )
+        self.torch = torch
+
+    def model_classes(self) -> list[str]:
+        wanted = self.request.get("model_class")
+        return [wanted] if wanted else list(AUTO_CLASSES)
+
+    def inputs(self, prompt: str, image) -> dict:
+        messages = [
+            {"role": "user", "content": [{"type": "image"}, {"type": "text", "text": prompt}]}
+        ]
+        templater = self.processor
+        if not getattr(self.processor, "chat_template", None):
+            tokenizer = getattr(self.processor, "tokenizer", None)
+            if tokenizer is None or not getattr(tokenizer, "chat_template", None):
+                raise RuntimeError(
+                    "neither the processor nor the tokenizer has a chat template, so the image "
+                    "and question cannot be put into the model's prompt format"
+                )
+            templater = tokenizer
+        text = templater.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+        batch = self.processor(text=[text], images=[image], return_tensors="pt")
+        dtype = self.model.dtype
+        out = {}
+        for key, value in batch.items():
+            if hasattr(value, "to"):
+                value = value.to(self.device)
+                if value.is_floating_point():
+                    value = value.to(dtype)  # pixel values in the model's dtype (bf16 path)
+            out[key] = value
+        return out
+
+    def generate(self, inputs: dict, mode: str, max_new_tokens: int) -> dict:
+        kwargs = {"max_new_tokens": max_new_tokens, "do_sample": False}
+        if mode == "group_beam":
+            kwargs.update(GROUP_BEAM)
+            kwargs.update(output_scores=True, return_dict_in_generate=True)
+            kwargs["max_new_tokens"] = min(max_new_tokens, GROUP_BEAM_MAX_TOKENS)
+        else:
+            kwargs["num_beams"] = 1
+        prompt_len = inputs["input_ids"].shape[1]
+        with self.torch.inference_mode():
+            sync(self.device)
+            start = time.perf_counter()
+            out = self.model.generate(**inputs, **kwargs)
+            sync(self.device)
+            latency = time.perf_counter() - start
+        sequences = out.sequences if hasattr(out, "sequences") else out
+        new = sequences[0, prompt_len:]
+        result = {
+            "answer": self.processor.batch_decode(new[None], skip_special_tokens=True)[0].strip(),
+            "new_tokens": int(new.shape[0]),
+            "token_ids": [int(t) for t in new.tolist()],
+            "latency_s": latency,
+        }
+        if mode == "group_beam" and getattr(out, "scores", None):
+            result["scores_dtype"] = str(out.scores[0].dtype).replace("torch.", "")
+        return result
+
+    def group_beam_support(self) -> tuple[bool, str]:
+        """Group (diverse) beam search is in core transformers up to 4.56 only."""
+        import transformers
+        from transformers.generation.utils import GenerationMixin
+
+        if hasattr(GenerationMixin, "_group_beam_search"):
+            return True, ""
+        return False, (
+            f"transformers {transformers.__version__} has no group beam search in the core "
+            "library (it moved to the hub repo transformers-community/group-beam-search in "
+            "4.57), so the bf16 output_scores path cannot crash here"
+        )
+
+
+class LMDeployBackend:
+    name = "lmdeploy"
+
+    def __init__(self, request: dict, device: str, memory: DeviceMemory) -> None:
+        self.request = request
+        self.device = device
+        self.memory = memory
+
+    def load(self, report: dict) -> None:
+        import lmdeploy
+
+        path = local_snapshot(self.request)
+        # TurboMind where it supports the architecture, else lmdeploy's PyTorch engine: the
+        # choice lmdeploy itself makes when given no config.
+        engine = "turbomind"
+        try:
+            from lmdeploy.archs import autoget_backend
+
+            engine = autoget_backend(path)
+        except ImportError:
+            pass
+        config_class = (
+            lmdeploy.TurbomindEngineConfig
+            if engine == "turbomind"
+            else lmdeploy.PytorchEngineConfig
+        )
+        # A smoke needs one short sequence; the default (80% of free memory for KV cache) would
+        # make the peak figure meaningless and crowd a shared GPU.
+        config = config_class(cache_max_entry_count=0.2, session_len=8192)
+        self.pipe = lmdeploy.pipeline(path, backend_config=config)
+        report["model_class"] = f"lmdeploy pipeline ({engine})"
+        report["dtype"] = getattr(config, "dtype", "auto")
+
+    def inputs(self, prompt: str, image) -> dict:
+        return {"prompt": prompt, "image": image}
+
+    def generate(self, inputs: dict, mode: str, max_new_tokens: int) -> dict:
+        from lmdeploy import GenerationConfig
+
+        # top_k=1 is greedy in every lmdeploy; do_sample exists only in newer ones.
+        wanted = {"max_new_tokens": max_new_tokens, "top_k": 1, "do_sample": False}
+        known = getattr(GenerationConfig, "__dataclass_fields__", wanted)
+        config = GenerationConfig(**{k: v for k, v in wanted.items() if k in known})
+        start = time.perf_counter()
+        response = self.pipe((inputs["prompt"], inputs["image"]), gen_config=config)
+        latency = time.perf_counter() - start
+        ids = list(getattr(response, "token_ids", None) or [])
+        return {
+            "answer": response.text.strip(),
+            "new_tokens": int(getattr(response, "generate_token_len", 0) or len(ids)),
+            "token_ids": [int(t) for t in ids],
+            "latency_s": latency,
+        }
+
+    def group_beam_support(self) -> tuple[bool, str]:
+        return False, "lmdeploy serves greedy/sampled decoding; group beam search is transformers'"
+
+
+class VLLMBackend:
+    name = "vllm"
+
+    def __init__(self, request: dict, device: str, memory: DeviceMemory) -> None:
+        self.request = request
+        self.device = device
+        self.memory = memory
+
+    def load(self, report: dict) -> None:
+        from vllm import LLM
+
+        path = local_snapshot(self.request)
+        self.llm = LLM(
+            model=path,
+            trust_remote_code=bool(self.request.get("trust_remote_code")),
+            max_model_len=8192,
+            # Half the card is plenty for one request; the default 0.9 would hide the real peak.
+            gpu_memory_utilization=0.5,
+            limit_mm_per_prompt={"image": 1},
+            enforce_eager=True,  # no CUDA-graph capture: a smoke wants a quick start
+        )
+        report["model_class"] = "vllm LLM"
+        model_config = getattr(getattr(self.llm, "llm_engine", None), "model_config", None)
+        report["dtype"] = str(getattr(model_config, "dtype", "auto")).replace("torch.", "")
+
+    def inputs(self, prompt: str, image) -> dict:
+        return {"prompt": prompt, "image": image}
+
+    def generate(self, inputs: dict, mode: str, max_new_tokens: int) -> dict:
+        import base64
+        import io
+
+        from vllm import SamplingParams
+
+        buffer = io.BytesIO()
+        inputs["image"].save(buffer, format="JPEG")
+        url = "data:image/jpeg;base64," + base64.b64encode(buffer.getvalue()).decode()
+        messages = [
+            {
+                "role": "user",
+                "content": [
+                    {"type": "image_url", "image_url": {"url": url}},
+                    {"type": "text", "text": inputs["prompt"]},
+                ],
+            }
+        ]
+        params = SamplingParams(temperature=0.0, max_tokens=max_new_tokens)
+        start = time.perf_counter()
+        outputs = self.llm.chat(messages, sampling_params=params, use_tqdm=False)
+        latency = time.perf_counter() - start
+        completion = outputs[0].outputs[0]
+        ids = [int(t) for t in completion.token_ids]
+        return {
+            "answer": completion.text.strip(),
+            "new_tokens": len(ids),
+            "token_ids": ids,
+            "latency_s": latency,
+        }
+
+    def group_beam_support(self) -> tuple[bool, str]:
+        return False, "vLLM has no diverse (group) beam search; that path is transformers'"
+
+
+BACKENDS = {"transformers": TransformersBackend, "lmdeploy": LMDeployBackend, "vllm": VLLMBackend}
+
+
+# --- the run -----------------------------------------------------------------------------------
+
+
+def run(request: dict) -> dict:
+    report: dict = {
+        "schema": SCHEMA,
+        "ok": False,
+        "repo_id": request.get("repo_id"),
+        "revision": request.get("revision"),
+        "backend": None,
+        "backend_reason": None,
+        "device": None,
+        "device_name": None,
+        "model_class": None,
+        "dtype": None,
+        "param_bytes": None,
+        "import_seconds": None,
+        "load_seconds": None,
+        "answer": None,
+        "latency_s": None,
+        "tokens_per_s": None,
+        "peak_memory_bytes": None,
+        "peak_memory_kind": None,
+        "modes": {},
+        "error": None,
+        "versions": {"python": platform.python_version()},
+    }
+    stage = "import"
+    try:
+        start = time.perf_counter()
+        import torch
+
+        if (
+            request.get("backend") or "transformers"
+        ) == "transformers" or not torch.cuda.is_available():
+            import transformers  # noqa: F401 - timed here, so load_seconds is the load alone
+        report["import_seconds"] = round(time.perf_counter() - start, 3)
+        report["versions"]["torch"] = torch.__version__
+        for name in ("transformers", "tokenizers", "huggingface_hub", "lmdeploy", "vllm"):
+            found = package_version(name)
+            if found:
+                report["versions"][name] = found
+        stage = "device"
+        device, description = resolve_device(request.get("device") or "auto")
+        report["device"], report["device_name"] = device, description
+        backend_name, reason = choose_backend(request.get("backend") or "transformers", device)
+        report["backend"], report["backend_reason"] = backend_name, reason
+        memory = DeviceMemory(device) if backend_name != "transformers" else Memory(device)
+        report["peak_memory_kind"] = memory.kind
+        backend = BACKENDS[backend_name](request, device, memory)
+
+        stage = "load"
+        memory.reset()
+        start = time.perf_counter()
+        backend.load(report)
+        report["load_seconds"] = round(time.perf_counter() - start, 3)
+
+        stage = "inputs"
+        image = load_image(request["image"])
+        inputs = backend.inputs(request["prompt"], image)
+    except Exception as exc:  # noqa: BLE001 - every failure becomes the report
+        report["error"] = error_report(stage, exc)
+        report["peak_memory_bytes"] = peak_rss_bytes()
+        return report
+
+    max_new_tokens = int(request.get("max_new_tokens") or 32)
+    for mode in request.get("modes") or ["greedy", "group_beam"]:
+        report["modes"][mode] = run_mode(backend, memory, inputs, mode, max_new_tokens)
+    report["peak_memory_bytes"] = memory.peak()
+
+    greedy = report["modes"].get("greedy", {})
+    if greedy.get("status") == "ok":
+        report["answer"] = greedy["answer"]
+        report["latency_s"] = greedy["latency_s"]
+        report["tokens_per_s"] = greedy["tokens_per_s"]
+    report["ok"] = all(m["status"] in ("ok", "not_applicable") for m in report["modes"].values())
+    return report
+
+
+def run_mode(backend, memory, inputs: dict, mode: str, max_new_tokens: int) -> dict:
+    if mode == "group_beam":
+        supported, reason = backend.group_beam_support()
+        if not supported:
+            return {"status": "not_applicable", "reason": reason}
+    elif mode != "greedy":
+        return {
+            "status": "failed",
+            "error": {
+                "stage": "mode",
+                "type": "ValueError",
+                "message": f"unknown decoding mode {mode!r}",
+            },
+        }
+    settings = {"max_new_tokens": max_new_tokens}
+    if mode == "group_beam":
+        settings.update(GROUP_BEAM, output_scores=True)
+        settings["max_new_tokens"] = min(max_new_tokens, GROUP_BEAM_MAX_TOKENS)
+    memory.reset()
+    try:
+        out = backend.generate(inputs, mode, max_new_tokens)
+    except Exception as exc:  # noqa: BLE001 - the model's own error is the result
+        return {
+            "status": "failed",
+            "settings": settings,
+            "error": error_report("generate", exc),
+            "peak_memory_bytes": memory.peak(),
+        }
+    latency = out["latency_s"]
+    out.update(
+        status="ok",
+        settings=settings,
+        latency_s=round(latency, 4),
+        tokens_per_s=round(out["new_tokens"] / latency, 2) if latency > 0 else None,
+        peak_memory_bytes=memory.peak(),
+    )
+    if not out["answer"]:
+        out["status"] = "failed"
+        out["error"] = {
+            "stage": "generate",
+            "type": "EmptyAnswer",
+            "message": f"the model generated {out['new_tokens']} tokens that decode to nothing",
+        }
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description="provision smoke inference (target env side)")
+    parser.add_argument("--request", required=True, help="request JSON file")
+    parser.add_argument("--out", required=True, help="where the result JSON goes")
+    args = parser.parse_args(argv)
+    with open(args.request, encoding="utf-8") as handle:
+        request = json.load(handle)
+    # Read at import time by huggingface_hub and transformers: set before either is imported.
+    os.environ["HF_HUB_OFFLINE"] = "1"
+    os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    started = time.perf_counter()
+    report = run(request)
+    report["wall_seconds"] = round(time.perf_counter() - started, 3)
+    tmp = args.out + ".tmp"
+    with open(tmp, "w", encoding="utf-8") as handle:
+        json.dump(report, handle, indent=2)
+    os.replace(tmp, args.out)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
