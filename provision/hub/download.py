@@ -416,7 +416,7 @@ class _Plan:
                     url=_modelscope_url(source, repo_id, revision, f.path),
                 )
             )
-        token = modelscope_token()
+        token = listing.token or modelscope_token()
         headers = {"Cookie": f"m_session_id={token}"} if token else {}
         snapshot = cache.snapshot(revision)
         outcomes = self._fetch(source, repo_id, jobs, headers, files, still_needed, None, snapshot)

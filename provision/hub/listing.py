@@ -52,6 +52,7 @@ class Listing:
     commit: str | None  # the revision resolved, when the hub tells (always for Hugging Face)
     files: list[RemoteFile] = field(default_factory=list)
     gated: bool = False
+    token: str | None = field(default=None, repr=False)  # the client's own login, for transfers
 
 
 def hf_token() -> str | None:
@@ -204,7 +205,9 @@ def modelscope_listing(source: Source, repo_id: str, revision: str | None) -> Li
         for e in entries
         if not e.is_dir and e.path
     ]
-    return Listing(source, repo_id, revision, _modelscope_commit(api, repo_id, revision), files)
+    commit = _modelscope_commit(api, repo_id, revision)
+    # The client found the token (MODELSCOPE_API_TOKEN or `modelscope login`): used, never kept.
+    return Listing(source, repo_id, revision, commit, files, token=api.legacy.token or None)
 
 
 def _modelscope_commit(api: Any, repo_id: str, revision: str) -> str | None:
