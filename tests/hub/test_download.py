@@ -221,7 +221,7 @@ def test_killed_download_resumes_and_the_server_sends_only_the_missing_bytes(
     resumed = [r for r in hub.requests if r.file == "org/big/model.safetensors"]
     assert [r.range for r in resumed] == [f"bytes={kept}-"]
     # What the first run sent beyond the kept bytes was in flight when it died.
-    assert first_run - kept < 1_000_000
+    assert first_run - kept < 10 * 2**20  # under one of huggingface_hub's 10 MiB chunks
     assert not partial.exists()
     _snapshot_matches(Path(out["snapshot"]), folder)
 
