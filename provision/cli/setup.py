@@ -1,0 +1,103 @@
+"""`provision setup PROFILE`: check, lock, environment, weights, fixes, smoke; resumable."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from provision.cli.output import JsonFlag, emit, use_json
+from provision.cli.profiles import ProfilesDir
+
+
+def setup(
+    profile: Annotated[str, typer.Argument(help="Profile name, e.g. qwen2-vl-2b.")],
+    task: Annotated[str, typer.Option(help="infer, lora, qlora or full.")] = "infer",
+    env: Annotated[
+        Path | None, typer.Option(help="Environment folder (default <data dir>/envs/PROFILE).")
+    ] = None,
+    from_lock: Annotated[
+        Path | None,
+        typer.Option("--from-lock", help="Rebuild exactly from this lockfile (someone else's)."),
+    ] = None,
+    lock: Annotated[
+        Path | None, typer.Option("--lock", help="Lockfile to write and record into.")
+    ] = None,
+    source: Annotated[
+        str, typer.Option(help="Weights from: auto, hf, hf-mirror, modelscope, a URL or a folder.")
+    ] = "auto",
+    torch_index: Annotated[
+        str | None, typer.Option("--torch-index", help="Where torch comes from (see `lock`).")
+    ] = None,
+    wheelhouse: Annotated[
+        Path | None,
+        typer.Option(help="Folder of wheels to install from (also read from PIP_FIND_LINKS)."),
+    ] = None,
+    force: Annotated[
+        list[str] | None,
+        typer.Option("--force", help="Redo a stage even if done: check, lock, env, weights..."),
+    ] = None,
+    skip_check: Annotated[
+        bool, typer.Option("--skip-check", help="Go on even if the model does not fit here.")
+    ] = False,
+    profiles_dir: ProfilesDir = None,
+    json_output: JsonFlag = False,
+) -> None:
+    """Make this machine ready for PROFILE; a re-run continues where the last one stopped."""
+    from provision.errors import ProvisionError
+    from provision.setup import SetupOptions, StageReport, run_setup
+
+    options = SetupOptions(
+        task=task,
+        env=env,
+        from_lock=from_lock,
+        lock_file=lock,
+        source=source,
+        torch_index=torch_index,
+        wheelhouse=wheelhouse,
+        force=tuple(force or ()),
+        skip_check=skip_check,
+        profiles_dir=profiles_dir,
+    )
+    quiet = use_json(json_output)
+
+    def progress(report: StageReport) -> None:
+        if quiet:
+            return
+        from provision.cli.output import console
+
+        mark = {"done": "ok", "skipped": "--", "failed": "!!", "not run": "  "}[report.status]
+        console().print(f"[{mark}] {report.name}: {report.detail}", markup=False)
+
+    try:
+        result = run_setup(profile, options, progress)
+    except ProvisionError as exc:
+        partial = getattr(exc, "setup_result", None)
+        if partial is not None and not quiet:
+            render(partial)
+        raise
+    emit(result, lambda con: render(result, con), json_output)
+
+
+def render(result: Any, con: Any = None) -> None:
+    from rich.table import Table
+
+    from provision.cli.output import console
+
+    con = con or console()
+    table = Table(title=f"provision setup {result.profile}")
+    for col in ("stage", "status", "what it did", "seconds"):
+        table.add_column(col, justify="right" if col == "seconds" else "left")
+    for stage in result.stages:
+        table.add_row(stage.name, stage.status, stage.detail, f"{stage.seconds:.1f}")
+    con.print(table)
+    con.print(f"Environment: {result.env}\nLockfile: {result.lock_file}")
+
+
+def register(app: typer.Typer) -> None:
+    app.command(
+        "setup",
+        help="Make the machine ready: check, lock, env, weights, fixes, smoke.  "
+        "e.g. provision setup qwen2-vl-2b",
+    )(setup)

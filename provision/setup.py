@@ -1,0 +1,467 @@
+"""`provision setup`: check -> lock -> environment -> weights -> fixes -> smoke, recorded.
+
+Each stage writes its outcome to a state file beside the environment, so a re-run after a failure
+or a kill continues where it stopped (a stage that finished with the same inputs is not redone;
+`force` redoes the ones named). The lockfile collects what the stages learn: the weights' commit
+and hashes, the patched files' hashes, the smoke result.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from provision.atomic import atomic_write_text, file_lock
+from provision.errors import CheckFailed, ProvisionError
+from provision.profiles import Profile, load_profile
+
+STAGES = ("check", "lock", "env", "weights", "fixes", "smoke")
+
+
+@dataclass
+class StageReport:
+    name: str
+    status: str  # done, skipped (already done with the same inputs), failed, not run
+    detail: str = ""
+    seconds: float = 0.0
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "stage": self.name,
+            "status": self.status,
+            "detail": self.detail,
+            "seconds": round(self.seconds, 3),
+        }
+
+
+@dataclass
+class SetupOptions:
+    task: str = "infer"
+    env: Path | None = None  # default: <data dir>/envs/<profile>
+    from_lock: Path | None = None
+    lock_file: Path | None = None  # default: the profile's lock in ./lockfiles
+    source: str = "auto"
+    torch_index: str | None = None
+    wheelhouse: Path | None = None
+    force: tuple[str, ...] = ()
+    skip_check: bool = False
+    smoke_timeout: float = 1800.0
+    profiles_dir: str | None = None
+    data_dir: Path | None = None
+
+
+@dataclass
+class SetupResult:
+    profile: str
+    env: Path
+    lock_file: Path
+    state_file: Path
+    stages: list[StageReport] = field(default_factory=list)
+    outputs: dict[str, Any] = field(default_factory=dict)  # each stage's own JSON
+
+    @property
+    def ok(self) -> bool:
+        return all(s.status in ("done", "skipped") for s in self.stages)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "profile": self.profile,
+            "env": str(self.env),
+            "lock_file": str(self.lock_file),
+            "state_file": str(self.state_file),
+            "ok": self.ok,
+            "stages": [s.to_json() for s in self.stages],
+            "outputs": self.outputs,
+        }
+
+
+# --- the state file ------------------------------------------------------------------------------
+
+
+class SetupState:
+    """Which stages finished, with the fingerprint of their inputs; written atomically."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        try:
+            self.data: dict[str, Any] = json.loads(path.read_text())
+        except (OSError, ValueError):
+            self.data = {"stages": {}}
+
+    def done(self, stage: str, fingerprint: str) -> bool:
+        entry = self.data["stages"].get(stage, {})
+        return entry.get("status") == "done" and entry.get("fingerprint") == fingerprint
+
+    def mark(self, stage: str, status: str, fingerprint: str = "", detail: str = "") -> None:
+        self.data["stages"][stage] = {
+            "status": status,
+            "fingerprint": fingerprint,
+            "detail": detail,
+            "at": time.strftime("%Y-%m-%dT%H:%M:%S"),
+        }
+        atomic_write_text(self.path, json.dumps(self.data, indent=2) + "\n")
+
+
+def state_path(env: Path) -> Path:
+    return env.parent / f".{env.name}.provision-setup.json"
+
+
+def _digest(*parts: Any) -> str:
+    text = json.dumps(parts, sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def _file_digest(path: Path) -> str:
+    try:
+        return hashlib.sha256(path.read_bytes()).hexdigest()[:16]
+    except OSError:
+        return "missing"
+
+
+def _packages_digest(lock_file: Path) -> str:
+    """The lock's package set only: recording results in [tool] must not count as a change."""
+    from provision.lock.lockfile import read_lock
+
+    data = read_lock(lock_file)
+    return _digest(data.get("packages", []), data.get("requires-python"))
+
+
+# --- the stages ----------------------------------------------------------------------------------
+
+
+def default_env(name: str, data_dir: Path | None = None) -> Path:
+    from provision.hardware.disks import choose_data_dir
+
+    base = Path(data_dir) if data_dir else choose_data_dir().path
+    return base / "envs" / name
+
+
+@dataclass
+class Plan:
+    """What one setup makes: one environment from one lock for one or more member profiles.
+
+    A profile's setup has one member; a research direction's has several that share the env,
+    the lock (resolved jointly by `relock`) and the weights cache.
+    """
+
+    name: str
+    members: list[tuple[Profile, str]]  # (profile, task)
+    env: Path
+    lock: Path
+    relock: Callable[[], tuple[str, dict[str, Any]]]  # makes the lock: (summary, json)
+    lock_is_current: Callable[[], bool]
+    given_lock: bool = False  # --from-lock: use as is
+    # Several members share the lock: each one's model and smoke records go under
+    # [tool.provision.<member_section>.<profile>] instead of [tool.provision.model/smoke].
+    member_section: str | None = None
+
+
+def run_setup(
+    profile_name: str,
+    options: SetupOptions,
+    on_stage: Callable[[StageReport], None] | None = None,
+) -> SetupResult:
+    """Set up one profile; see `run_plan`."""
+    from provision.lock.lockfile import lock_path
+
+    profile = load_profile(profile_name, options.profiles_dir)
+    env = options.env or default_env(profile.name, options.data_dir)
+    lock = options.from_lock or options.lock_file or lock_path(profile.name, task=options.task)
+    lock = Path(lock).expanduser().absolute()
+
+    def relock() -> tuple[str, dict[str, Any]]:
+        from provision.lock.locking import lock_profile
+
+        locked = lock_profile(
+            profile,
+            options.task,
+            output=lock,
+            torch_index=options.torch_index,
+            profiles_dir=options.profiles_dir,
+        )
+        return locked.summary(), locked.to_json()
+
+    def current() -> bool:
+        from provision.lock.locking import check_lock
+
+        return lock.exists() and check_lock(profile, options.task, lock).fresh
+
+    plan = Plan(
+        name=profile.name,
+        members=[(profile, options.task)],
+        env=Path(env),
+        lock=lock,
+        relock=relock,
+        lock_is_current=current,
+        given_lock=options.from_lock is not None,
+    )
+    return run_plan(plan, options, on_stage)
+
+
+def run_plan(
+    plan: Plan,
+    options: SetupOptions,
+    on_stage: Callable[[StageReport], None] | None = None,
+) -> SetupResult:
+    """Run the stages in order; stop at the first that fails (its error is raised after the
+    state and the partial result are saved, so the caller can print both)."""
+    for name in options.force:
+        if name not in STAGES:
+            raise ProvisionError(f"--force {name}: no such stage.", f"Stages: {', '.join(STAGES)}.")
+    env = plan.env.expanduser().absolute()
+    if env.exists() and not env.is_dir():
+        raise ProvisionError(
+            f"Environment path {env} is a file, not a folder.",
+            "Pass --env with a folder path (it is created if missing), or move the file away.",
+        )
+    if plan.given_lock and not plan.lock.is_file():
+        raise ProvisionError(f"--from-lock {plan.lock}: no such file.")
+    plan.env = env
+    result = SetupResult(plan.name, env, plan.lock, state_path(env))
+    env.parent.mkdir(parents=True, exist_ok=True)
+    # One setup per environment at a time: a second one waits, then finds the stages done.
+    with file_lock(env.parent / f".{env.name}.setup-lock"):
+        state = SetupState(result.state_file)
+        _Runner(plan, options, state, result, on_stage).run_all()
+    return result
+
+
+class _Runner:
+    def __init__(
+        self,
+        plan: Plan,
+        options: SetupOptions,
+        state: SetupState,
+        result: SetupResult,
+        on_stage: Callable[[StageReport], None] | None,
+    ) -> None:
+        self.plan, self.options = plan, options
+        self.env, self.lock = plan.env, plan.lock
+        self.state, self.result, self.on_stage = state, result, on_stage
+        self.python: Path | None = None
+        self.hub_env: dict[str, str] = {}
+        self.error: BaseException | None = None
+
+    def run_all(self) -> None:
+        steps = {
+            "check": self.check,
+            "lock": self.lock_stage,
+            "env": self.env_stage,
+            "weights": self.weights,
+            "fixes": self.fixes,
+            "smoke": self.smoke,
+        }
+        failed = None
+        for name in STAGES:
+            if failed is not None:
+                self._report(StageReport(name, "not run", f"stopped at {failed}"))
+                continue
+            started = time.monotonic()
+            try:
+                status, detail = steps[name]()
+            except (ProvisionError, KeyboardInterrupt) as exc:
+                message = exc.message if isinstance(exc, ProvisionError) else "interrupted"
+                self.state.mark(name, "failed", detail=message)
+                self._report(StageReport(name, "failed", message, time.monotonic() - started))
+                failed = name
+                if isinstance(exc, KeyboardInterrupt):
+                    raise
+                self.error = exc
+                continue
+            self._report(StageReport(name, status, detail, time.monotonic() - started))
+        if self.error is not None:
+            # The CLI prints the summary table of what ran before the message.
+            self.error.setup_result = self.result  # type: ignore[attr-defined]
+            raise self.error
+
+    def _report(self, report: StageReport) -> None:
+        self.result.stages.append(report)
+        if self.on_stage:
+            self.on_stage(report)
+
+    def _skip(self, stage: str, fingerprint: str) -> bool:
+        return stage not in self.options.force and self.state.done(stage, fingerprint)
+
+    @property
+    def _single(self) -> bool:
+        return len(self._profiles()) == 1
+
+    def _profiles(self) -> list[Profile]:
+        """Each member profile once: a direction's member may come with several tasks."""
+        return list({profile.name: profile for profile, _task in self.plan.members}.values())
+
+    def _record_under(self, profile: Profile) -> tuple[str, ...]:
+        section = self.plan.member_section
+        return (section, profile.name) if section else ()
+
+    def _per_member(self, stage: str, outputs: dict[str, Any]) -> None:
+        """One profile's output under its stage; several under the stage, by profile name."""
+        if self._single:
+            self.result.outputs[stage] = next(iter(outputs.values()))
+        else:
+            self.result.outputs[stage] = outputs
+
+    # -- check --
+    def check(self) -> tuple[str, str]:
+        if self.options.skip_check:
+            return "skipped", "--skip-check"
+        from provision.check import run_check
+        from provision.fit import FitRequest
+
+        details, outputs = [], {}
+        for profile, task in self.plan.members:
+            report = run_check(profile.name, FitRequest(task=task), None, self.options.profiles_dir)
+            tasks = [t for p, t in self.plan.members if p.name == profile.name]
+            key = profile.name if len(tasks) == 1 else f"{profile.name}/{task}"
+            outputs[key] = report.to_json()
+            machine, fit = report.machine, report.fit
+            if not machine.gpus:
+                details.append(f"{profile.name}: no NVIDIA GPU, the environment is for CPU use")
+            elif not fit.fits:
+                first = fit.suggestions[0].text if fit.suggestions else ""
+                raise CheckFailed(
+                    f"{profile.name} ({task}) does not fit: {fit.reason}.",
+                    (f"Try: {first}. " if first else "")
+                    + "`provision check` shows the numbers; --skip-check goes on anyway.",
+                )
+            else:
+                details.append(f"{profile.name}: {fit.verdict}, {fit.reason}")
+            disk = report.disk
+            if not disk.enough and disk.data_dir is not None:
+                raise CheckFailed(
+                    f"Not enough disk for {profile.name}'s weights: {disk.note} has "
+                    f"{disk.data_dir.free / 1024**3:.1f} GiB free, "
+                    f"{disk.need / 1024**3:.1f} GiB needed.",
+                    "Set PROVISION_DATA_DIR to a bigger disk, or free space.",
+                )
+        self._per_member("check", outputs)
+        detail = "; ".join(details)
+        self.state.mark("check", "done", detail=detail)
+        return "done", detail
+
+    # -- lock --
+    def lock_stage(self) -> tuple[str, str]:
+        from provision.lock.lockfile import read_lock, tool_table
+
+        if self.plan.given_lock:
+            table = tool_table(read_lock(self.lock))
+            named = table.get("profile", {}).get("name")
+            if self._single and named and named != self.plan.name:
+                raise ProvisionError(
+                    f"{self.lock} was made for profile '{named}', not '{self.plan.name}'.",
+                    f"Run `provision setup {named} --from-lock {self.lock}`.",
+                )
+            self.state.mark("lock", "done", _file_digest(self.lock), "given")
+            return "done", f"using {self.lock} as given"
+        if "lock" not in self.options.force and self.plan.lock_is_current():
+            self.state.mark("lock", "done", _file_digest(self.lock), "current")
+            return "skipped", f"{self.lock.name} is current"
+        summary, output = self.plan.relock()
+        self.result.outputs["lock"] = output
+        self.state.mark("lock", "done", _file_digest(self.lock), summary)
+        return "done", summary
+
+    # -- env --
+    def env_stage(self) -> tuple[str, str]:
+        from provision.envs import ensure_env, env_python
+
+        fingerprint = _digest(_packages_digest(self.lock), str(self.options.wheelhouse))
+        if self._skip("env", fingerprint) and (self.env / "pyvenv.cfg").exists():
+            self.python = env_python(self.env)
+            return "skipped", f"{self.env} was made from this lock"
+        made = ensure_env(self.env, self.lock, self.options.wheelhouse)
+        self.python = made.python
+        self.result.outputs["env"] = made.to_json()
+        self.state.mark("env", "done", fingerprint, made.message)
+        return "done", made.message
+
+    # -- weights --
+    def _hub_environment(self) -> dict[str, str]:
+        if not self.hub_env:
+            from provision.settings import apply_environment, hub_environment
+
+            self.hub_env = hub_environment(self.options.data_dir, self.options.source)
+            apply_environment(self.hub_env)  # before any hub client is imported
+        return self.hub_env
+
+    def weights(self) -> tuple[str, str]:
+        from provision.hub.download import download_profile
+
+        self._hub_environment()
+        details, outputs, prints = [], {}, []
+        for profile in self._profiles():
+            got = download_profile(
+                profile,
+                self.options.source,
+                lock_file=self._member_lock(profile),
+                record_under=self._record_under(profile),
+            )
+            outputs[profile.name] = got.to_json()
+            prints.append((got.repo_id, got.commit, [f.sha256 for f in got.files]))
+            details.append(
+                f"{got.repo_id}@{(got.commit or got.revision)[:12]} from {got.source.name}: "
+                f"{len(got.files)} files, {got.bytes_fetched / 1024**2:.1f} MiB fetched, "
+                f"{got.bytes_reused / 1024**2:.1f} MiB already there"
+            )
+        self._per_member("weights", outputs)
+        detail = "; ".join(details)
+        self.state.mark("weights", "done", _digest(prints), detail)
+        return "done", detail
+
+    def _member_lock(self, profile: Profile) -> Path:
+        """Where a member's model record goes: the plan's lock for one profile; for a direction,
+        the member's own section keeps the shared lock readable."""
+        return self.lock
+
+    # -- fixes --
+    def fixes(self) -> tuple[str, str]:
+        from provision.patches.engine import apply_fixes
+
+        wanted = sorted({fix for profile, _ in self.plan.members for fix in profile.fixes})
+        if not wanted:
+            self.state.mark("fixes", "done", detail="none listed")
+            return "done", "the profiles list no fixes"
+        assert self.python is not None
+        results = apply_fixes(self.python, wanted, self.lock)
+        self.result.outputs["fixes"] = [r.to_json() for r in results]
+        detail = "; ".join(f"{r.fix}: {r.state}" for r in results)
+        self.state.mark("fixes", "done", detail=detail)
+        return "done", detail
+
+    # -- smoke --
+    def smoke(self) -> tuple[str, str]:
+        from provision.smoke.run import run_smoke
+
+        assert self.python is not None
+        hub = self._hub_environment()
+        hf_home = Path(hub.get("HF_HOME") or os.environ["HF_HOME"])
+        details, outputs, failures = [], {}, []
+        for profile in self._profiles():
+            outcome = run_smoke(
+                profile,
+                self.python,
+                hf_home,
+                lock_file=self.lock,
+                timeout=self.options.smoke_timeout,
+                record_under=self._record_under(profile),
+            )
+            outputs[profile.name] = outcome.to_json()
+            if outcome.ok:
+                details.append(f"{profile.name}: {outcome.summary}; answer {outcome.answer!r}")
+            else:
+                failures.append((profile.name, outcome))
+        self._per_member("smoke", outputs)
+        if failures:
+            name, outcome = failures[0]
+            raise CheckFailed(
+                f"Smoke inference of {name} failed: {outcome.summary}", outcome.next_step
+            )
+        detail = "; ".join(details)
+        self.state.mark("smoke", "done", detail=detail)
+        return "done", detail
