@@ -294,11 +294,9 @@ class Fetcher:
                 start = _range_start(response.headers.get("Content-Range"))
                 if start is None or start > offset:
                     raise _Retry(f"a bad Content-Range ({response.headers.get('Content-Range')})")
-                if start < offset:
-                    start = 0  # an odd range: start over rather than splice
                 # No re-chunking: bytes are written as they arrive, so a dropped connection
-                # loses none of what came before it.
-                yield start, response.iter_raw()
+                # loses none of what came before it. A range starting early is trimmed.
+                yield offset, _skip(response.iter_raw(), offset - start)
             elif status == 200:
                 yield 0, response.iter_raw()
             elif status == 416:
@@ -308,9 +306,13 @@ class Fetcher:
                 response.read()
                 code = response.headers.get("X-Error-Code", "")
                 has_token = "Authorization" in self.headers or "Cookie" in self.headers
-                if code == "GatedRepo" or self.hub == "modelscope" or status == 401:
+                if code == "GatedRepo" or self.hub == "modelscope":
                     raise gated_message(self.repo_id, self.gated_page, has_token, self.hub)
-                raise ProvisionError(f"{self.describe} refused {job.path} ({status}).")
+                raise ProvisionError(
+                    f"{self.describe} refused {job.path} of {self.repo_id} ({status}).",
+                    "A private repository needs a token with access: export HF_TOKEN=hf_... or "
+                    "run `hf auth login`.",
+                )
             elif status == 404:
                 raise ProvisionError(
                     f"{job.path} is listed by {self.describe} but its download answers 404.",
@@ -321,6 +323,16 @@ class Fetcher:
                 raise _Retry(f"HTTP {status}")
             else:
                 raise SourceFailed(f"{self.describe} answered {status} for {job.path}.")
+
+
+def _skip(chunks: Iterator[bytes], n: int) -> Iterator[bytes]:
+    """`chunks` without their first `n` bytes."""
+    for chunk in chunks:
+        if n >= len(chunk):
+            n -= len(chunk)
+            continue
+        yield chunk[n:] if n else chunk
+        n = 0
 
 
 def _range_start(header: str | None) -> int | None:
