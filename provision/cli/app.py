@@ -32,11 +32,14 @@ EXAMPLES = [
 app = typer.Typer(
     name="provision",
     help="Make a GPU machine ready to run or fine-tune a multimodal LLM, reproducibly.",
-    epilog="Examples:\n\n" + "\n\n".join(f"  {cmd}: {ex}" for cmd, ex in EXAMPLES),
+    # "\b" keeps click from re-wrapping the block: one example per line.
+    epilog="\b\nExamples:\n" + "\n".join(f"  {cmd:9} {ex}" for cmd, ex in EXAMPLES),
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
     rich_markup_mode=None,
+    # Wide enough that each example in the epilog stays on one line (click wraps at 80).
+    context_settings={"max_content_width": 120},
 )
 
 
