@@ -206,10 +206,20 @@ def _lock_path(path: Path) -> Path:
 
 
 def _drop_bytecode(path: Path) -> list[str]:
-    """Remove the file's cached bytecode (every interpreter tag and optimisation level)."""
+    """Remove the file's cached bytecode (every interpreter tag and optimisation level).
+
+    Python revalidates bytecode against the source's mtime and size, but not hash-based or
+    unchecked .pyc files, and an edit within the same second and size would pass; so the cache
+    goes, beside the file and under PYTHONPYCACHEPREFIX (which mirrors the source tree).
+    """
     removed = []
-    cache = path.parent / "__pycache__"
-    candidates = list(cache.glob(f"{path.stem}.*.pyc")) if cache.is_dir() else []
+    caches = [path.parent / "__pycache__"]
+    prefix = os.environ.get("PYTHONPYCACHEPREFIX")
+    if prefix:
+        caches.append(Path(prefix) / str(path.parent.absolute()).lstrip(os.sep))
+    candidates = [
+        pyc for cache in caches if cache.is_dir() for pyc in cache.glob(f"{path.stem}.*.pyc")
+    ]
     legacy = path.with_suffix(".pyc")
     if legacy.exists():
         candidates.append(legacy)

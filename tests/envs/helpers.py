@@ -112,9 +112,13 @@ def torch_wheel_dir() -> Path:
     )
 
 
-def run_in(python: Path, code: str, timeout: float = 900) -> subprocess.CompletedProcess[str]:
-    """Run `code` with an environment's Python, writing bytecode as a user's import would."""
-    env = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
+def run_in(
+    python: Path, code: str, timeout: float = 900, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    """Run `code` with an environment's Python, writing bytecode beside the sources as a user's
+    import would (this machine sets PYTHONDONTWRITEBYTECODE; other tests set a cache prefix)."""
+    drop = ("PYTHONDONTWRITEBYTECODE", "PYTHONPYCACHEPREFIX")
+    env = {**{k: v for k, v in os.environ.items() if k not in drop}, **(env or {})}
     env["HF_HUB_OFFLINE"] = "1"
     return subprocess.run(
         [str(python), "-c", code], capture_output=True, text=True, env=env, timeout=timeout

@@ -351,3 +351,21 @@ def test_engine_runs_in_the_target_python_from_its_own_source_alone(
     assert proc.returncode == 0, proc.stderr[-2000:]
     (result,) = json.loads(proc.stdout)
     assert result["state"] == "not-applicable" and result["version"] == "4.57.6"
+
+
+def test_bytecode_under_pythonpycacheprefix_is_dropped_too(
+    tf451: TfEnv, pristine: bytes, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = tf451.generation_utils
+    prefix = tmp_path / "pycache"
+    compile_it = f"import py_compile; print(py_compile.compile({str(path)!r}))"
+    proc = run_in(tf451.python, compile_it, env={"PYTHONPYCACHEPREFIX": str(prefix)})
+    cached = Path(proc.stdout.strip())
+    assert proc.returncode == 0 and cached.is_file() and prefix in cached.parents, proc.stderr
+    monkeypatch.setenv("PYTHONPYCACHEPREFIX", str(prefix))
+    (applied,) = apply_fixes(tf451.python, [FIX], None)
+    assert str(cached) in applied.bytecode_removed and not cached.exists()
+    proc = run_in(tf451.python, compile_it, env={"PYTHONPYCACHEPREFIX": str(prefix)})
+    (reverted,) = revert_fixes(tf451.python, [FIX], None)
+    assert str(cached) in reverted.bytecode_removed and not cached.exists()
+    assert path.read_bytes() == pristine
