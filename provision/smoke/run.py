@@ -12,6 +12,7 @@ import os
 import subprocess
 import tempfile
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -198,7 +199,10 @@ def _drop_none(value: Any) -> Any:
 
 
 def _locate(
-    profile: Profile, lock_file: Path | None, hf_home: Path | None
+    profile: Profile,
+    lock_file: Path | None,
+    hf_home: Path | None,
+    record_under: Sequence[str] = (),
 ) -> tuple[dict[str, Any], str]:
     """The request's model fields (repo_id, revision or path) and where they come from.
 
@@ -210,7 +214,10 @@ def _locate(
     if lock_file is not None and Path(lock_file).exists():
         from provision.hub.download import model_record
 
-        record = model_record(Path(lock_file))
+        record = model_record(Path(lock_file), record_under)
+        # A direction's lock serves several models: only this profile's record pins its weights.
+        if record and record.get("repo_id") not in (profile.hf_repo, profile.modelscope_repo):
+            record = None
     if record and str(record.get("source", "")).startswith("modelscope"):
         from provision.hub.cache import ModelScopeCache
         from provision.settings import modelscope_cache
@@ -275,6 +282,7 @@ def run_smoke(
     modes: tuple[str, ...] = MODES,
     max_new_tokens: int | None = None,
     target: str | None = None,
+    record_under: Sequence[str] = (),
 ) -> SmokeResult:
     """Run the profile's smoke inference with `python` (the target environment's interpreter).
 
@@ -283,11 +291,13 @@ def run_smoke(
     decoding and, where the installed transformers has it, group beam search with output_scores.
     A failure is a result (ok False, the model's own error, the next step), not an exception;
     bad input (no such interpreter) raises ProvisionError. With `lock_file` the result is
-    recorded in its [tool.provision.smoke]. `target` is how the user named the environment
-    (e.g. "--env /root/envs/x"), used in next-step commands.
+    recorded in its [tool.provision.smoke] (`[tool.provision.<record_under...>.smoke]`, and the
+    weights read from the model record there, for one member of a direction's shared lock).
+    `target` is how the user named the environment (e.g. "--env /root/envs/x"), used in
+    next-step commands.
     """
     python = _check_python(python)
-    model, location = _locate(profile, lock_file, hf_home)
+    model, location = _locate(profile, lock_file, hf_home, record_under)
     smoke = profile.smoke
     request = {
         **model,
@@ -339,11 +349,37 @@ def run_smoke(
     }
     result = _result(profile, python, model, location, request, report, context, wall, log_tail)
     if lock_file is not None:
-        from provision.lock.lockfile import set_tool_section
-
-        set_tool_section(lock_file, "smoke", result.record())
+        record_smoke(Path(lock_file), profile.name, result.record(), record_under)
         result.lock_file = Path(lock_file)
     return result
+
+
+def record_smoke(
+    lock_file: Path, profile_name: str, record: dict[str, Any], record_under: Sequence[str] = ()
+) -> None:
+    """`[tool.provision.smoke]` = the record; in a research direction's lock (whose profile
+    section names the direction, not this model) `[tool.provision.smoke.<profile>]`, so each
+    member's result stays; with `record_under`, `[tool.provision.<record_under...>.smoke]`."""
+    from provision.lock.lockfile import update_lock
+
+    def change(data: dict[str, Any]) -> None:
+        table = data.setdefault("tool", {}).setdefault("provision", {})
+        if record_under:
+            for part in record_under:
+                table = table.setdefault(part, {})
+            table["smoke"] = record
+            return
+        owner = table.get("profile", {}).get("name")
+        if owner and owner != profile_name:
+            smoke = table.get("smoke")
+            if not isinstance(smoke, dict) or "ok" in smoke:  # absent, or a single-model result
+                smoke = {}
+            smoke[profile_name] = record
+            table["smoke"] = smoke
+        else:
+            table["smoke"] = record
+
+    update_lock(lock_file, change)
 
 
 def _no_report(code: int | None, timeout: float, log_tail: str) -> dict[str, Any]:

@@ -209,3 +209,39 @@ def test_the_wheel_ships_the_runner_the_image_and_the_table(tmp_path: Path) -> N
         assert needed in names
     image = zipfile.ZipFile(wheel).read("provision/smoke/assets/cat.jpg")
     assert image == smoke_run.IMAGE.read_bytes()
+
+
+def test_a_direction_lock_keeps_each_member_s_smoke(tmp_path: Path) -> None:
+    from provision.lock.lockfile import set_tool_section
+    from provision.smoke.run import record_smoke
+
+    lock = tmp_path / "pylock.grounding.toml"
+    set_tool_section(lock, "profile", {"name": "grounding"})  # a direction, not one model
+    record_smoke(lock, "qwen2-vl-2b", {"ok": True, "answer": "a cat"})
+    record_smoke(lock, "llava-1.5-7b-hf", {"ok": False, "error": {"type": "X"}})
+    smoke = tool_table(read_lock(lock))["smoke"]
+    assert smoke == {
+        "qwen2-vl-2b": {"ok": True, "answer": "a cat"},
+        "llava-1.5-7b-hf": {"ok": False, "error": {"type": "X"}},
+    }
+    single = tmp_path / "pylock.qwen2-vl-2b.toml"
+    set_tool_section(single, "profile", {"name": "qwen2-vl-2b"})
+    record_smoke(single, "qwen2-vl-2b", {"ok": True})
+    record_smoke(single, "qwen2-vl-2b", {"ok": False})  # a re-run replaces the result
+    assert tool_table(read_lock(single))["smoke"] == {"ok": False}
+
+
+def test_runner_helpers_choose_backend_and_cap_the_context(tmp_path: Path) -> None:
+    from provision.smoke import runner
+
+    assert runner.choose_backend("vllm", "cuda:0")[0] == "vllm"
+    assert runner.choose_backend("lmdeploy", "cuda:1")[0] == "lmdeploy"
+    backend, why = runner.choose_backend("lmdeploy", "cpu")
+    assert backend == "transformers" and "needs a GPU" in why
+    assert runner.choose_backend("ms-swift", "cuda:0")[0] == "transformers"
+
+    (tmp_path / "config.json").write_text('{"text_config": {"max_position_embeddings": 4096}}')
+    assert runner.max_context(str(tmp_path)) == 4096  # llava-1.5: vLLM refuses more
+    (tmp_path / "config.json").write_text('{"max_position_embeddings": 128000}')
+    assert runner.max_context(str(tmp_path)) == runner.SMOKE_CONTEXT
+    assert runner.max_context(str(tmp_path / "missing")) == runner.SMOKE_CONTEXT

@@ -4,30 +4,46 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
-from tests.tinymodels import TinyModelError, build_summary, build_tiny_vlm
+from tests.tinymodels import TinyModelError, build_summary, build_tiny_vlm, child_env
+
+GENERATE = """
+import json, sys
+from PIL import Image
+from transformers import AutoModelForImageTextToText, AutoProcessor
+folder = sys.argv[1]
+processor = AutoProcessor.from_pretrained(folder)
+model = AutoModelForImageTextToText.from_pretrained(folder, dtype="auto")
+messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "What?"}]}]
+prompt = processor.apply_chat_template(messages, add_generation_prompt=True)
+inputs = processor(text=[prompt], images=[Image.new("RGB", (64, 48), "red")], return_tensors="pt")
+out = model.generate(**inputs, max_new_tokens=6, do_sample=False)
+new = out[:, inputs["input_ids"].shape[1] :]
+print(json.dumps(processor.batch_decode(new, skip_special_tokens=True)[0]))
+"""
 
 
-def _generate(folder: Path, max_new_tokens: int = 6) -> str:
-    from PIL import Image
-    from transformers import AutoModelForImageTextToText, AutoProcessor
+def _generate(folder: Path) -> str:
+    """Load offline in a fresh interpreter (as a user would) and answer about an image."""
+    return _child(GENERATE, folder)
 
-    processor = AutoProcessor.from_pretrained(folder)
-    model = AutoModelForImageTextToText.from_pretrained(folder, dtype="auto")
-    messages = [
-        {"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "What is it?"}]}
-    ]
-    prompt = processor.apply_chat_template(messages, add_generation_prompt=True)
-    inputs = processor(
-        text=[prompt], images=[Image.new("RGB", (64, 48), "red")], return_tensors="pt"
+
+def _child(code: str, folder: Path):
+    done = subprocess.run(
+        [sys.executable, "-c", code, str(folder)],
+        capture_output=True,
+        text=True,
+        env=child_env(),
+        check=False,
     )
-    out = model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False)
-    new = out[:, inputs["input_ids"].shape[1] :]
-    return processor.batch_decode(new, skip_special_tokens=True)[0]
+    if done.returncode != 0:
+        raise AssertionError(done.stderr[-3000:])
+    return json.loads(done.stdout.strip().splitlines()[-1])
 
 
 def test_llava_is_tiny_loads_offline_and_answers(tiny_llava: Path) -> None:
@@ -45,41 +61,55 @@ def test_llava_is_tiny_loads_offline_and_answers(tiny_llava: Path) -> None:
     assert answer and answer.isalnum(), answer
 
 
-def test_qwen2_vl_tokenizer_has_the_real_special_tokens(tiny_qwen2_vl: Path) -> None:
-    from transformers import AutoModelForImageTextToText, AutoTokenizer
-
-    tokenizer = AutoTokenizer.from_pretrained(tiny_qwen2_vl)
-    config = json.loads((tiny_qwen2_vl / "config.json").read_text())
-    assert tokenizer.convert_tokens_to_ids("<|image_pad|>") == config["image_token_id"]
-    ids = tokenizer("a <|image_pad|> b")["input_ids"]
-    assert config["image_token_id"] in ids
-    assert tokenizer.decode(tokenizer("Grüße, 世界")["input_ids"]) == "Grüße, 世界"  # byte-level
-    prompt = tokenizer.apply_chat_template(
+TOKENIZER = """
+import json, sys
+from transformers import AutoModelForImageTextToText, AutoTokenizer
+folder = sys.argv[1]
+tokenizer = AutoTokenizer.from_pretrained(folder)
+model = AutoModelForImageTextToText.from_pretrained(folder, dtype="auto")
+print(json.dumps({
+    "image_pad": tokenizer.convert_tokens_to_ids("<|image_pad|>"),
+    "ids": tokenizer("a <|image_pad|> b")["input_ids"],
+    "round_trip": tokenizer.decode(tokenizer("Grüße, 世界")["input_ids"]),
+    "prompt": tokenizer.apply_chat_template(
         [{"role": "user", "content": "hi"}], tokenize=False, add_generation_prompt=True
-    )
-    assert prompt.endswith("<|im_start|>assistant\n")
-    model = AutoModelForImageTextToText.from_pretrained(tiny_qwen2_vl, dtype="auto")
-    assert type(model).__name__ == "Qwen2VLForConditionalGeneration"
+    ),
+    "class": type(model).__name__,
+    "dtype": str(model.dtype),
+}))
+"""
+
+
+def test_qwen2_vl_tokenizer_has_the_real_special_tokens(tiny_qwen2_vl: Path) -> None:
+    config = json.loads((tiny_qwen2_vl / "config.json").read_text())
+    seen = _child(TOKENIZER, tiny_qwen2_vl)
+    assert seen["image_pad"] == config["image_token_id"]
+    assert config["image_token_id"] in seen["ids"]
+    assert seen["round_trip"] == "Grüße, 世界"  # byte-level: every text survives
+    assert seen["prompt"].endswith("<|im_start|>assistant\n")
+    assert seen["class"] == "Qwen2VLForConditionalGeneration"
+    assert seen["dtype"] == "torch.bfloat16"
 
 
 def test_qwen2_vl_processor_needs_torchvision_under_transformers_5(tiny_qwen2_vl: Path) -> None:
     # transformers 5 gives the Qwen processors a video processor that needs torchvision; the
     # folder still has every file, so where torchvision is installed the processor loads.
     if importlib.util.find_spec("torchvision") is None:
-        from transformers import AutoProcessor
-
-        with pytest.raises(ImportError, match="Torchvision"):
-            AutoProcessor.from_pretrained(tiny_qwen2_vl)
+        with pytest.raises(AssertionError, match="requires the Torchvision library"):
+            _generate(tiny_qwen2_vl)
     else:
         assert _generate(tiny_qwen2_vl)
 
 
 def test_same_seed_same_weights_other_seed_other_weights(tmp_path: Path, tiny_llava: Path) -> None:
-    again = build_tiny_vlm(tmp_path / "again", "llava", sys.executable, seed=0)
-    other = build_tiny_vlm(tmp_path / "other", "llava", sys.executable, seed=1)
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(2) as pool:
+        again = pool.submit(build_tiny_vlm, tmp_path / "again", "llava", sys.executable, seed=0)
+        other = pool.submit(build_tiny_vlm, tmp_path / "other", "llava", sys.executable, seed=1)
     weights = (tiny_llava / "model.safetensors").read_bytes()
-    assert (again / "model.safetensors").read_bytes() == weights
-    assert (other / "model.safetensors").read_bytes() != weights
+    assert (again.result() / "model.safetensors").read_bytes() == weights
+    assert (other.result() / "model.safetensors").read_bytes() != weights
 
 
 def test_a_failing_build_says_why(tmp_path: Path) -> None:
