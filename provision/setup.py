@@ -382,12 +382,18 @@ class _Runner:
         return "done", made.message
 
     # -- weights --
-    def _hub_environment(self) -> dict[str, str]:
-        if not self.hub_env:
+    def _hub_environment(self, source: Any = None) -> dict[str, str]:
+        """The hub variables for this run: caches on the data disk unless the user already
+        points HF_HOME / MODELSCOPE_CACHE somewhere; set before any hub client is imported."""
+        if not self.hub_env or source is not None:
             from provision.settings import apply_environment, hub_environment
 
-            self.hub_env = hub_environment(self.options.data_dir, self.options.source)
-            apply_environment(self.hub_env)  # before any hub client is imported
+            env = hub_environment(self.options.data_dir, source or self.options.source)
+            for key in ("HF_HOME", "MODELSCOPE_CACHE"):
+                if os.environ.get(key):
+                    env[key] = os.environ[key]
+            apply_environment(env)
+            self.hub_env = env
         return self.hub_env
 
     def weights(self) -> tuple[str, str]:
@@ -410,6 +416,12 @@ class _Runner:
                 f"{got.bytes_reused / 1024**2:.1f} MiB already there"
             )
         self._per_member("weights", outputs)
+        # The environment's activate scripts point at the same cache and endpoint.
+        from provision.settings import activate_scripts, write_block
+
+        hub = self._hub_environment(got.source)
+        for script, shell in activate_scripts(self.env):
+            write_block(script, hub, shell)
         detail = "; ".join(details)
         self.state.mark("weights", "done", _digest(prints), detail)
         return "done", detail

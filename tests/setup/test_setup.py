@@ -1,0 +1,182 @@
+"""`provision setup` end to end on this GPU-less machine: every stage for real (uv, the local hub
+with the real huggingface_hub, the fix, a smoke inference of a tiny LLaVA), a rebuild from the
+lock elsewhere, a kill during the download, and bad input."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from provision.envs import uv_bin
+from provision.lock.lockfile import read_lock, tool_table
+from tests.cli_helpers import run_cli, run_json
+from tests.setup.conftest import PROFILE, REPO, write_profile
+
+pytestmark = pytest.mark.slow
+TORCH = ["--torch-index", "/opt/wheels"]  # the only CPU torch here is the local wheel
+
+
+def freeze(env: Path) -> list[str]:
+    out = subprocess.run(
+        [uv_bin(), "pip", "freeze", "--python", str(env / "bin" / "python")],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    return sorted(line for line in out.splitlines() if line.strip())
+
+
+def stages(report: dict) -> dict[str, str]:
+    return {s["stage"]: s["status"] for s in report["stages"]}
+
+
+def test_setup_every_stage_then_rebuild_from_the_lock(setup_world):
+    root = setup_world["root"]
+    env1 = root / "envs" / "one"
+    rc, report = run_json("setup", PROFILE, "--env", str(env1), *TORCH, timeout=1800)
+    assert rc == 0, report
+    assert stages(report) == {s: "done" for s in stages(report)}
+    assert list(stages(report)) == ["check", "lock", "env", "weights", "fixes", "smoke"]
+    smoke = report["outputs"]["smoke"]
+    assert smoke["ok"] and smoke["answer"].strip()
+    fixes = {f["fix"]: f["state"] for f in report["outputs"]["fixes"]}
+    assert fixes["group-beam-search-dtype"] in ("patched", "already patched")
+
+    lock = Path(report["lock_file"])
+    data = read_lock(lock)
+    torch = next(p for p in data["packages"] if p["name"] == "torch")
+    assert torch["version"] == "2.13.0+cpu" and torch["wheels"][0]["hashes"]["sha256"]
+    assert all(
+        (w.get("hashes") or {}).get("sha256") for p in data["packages"] for w in p.get("wheels", [])
+    )
+    table = tool_table(data)
+    assert table["model"]["commit"] == setup_world["commit"]
+    assert table["model"]["files"] and all(f["sha256"] for f in table["model"]["files"])
+    assert table["smoke"]["ok"] is True
+    # The environment's activate script points at the cache the weights went to.
+    activate = (env1 / "bin" / "activate").read_text()
+    assert f"HF_HOME={root / 'data' / 'huggingface'}" in activate.replace("'", "")
+
+    # A re-run finds everything done and says so.
+    rc, again = run_json("setup", PROFILE, "--env", str(env1), *TORCH, timeout=600)
+    assert rc == 0
+    assert stages(again)["env"] == "skipped" and stages(again)["lock"] == "skipped"
+
+    # Someone else rebuilds exactly from the lock: another env, another data disk.
+    env2 = root / "envs" / "two"
+    other = {"PROVISION_DATA_DIR": str(root / "data2")}
+    rc, rebuilt = run_json(
+        "setup", PROFILE, "--from-lock", str(lock), "--env", str(env2), env=other, timeout=1800
+    )
+    assert rc == 0, rebuilt
+    assert freeze(env2) == freeze(env1)
+    assert rebuilt["outputs"]["weights"]["commit"] == setup_world["commit"]
+    assert (root / "data2" / "huggingface" / "hub" / f"models--{REPO.replace('/', '--')}").is_dir()
+    rc, verified = run_json(
+        "verify", PROFILE, "--lock", str(lock), env={"HF_HOME": str(root / "data2" / "huggingface")}
+    )
+    assert rc == 0 and verified["ok"], verified
+
+
+def _state(env: Path) -> dict:
+    path = env.parent / f".{env.name}.provision-setup.json"
+    return json.loads(path.read_text()) if path.exists() else {"stages": {}}
+
+
+def test_kill_during_the_download_then_resume(setup_world):
+    hub, root = setup_world["hub"], setup_world["root"]
+    env = root / "envs" / "killed"
+    hub.fault("*.safetensors", throttle=20_000)  # ~0.4 MB of weights: 20 s at this rate
+    cmd = [sys.executable, "-m", "provision", "setup", PROFILE, "--env", str(env), *TORCH]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 900
+    try:
+        while time.monotonic() < deadline:
+            time.sleep(0.5)
+            if _state(env)["stages"].get("env", {}).get("status") == "done":
+                partial = hub.bytes_for("*.safetensors")
+                if partial > 40_000:
+                    break
+            assert proc.poll() is None, "setup ended before it could be killed"
+        else:
+            pytest.fail("the download never started")
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    hub.wait_idle()
+    sent_before = hub.bytes_for("*.safetensors")
+    hub.clear_faults()
+    hub.reset_counters()
+    rc, report = run_json("setup", PROFILE, "--env", str(env), *TORCH, timeout=1800)
+    assert rc == 0, report
+    done = stages(report)
+    assert done["env"] == "skipped" and done["lock"] == "skipped"
+    assert done["weights"] == "done" and done["smoke"] == "done"
+    size = next(
+        f["size"]
+        for f in report["outputs"]["weights"]["files"]
+        if f["path"].endswith(".safetensors")
+    )
+    # Only what the killed run had not received crosses the wire again.
+    assert hub.bytes_for("*.safetensors") <= size - sent_before + 64 * 1024
+
+
+def test_bad_input_one_message_each(setup_world, tmp_path):
+    root = setup_world["root"]
+    a_file = root / "not-a-folder"
+    a_file.write_text("x")
+    proc = run_cli("setup", PROFILE, "--env", str(a_file), *TORCH)
+    assert proc.returncode == 2 and "is a file, not a folder" in proc.stderr
+
+    proc = run_cli("setup", PROFILE, "--force", "everything", *TORCH)
+    assert proc.returncode == 2 and "no such stage" in proc.stderr
+
+    proc = run_cli("setup", PROFILE, "--from-lock", str(root / "pylock.missing.toml"))
+    assert proc.returncode == 2 and "no such file" in proc.stderr
+
+    # A lock made for another profile is refused before anything is installed.
+    write_profile(root / "profiles", name="other-tiny", repo="tiny-org/other")
+    other_lock = root / "pylock.other.toml"
+    rc, _ = run_json("lock", "other-tiny", "-o", str(other_lock), *TORCH, timeout=600)
+    assert rc == 0
+    proc = run_cli("setup", PROFILE, "--from-lock", str(other_lock), "--env", str(root / "e"))
+    assert proc.returncode == 2 and "made for profile 'other-tiny'" in proc.stderr
+    assert "Traceback" not in proc.stderr
+
+    # A lock for another Python: the env stage says which and how to fix it.
+    py_lock = root / "pylock.py312.toml"
+    rc, _ = run_json("lock", PROFILE, "-o", str(py_lock), "--python", "3.12", *TORCH, timeout=600)
+    if rc == 0:  # torch 2.13.0+cpu exists here only for cp311: 3.12 cannot even be locked
+        proc = run_cli("setup", PROFILE, "--from-lock", str(py_lock), "--env", str(root / "p"))
+        assert proc.returncode == 2 and "3.12" in proc.stderr
+    else:
+        proc = run_cli("lock", PROFILE, "-o", str(py_lock), "--python", "3.12", *TORCH)
+        assert proc.returncode == 2 and "3.12" in proc.stderr
+
+
+def test_smoke_failure_stops_setup_with_the_model_s_error(setup_world, tiny_llava_folder, tmp_path):
+    hub, root = setup_world["hub"], setup_world["root"]
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    for item in tiny_llava_folder.iterdir():
+        if item.is_file():
+            (broken / item.name).write_bytes(item.read_bytes())
+    config = json.loads((broken / "config.json").read_text())
+    config["text_config"]["hidden_size"] = config["text_config"]["hidden_size"] * 2
+    (broken / "config.json").write_text(json.dumps(config))
+    hub.add_repo("tiny-org/broken-llava", broken)
+    write_profile(root / "profiles", name="broken-llava", repo="tiny-org/broken-llava")
+    env = root / "envs" / "broken"
+    proc = run_cli("setup", "broken-llava", "--env", str(env), *TORCH, timeout=1800)
+    assert proc.returncode == 1, proc.stderr[-2000:]
+    assert "Smoke inference of broken-llava failed" in proc.stderr
+    state = _state(env)["stages"]
+    assert state["weights"]["status"] == "done" and state["smoke"]["status"] == "failed"
+    assert os.path.isdir(env / "bin")
