@@ -12,7 +12,19 @@ from typing import Annotated
 import typer
 
 from provision import __version__
-from provision.cli import check, download, env, gpus, lock, patch, profiles, setup, smoke
+from provision.cli import (
+    check,
+    direction,
+    docker,
+    download,
+    env,
+    gpus,
+    lock,
+    patch,
+    profiles,
+    setup,
+    smoke,
+)
 from provision.cli.output import use_json
 
 # One example per command, shown under `provision --help` (the single place they are listed).
@@ -25,8 +37,10 @@ EXAMPLES = [
     ("env", 'eval "$(provision env qwen2-vl-2b)"'),
     ("patch", "provision patch apply group-beam-search-dtype --env ENV --lock LOCK"),
     ("lock", "provision lock qwen2.5-vl-7b --gpu 'RTX 4090' --driver 550.54.14 --explain"),
+    ("docker", "provision docker qwen2-vl-2b --build --tag registry.example.com/vlm:1 --push"),
     ("smoke", "provision smoke qwen2-vl-2b --env /root/autodl-tmp/envs/qwen2-vl-2b"),
     ("setup", "provision setup qwen2-vl-2b --source hf-mirror"),
+    ("direction", "provision direction setup okvqa-vllm-swift --source hf-mirror"),
 ]
 
 app = typer.Typer(
@@ -61,5 +75,5 @@ def _global(
     use_json(json_output)
 
 
-for module in (check, profiles, gpus, download, env, patch, lock, smoke, setup):
+for module in (check, profiles, gpus, download, env, patch, lock, docker, smoke, setup, direction):
     module.register(app)
