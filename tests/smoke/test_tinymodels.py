@@ -80,14 +80,24 @@ print(json.dumps({
 """
 
 
-def test_qwen2_vl_tokenizer_has_the_real_special_tokens(tiny_qwen2_vl: Path) -> None:
-    config = json.loads((tiny_qwen2_vl / "config.json").read_text())
-    seen = _child(TOKENIZER, tiny_qwen2_vl)
+@pytest.mark.parametrize(
+    ("kind", "model_class"),
+    [
+        ("qwen2_vl", "Qwen2VLForConditionalGeneration"),
+        ("qwen2_5_vl", "Qwen2_5_VLForConditionalGeneration"),
+    ],
+)
+def test_qwen_tokenizers_have_the_real_special_tokens(
+    tiny_vlm_factory, kind: str, model_class: str
+) -> None:
+    folder = tiny_vlm_factory(kind)
+    config = json.loads((folder / "config.json").read_text())
+    seen = _child(TOKENIZER, folder)
     assert seen["image_pad"] == config["image_token_id"]
     assert config["image_token_id"] in seen["ids"]
     assert seen["round_trip"] == "Grüße, 世界"  # byte-level: every text survives
     assert seen["prompt"].endswith("<|im_start|>assistant\n")
-    assert seen["class"] == "Qwen2VLForConditionalGeneration"
+    assert seen["class"] == model_class
     assert seen["dtype"] == "torch.bfloat16"
 
 
