@@ -13,19 +13,13 @@ from provision.cli.profiles import ProfilesDir
 from provision.errors import EXIT_FAILED, ProvisionError
 
 
-def _default_env(profile: str) -> Path:
-    """Where `provision setup` puts a profile's environment by default: <data dir>/envs/<name>."""
-    from provision.hardware.disks import choose_data_dir
-
-    return choose_data_dir().path / "envs" / profile
-
-
 def _interpreter(profile: str, env: Path | None, python: Path | None) -> tuple[Path, str]:
     """The target Python and how to name it in next-step commands."""
     from provision.envs import env_python, python_for
+    from provision.setup import default_env
 
     if env is None and python is None:
-        default = _default_env(profile)
+        default = default_env(profile)
         if not (default / "pyvenv.cfg").is_file():
             raise ProvisionError(
                 f"No environment for {profile} at {default}.",
