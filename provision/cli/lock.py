@@ -61,6 +61,12 @@ def lock(
             "--ignore-pip-config", help="Resolve against PyPI only, ignoring pip.conf / PIP_*."
         ),
     ] = False,
+    upgrade: Annotated[
+        bool,
+        typer.Option(
+            "--upgrade", help="Resolve afresh instead of keeping the existing lock's versions."
+        ),
+    ] = False,
     explain: Annotated[
         bool, typer.Option("--explain", help="Print the whole decision, step by step.")
     ] = False,
@@ -84,7 +90,7 @@ def lock(
     if all_profiles:
         if profile:
             raise ProvisionError("--all locks every built-in profile: give no PROFILE with it.")
-        _lock_all(lock_dir, json_output)
+        _lock_all(lock_dir, upgrade, json_output)
         return
     if not profile:
         raise ProvisionError(
@@ -112,6 +118,7 @@ def lock(
         use_pip_config=not ignore_pip_config,
         profiles_dir=profiles_dir,
         lock_dir=lock_dir,
+        upgrade=upgrade,
     )
 
     def render(con: Any) -> None:
@@ -177,11 +184,11 @@ def _check(
         )
 
 
-def _lock_all(lock_dir: str | None, json_output: bool) -> None:
+def _lock_all(lock_dir: str | None, upgrade: bool, json_output: bool) -> None:
     from provision.errors import EXIT_FAILED, CheckFailed
     from provision.lock.locking import lock_builtins
 
-    items = lock_builtins(lock_dir)
+    items = lock_builtins(lock_dir, upgrade=upgrade)
 
     def render(con: Any) -> None:
         from rich.markup import escape

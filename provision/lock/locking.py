@@ -329,12 +329,14 @@ def lock_profile(
     profiles_dir: str | os.PathLike[str] | None = None,
     lock_dir: str | os.PathLike[str] | None = None,
     env: Mapping[str, str] | None = None,
+    upgrade: bool = False,
 ) -> LockResult:
     """Resolve `profile`'s `task` for a machine and write its lock; return what was decided.
 
     `machine` is a planning target (provision.hardware.catalogue.target_machine) or None for
     this machine; `facts` skips probing altogether. `variant` forces a build ("cu124", "cpu",
     "pypi" = the one PyPI's wheel is built with). `output` defaults to lock_path(name, task).
+    An existing lock there gives uv its versions as preferences, unless `upgrade`.
     """
     prof = profile if isinstance(profile, Profile) else load_profile(profile, profiles_dir)
     spec = prof.task(task)
@@ -344,7 +346,20 @@ def lock_profile(
     rset, plan, route = profile_requirements(
         prof, task, facts, python, config, torch_index=torch_index, variant=variant
     )
-    resolution = resolve([rset], python, config, [route], platform=platform)
+    path = Path(output) if output else lock_path(prof.name, lock_dir, task)
+    if path.name != "pylock.toml" and not re.fullmatch(r"pylock\.[^.]+\.toml", path.name):
+        raise ProvisionError(
+            f"Lock file name {path.name!r} is not a PEP 751 name.",
+            "Name it pylock.toml or pylock.<name>.toml, where <name> has no dots.",
+        )
+    resolution = resolve(
+        [rset],
+        python,
+        config,
+        [route],
+        platform=platform,
+        previous=None if upgrade else path,
+    )
 
     table: dict[str, Any] = {
         "tool-version": __version__,
@@ -364,12 +379,6 @@ def lock_profile(
         "env": {k: v for k, v in resolution.install_env.items() if not _SECRET.search(k)},
         "smoke": {},
     }
-    path = Path(output) if output else lock_path(prof.name, lock_dir, task)
-    if path.name != "pylock.toml" and not re.fullmatch(r"pylock\.[^.]+\.toml", path.name):
-        raise ProvisionError(
-            f"Lock file name {path.name!r} is not a PEP 751 name.",
-            "Name it pylock.toml or pylock.<name>.toml, where <name> has no dots.",
-        )
     new_packages = _package_set(tomllib.loads(resolution.text))
 
     import tomli_w
@@ -424,6 +433,7 @@ def lock_builtins(
     lock_dir: str | os.PathLike[str] | None = None,
     tasks: Sequence[str] | None = None,
     names: Sequence[str] | None = None,
+    upgrade: bool = False,
 ) -> list[LockAllItem]:
     """Regenerate the built-in profiles' locks: PyPI's torch build, resolved against PyPI only
     (so the committed files are real, and reproducible anywhere PyPI is reachable)."""
@@ -443,6 +453,7 @@ def lock_builtins(
                     facts=facts,
                     use_pip_config=False,
                     output=path,
+                    upgrade=upgrade,
                 )
             except ProvisionError as exc:
                 items.append(LockAllItem(prof.name, task, path, False, str(exc)))

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -61,6 +62,9 @@ class Route:
     index: Index
     packages: tuple[str, ...]
     local: str | None = None
+    # The packages whose versions carry the label (torch, torchvision, torchaudio); others routed
+    # along (xformers, torchao, ...) are checked for their index only through uv's routing.
+    labelled: tuple[str, ...] = ("torch", "torchvision", "torchaudio")
 
 
 @dataclass(frozen=True)
@@ -289,8 +293,13 @@ def resolve(
     uv: str | None = None,
     timeout: float = 900,
     workdir: str | os.PathLike[str] | None = None,
+    previous: str | os.PathLike[str] | None = None,
 ) -> Resolution:
     """Resolve the sets together for `python` on `platform`: a PEP 751 lock with hashes.
+
+    `previous` is an earlier lock of the same thing: uv prefers its versions where they still
+    satisfy the requirements (as `uv pip compile -o` does with its own output file), so locking
+    again does not churn versions and skips the search. None (or --upgrade) starts afresh.
 
     Raises CheckFailed (exit 1) when the sets cannot be satisfied, naming the packages and which
     set needs what; ProvisionError (exit 2) for an index that is down or is not an index, or a
@@ -315,6 +324,8 @@ def resolve(
 
     with tempfile.TemporaryDirectory(prefix="provision-resolve-", dir=workdir) as tmp:
         Path(tmp, "pyproject.toml").write_text(pyproject, encoding="utf-8")
+        if previous is not None and Path(previous).is_file():
+            shutil.copyfile(previous, Path(tmp, "pylock.toml"))
         started = time.perf_counter()
         try:
             done = subprocess.run(
@@ -360,6 +371,8 @@ def _check_routes(resolution: Resolution, routes: Sequence[Route]) -> None:
     """Belt and braces: every routed package carries its index's label (or none, on PyPI)."""
     for route in routes:
         for name in route.packages:
+            if name not in route.labelled:
+                continue
             pkg = resolution.package(canonical(name))
             if pkg is None:
                 continue
