@@ -14,6 +14,7 @@ import typer
 from provision import __version__
 from provision.cli import (
     check,
+    direction,
     docker,
     download,
     env,
@@ -39,6 +40,7 @@ EXAMPLES = [
     ("docker", "provision docker qwen2-vl-2b --build --tag registry.example.com/vlm:1 --push"),
     ("smoke", "provision smoke qwen2-vl-2b --env /root/autodl-tmp/envs/qwen2-vl-2b"),
     ("setup", "provision setup qwen2-vl-2b --source hf-mirror"),
+    ("direction", "provision direction setup okvqa-vllm-swift --source hf-mirror"),
 ]
 
 app = typer.Typer(
@@ -73,5 +75,5 @@ def _global(
     use_json(json_output)
 
 
-for module in (check, profiles, gpus, download, env, patch, lock, docker, smoke, setup):
+for module in (check, profiles, gpus, download, env, patch, lock, docker, smoke, setup, direction):
     module.register(app)

@@ -76,7 +76,11 @@ def lock(
     ] = False,
     all_profiles: Annotated[
         bool,
-        typer.Option("--all", help="Every built-in profile, every task (PyPI's torch build)."),
+        typer.Option(
+            "--all",
+            help="Every built-in profile, every task, and every built-in direction (PyPI's "
+            "torch build).",
+        ),
     ] = False,
     profiles_dir: ProfilesDir = None,
     json_output: JsonFlag = False,
@@ -161,6 +165,10 @@ def _check(
         if profile or output:
             raise ProvisionError("--check --all checks the built-in lockfiles: no PROFILE or -o.")
         results = check_builtins(lock_dir)
+        # The built-in research directions' joint locks live beside these.
+        from provision.directions_lock import check_builtin_directions
+
+        results += check_builtin_directions(lock_dir)
     else:
         results = [check_lock(profile, task, output, profiles_dir, lock_dir)]
 
@@ -185,10 +193,13 @@ def _check(
 
 
 def _lock_all(lock_dir: str | None, upgrade: bool, json_output: bool) -> None:
+    from provision.directions_lock import lock_builtin_directions
     from provision.errors import EXIT_FAILED, CheckFailed
     from provision.lock.locking import lock_builtins
 
-    items = lock_builtins(lock_dir, upgrade=upgrade)
+    items = lock_builtins(lock_dir, upgrade=upgrade) + lock_builtin_directions(
+        lock_dir, upgrade=upgrade
+    )
 
     def render(con: Any) -> None:
         from rich.markup import escape

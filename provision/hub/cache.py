@@ -22,9 +22,11 @@ ModelScope (`MODELSCOPE_CACHE`, modelscope-hub `_download.py`):
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import json
 import os
+import shutil
 import uuid
 from pathlib import Path
 
@@ -32,6 +34,13 @@ from provision.atomic import atomic_write_text
 from provision.hub.listing import RemoteFile
 
 PARTIAL_SUFFIX = ".provision-partial"
+# What os.symlink raises on a file system without links (exFAT, FAT, some FUSE and SMB mounts).
+_NO_SYMLINKS = {errno.EPERM, errno.ENOSYS, errno.ENOTSUP, errno.EOPNOTSUPP}
+
+
+def _symlinks_disabled() -> bool:
+    """HF_HUB_DISABLE_SYMLINKS, read as huggingface_hub reads it."""
+    return os.environ.get("HF_HUB_DISABLE_SYMLINKS", "").upper() in {"1", "ON", "YES", "TRUE"}
 
 
 def _inside(base: Path, path: Path) -> Path:
@@ -71,15 +80,37 @@ class HfCache:
         return sorted(blobs.glob(f"{etag}.*incomplete")) if blobs.is_dir() else []
 
     def link(self, commit: str, path: str, etag: str) -> Path:
-        """Point snapshots/{commit}/{path} at the blob, atomically (a relative symlink)."""
+        """Point snapshots/{commit}/{path} at the blob, atomically (a relative symlink); where
+        the cache's file system has no symlinks (HF_HUB_DISABLE_SYMLINKS=1, or the link fails)
+        the snapshot holds a copy, as huggingface_hub's own cache does there."""
         pointer = self.pointer(commit, path)
         pointer.parent.mkdir(parents=True, exist_ok=True)
         target = os.path.relpath(self.blob(etag), pointer.parent)
         if pointer.is_symlink() and os.readlink(pointer) == target:
             return pointer
         tmp = pointer.with_name(f".{pointer.name}.{uuid.uuid4().hex[:8]}.tmp")
-        os.symlink(target, tmp)
         try:
+            if _symlinks_disabled():
+                raise OSError(errno.ENOTSUP, "HF_HUB_DISABLE_SYMLINKS is set")
+            os.symlink(target, tmp)
+        except OSError as exc:
+            if exc.errno not in _NO_SYMLINKS:
+                raise
+            return self._copy(pointer, self.blob(etag), tmp)
+        try:
+            os.replace(tmp, pointer)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                tmp.unlink()
+            raise
+        return pointer
+
+    def _copy(self, pointer: Path, blob: Path, tmp: Path) -> Path:
+        size = blob.stat().st_size
+        if pointer.is_file() and not pointer.is_symlink() and pointer.stat().st_size == size:
+            return pointer  # copied by an earlier run (the blob was verified before either)
+        try:
+            shutil.copyfile(blob, tmp)
             os.replace(tmp, pointer)
         except BaseException:
             with contextlib.suppress(OSError):

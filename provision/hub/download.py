@@ -13,6 +13,7 @@ import hashlib
 import os
 import shutil
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -124,13 +125,17 @@ class DownloadResult:
 # --- the lock's record ---------------------------------------------------------------------------
 
 
-def model_record(lock_file: Path) -> dict[str, Any] | None:
-    """`[tool.provision.model]` of a lockfile, or None when the file or the section is absent."""
+def model_record(lock_file: Path, record_under: Sequence[str] = ()) -> dict[str, Any] | None:
+    """`[tool.provision.model]` of a lockfile (`[tool.provision.<record_under...>.model]`: one
+    member's in a direction's shared lock), or None when the file or the section is absent."""
     from provision.lock.lockfile import read_lock, tool_table
 
     if not Path(lock_file).exists():
         return None
-    record = tool_table(read_lock(lock_file)).get("model")
+    table: Any = tool_table(read_lock(lock_file))
+    for part in record_under:
+        table = table.get(part, {}) if isinstance(table, dict) else {}
+    record = table.get("model") if isinstance(table, dict) else None
     return record if isinstance(record, dict) and record.get("repo_id") else None
 
 
@@ -168,12 +173,15 @@ def download_profile(
     ms_cache: Path | None = None,
     workers: int | None = None,
     record: bool = True,
+    record_under: Sequence[str] = (),
 ) -> DownloadResult:
     """Fetch `profile`'s weights into the Hugging Face (or ModelScope) cache and record them.
 
     `source`: auto, hf, hf-mirror, modelscope, an HF-compatible URL, modelscope:URL, or a folder.
     The cache is HF_HUB_CACHE / HF_HOME/hub (MODELSCOPE_CACHE for ModelScope), else the data
-    disk's (see provision.settings). The record goes to `lock_file` (default: the profile's lock).
+    disk's (see provision.settings). The record goes to `lock_file` (default: the profile's lock),
+    in `[tool.provision.model]`, or `[tool.provision.<record_under...>.model]` when several
+    profiles share the lock (a direction records each member under ("members", name)).
     """
     from provision.lock.lockfile import lock_path
     from provision.settings import autodl_notes, hf_hub_cache, modelscope_cache
@@ -181,7 +189,7 @@ def download_profile(
     started = time.monotonic()
     includes, excludes = _patterns(include), _patterns(exclude)
     lock = Path(lock_file) if lock_file else lock_path(profile.name)
-    pinned = model_record(lock)
+    pinned = model_record(lock, record_under)
     if pinned and pinned["repo_id"] not in (profile.hf_repo, profile.modelscope_repo):
         pinned = None  # the profile moved to another repository: the old pin does not apply
     repos = {"hf": profile.hf_repo, "modelscope": profile.modelscope_repo, "local": profile.hf_repo}
@@ -241,7 +249,7 @@ def download_profile(
     result.include, result.exclude = includes, excludes
     result.notes.extend(autodl_notes())
     if record:
-        _record(lock, result.record())
+        _record(lock, result.record(), record_under)
         result.lock_file = lock
     result.seconds = time.monotonic() - started
     return result
@@ -251,12 +259,14 @@ def download_profile(
 RECORD_KEYS = ("source", "endpoint", "repo_id", "revision", "commit", "include", "exclude", "files")
 
 
-def _record(lock: Path, record: dict[str, Any]) -> None:
+def _record(lock: Path, record: dict[str, Any], record_under: Sequence[str] = ()) -> None:
     """Write the model record into the lock, atomically, keeping keys other stages put there."""
     from provision.lock.lockfile import update_lock
 
     def change(data: dict[str, Any]) -> None:
         table = data.setdefault("tool", {}).setdefault("provision", {})
+        for part in record_under:
+            table = table.setdefault(part, {})
         old = table.get("model", {})
         kept = (
             {k: v for k, v in old.items() if k not in RECORD_KEYS} if isinstance(old, dict) else {}

@@ -53,7 +53,9 @@ def test_check_all_cli_exit_code(monkeypatch):
     monkeypatch.delenv("PROVISION_LOCK_DIR", raising=False)
     proc = run_cli("lock", "--check", "--all", env={"PROVISION_PROFILES_DIR": ""})
     assert proc.returncode == 0, proc.stdout + proc.stderr
-    assert proc.stdout.count("fresh") == len(LOCKS)
+    # the built-in directions' joint locks are checked too (provision direction lock --all)
+    directions = len(list(builtin_dir("directions").glob("*.toml")))
+    assert proc.stdout.count("fresh") == len(LOCKS) + directions
 
 
 @pytest.mark.parametrize(

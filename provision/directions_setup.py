@@ -1,0 +1,280 @@
+"""A direction on this machine: the fit of every member (`check`) and one shared environment
+with every member's weights, the union of their fixes and each member's smoke (`setup`).
+
+Setup is `provision.setup.run_plan` with one Plan for all members: its lock is the direction's
+joint lock, its environment lives on the data disk (group-shared unless the direction says
+otherwise), its stages are resumable and guarded by the environment's file lock, so two people
+running it at once wait for each other and the second finds the work done. Around it: the
+shared folders and the symlink probe before anything imports a hub client, and the registry
+entry (who set it up, for which direction, how it went).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from provision.check import CheckReport, run_check
+from provision.directions import Direction
+from provision.directions_lock import (
+    check_direction_lock,
+    direction_lock_path,
+    lock_direction,
+)
+from provision.directions_shared import (
+    EnvEntry,
+    SharedCache,
+    current_user,
+    prepare_shared,
+    record_use,
+    registry_path,
+    shared_umask,
+)
+from provision.errors import ProvisionError
+from provision.hardware.machine import Machine
+
+# --- check ----------------------------------------------------------------------------------------
+
+
+@dataclass
+class MemberFit:
+    profile: str
+    task: str
+    report: CheckReport
+
+    def to_json(self) -> dict[str, Any]:
+        fit = self.report.fit
+        return {
+            "profile": self.profile,
+            "task": self.task,
+            "verdict": fit.verdict,
+            "fits": fit.fits,
+            "reason": fit.reason,
+            "need_gib_per_gpu": round(fit.estimate.per_gpu / 1024**3, 2),
+            "suggestions": [s.to_json() for s in fit.suggestions],
+            "fit": fit.to_json(),
+        }
+
+
+@dataclass
+class DirectionCheck:
+    direction: Direction
+    machine: Machine
+    members: list[MemberFit]
+    disk_need: int  # every member's weights, once each
+    disk_free: int | None
+    disk_where: str
+
+    @property
+    def disk_enough(self) -> bool:
+        return self.disk_free is not None and self.disk_free >= self.disk_need * 1.05
+
+    @property
+    def ok(self) -> bool:
+        fits = all(m.report.fit.fits for m in self.members)
+        return fits and (self.machine.planned or self.disk_enough)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "direction": self.direction.name,
+            "machine": self.machine.to_json(),
+            "members": [m.to_json() for m in self.members],
+            "disk": {
+                "where": self.disk_where,
+                "need_bytes": self.disk_need,
+                "free_bytes": self.disk_free,
+                "enough": self.disk_enough,
+            },
+            "ok": self.ok,
+        }
+
+
+def check_direction(
+    direction: Direction,
+    machine: Machine | None = None,
+    profiles_dir: str | os.PathLike[str] | None = None,
+) -> DirectionCheck:
+    """The fit of every member's every task on `machine` (a planned one, or None: this one)."""
+    from provision.fit import FitRequest
+
+    if machine is None:
+        from provision.hardware.probe import probe_machine
+
+        machine = probe_machine()
+    profiles = direction.profiles(profiles_dir)
+    fits = []
+    for profile, member in zip(profiles, direction.members, strict=True):
+        for task in member.tasks:
+            report = run_check(str(profile.path), FitRequest(task=task), machine, profiles_dir)
+            fits.append(MemberFit(profile.name, task, report))
+    need = sum(p.download_bytes for p in profiles)
+    free, where = None, "no data directory found"
+    try:
+        from provision.hardware.disks import choose_data_dir
+
+        data = choose_data_dir()
+        free, where = data.free, f"{data.path} ({data.reason})"
+    except ProvisionError as exc:
+        where = exc.message
+    return DirectionCheck(direction, machine, fits, need, free, where)
+
+
+# --- setup ----------------------------------------------------------------------------------------
+
+
+@dataclass
+class DirectionSetupResult:
+    direction: str
+    env: Path
+    lock: Path
+    setup: Any  # provision.setup.SetupResult
+    shared: SharedCache
+    registry: Path
+    entry: EnvEntry | None = None
+    activate_files: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return bool(self.setup.ok)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "direction": self.direction,
+            "env": str(self.env),
+            "lock": str(self.lock),
+            "ok": self.ok,
+            "setup": self.setup.to_json(),
+            "shared": self.shared.to_json(),
+            "registry": str(self.registry),
+            "entry": self.entry.to_json() if self.entry else None,
+            "activate_files": self.activate_files,
+        }
+
+
+@dataclass
+class LockOptions:
+    """How the direction's lock is made when setup has to (re)make it (as `direction lock`)."""
+
+    python: str | None = None
+    torch_index: str | None = None
+    variant: str | None = None
+    use_pip_config: bool = True
+
+
+def setup_direction(
+    direction: Direction,
+    options: Any,  # provision.setup.SetupOptions; its `task` is unused (members carry theirs)
+    lock_options: LockOptions | None = None,
+    on_stage: Callable[[Any], None] | None = None,
+) -> DirectionSetupResult:
+    """One environment for every member: check, joint lock, env, every member's weights into
+    the shared cache, the union of fixes, each member's smoke; recorded in the registry.
+
+    Raises what the failing stage raised (its `setup_result` attribute holds the partial
+    result), after marking the registry entry failed.
+    """
+    from provision.hardware.disks import choose_data_dir
+    from provision.settings import hub_environment
+    from provision.setup import Plan, run_plan
+
+    lock_options = lock_options or LockOptions()
+    data_dir = Path(options.data_dir) if options.data_dir else choose_data_dir().path
+    options.data_dir = data_dir  # the hub variables and the env default agree on one disk
+    env = Path(options.env).expanduser().absolute() if options.env else None
+    env = env or direction.env_location(data_dir)
+    lock = options.from_lock or options.lock_file or direction_lock_path(direction.name)
+    lock = Path(lock).expanduser().absolute()
+    if env.exists() and not env.is_dir():
+        raise ProvisionError(
+            f"Environment path {env} is a file, not a folder.",
+            "Pass --env with a folder path (it is created if missing), or move the file away.",
+        )
+    profiles = direction.profiles(options.profiles_dir)
+    hub = hub_environment(data_dir, "auto")
+    for key in ("HF_HOME", "MODELSCOPE_CACHE"):  # as run_plan does: a cache the user set wins
+        if os.environ.get(key):
+            hub[key] = os.environ[key]
+    registry = registry_path(data_dir)
+    user = current_user()
+
+    def relock() -> tuple[str, dict[str, Any]]:
+        made = lock_direction(
+            direction,
+            python=lock_options.python,
+            torch_index=lock_options.torch_index or options.torch_index,
+            variant=lock_options.variant,
+            use_pip_config=lock_options.use_pip_config,
+            output=lock,
+            profiles_dir=options.profiles_dir,
+        )
+        return made.summary(), made.to_json()
+
+    def current() -> bool:
+        return check_direction_lock(direction, lock, options.profiles_dir).fresh
+
+    plan = Plan(
+        name=direction.name,
+        members=[(p, t) for p, m in zip(profiles, direction.members, strict=True) for t in m.tasks],
+        env=env,
+        lock=lock,
+        relock=relock,
+        lock_is_current=current,
+        given_lock=options.from_lock is not None,
+        member_section="members",
+    )
+    with shared_umask(direction.shared):
+        # Folders first: an empty env folder made here carries the group and setgid bit into
+        # everything uv puts in it.
+        shared = prepare_shared(
+            [env.parent, env] if not (env / "pyvenv.cfg").exists() else [env.parent],
+            Path(hub["HF_HOME"]),
+            Path(hub["MODELSCOPE_CACHE"]),
+            direction.shared,
+            direction.group,
+        )
+        extra = {"hf_home": hub["HF_HOME"], "symlinks": shared.symlinks}
+        if direction.group:
+            extra["group"] = direction.group
+
+        def note(status: str) -> EnvEntry:
+            return record_use(
+                registry,
+                env,
+                kind="direction",
+                name=direction.name,
+                status=status,
+                lock=lock,
+                members=direction.member_names,
+                user=user,
+                extra=extra,
+            )
+
+        note("setting up")
+        try:
+            result = run_plan(plan, options, on_stage)
+        except BaseException as exc:
+            partial = getattr(exc, "setup_result", None)
+            failed = [s.name for s in getattr(partial, "stages", []) if s.status == "failed"]
+            note(f"failed: {failed[0]}" if failed else "failed")
+            if isinstance(exc, ProvisionError) and partial is not None:
+                exc.setup_result = DirectionSetupResult(  # type: ignore[attr-defined]
+                    direction.name, env, lock, partial, shared, registry
+                )
+            raise
+        entry = note("ok")
+        activate = _persist_activate(env, hub, shared)
+    return DirectionSetupResult(
+        direction.name, env, lock, result, shared, registry, entry, activate
+    )
+
+
+def _persist_activate(env: Path, hub: dict[str, str], shared: SharedCache) -> list[str]:
+    """Whoever activates the shared env uses the shared cache (and copies where it has to)."""
+    from provision.settings import activate_scripts, write_block
+
+    variables = {k: v for k, v in hub.items() if k != "HF_ENDPOINT"}
+    variables.update(shared.env_vars)
+    return [str(write_block(path, variables, shell)) for path, shell in activate_scripts(env)]

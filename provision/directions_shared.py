@@ -1,0 +1,332 @@
+"""Sharing environments and caches between the people on one machine.
+
+- The registry (`<data dir>/envs/registry.json`): which environments exist, what made them (a
+  direction, its lock), who set them up or uses them, and when. Written atomically under a file
+  lock, so two setups finishing at once both land.
+- Group sharing: a direction's environment and the weights cache are made group-writable with
+  the setgid bit on their folders (new files keep the group), an optional named group, and a
+  umask that leaves group write on while setup runs (uv and the downloads inherit it).
+- Symlinks: the Hugging Face cache links snapshots to blobs. Where the cache's file system cannot
+  make a symlink (exFAT, FAT, some FUSE or SMB mounts) HF_HUB_DISABLE_SYMLINKS=1 makes
+  huggingface_hub (and provision's downloader) copy instead. Found by trying one, not guessed.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import getpass
+import json
+import os
+import stat
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from provision.atomic import atomic_write_text, file_lock
+from provision.errors import ProvisionError
+
+USER_ENV = "PROVISION_USER"
+REGISTRY_VERSION = 1
+GROUP_BITS = stat.S_IRWXG | stat.S_ISGID
+
+
+def current_user() -> str:
+    """Who is running: PROVISION_USER (people sharing one login, e.g. root on a rented box, name
+    themselves), else the login name."""
+    named = os.environ.get(USER_ENV, "").strip()
+    if named:
+        return named
+    try:
+        return getpass.getuser()
+    except (KeyError, OSError):  # a uid without a passwd entry (containers)
+        return f"uid{os.getuid()}"
+
+
+def _now() -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%S%z")
+
+
+# --- the registry ---------------------------------------------------------------------------------
+
+
+def registry_path(data_dir: str | os.PathLike[str] | None = None) -> Path:
+    from provision.directions import _data_dir
+
+    return _data_dir(data_dir) / "envs" / "registry.json"
+
+
+def read_registry(path: Path) -> dict[str, Any]:
+    """The registry's data; an absent file is an empty registry. A damaged one is one message
+    (it is never rewritten blindly: that would drop every other entry)."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        return {"version": REGISTRY_VERSION, "environments": {}}
+    except OSError as exc:
+        raise ProvisionError(f"Cannot read the registry {path}: {exc.strerror}.") from exc
+    try:
+        data = json.loads(text)
+        if not isinstance(data.get("environments"), dict):
+            raise ValueError("no environments table")
+    except ValueError as exc:
+        raise ProvisionError(
+            f"The environment registry {path} is damaged ({exc}).",
+            "Move it aside; the next `provision direction setup` starts a new one.",
+        ) from exc
+    return data
+
+
+@dataclass
+class EnvEntry:
+    """One environment in the registry."""
+
+    path: Path
+    kind: str  # "direction" (or "profile", for other callers)
+    name: str
+    lock: str | None
+    members: list[str]
+    created: str
+    created_by: str
+    updated: str
+    status: str  # "setting up", "ok", "failed: <stage>"
+    users: dict[str, dict[str, Any]] = field(default_factory=dict)
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def exists(self) -> bool:
+        return (self.path / "pyvenv.cfg").is_file()
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "path": str(self.path),
+            "exists": self.exists,
+            "kind": self.kind,
+            "name": self.name,
+            "lock": self.lock,
+            "members": self.members,
+            "created": self.created,
+            "created_by": self.created_by,
+            "updated": self.updated,
+            "status": self.status,
+            "users": self.users,
+            **self.extra,
+        }
+
+    @classmethod
+    def from_data(cls, path: str, data: dict[str, Any]) -> EnvEntry:
+        known = ("kind", "name", "lock", "members", "created", "created_by", "updated", "status")
+        return cls(
+            path=Path(path),
+            kind=str(data.get("kind", "")),
+            name=str(data.get("name", "")),
+            lock=data.get("lock"),
+            members=list(data.get("members", [])),
+            created=str(data.get("created", "")),
+            created_by=str(data.get("created_by", "")),
+            updated=str(data.get("updated", "")),
+            status=str(data.get("status", "")),
+            users=dict(data.get("users", {})),
+            extra={k: v for k, v in data.items() if k not in (*known, "users")},
+        )
+
+
+def record_use(
+    registry: Path,
+    env: Path,
+    *,
+    kind: str,
+    name: str,
+    status: str,
+    lock: Path | None = None,
+    members: list[str] | None = None,
+    user: str | None = None,
+    extra: dict[str, Any] | None = None,
+) -> EnvEntry:
+    """Record that `user` set up (or is setting up) `env` for `name`; returns the entry.
+
+    Read, change and write happen under the registry's file lock, and the write is atomic, so
+    concurrent setups (other directions, other people) never lose each other's entries.
+    """
+    user = user or current_user()
+    key = str(Path(env).absolute())
+    with file_lock(str(registry) + ".lock"):
+        data = read_registry(registry)
+        entry = data["environments"].get(key) or {"created": _now(), "created_by": user}
+        entry.update(
+            kind=kind,
+            name=name,
+            status=status,
+            updated=_now(),
+            members=list(members or entry.get("members", [])),
+        )
+        if lock is not None:
+            entry["lock"] = str(Path(lock).absolute())
+        if extra:
+            entry.update(extra)
+        users = entry.setdefault("users", {})
+        mine = users.setdefault(user, {"first": _now(), "setups": 0, "directions": []})
+        mine["last"] = _now()
+        mine["status"] = status
+        if status != "setting up":
+            mine["setups"] = int(mine.get("setups", 0)) + 1
+        if kind == "direction" and name not in mine["directions"]:
+            mine["directions"].append(name)
+        data["environments"][key] = entry
+        data["version"] = REGISTRY_VERSION
+        text = json.dumps(data, indent=2, sort_keys=True) + "\n"
+        # Everyone on the machine records here: the file stays group-writable.
+        mode = None if registry.exists() else 0o664
+        atomic_write_text(registry, text, mode=mode)
+    return EnvEntry.from_data(key, entry)
+
+
+def registered(registry: Path) -> list[EnvEntry]:
+    """Every environment the registry knows, newest first (`exists` says if it is still there)."""
+    data = read_registry(registry)
+    entries = [EnvEntry.from_data(k, v) for k, v in data["environments"].items()]
+    return sorted(entries, key=lambda e: e.updated, reverse=True)
+
+
+# --- group sharing --------------------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def shared_umask(shared: bool = True) -> Iterator[None]:
+    """While the block runs, new files are group-writable (umask without group bits), so a
+    teammate in the group can update what this setup made; restored afterwards."""
+    if not shared:
+        yield
+        return
+    old = os.umask(0o002)
+    os.umask(old & ~0o070)
+    try:
+        yield
+    finally:
+        os.umask(old)
+
+
+def group_id(group: str) -> int:
+    import grp
+
+    try:
+        return grp.getgrnam(group).gr_gid
+    except KeyError:
+        raise ProvisionError(
+            f"The group {group!r} the direction shares its environment with does not exist here.",
+            f"Create it (groupadd {group}; usermod -aG {group} USER for each teammate), or "
+            "remove `group` from the direction's [environment].",
+        ) from None
+
+
+def share_dir(path: Path, group: str | None = None) -> list[str]:
+    """Make `path` (created if missing) a folder the group can share: group rwx and setgid, so
+    files made inside keep its group; chgrp'd to `group` when given. Returns notes on what
+    could not be changed (someone else's folder, a file system without Unix modes)."""
+    notes: list[str] = []
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ProvisionError(
+            f"Cannot create {path}: {exc.strerror}.",
+            "Choose a data disk you can write to (PROVISION_DATA_DIR) or --env elsewhere.",
+        ) from exc
+    info = path.stat()
+    mine = info.st_uid == os.geteuid() or os.geteuid() == 0
+    if group is not None:
+        gid = group_id(group)
+        if info.st_gid != gid:
+            try:
+                os.chown(path, -1, gid)
+            except OSError as exc:
+                raise ProvisionError(
+                    f"Cannot give {path} to group {group}: {exc.strerror}.",
+                    f"Join the group (usermod -aG {group} {current_user()}) and log in again, "
+                    f"or ask the owner of {path} to run: chgrp {group} {path}",
+                ) from exc
+    if info.st_mode & GROUP_BITS != GROUP_BITS:
+        if not mine:
+            notes.append(f"{path} belongs to someone else and is not group-shared")
+        else:
+            try:
+                os.chmod(path, stat.S_IMODE(info.st_mode) | GROUP_BITS)
+            except OSError as exc:
+                notes.append(f"{path}: cannot set group permissions ({exc.strerror})")
+            else:
+                if path.stat().st_mode & GROUP_BITS != GROUP_BITS:
+                    notes.append(f"{path}: its file system keeps no Unix permissions")
+    return notes
+
+
+# --- symlinks -------------------------------------------------------------------------------------
+
+
+def symlinks_supported(folder: Path) -> bool:
+    """Try to make a symlink in `folder` (created if missing); True if the file system can."""
+    folder.mkdir(parents=True, exist_ok=True)
+    token = uuid.uuid4().hex[:12]
+    source = folder / f".provision-symlink-probe-{token}"
+    link = folder / f".provision-symlink-probe-{token}.link"
+    try:
+        source.write_bytes(b"")
+        try:
+            os.symlink(source.name, link)
+        except OSError:
+            return False
+        return link.is_symlink()
+    finally:
+        for leftover in (link, source):
+            with contextlib.suppress(OSError):
+                leftover.unlink()
+
+
+@dataclass
+class SharedCache:
+    """What `prepare_shared` did: the folders, the variables it set, what it could not do."""
+
+    hf_home: Path
+    modelscope_cache: Path
+    symlinks: bool
+    env_vars: dict[str, str] = field(default_factory=dict)  # set in this process
+    shared: bool = True
+    group: str | None = None
+    notes: list[str] = field(default_factory=list)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "hf_home": str(self.hf_home),
+            "modelscope_cache": str(self.modelscope_cache),
+            "symlinks": self.symlinks,
+            "env": self.env_vars,
+            "shared": self.shared,
+            "group": self.group,
+            "notes": self.notes,
+        }
+
+
+def prepare_shared(
+    folders: list[Path], hf_home: Path, modelscope_cache: Path, shared: bool, group: str | None
+) -> SharedCache:
+    """Create the environment's and the caches' folders (group-shared when `shared`) and set
+    HF_HUB_DISABLE_SYMLINKS=1 in this process when the HF cache cannot hold symlinks. Call it
+    before anything imports huggingface_hub (it reads the variable at import)."""
+    notes: list[str] = []
+    hub = hf_home / "hub"
+    for folder in [*folders, hf_home, hub, modelscope_cache]:
+        if shared:
+            notes += share_dir(folder, group)
+        else:
+            folder.mkdir(parents=True, exist_ok=True)
+    links = symlinks_supported(hub)
+    env_vars: dict[str, str] = {}
+    if not links:
+        env_vars["HF_HUB_DISABLE_SYMLINKS"] = "1"
+        env_vars["HF_HUB_DISABLE_SYMLINKS_WARNING"] = "1"  # it is on purpose: say so once, here
+        notes.append(
+            f"{hub} is on a file system without symlinks: the cache keeps copies "
+            "(HF_HUB_DISABLE_SYMLINKS=1)"
+        )
+    os.environ.update(env_vars)
+    return SharedCache(hf_home, modelscope_cache, links, env_vars, shared, group, notes)

@@ -1,0 +1,108 @@
+"""Fixtures for direction tests: private folders for profiles, directions, locks and the data
+disk, so nothing reads or writes the user's own (or the built-in lockfiles)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from tests.tinymodels import PYCACHE_DIR
+
+
+@dataclass
+class Dirs:
+    root: Path
+    profiles: Path
+    directions: Path
+    locks: Path
+    data: Path
+
+    def env(self) -> dict[str, str]:
+        return {
+            "PROVISION_PROFILES_DIR": str(self.profiles),
+            "PROVISION_DIRECTIONS_DIR": str(self.directions),
+            "PROVISION_LOCK_DIR": str(self.locks),
+            "PROVISION_DATA_DIR": str(self.data),
+        }
+
+
+def make_dirs(root: Path) -> Dirs:
+    dirs = Dirs(root, root / "profiles", root / "directions", root / "locks", root / "data")
+    for folder in (dirs.profiles, dirs.directions, dirs.locks, dirs.data):
+        folder.mkdir(parents=True, exist_ok=True)
+    return dirs
+
+
+@pytest.fixture
+def dirs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Dirs:
+    made = make_dirs(tmp_path)
+    for key, value in made.env().items():
+        monkeypatch.setenv(key, value)
+    monkeypatch.delenv("PROVISION_USER", raising=False)
+    return made
+
+
+@pytest.fixture(autouse=True)
+def _child_bytecode(monkeypatch: pytest.MonkeyPatch) -> None:
+    # The machine sets PYTHONDONTWRITEBYTECODE; without a bytecode cache every child Python
+    # (smokes, model builders) recompiles torch and transformers. Kept outside the envs.
+    monkeypatch.delenv("PYTHONDONTWRITEBYTECODE", raising=False)
+    monkeypatch.setenv("PYTHONPYCACHEPREFIX", str(PYCACHE_DIR))
+
+
+@dataclass
+class TinyPair:
+    """Two tiny profiles and the direction `tiny-pair` holding them, locked once per session."""
+
+    dirs: Dirs
+    lock: Path
+    payload: dict  # `provision --json direction lock` output
+    seconds: float  # wall time of that command
+
+    def copy_into(self, target: Dirs) -> None:
+        """Its profiles, direction and lock into another test's folders (to change them)."""
+        import shutil
+
+        for name in ("tiny-qwen", "tiny-llava"):
+            shutil.copy(self.dirs.profiles / f"{name}.toml", target.profiles)
+        shutil.copy(self.dirs.directions / "tiny-pair.toml", target.directions)
+        shutil.copy(self.lock, target.locks)
+
+
+PAIR_MEMBERS = {
+    # profile -> (hub repo, tiny model kind, what it adds to the shared packages)
+    "tiny-qwen": ("tiny-org/dir-qwen2-vl", "qwen2_vl", []),
+    "tiny-llava": ("tiny-org/dir-llava", "llava", ["accelerate>=1.3"]),
+}
+
+
+def write_tiny_pair(dirs: Dirs) -> None:
+    from tests.directions.helpers import TINY, write_direction, write_profile
+
+    for name, (repo, _kind, extra) in PAIR_MEMBERS.items():
+        write_profile(dirs.profiles, name, repo, infer=[*TINY, *extra])
+    members = [(name, ["infer"]) for name in PAIR_MEMBERS]
+    write_direction(dirs.directions, "tiny-pair", members, packages=["einops==0.8.1"])
+
+
+@pytest.fixture(scope="session")
+def tiny_pair(tmp_path_factory: pytest.TempPathFactory) -> TinyPair:
+    """`provision direction lock tiny-pair` run for real: torch 2.13.0+cpu from the local wheel
+    folder, the rest from PyPI and the machine's indexes."""
+    import json
+    import time
+
+    from tests.cli_helpers import run_cli
+    from tests.directions.helpers import lock_args
+
+    dirs = make_dirs(tmp_path_factory.mktemp("tiny-pair"))
+    write_tiny_pair(dirs)
+    started = time.perf_counter()
+    proc = run_cli("--json", "direction", "lock", "tiny-pair", *lock_args(), env=dirs.env(),
+                   timeout=900)  # fmt: skip
+    seconds = time.perf_counter() - started
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    lock = dirs.locks / "pylock.direction-tiny-pair.toml"
+    return TinyPair(dirs, lock, json.loads(proc.stdout), seconds)
