@@ -8,10 +8,16 @@ import time
 import pytest
 
 from tests.servers import podman
+from tests.servers.registry import Registry, free_port
 
 
 @pytest.fixture(scope="session")
-def engine(tmp_path_factory: pytest.TempPathFactory):
+def registry_port() -> int:
+    return free_port()
+
+
+@pytest.fixture(scope="session")
+def engine(tmp_path_factory: pytest.TempPathFactory, registry_port: int):
     """The session's podman service (Docker API on a unix socket), its storage removed at the end.
 
     The tests need podman, runc and debootstrap on the host (.ci/run installs them); without them
@@ -21,9 +27,11 @@ def engine(tmp_path_factory: pytest.TempPathFactory):
     if missing:
         pytest.fail(
             f"The Docker tests need {', '.join(missing)} on this machine: "
-            "`apt-get install -y podman runc debootstrap` (as .ci/run does)."
+            "`apt-get install -y podman runc debootstrap docker-registry` (as .ci/run does)."
         )
-    service = podman.start_service(tmp_path_factory.mktemp("podman"))
+    service = podman.start_service(
+        tmp_path_factory.mktemp("podman"), insecure_registries=(f"localhost:{registry_port}",)
+    )
     yield service
     service.stop()
 
@@ -51,3 +59,10 @@ def base_image(client, engine) -> str:
 @pytest.fixture(scope="session")
 def uv_image(client) -> str:
     return podman.ensure_uv_image(client)
+
+
+@pytest.fixture(scope="session")
+def registry(tmp_path_factory: pytest.TempPathFactory, registry_port: int, engine):
+    """A local registry (plain HTTP on localhost:PORT) the engine may push to."""
+    with Registry(tmp_path_factory.mktemp("registry"), registry_port) as server:
+        yield server

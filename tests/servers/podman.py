@@ -79,7 +79,8 @@ def cache_dir() -> Path:
 
 def missing_tools() -> list[str]:
     """The host programs this module needs that are not installed (.ci/run installs them)."""
-    return [tool for tool in ("podman", "runc", "debootstrap") if not shutil.which(tool)]
+    tools = ("podman", "runc", "debootstrap", "docker-registry")
+    return [tool for tool in tools if not shutil.which(tool)]
 
 
 @dataclass
@@ -145,7 +146,11 @@ def _podman_base(workdir: Path) -> list[str]:
 
 
 def _env(workdir: Path) -> dict[str, str]:
-    return {**os.environ, "CONTAINERS_CONF": str(workdir / "containers.conf")}
+    return {
+        **os.environ,
+        "CONTAINERS_CONF": str(workdir / "containers.conf"),
+        "CONTAINERS_REGISTRIES_CONF": str(workdir / "registries.conf"),
+    }
 
 
 def _unmount_under(root: Path) -> None:
@@ -158,10 +163,20 @@ def _unmount_under(root: Path) -> None:
         subprocess.run(["umount", "-l", point], capture_output=True, check=False)
 
 
-def start_service(workdir: Path, timeout: float = 60) -> PodmanService:
-    """Start `podman system service` with storage under `workdir`; wait until the API answers."""
+def start_service(
+    workdir: Path, timeout: float = 60, insecure_registries: tuple[str, ...] = ()
+) -> PodmanService:
+    """Start `podman system service` with storage under `workdir`; wait until the API answers.
+
+    `insecure_registries` ("localhost:PORT") are registries the engine may reach over plain HTTP
+    (the local test registry); no other registry is searched for short names.
+    """
     workdir.mkdir(parents=True, exist_ok=True)
     (workdir / "containers.conf").write_text(CONTAINERS_CONF)
+    conf = ["unqualified-search-registries = []"]
+    for location in insecure_registries:
+        conf += ["", "[[registry]]", f'location = "{location}"', "insecure = true"]
+    (workdir / "registries.conf").write_text("\n".join(conf) + "\n")
     sock = workdir / "podman.sock"
     log = workdir / "service.log"
     started = time.monotonic()
