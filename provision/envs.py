@@ -13,9 +13,11 @@ every file against the lock's sha256.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -156,6 +158,28 @@ def installed_packages(env: str | os.PathLike[str]) -> dict[str, str]:
     if proc.returncode != 0:
         raise ProvisionError(f"Could not list the packages in {env}: {_uv_error(proc.stderr)}")
     return {row["name"]: row["version"] for row in json.loads(proc.stdout or "[]")}
+
+
+def _env_facts(root: Path) -> tuple[str, int]:
+    """(Python version, number of installed distributions) read from the env's files.
+
+    Read rather than asked of uv or the interpreter: this runs on every setup and a subprocess
+    each costs more than the answer.
+    """
+    version = ""
+    try:
+        for line in (root / "pyvenv.cfg").read_text(encoding="utf-8").splitlines():
+            key, _, value = line.partition("=")
+            if key.strip() in ("version_info", "version"):
+                version = value.strip()
+                break
+    except OSError:
+        pass
+    if not version:
+        version = python_version(env_python(root))
+    sites = [*root.glob("lib/python*/site-packages"), root / "Lib" / "site-packages"]
+    count = sum(1 for site in sites if site.is_dir() for _ in site.glob("*.dist-info"))
+    return version, count
 
 
 def python_version(python: Path) -> str:
@@ -327,7 +351,8 @@ from packaging.specifiers import SpecifierSet
 from packaging.tags import sys_tags
 from packaging.utils import InvalidWheelFilename, parse_wheel_filename
 
-lock = json.load(sys.stdin)
+with open(sys.argv[2], encoding="utf-8") as handle:
+    lock = json.load(handle)
 tags = list(sys_tags())
 accepted = set(tags)
 version = "%d.%d.%d" % sys.version_info[:3]
@@ -376,9 +401,37 @@ def check_lock_fits(python: Path, data: dict[str, Any], lock_file: Path) -> dict
 
     A package whose lock entry has wheels, none of which this interpreter accepts, is refused even
     if it has an sdist: such a lock was resolved for another machine, and building ML packages
-    from source is never what the user wanted.
+    from source is never what the user wanted. Returns the probe's report (Python version, tags).
     """
+    return _finish_probe(_start_probe(python, data), python, lock_file)
 
+
+@dataclass
+class _Probe:
+    """The fit probe running in the target interpreter (it reads the slim lock from a file)."""
+
+    proc: subprocess.Popen[str]
+    payload: Path
+
+    def wait(self, python: Path, lock_file: Path) -> str:
+        try:
+            out, err = self.proc.communicate(timeout=120)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.communicate()
+            raise ProvisionError(
+                f"{python} did not answer within 120 s while checking the lock."
+            ) from None
+        finally:
+            self.payload.unlink(missing_ok=True)
+        if self.proc.returncode != 0:
+            raise ProvisionError(
+                f"Could not check {lock_file} against {python}: {err.strip()[-400:]}"
+            )
+        return out
+
+
+def _start_probe(python: Path, data: dict[str, Any]) -> _Probe:
     slim = {
         "requires-python": data.get("requires-python"),
         "packages": [
@@ -392,18 +445,21 @@ def check_lock_fits(python: Path, data: dict[str, Any], lock_file: Path) -> dict
             for pkg in data.get("packages", [])
         ],
     }
-    proc = subprocess.run(
-        [str(python), "-I", "-S", "-c", _FIT_PROBE, str(_probe_libs())],
-        input=json.dumps(slim),
-        capture_output=True,
+    fd, name = tempfile.mkstemp(prefix="provision-probe-", suffix=".json")
+    with os.fdopen(fd, "w", encoding="utf-8") as handle:
+        json.dump(slim, handle)
+    proc = subprocess.Popen(
+        [str(python), "-I", "-S", "-c", _FIT_PROBE, str(_probe_libs()), name],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
         text=True,
-        timeout=120,
     )
-    if proc.returncode != 0:
-        raise ProvisionError(
-            f"Could not check {lock_file} against {python}: {proc.stderr.strip()[-400:]}"
-        )
-    report = json.loads(proc.stdout)
+    return _Probe(proc, Path(name))
+
+
+def _finish_probe(probe: _Probe, python: Path, lock_file: Path) -> dict[str, Any]:
+    out = probe.wait(python, lock_file)
+    report = json.loads(out)
     problems = report["problems"]
     if not problems:
         return report
@@ -574,7 +630,13 @@ def _sync(
     data: dict[str, Any],
     links: list[str],
     offline: bool,
+    probe: _Probe | None = None,
 ) -> tuple[dict[str, Any], int, list[str]]:
+    """`uv pip sync` the lock (through a wheelhouse copy of it when local files serve it).
+
+    With `probe` (a fresh env only: it is deleted on failure), uv starts installing while the fit
+    probe still runs, and is stopped if the probe finds the lock does not fit.
+    """
     folders = _local_folders(links)
     args = ["pip", "sync", *_PYLOCK, "--require-hashes", "--output-format", "json"]
     args += ["--python", str(python)]
@@ -593,11 +655,27 @@ def _sync(
             if moved:
                 target = Path(tmp) / "pylock.toml"  # uv accepts only pylock[.name].toml names
                 write_lock(target, local)
-        proc = _uv([*args, str(target)])
+        proc = subprocess.Popen(
+            [uv_bin(), *args, str(target)],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env={**os.environ, **_UV_ENV},
+            start_new_session=True,  # its own group: stopping it stops the builds it started
+        )
+        try:
+            if probe is not None:
+                _finish_probe(probe, python, lock_file)
+            out, err = proc.communicate(timeout=3600)
+        finally:
+            if proc.poll() is None:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(proc.pid, signal.SIGKILL)
+                proc.communicate()
     if proc.returncode != 0:
-        raise _explain_sync_failure(proc.stderr, data, lock_file)
+        raise _explain_sync_failure(err, data, lock_file)
     try:
-        plan = json.loads(proc.stdout) if proc.stdout.strip() else {}
+        plan = json.loads(out) if out.strip() else {}
     except json.JSONDecodeError:
         plan = {}
     return plan, moved, [str(f) for f in folders]
@@ -652,14 +730,15 @@ def ensure_env(
             code, plan, err = _sync_plan(interpreter, lock)
             mark = lap("check", mark)
             if code == 0:
+                version, count = _env_facts(root)
                 timings["total"] = time.perf_counter() - started
                 return EnvResult(
                     env=root,
                     python=interpreter,
-                    python_version=python_version(interpreter),
+                    python_version=version,
                     lock=lock,
                     action="unchanged",
-                    packages=len(installed_packages(root)),
+                    packages=count,
                     timings=timings,
                 )
             check_lock_fits(interpreter, data, lock)
@@ -687,10 +766,10 @@ def ensure_env(
             created = True
             mark = lap("create", mark)
         try:
-            if created:  # before anything is installed: a lock for another Python stops here
-                check_lock_fits(interpreter, data, lock)
-                mark = lap("check", mark)
-            plan, moved, folders = _sync(interpreter, lock, data, links, offline)
+            # A fresh env is checked while uv already installs (it is removed if the lock does
+            # not fit); an existing one is checked before uv touches it.
+            probe = _start_probe(interpreter, data) if created else None
+            plan, moved, folders = _sync(interpreter, lock, data, links, offline, probe)
         except BaseException:
             if created:  # a half-filled env we made ourselves would pass for a real one later
                 shutil.rmtree(root, ignore_errors=True)
@@ -705,15 +784,16 @@ def ensure_env(
             )
         lap("verify", mark)
     added, gone = _changes(plan)
+    version, count = _env_facts(root)
     result = EnvResult(
         env=root,
         python=interpreter,
-        python_version=python_version(interpreter),
+        python_version=version,
         lock=lock,
         action="created" if created else "synced",
         installed=added,
         removed=gone,
-        packages=len(installed_packages(root)),
+        packages=count,
         wheelhouse=folders,
         local_files=moved,
         timings=timings,

@@ -58,6 +58,7 @@ def test_create_then_nothing_to_do_then_drift_is_brought_back(
     assert first.action == "created"
     assert sorted(first.installed) == ["demo-a==1.0", "demo-b==1.0"]
     assert installed_packages(env) == {"demo-a": "1.0", "demo-b": "1.0"}
+    assert first.packages == 2 and first.python_version.startswith("3.")
     assert run_in(env_python(env), "import demo_a; print(demo_a.VERSION)").stdout.strip() == "1.0"
 
     again = ensure_env(env, lock)
@@ -74,6 +75,7 @@ def test_create_then_nothing_to_do_then_drift_is_brought_back(
     assert synced.action == "synced"
     assert sorted(synced.installed) == ["demo-a==1.0", "demo-b==1.0"]
     assert sorted(synced.removed) == ["demo-a==2.0", "demo-c==1.0"]
+    assert synced.packages == 2
     assert installed_packages(env) == {"demo-a": "1.0", "demo-b": "1.0"}
     assert ensure_env(env, lock).action == "unchanged"
 
