@@ -3,6 +3,7 @@ disk, so nothing reads or writes the user's own (or the built-in lockfiles)."""
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -106,3 +107,40 @@ def tiny_pair(tmp_path_factory: pytest.TempPathFactory) -> TinyPair:
     assert proc.returncode == 0, proc.stdout + proc.stderr
     lock = dirs.locks / "pylock.direction-tiny-pair.toml"
     return TinyPair(dirs, lock, json.loads(proc.stdout), seconds)
+
+
+# --- a file system without symlinks -------------------------------------------------------------
+EXFAT_TOOLS = ("mkfs.exfat", "mount.exfat-fuse", "losetup", "umount")
+
+
+@pytest.fixture(scope="session")
+def exfat_dir(tmp_path_factory: pytest.TempPathFactory):
+    """A real exFAT file system (FUSE, on a loop device): os.symlink fails there (ENOSYS), as on
+    the FAT/exFAT disks and some network mounts rented boxes have. Needs root, /dev/fuse and
+    Debian's exfat-fuse + exfatprogs (.ci/run installs them); fails, never skips, without."""
+    import shutil
+    import subprocess
+
+    missing = [tool for tool in EXFAT_TOOLS if shutil.which(tool) is None]
+    if missing or os.geteuid() != 0 or not Path("/dev/fuse").exists():
+        pytest.fail(
+            f"The exFAT tests need root, /dev/fuse and {', '.join(missing) or 'the tools'}: "
+            "`apt-get install -y exfat-fuse exfatprogs` (as .ci/run does)."
+        )
+    root = tmp_path_factory.mktemp("exfat")
+    image, mount = root / "cache.img", root / "mnt"
+    mount.mkdir()
+    with image.open("wb") as handle:
+        handle.truncate(256 * 1024 * 1024)
+    subprocess.run(["mkfs.exfat", str(image)], check=True, capture_output=True)
+    loop = subprocess.run(
+        ["losetup", "-f", "--show", str(image)], check=True, capture_output=True, text=True
+    ).stdout.strip()
+    try:
+        subprocess.run(["mount.exfat-fuse", loop, str(mount)], check=True, capture_output=True)
+        try:
+            yield mount
+        finally:
+            subprocess.run(["umount", str(mount)], capture_output=True)
+    finally:
+        subprocess.run(["losetup", "-d", loop], capture_output=True)

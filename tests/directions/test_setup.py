@@ -233,3 +233,44 @@ def test_environment_and_cache_are_group_shared(pair):
     assert (site / "transformers" / "__init__.py").stat().st_mode & stat.S_IWGRP
     activate = (pair.env / "bin" / "activate").read_text()
     assert f"export HF_HOME={pair.dirs.data / 'huggingface'}" in activate
+
+
+def test_setup_with_the_cache_on_a_file_system_without_symlinks(pair, exfat_dir):
+    """The data disk is exFAT: setup finds out by trying a link, turns symlinks off for the hub
+    clients, the cache holds copies, and the smoke loads the model from them. (Last here: it
+    points the shared env's activate script at that cache.)"""
+    from tests.directions.helpers import write_direction
+
+    write_direction(
+        pair.dirs.directions, "tiny-one", [("tiny-llava", ["infer"])], packages=["einops==0.8.1"]
+    )
+    data = exfat_dir / "data"
+    # --skip-check: the tiny profiles carry a 2B model's sizes, more than this small disk holds
+    command = setup_command(pair.hub.url, "--env", str(pair.env), "--skip-check")
+    command[command.index("tiny-pair")] = "tiny-one"
+    proc = subprocess.run(
+        command,
+        env=pair.cli_env(PROVISION_DATA_DIR=str(data), PROVISION_USER="dora"),
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    result = json.loads(proc.stdout)
+    shared = result["shared"]
+    assert shared["symlinks"] is False
+    assert shared["env"]["HF_HUB_DISABLE_SYMLINKS"] == "1"
+    assert shared["hf_home"] == str(data / "huggingface")
+    assert result["setup"]["outputs"]["smoke"]["ok"] is True
+    repo_id = PAIR_MEMBERS["tiny-llava"][0]
+    snapshot = (
+        data / "huggingface" / "hub" / ("models--" + repo_id.replace("/", "--")) / "snapshots"
+        / pair.commits[repo_id]
+    )  # fmt: skip
+    weights = snapshot / "model.safetensors"
+    assert weights.is_file() and not weights.is_symlink()
+    registry = json.loads((data / "envs" / "registry.json").read_text())
+    entry = registry["environments"][str(pair.env)]
+    assert entry["symlinks"] is False and entry["users"]["dora"]["directions"] == ["tiny-one"]
+    activate = (pair.env / "bin" / "activate").read_text()
+    assert "export HF_HUB_DISABLE_SYMLINKS=1" in activate
