@@ -15,7 +15,7 @@ import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from provision.check import CheckReport, run_check
 from provision.directions import Direction
@@ -35,6 +35,9 @@ from provision.directions_shared import (
 )
 from provision.errors import ProvisionError
 from provision.hardware.machine import Machine
+
+if TYPE_CHECKING:
+    from provision.setup import SetupOptions, SetupResult, StageReport
 
 # --- check ----------------------------------------------------------------------------------------
 
@@ -130,11 +133,12 @@ class DirectionSetupResult:
     direction: str
     env: Path
     lock: Path
-    setup: Any  # provision.setup.SetupResult
+    setup: SetupResult
     shared: SharedCache
     registry: Path
     entry: EnvEntry | None = None
     activate_files: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
@@ -151,6 +155,7 @@ class DirectionSetupResult:
             "registry": str(self.registry),
             "entry": self.entry.to_json() if self.entry else None,
             "activate_files": self.activate_files,
+            "notes": self.notes,
         }
 
 
@@ -166,9 +171,9 @@ class LockOptions:
 
 def setup_direction(
     direction: Direction,
-    options: Any,  # provision.setup.SetupOptions; its `task` is unused (members carry theirs)
+    options: SetupOptions,  # its `task` is unused: the members carry theirs
     lock_options: LockOptions | None = None,
-    on_stage: Callable[[Any], None] | None = None,
+    on_stage: Callable[[StageReport], None] | None = None,
 ) -> DirectionSetupResult:
     """One environment for every member: check, joint lock, env, every member's weights into
     the shared cache, the union of fixes, each member's smoke; recorded in the registry.
@@ -228,8 +233,9 @@ def setup_direction(
     with shared_umask(direction.shared):
         # Folders first: an empty env folder made here carries the group and setgid bit into
         # everything uv puts in it.
+        fresh = not env.exists() or (env.is_dir() and not any(env.iterdir()))
         shared = prepare_shared(
-            [env.parent, env] if not (env / "pyvenv.cfg").exists() else [env.parent],
+            [env.parent, env] if fresh else [env.parent],  # never chmod someone's full folder
             Path(hub["HF_HOME"]),
             Path(hub["MODELSCOPE_CACHE"]),
             direction.shared,
@@ -252,6 +258,7 @@ def setup_direction(
                 extra=extra,
             )
 
+        notes = _other_lock(registry, env, lock)
         note("setting up")
         try:
             result = run_plan(plan, options, on_stage)
@@ -267,8 +274,26 @@ def setup_direction(
         entry = note("ok")
         activate = _persist_activate(env, hub, shared)
     return DirectionSetupResult(
-        direction.name, env, lock, result, shared, registry, entry, activate
+        direction.name, env, lock, result, shared, registry, entry, activate, notes
     )
+
+
+def _other_lock(registry: Path, env: Path, lock: Path) -> list[str]:
+    """Say so when the shared env was last set up from another lockfile (someone else's
+    checkout): this setup brings the env to this lock, which may change it under them."""
+    from provision.directions_shared import registered
+
+    try:
+        entry = next((e for e in registered(registry) if e.path == env), None)
+    except ProvisionError:
+        return []
+    if entry is None or not entry.lock or Path(entry.lock) == lock:
+        return []
+    by = ", ".join(sorted(entry.users)) or entry.created_by
+    return [
+        f"{env} was last set up from {entry.lock} (by {by}); this setup uses {lock}. Share one "
+        "lockfile (--lock PATH) so the environment does not change under anyone."
+    ]
 
 
 def _persist_activate(env: Path, hub: dict[str, str], shared: SharedCache) -> list[str]:

@@ -505,7 +505,7 @@ def _render_setup(result: Any, con: Any = None) -> None:
     con.print(table)
     con.print(f"Environment: {result.env}\nLockfile: {result.lock}")
     con.print(f"Weights cache: {result.shared.hf_home}")
-    for note in result.shared.notes:
+    for note in [*result.shared.notes, *getattr(result, "notes", [])]:
         con.print(f"  note: {escape(note)}")
     if result.entry is not None:
         con.print(f"Registered in {result.registry} for {', '.join(sorted(result.entry.users))}")

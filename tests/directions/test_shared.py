@@ -218,3 +218,16 @@ def test_download_into_a_cache_without_symlinks(
     assert Path(proc.stdout.strip()) == snapshot
     config = json.loads((snapshot / "config.json").read_text())
     assert config["model_type"] == "llava"
+
+
+def test_setup_says_when_the_shared_env_came_from_another_lockfile(tmp_path):
+    from provision.directions_setup import _other_lock
+
+    registry, env = tmp_path / "registry.json", tmp_path / "envs" / "direction-x"
+    mine, theirs = tmp_path / "me" / "pylock.direction-x.toml", tmp_path / "alice" / "p.toml"
+    assert _other_lock(registry, env, mine) == []  # nothing registered yet
+    record_use(registry, env, kind="direction", name="x", status="ok", lock=theirs, user="alice")
+    (note,) = _other_lock(registry, env, mine)
+    assert f"last set up from {theirs} (by alice)" in note and "--lock PATH" in note
+    record_use(registry, env, kind="direction", name="x", status="ok", lock=mine, user="bob")
+    assert _other_lock(registry, env, mine) == []
