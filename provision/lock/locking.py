@@ -379,7 +379,7 @@ def lock_profile(
         "env": {k: v for k, v in resolution.install_env.items() if not _SECRET.search(k)},
         "smoke": {},
     }
-    new_packages = _package_set(tomllib.loads(resolution.text))
+    new_packages = {(p.name, p.version) for p in resolution.packages}
 
     import tomli_w
 
@@ -387,9 +387,13 @@ def lock_profile(
         old = _read_existing(path) if path.exists() else None
         same = old is not None and _package_set(old) == new_packages
         kept = _merge_previous(table, old, same, prof)
-        body = resolution.text.rstrip("\n") + "\n\n" + tomli_w.dumps({"tool": {"provision": table}})
-        text = _header(prof, task) + body
-        tomllib.loads(text)  # never write a file that does not parse
+        tool = tomli_w.dumps({"tool": {"provision": table}})
+        # uv's part was parsed in resolve() and has no [tool] table (no key of ours can clash),
+        # so appending a table that parses on its own keeps the file valid TOML.
+        tomllib.loads(tool)
+        if "tool" in resolution.data:  # pragma: no cover - uv writes none today
+            raise ProvisionError("uv's lock already has a [tool] table; cannot add ours.")
+        text = _header(prof, task) + resolution.text.rstrip("\n") + "\n\n" + tool
         atomic_write_text(path, text)
     return LockResult(
         path, prof.name, task, python, platform, facts, plan, config, resolution, table, kept

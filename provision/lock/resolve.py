@@ -87,6 +87,7 @@ class Resolution:
     seconds: float
     install_env: dict[str, str] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
+    data: dict[str, Any] = field(default_factory=dict, repr=False)  # `text`, parsed
 
     def package(self, name: str) -> LockedPackage | None:
         for pkg in self.packages:
@@ -348,7 +349,7 @@ def resolve(
 
     data = tomllib.loads(text)
     packages = [_locked(p) for p in data.get("packages", [])]
-    resolution = Resolution(text, packages, ["uv", *command], uv_version(), seconds)
+    resolution = Resolution(text, packages, ["uv", *command], uv_version(), seconds, data=data)
     _check_routes(resolution, routes)
     _sdist_notes(resolution)
     return resolution
