@@ -462,11 +462,7 @@ def write_direction_lock(
     """Write the lock (merging what setup recorded before); returns its table and what was kept."""
     import tomli_w
 
-    if not re.fullmatch(r"pylock\.[^.]+\.toml", path.name):
-        raise ProvisionError(
-            f"Lock file name {path.name!r} is not a PEP 751 name.",
-            "Name it pylock.<name>.toml, where <name> has no dots.",
-        )
+    _check_name(path)
     table = _table(inputs, resolution, platform)
     new_packages = _package_set(tomllib.loads(resolution.text))
     with file_lock(str(path) + ".lock"):
@@ -478,6 +474,14 @@ def write_direction_lock(
         tomllib.loads(text)  # never write a file that does not parse
         atomic_write_text(path, text)
     return table, kept
+
+
+def _check_name(path: Path) -> None:
+    if path.name != "pylock.toml" and not re.fullmatch(r"pylock\.[^.]+\.toml", path.name):
+        raise ProvisionError(
+            f"Lock file name {path.name!r} is not a PEP 751 name.",
+            "Name it pylock.toml or pylock.<name>.toml, where <name> has no dots.",
+        )
 
 
 def _read(path: Path) -> dict[str, Any] | None:
@@ -545,6 +549,7 @@ def lock_direction(
         env=env,
     )
     path = Path(output) if output else direction_lock_path(direction.name, lock_dir)
+    _check_name(path)  # before minutes of resolving, not after
     resolution = resolve_joint(inputs, platform, verify_split, None if upgrade else path)
     table, kept = write_direction_lock(inputs, resolution, path, platform)
     return DirectionLockResult(

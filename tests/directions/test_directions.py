@@ -199,3 +199,14 @@ def test_direction_text_helper_round_trips(dirs):
     direction = load_direction_file(path)
     assert (direction.python, direction.packages) == ("3.11", ("six",))
     assert load_profile_file(dirs.profiles / "tiny-a.toml").task("infer").packages == tuple(TINY)
+
+
+def test_lock_file_name_is_checked_before_resolving(dirs, tmp_path):
+    proc = run_cli(
+        "direction", "lock", "internvl2-lmdeploy-xtuner", "-o", str(tmp_path / "x.y.toml")
+    )
+    assert proc.returncode == 2 and "is not a PEP 751 name" in proc.stderr
+    proc = run_cli("direction", "lock", "--all", "okvqa-vllm-swift")
+    assert proc.returncode == 2 and "give no NAME" in proc.stderr
+    proc = run_cli("direction", "lock")
+    assert proc.returncode == 2 and "Which direction?" in proc.stderr
