@@ -201,7 +201,32 @@ def run_setup(
         lock_is_current=current,
         given_lock=options.from_lock is not None,
     )
-    return run_plan(plan, options, on_stage)
+    try:
+        result = run_plan(plan, options, on_stage)
+    except ProvisionError as exc:
+        partial = getattr(exc, "setup_result", None)
+        if partial is not None:  # stages ran: the environment exists (or half of it)
+            failed = next((s.name for s in partial.stages if s.status == "failed"), "")
+            _register(options, partial, profile.name, f"failed: {failed}")
+        raise
+    _register(options, result, profile.name, "ok")
+    return result
+
+
+def _register(options: SetupOptions, result: SetupResult, name: str, status: str) -> None:
+    """The machine's registry of environments (shared with research directions): which exist,
+    what made them, who set them up."""
+    from provision.directions_shared import record_use, registry_path
+
+    record_use(
+        registry_path(options.data_dir),
+        result.env,
+        kind="profile",
+        name=name,
+        status=status,
+        lock=result.lock_file,
+        members=[name],
+    )
 
 
 def run_plan(
@@ -405,7 +430,7 @@ class _Runner:
             got = download_profile(
                 profile,
                 self.options.source,
-                lock_file=self._member_lock(profile),
+                lock_file=self.lock,
                 record_under=self._record_under(profile),
             )
             outputs[profile.name] = got.to_json()
@@ -425,11 +450,6 @@ class _Runner:
         detail = "; ".join(details)
         self.state.mark("weights", "done", _digest(prints), detail)
         return "done", detail
-
-    def _member_lock(self, profile: Profile) -> Path:
-        """Where a member's model record goes: the plan's lock for one profile; for a direction,
-        the member's own section keeps the shared lock readable."""
-        return self.lock
 
     # -- fixes --
     def fixes(self) -> tuple[str, str]:
@@ -451,6 +471,16 @@ class _Runner:
         from provision.smoke.run import run_smoke
 
         assert self.python is not None
+        # The smoke proves this env, these weights and these fixes: redone when one changed.
+        stages = self.state.data["stages"]
+        fingerprint = _digest(
+            _packages_digest(self.lock),
+            stages.get("weights", {}).get("fingerprint"),
+            stages.get("fixes", {}).get("detail"),
+            [p.name for p in self._profiles()],
+        )
+        if self._skip("smoke", fingerprint):
+            return "skipped", "passed before with this environment, weights and fixes"
         hub = self._hub_environment()
         hf_home = Path(hub.get("HF_HOME") or os.environ["HF_HOME"])
         details, outputs, failures = [], {}, []
@@ -475,5 +505,5 @@ class _Runner:
                 f"Smoke inference of {name} failed: {outcome.summary}", outcome.next_step
             )
         detail = "; ".join(details)
-        self.state.mark("smoke", "done", detail=detail)
+        self.state.mark("smoke", "done", fingerprint, detail)
         return "done", detail

@@ -24,6 +24,8 @@ def clean_env(monkeypatch, tmp_path):
         "HF_ENDPOINT",
         "MODELSCOPE_CACHE",
         "MODELSCOPE_ENDPOINT",
+        # An active virtualenv would receive `--persist`'s block in its real activate script.
+        "VIRTUAL_ENV",
     ):
         monkeypatch.delenv(key, raising=False)
     monkeypatch.setenv("PROVISION_DATA_DIR", str(tmp_path / "data"))
