@@ -47,8 +47,11 @@ def tiny_llava_folder(tmp_path_factory: pytest.TempPathFactory, builder_python: 
 
 
 def write_profile(folder: Path, name: str = PROFILE, repo: str = REPO) -> Path:
+    """llava-1.5-7b-hf's shape with this tiny checkpoint's size (the disk check reads it)."""
     data = tomllib.loads((builtin_dir("profiles") / "llava-1.5-7b-hf.toml").read_text())
     data["name"] = name
+    data["weights"]["bytes"] = 1_000_000
+    data["params"].update(total=500_000, vision=100_000, language=400_000)
     data["source"] = {"huggingface": repo, "gated": False}
     data["tasks"] = {"infer": {"stack": "transformers", "packages": PACKAGES}}
     data["smoke"] = {"prompt": "What is in this picture?", "max_new_tokens": 6}
