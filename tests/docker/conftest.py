@@ -33,6 +33,8 @@ def engine(tmp_path_factory: pytest.TempPathFactory, registry_port: int):
         tmp_path_factory.mktemp("podman"), insecure_registries=(f"localhost:{registry_port}",)
     )
     yield service
+    for restart in service.restarts:
+        print(f"\nthe podman service had to be restarted during the session: {restart}")
     service.stop()
 
 

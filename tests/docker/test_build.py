@@ -20,6 +20,7 @@ import gzip
 import io
 import json
 import os
+import re
 import secrets
 import tarfile
 import time
@@ -31,8 +32,8 @@ from unittest import mock
 import pytest
 
 from provision.docker.build import docker_profile
-from provision.docker.context import git_revision
 from provision.docker.engine import BuildEvent, build_image, connect
+from provision.errors import ProvisionError
 from provision.hub.download import download_profile
 from provision.lock.locking import lock_profile
 from provision.profiles import load_profile
@@ -81,6 +82,7 @@ def e2e(tmp_path_factory: pytest.TempPathFactory, engine, base_image, uv_image) 
         lock_dir=root / "lockfiles",
     ).path
     return {
+        "engine": engine,
         "root": root,
         "profiles": profiles,
         "lock": lock,
@@ -97,14 +99,17 @@ def e2e(tmp_path_factory: pytest.TempPathFactory, engine, base_image, uv_image) 
 
 
 def build(e2e: dict[str, Any], name: str, **kwargs: Any):
+    e2e["engine"].ensure_alive()
     events: list[BuildEvent] = []
     started = time.monotonic()
     with environ(**e2e["env"], **kwargs.pop("env", {})):
         result = docker_profile(
-            "tiny-vlm", build=True, on_event=events.append, **e2e["common"], **kwargs
+            "tiny-vlm", build=True, on_event=events.append, **{**e2e["common"], **kwargs}
         )
     TIMINGS[name] = time.monotonic() - started
-    print(f"docker build timing: {name}: {TIMINGS[name]:.0f} s ({result.build})")
+    log = e2e["root"] / (name.replace(" ", "-").replace(",", "") + ".log")
+    log.write_text("\n".join(f"{e.kind}: {e.text}" for e in events))
+    print(f"docker build timing: {name}: {TIMINGS[name]:.0f} s ({result.build}; log {log})")
     result.events = events  # type: ignore[attr-defined]
     return result
 
@@ -116,12 +121,12 @@ def mounted(e2e):
 
 @pytest.fixture(scope="session")
 def models(e2e, mounted, client) -> dict[int, Path]:
-    """Two tiny Qwen2-VLs (seeds 0 and 1) written by the image's own transformers."""
+    """Tiny Qwen2-VLs (seeds 0, 1, 2) written by the image's own transformers."""
     out = e2e["root"] / "models"
     out.mkdir()
     out.chmod(0o777)  # the image's user (10001) writes here
     folders = {}
-    for seed in (0, 1):
+    for seed in (0, 1, 2):
         client.containers.run(
             "localhost/tiny-vlm:mounted",
             ["python", "/tests/tinymodel_builder.py", "--kind", "qwen2_vl",
@@ -256,7 +261,9 @@ def test_image_metadata_user_labels_and_no_mirror_left(mounted, client):
     labels = config["Labels"]
     assert labels["io.provision.profile"] == "tiny-vlm"
     assert labels["io.provision.lock-sha256"] == mounted.render.spec.lock_sha256
-    assert labels["org.opencontainers.image.revision"] == git_revision()
+    revision = labels["org.opencontainers.image.revision"]
+    assert revision == mounted.labels["org.opencontainers.image.revision"]
+    assert re.fullmatch(r"[0-9a-f]{40}(-dirty)?", revision), revision
     assert mounted.tags == ["localhost/tiny-vlm:mounted"]
     history = json.dumps(client.api.history(image.id))
     assert "pypi.org" not in history and "INDEX_URL" not in history
@@ -343,3 +350,29 @@ def test_new_checkpoint_rebuilds_only_the_weights_layer(baked, hub, e2e, models,
     assert not any("uv pip sync" in e.text for e in rebuilt.events if e.kind == "output")
     status, report = run_smoke(client, "localhost/tiny-vlm:baked-2")
     assert status == 0 and report["revision"] == second.commit
+
+
+def test_weights_that_do_not_match_the_lock_fail_the_build(baked, hub, e2e, models):
+    hub.add_repo(REPO, models[2], gated=True)
+    third = download(e2e, hub, revision="main")  # the lock now pins this commit and its hashes
+    fault = hub.fault("*model.safetensors", corrupt=True)
+    try:
+        with pytest.raises(ProvisionError) as info:
+            build(
+                e2e, "bake with corrupted bytes", bake_weights=True,
+                tags=["localhost/tiny-vlm:bad"], env={"HF_TOKEN": TOKEN},
+            )  # fmt: skip
+    finally:
+        hub.clear_faults()
+    assert fault.hits >= 1
+    message = str(info.value)
+    assert "model.safetensors" in message and "the lock says" in message
+    sha = next(f.sha256 for f in third.files if f.path == "model.safetensors")
+    assert sha in message
+
+
+def test_a_base_image_the_engine_cannot_get_is_one_message(e2e, mounted):
+    with pytest.raises(ProvisionError) as info:
+        build(e2e, "unknown base", base_image="localhost:1/nowhere/base:1.0")
+    assert "base image localhost:1/nowhere/base:1.0 is not on the engine" in info.value.message
+    assert "--base-image" in info.value.hint

@@ -10,7 +10,7 @@ import pytest
 from provision.docker.base_images import base_table, choose_base_image, parse_image_ref
 from provision.docker.build import docker_profile, render_builtins, render_profile
 from provision.docker.context import stage_context
-from provision.docker.engine import _context_archive, registry_of
+from provision.docker.engine import Engine, _context_archive, build_image, registry_of
 from provision.docker.spec import load_spec
 from provision.errors import CheckFailed, ProvisionError
 from provision.resources import REPO_DIR
@@ -335,6 +335,16 @@ def test_no_engine_says_how_to_start_one(tmp_path: Path, profiles: Path):
     assert "No container engine answers" in err and "/nonexistent/provision-test/docker.sock" in err
     assert "DOCKER_HOST" in err and "podman system service" in err
     assert "Traceback" not in proc.stderr
+
+
+def test_docker_engine_with_a_build_secret_says_which_command_to_run(tmp_path: Path):
+    """docker-py cannot hand BuildKit a secret; against Docker the message gives the CLI way."""
+    docker = Engine(client=None, host="unix:///var/run/docker.sock", kind="docker",
+                    version="27.0", api_version="1.46")  # fmt: skip
+    with pytest.raises(ProvisionError, match="cannot pass build secrets") as info:
+        build_image(docker, tmp_path, ["provision/x:1"], secrets={"hf_token": "hf_x"})
+    assert "docker buildx build --secret id=hf_token,env=HF_TOKEN" in info.value.hint
+    assert "hf_x" not in str(info.value)
 
 
 def test_push_needs_a_registry_in_the_tag():

@@ -92,6 +92,7 @@ class PodmanService:
     socket: Path
     log: Path
     timings: dict[str, float] = field(default_factory=dict)
+    restarts: list[str] = field(default_factory=list)
 
     @property
     def docker_host(self) -> str:
@@ -111,6 +112,24 @@ class PodmanService:
             text=True,
             check=check,
         )
+
+    def ensure_alive(self) -> None:
+        """Start the service again (same storage, same socket) if it died since the last call.
+
+        podman 4.3's service has been seen to exit between two builds, after one that failed on
+        purpose, with nothing in its log; the images and cache are in the storage, so a restart
+        is transparent to the tests. Each restart is kept in `restarts` (and printed), so a
+        session that needed one says so.
+        """
+        if self.process.poll() is None:
+            return
+        tail = self.log.read_text(errors="replace")[-2000:]
+        self.restarts.append(f"exit {self.process.returncode}; log tail:\n{tail}")
+        print(f"podman service died (exit {self.process.returncode}); restarting it", flush=True)
+        with contextlib.suppress(FileNotFoundError):
+            self.socket.unlink()
+        self.process = _spawn(self.workdir)
+        _wait(self, 60)
 
     def stop(self, remove_storage: bool = True) -> None:
         if self.process.poll() is None:
@@ -177,33 +196,44 @@ def start_service(
     for location in insecure_registries:
         conf += ["", "[[registry]]", f'location = "{location}"', "insecure = true"]
     (workdir / "registries.conf").write_text("\n".join(conf) + "\n")
-    sock = workdir / "podman.sock"
-    log = workdir / "service.log"
     started = time.monotonic()
-    with log.open("wb") as out:
-        process = subprocess.Popen(
+    service = PodmanService(
+        workdir, _spawn(workdir), workdir / "podman.sock", workdir / "service.log"
+    )
+    _wait(service, timeout)
+    service.timings["service_start_s"] = time.monotonic() - started
+    return service
+
+
+def _spawn(workdir: Path) -> subprocess.Popen[bytes]:
+    sock = workdir / "podman.sock"
+    with (workdir / "service.log").open("ab") as out:
+        return subprocess.Popen(
             [*_podman_base(workdir), "system", "service", "--time", "0", f"unix://{sock}"],
             env=_env(workdir),
             stdout=out,
             stderr=subprocess.STDOUT,
             start_new_session=True,
         )
-    service = PodmanService(workdir, process, sock, log)
+
+
+def _wait(service: PodmanService, timeout: float) -> None:
     deadline = time.monotonic() + timeout
     while True:
-        if process.poll() is not None:
-            tail = log.read_text(errors="replace")[-4000:]
-            raise RuntimeError(f"podman system service exited ({process.returncode}):\n{tail}")
-        if sock.exists():
+        if service.process.poll() is not None:
+            tail = service.log.read_text(errors="replace")[-4000:]
+            code = service.process.returncode
+            raise RuntimeError(f"podman system service exited ({code}):\n{tail}")
+        if service.socket.exists():
             with contextlib.suppress(Exception):
                 if service.client(timeout=5).ping():
-                    break
+                    return
         if time.monotonic() > deadline:
             service.stop()
-            raise RuntimeError(f"podman service did not answer on {sock} in {timeout:.0f}s")
+            raise RuntimeError(
+                f"podman service did not answer on {service.socket} in {timeout:.0f}s"
+            )
         time.sleep(0.1)
-    service.timings["service_start_s"] = time.monotonic() - started
-    return service
 
 
 # --- the base image ------------------------------------------------------------------------
