@@ -76,6 +76,7 @@ class DockerResult:
     context: dict[str, Any] | None = None
     build: dict[str, Any] | None = None
     pushed: list[dict[str, Any]] = field(default_factory=list)
+    labels: dict[str, str] = field(default_factory=dict)  # given to the engine at build time
     timings: dict[str, float] = field(default_factory=dict)
 
     def to_json(self) -> dict[str, Any]:
@@ -86,6 +87,7 @@ class DockerResult:
             "context": self.context,
             "build": self.build,
             "pushed": self.pushed,
+            "labels": self.labels,
             "timings": {k: round(v, 2) for k, v in self.timings.items()},
         }
 
@@ -278,6 +280,7 @@ def docker_profile(
         if offline:
             args.update({"PIP_INDEX_URL": "", "TORCH_INDEX_URL": ""})
         args.update(build_args or {})
+        result.labels = {"org.opencontainers.image.revision": git_revision()}
         t0 = time.monotonic()
         built = build_image(
             engine,
@@ -288,7 +291,7 @@ def docker_profile(
             network="none" if offline and not options.bake_weights else None,
             on_event=on_event,
             nocache=nocache,
-            labels={"org.opencontainers.image.revision": git_revision()},
+            labels=result.labels,
         )
         result.build = built.to_json()
         result.timings["build_s"] = time.monotonic() - t0
