@@ -292,6 +292,8 @@ def docker_profile(
             on_event=on_event,
             nocache=nocache,
             labels=result.labels,
+            # podman: one stage per call, so no stage waits on one that fails (engine.py).
+            stages=_stages(options) if engine.kind == "podman" else (),
         )
         result.build = built.to_json()
         result.timings["build_s"] = time.monotonic() - t0
@@ -303,6 +305,10 @@ def docker_profile(
             temp.cleanup()
     result.timings["total_s"] = time.monotonic() - started
     return result
+
+
+def _stages(options: RenderOptions) -> tuple[str, ...]:
+    return ("packages", "env", "weights") if options.bake_weights else ("packages", "env")
 
 
 def render_builtins(

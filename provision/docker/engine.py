@@ -195,8 +195,15 @@ def build_image(
     on_event: Callable[[BuildEvent], None] | None = None,
     nocache: bool = False,
     labels: dict[str, str] | None = None,
+    stages: list[str] | tuple[str, ...] = (),
 ) -> BuildResult:
-    """Build `context` (its Dockerfile) on the engine, streaming its progress to `on_event`."""
+    """Build `context` (its Dockerfile) on the engine, streaming its progress to `on_event`.
+
+    `stages`: build these targets one call each, in order, before the whole file (each call
+    reuses the layers of the one before). podman's builder runs the stages of one call side by
+    side, and when one fails while another waits for it, the service itself panics
+    (containers/buildah#7091); one stage per call leaves no stage waiting on one that can fail.
+    """
     secrets = {k: v for k, v in (secrets or {}).items() if v}
     if secrets and engine.kind != "podman":
         ids = ",".join(secrets)
@@ -210,7 +217,6 @@ def build_image(
         )
     archive, secret_options = _context_archive(context, secrets)
     params: dict[str, Any] = {
-        "t": tags,
         "rm": True,
         "forcerm": True,
         "pull": False,
@@ -218,20 +224,44 @@ def build_image(
         "dockerfile": "Dockerfile",
         "buildargs": json.dumps(buildargs or {}),
     }
-    if labels:
-        # Applied to the final image by the engine itself: a LABEL fed from a build argument would
-        # be taken from podman's layer cache with the previous build's value.
-        params["labels"] = json.dumps(labels)
     if secret_options:
         params["secrets"] = json.dumps(secret_options)
     if network == "none":
         params["networkmode"] = "NetworkDisabled" if engine.kind == "podman" else "none"
     elif network:
         params["networkmode"] = network
-    api = engine.client.api
+    final = {"t": tags}
+    if labels:
+        # Applied to the final image by the engine itself: a LABEL fed from a build argument would
+        # be taken from podman's layer cache with the previous build's value.
+        final["labels"] = json.dumps(labels)
     started = time.monotonic()
     result = BuildResult(image_id="", tags=list(tags), seconds=0.0)
+    try:
+        for stage in stages:
+            _emit(on_event, BuildEvent("step", f"== stage {stage} =="))
+            _one_call(engine, archive, {**params, "target": stage}, result, on_event)
+            result.image_id = ""
+            params["nocache"] = False  # the stages just built are the cache of the next call
+        if stages:
+            _emit(on_event, BuildEvent("step", "== image =="))
+        _one_call(engine, archive, {**params, **final}, result, on_event)
+    finally:
+        archive.close()
+    result.seconds = time.monotonic() - started
+    return result
+
+
+def _one_call(
+    engine: Engine,
+    archive: Any,
+    params: dict[str, Any],
+    result: BuildResult,
+    on_event: Callable[[BuildEvent], None] | None,
+) -> None:
+    api = engine.client.api
     error: str | None = None
+    archive.seek(0)
     try:
         # The SDK's own session and helpers, for the parameters images.build() does not expose.
         response = api._post(
@@ -271,17 +301,35 @@ def build_image(
             f"The build failed to run on {engine.kind} at {engine.host}: {_short(exc)}",
             "Check the engine is still up (`docker info`), then build again.",
         ) from exc
-    finally:
-        archive.close()
-    result.seconds = time.monotonic() - started
     if error or not result.image_id:
         tail = "\n".join(result.output_tail[-15:])
-        raise ProvisionError(
-            f"The image build failed: {error or 'the engine reported no image'}\n{tail}",
+        hint = (
             "The step above says what broke; fix it and build again (layers already built are "
-            "reused).",
+            "reused)."
         )
-    return result
+        if engine.kind == "podman" and not _still_answers(engine):
+            hint += (
+                f" Note: the podman service at {engine.host} stopped after this failure (podman's "
+                "builder panics when a stage fails while another waits for it, "
+                "containers/buildah#7091); start it again before the next build: "
+                "`podman system service --time 0 " + engine.host + " &`."
+            )
+        raise ProvisionError(
+            f"The image build failed: {error or 'the engine reported no image'}\n{tail}", hint
+        )
+
+
+def _still_answers(engine: Engine, wait: float = 3.0) -> bool:
+    """Whether the engine still answers a moment after a failed build."""
+    deadline = time.monotonic() + wait
+    while True:
+        try:
+            engine.client.ping()
+        except Exception:
+            return False
+        if time.monotonic() >= deadline:
+            return True
+        time.sleep(0.5)
 
 
 def _events(stream: Iterator[Any]) -> Iterator[dict[str, Any]]:

@@ -68,3 +68,11 @@ def registry(tmp_path_factory: pytest.TempPathFactory, registry_port: int, engin
     """A local registry (plain HTTP on localhost:PORT) the engine may push to."""
     with Registry(tmp_path_factory.mktemp("registry"), registry_port) as server:
         yield server
+
+
+@pytest.fixture(autouse=True)
+def _engine_alive(request: pytest.FixtureRequest) -> None:
+    """Before a test that uses the engine: restart podman's service if a failed build killed it
+    (see PodmanService.ensure_alive and containers/buildah#7091)."""
+    if {"engine", "client", "docker_env"} & set(request.fixturenames):
+        request.getfixturevalue("engine").ensure_alive()
