@@ -21,8 +21,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import re
-import sys
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -30,7 +28,6 @@ from pathlib import Path
 from typing import Any
 
 from provision import __version__
-from provision.atomic import atomic_write_text, file_lock
 from provision.directions import Direction, builtin_directions
 from provision.directions_conflict import (
     DIRECTION_PACKAGES,
@@ -47,30 +44,33 @@ from provision.lock.lockfile import lock_dir, lock_name, tool_table
 from provision.lock.locking import (
     CheckResult,
     LockAllItem,
-    _indexes,
-    _target,
     builtin_lock_dir,
+    check_lock_name,
+    indexes_table,
+    keep_env,
+    keep_other_sections,
+    keep_patched_files,
+    kept_model,
+    lock_file_reasons,
     lock_inputs,
+    model_table,
+    pin_reasons,
+    public_env,
+    pypi_build_facts,
+    target_table,
+    write_lock,
 )
 from provision.lock.resolve import (
     DEFAULT_PLATFORM,
     RequirementSet,
     Resolution,
     Route,
-    canonical,
     resolve,
 )
 from provision.profiles import Profile
 from provision.torch_select import TorchPlan
 
-if sys.version_info >= (3, 11):
-    import tomllib
-else:  # pragma: no cover
-    import tomli as tomllib
-
 KIND = "direction"
-_PIN = re.compile(r"^\s*([A-Za-z0-9][A-Za-z0-9._-]*)(\[[^\]]*\])?\s*==\s*([^\s;,]+)")
-_SECRET = re.compile(r"(TOKEN|SECRET|PASSWORD|PASSWD|API_?KEY|CREDENTIAL|AUTH)", re.IGNORECASE)
 _OWN_SECTIONS = (
     "kind",
     "direction",
@@ -347,17 +347,6 @@ class DirectionLockResult:
         }
 
 
-def _model(profile: Profile) -> dict[str, Any]:
-    model: dict[str, Any] = {
-        "source": "huggingface",
-        "repo_id": profile.hf_repo,
-        "revision": profile.revision or "main",
-    }
-    if profile.modelscope_repo:
-        model["modelscope_repo_id"] = profile.modelscope_repo
-    return model
-
-
 def _table(inputs: JointInputs, resolution: Resolution, platform: str) -> dict[str, Any]:
     direction, by_name = inputs.direction, {p.name: p for p in inputs.profiles}
     fixes = sorted({f for p in inputs.profiles for f in p.fixes})
@@ -370,9 +359,9 @@ def _table(inputs: JointInputs, resolution: Resolution, platform: str) -> dict[s
             "profile_hash": "sha256:" + profile.content_hash(),
             "builtin": profile.builtin,
             "fixes": list(profile.fixes),
-            "model": _model(profile),
+            "model": model_table(profile),
         }
-    indexes = _indexes(inputs.plan, inputs.config)
+    indexes = indexes_table(inputs.plan, inputs.config)
     indexes["torch"]["packages"] = list(inputs.route().packages)
     return {
         "tool-version": __version__,
@@ -388,16 +377,12 @@ def _table(inputs: JointInputs, resolution: Resolution, platform: str) -> dict[s
             "packages": list(direction.packages),
             "members": [m.profile for m in direction.members],
         },
-        "target": _target(inputs.plan, inputs.python, platform, inputs.facts),
+        "target": target_table(inputs.plan, inputs.python, platform, inputs.facts),
         "indexes": indexes,
         "fixes": {"apply": fixes},
-        "env": {k: v for k, v in resolution.install_env.items() if not _SECRET.search(k)},
+        "env": public_env(resolution.install_env),
         "members": members,
     }
-
-
-def _package_set(data: Mapping[str, Any]) -> set[tuple[str, str]]:
-    return {(canonical(p["name"]), str(p.get("version"))) for p in data.get("packages", [])}
 
 
 def _merge_previous(
@@ -416,33 +401,17 @@ def _merge_previous(
     by_name = {p.name: p for p in profiles}
     for name, entry in table["members"].items():
         previous = old_members.get(name, {}) if isinstance(old_members, dict) else {}
-        old_model = previous.get("model", {})
-        repos = {by_name[name].hf_repo, by_name[name].modelscope_repo}
-        if (
-            old_model
-            and old_model.get("repo_id") in repos
-            and old_model.get("revision") == entry["model"]["revision"]
-            and any(k in old_model for k in ("commit", "files"))
-        ):
-            entry["model"] = {**entry["model"], **old_model}
+        model = kept_model(entry["model"], previous.get("model", {}), by_name[name])
+        if model:
+            entry["model"] = model
             kept.append(f"{name} model (commit and files)")
         if same_packages and previous.get("smoke"):
             entry["smoke"] = previous["smoke"]
             kept.append(f"{name} smoke")
-    old_env = {k: v for k, v in old_table.get("env", {}).items() if not _SECRET.search(k)}
-    others = {k: v for k, v in old_env.items() if k not in table["env"]}
-    if others:
-        table["env"] = {**others, **table["env"]}
-        kept.append("env (" + ", ".join(sorted(others)) + ")")
+    keep_env(table, old_table, kept)
     if same_packages:
-        extra = {k: v for k, v in old_table.get("fixes", {}).items() if k != "apply"}
-        if extra:
-            table["fixes"].update(extra)
-            kept.append("fixes (patched files)")
-    for key, value in old_table.items():  # sections other stages own that this one does not
-        if key not in _OWN_SECTIONS and key not in table:
-            table[key] = value
-            kept.append(key)
+        keep_patched_files(table, old_table, kept)
+    keep_other_sections(table, old_table, _OWN_SECTIONS, kept)
     return kept
 
 
@@ -460,35 +429,16 @@ def write_direction_lock(
     inputs: JointInputs, resolution: Resolution, path: Path, platform: str = DEFAULT_PLATFORM
 ) -> tuple[dict[str, Any], list[str]]:
     """Write the lock (merging what setup recorded before); returns its table and what was kept."""
-    import tomli_w
-
-    _check_name(path)
+    check_lock_name(path)
     table = _table(inputs, resolution, platform)
-    new_packages = _package_set(tomllib.loads(resolution.text))
-    with file_lock(str(path) + ".lock"):
-        old = _read(path)
-        same = old is not None and _package_set(old) == new_packages
-        kept = _merge_previous(table, old, same, inputs.profiles)
-        body = resolution.text.rstrip("\n") + "\n\n" + tomli_w.dumps({"tool": {"provision": table}})
-        text = _header(inputs.direction) + body
-        tomllib.loads(text)  # never write a file that does not parse
-        atomic_write_text(path, text)
+    kept = write_lock(
+        path,
+        _header(inputs.direction),
+        resolution,
+        table,
+        lambda new, old, same: _merge_previous(new, old, same, inputs.profiles),
+    )
     return table, kept
-
-
-def _check_name(path: Path) -> None:
-    if path.name != "pylock.toml" and not re.fullmatch(r"pylock\.[^.]+\.toml", path.name):
-        raise ProvisionError(
-            f"Lock file name {path.name!r} is not a PEP 751 name.",
-            "Name it pylock.toml or pylock.<name>.toml, where <name> has no dots.",
-        )
-
-
-def _read(path: Path) -> dict[str, Any] | None:
-    try:
-        return tomllib.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError):
-        return None
 
 
 def prepare_lock(
@@ -549,7 +499,7 @@ def lock_direction(
         env=env,
     )
     path = Path(output) if output else direction_lock_path(direction.name, lock_dir)
-    _check_name(path)  # before minutes of resolving, not after
+    check_lock_name(path)  # before minutes of resolving, not after
     resolution = resolve_joint(inputs, platform, verify_split, None if upgrade else path)
     table, kept = write_direction_lock(inputs, resolution, path, platform)
     return DirectionLockResult(
@@ -571,17 +521,9 @@ def lock_direction(
 
 def stale_reasons(direction: Direction, profiles: Sequence[Profile], lock: Path) -> list[str]:
     """Why `lock` no longer is what the direction asks for; [] when it is. Files only."""
-    if not lock.exists():
-        return [f"{lock} does not exist"]
-    try:
-        data = tomllib.loads(lock.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
-        return [f"{lock} is not a readable TOML file ({exc})"]
-    reasons = []
-    if data.get("lock-version") != "1.0":
-        reasons.append(f"lock-version is {data.get('lock-version')!r}, not '1.0' (PEP 751)")
-    if not data.get("packages"):
-        reasons.append("it locks no packages")
+    data, reasons = lock_file_reasons(lock)
+    if data is None:
+        return reasons
     table = tool_table(data)
     if table.get("kind") != KIND:
         return reasons + ['it is not a direction lock (no kind = "direction" in [tool.provision])']
@@ -612,21 +554,11 @@ def stale_reasons(direction: Direction, profiles: Sequence[Profile], lock: Path)
             f"what {direction.path.name} or its members' profiles say (packages, Python, model "
             "sources, fixes) changed since the lock was made"
         )
-    locked = {canonical(p["name"]): str(p.get("version", "")) for p in data.get("packages", [])}
     wanted = [r for p in profiles for m in direction.members if m.profile == p.name
               for t in m.tasks for r in p.task(t).packages]  # fmt: skip
-    for requirement in [*wanted, *direction.packages]:
-        match = _PIN.match(requirement)
-        if not match:
-            continue
-        name, version = canonical(match.group(1)), match.group(3)
-        have = locked.get(name)
-        message = None
-        if have is None:
-            message = f"{name} is not in the lock"
-        elif have.split("+", 1)[0] != version.split("+", 1)[0]:
-            message = f"{name} is locked at {have}, a member or the direction pins {version}"
-        if message and message not in reasons:
+    pinned = [*wanted, *direction.packages]
+    for message in pin_reasons(pinned, data, "a member or the direction"):
+        if message not in reasons:  # several members may pin the same package
             reasons.append(message)
     return reasons
 
@@ -654,7 +586,7 @@ def lock_builtin_directions(
     """Regenerate the built-in directions' locks as `provision lock --all` does the profiles':
     PyPI's torch build, resolved against PyPI only, so they are real and checkable anywhere."""
     directory = builtin_lock_dir(lock_dir)
-    facts = DriverFacts(None, None, [], [], "not used: --all locks PyPI's build", [])
+    facts = pypi_build_facts()
     items = []
     for direction in builtin_directions():
         if names and direction.name not in names:

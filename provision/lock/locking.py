@@ -17,7 +17,7 @@ from __future__ import annotations
 import os
 import re
 import sys
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -47,8 +47,8 @@ else:  # pragma: no cover
     import tomli as tomllib
 
 # Names that look like they hold a secret never go into the lock's env table.
-_SECRET = re.compile(r"(TOKEN|SECRET|PASSWORD|PASSWD|API_?KEY|CREDENTIAL|AUTH)", re.IGNORECASE)
-_PIN = re.compile(r"^\s*([A-Za-z0-9][A-Za-z0-9._-]*)(\[[^\]]*\])?\s*==\s*([^\s;,]+)")
+SECRET_NAMES = re.compile(r"(TOKEN|SECRET|PASSWORD|PASSWD|API_?KEY|CREDENTIAL|AUTH)", re.IGNORECASE)
+PIN = re.compile(r"^\s*([A-Za-z0-9][A-Za-z0-9._-]*)(\[[^\]]*\])?\s*==\s*([^\s;,]+)")
 _OWN_SECTIONS = ("profile", "target", "indexes", "model", "fixes", "env", "smoke", "tool-version")
 
 
@@ -141,10 +141,11 @@ class LockResult:
         return lines
 
 
-# --- building the [tool.provision] table -----------------------------------------------------
+# --- building the [tool.provision] table (profile and direction locks alike) -----------------
 
 
-def _target(plan: TorchPlan, python: str, platform: str, facts: DriverFacts) -> dict[str, Any]:
+def target_table(plan: TorchPlan, python: str, platform: str, facts: DriverFacts) -> dict[str, Any]:
+    """[tool.provision.target]: what the lock was resolved for and the machines it runs on."""
     variant = variant_info(plan.variant)
     target: dict[str, Any] = {
         "python": python,
@@ -172,7 +173,8 @@ def _target(plan: TorchPlan, python: str, platform: str, facts: DriverFacts) -> 
     return {k: v for k, v in target.items() if v is not None}
 
 
-def _indexes(plan: TorchPlan, config: IndexConfig) -> dict[str, Any]:
+def indexes_table(plan: TorchPlan, config: IndexConfig) -> dict[str, Any]:
+    """[tool.provision.indexes]: where each package came from (credentials never included)."""
     data = config.to_json()
     data["torch"] = {
         "url": Index("torch", plan.index.url, "").public_url,
@@ -183,7 +185,8 @@ def _indexes(plan: TorchPlan, config: IndexConfig) -> dict[str, Any]:
     return data
 
 
-def _model(profile: Profile) -> dict[str, Any]:
+def model_table(profile: Profile) -> dict[str, Any]:
+    """A profile's model record before `download` adds the commit and the files' hashes."""
     model: dict[str, Any] = {
         "source": "huggingface",
         "repo_id": profile.hf_repo,
@@ -194,8 +197,61 @@ def _model(profile: Profile) -> dict[str, Any]:
     return model
 
 
-def _package_set(data: Mapping[str, Any]) -> set[tuple[str, str]]:
+def public_env(env: Mapping[str, str]) -> dict[str, str]:
+    """`env` without the names that look like they hold a secret."""
+    return {k: v for k, v in env.items() if not SECRET_NAMES.search(k)}
+
+
+def package_set(data: Mapping[str, Any]) -> set[tuple[str, str]]:
+    """A lock's packages as (name, version) pairs, to tell whether a re-lock changed them."""
     return {(canonical(p["name"]), str(p.get("version"))) for p in data.get("packages", [])}
+
+
+# --- carrying over what later stages recorded, where it still describes the new lock ---------
+
+
+def kept_model(
+    model: dict[str, Any], old_model: Mapping[str, Any], profile: Profile
+) -> dict[str, Any] | None:
+    """`model` with the previous lock's commit and file hashes, when they are for the same repo
+    and revision; None when there is nothing to keep."""
+    if (
+        old_model
+        and old_model.get("repo_id") in {profile.hf_repo, profile.modelscope_repo}
+        and old_model.get("revision") == model["revision"]
+        and any(k in old_model for k in ("commit", "files"))
+    ):
+        return {**model, **old_model}
+    return None
+
+
+def keep_env(table: dict[str, Any], old_table: Mapping[str, Any], kept: list[str]) -> None:
+    """Variables a later stage recorded that this lock does not set itself (never secrets)."""
+    old_env = public_env(old_table.get("env", {}))
+    others = {k: v for k, v in old_env.items() if k not in table["env"]}
+    if others:
+        table["env"] = {**others, **table["env"]}
+        kept.append("env (" + ", ".join(sorted(others)) + ")")
+
+
+def keep_patched_files(
+    table: dict[str, Any], old_table: Mapping[str, Any], kept: list[str]
+) -> None:
+    """The patched files' hashes `patch` recorded (only valid while the packages are unchanged)."""
+    extra = {k: v for k, v in old_table.get("fixes", {}).items() if k != "apply"}
+    if extra:
+        table["fixes"].update(extra)
+        kept.append("fixes (patched files)")
+
+
+def keep_other_sections(
+    table: dict[str, Any], old_table: Mapping[str, Any], own: Sequence[str], kept: list[str]
+) -> None:
+    """Sections other stages own that the lock does not write itself."""
+    for key, value in old_table.items():
+        if key not in own and key not in table:
+            table[key] = value
+            kept.append(key)
 
 
 def _merge_previous(
@@ -204,36 +260,19 @@ def _merge_previous(
     """Carry over what later stages recorded, where it still describes this lock."""
     if not old:
         return []
-    kept = []
+    kept: list[str] = []
     old_table = tool_table(old)  # type: ignore[arg-type]
-    old_model = old_table.get("model", {})
-    repos = {profile.hf_repo, profile.modelscope_repo}
-    if (
-        old_model
-        and old_model.get("repo_id") in repos
-        and old_model.get("revision") == table["model"]["revision"]
-        and any(k in old_model for k in ("commit", "files"))
-    ):
-        table["model"] = {**table["model"], **old_model}
+    model = kept_model(table["model"], old_table.get("model", {}), profile)
+    if model:
+        table["model"] = model
         kept.append("model (commit and files)")
-    old_env = {k: v for k, v in old_table.get("env", {}).items() if not _SECRET.search(k)}
-    others = {k: v for k, v in old_env.items() if k not in table["env"]}
-    if others:
-        table["env"] = {**others, **table["env"]}
-        kept.append("env (" + ", ".join(sorted(others)) + ")")
+    keep_env(table, old_table, kept)
     if same_packages:
-        old_fixes = old_table.get("fixes", {})
-        extra = {k: v for k, v in old_fixes.items() if k != "apply"}
-        if extra:
-            table["fixes"].update(extra)
-            kept.append("fixes (patched files)")
+        keep_patched_files(table, old_table, kept)
         if old_table.get("smoke"):
             table["smoke"] = old_table["smoke"]
             kept.append("smoke")
-    for key, value in old_table.items():  # sections other stages own that this one does not
-        if key not in _OWN_SECTIONS and key not in table:
-            table[key] = value
-            kept.append(key)
+    keep_other_sections(table, old_table, _OWN_SECTIONS, kept)
     return kept
 
 
@@ -269,11 +308,47 @@ def _header(profile: Profile, task: str) -> str:
     )
 
 
-def _read_existing(path: Path) -> dict[str, Any] | None:
+def read_previous(path: Path) -> dict[str, Any] | None:
+    """The lock already at `path`, or None when there is none (or it does not parse)."""
     try:
         return tomllib.loads(path.read_text(encoding="utf-8"))
-    except (OSError, tomllib.TOMLDecodeError):
+    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError):
         return None
+
+
+def check_lock_name(path: Path) -> None:
+    """PEP 751 names only, checked before minutes of resolving rather than after."""
+    if path.name != "pylock.toml" and not re.fullmatch(r"pylock\.[^.]+\.toml", path.name):
+        raise ProvisionError(
+            f"Lock file name {path.name!r} is not a PEP 751 name.",
+            "Name it pylock.toml or pylock.<name>.toml, where <name> has no dots.",
+        )
+
+
+def write_lock(
+    path: Path,
+    header: str,
+    resolution: Resolution,
+    table: dict[str, Any],
+    merge: Callable[[dict[str, Any], Mapping[str, Any] | None, bool], list[str]],
+) -> list[str]:
+    """Write `header`, uv's lock and `[tool.provision]` = `table` to `path`, atomically and under
+    the lock's file lock. `merge(table, previous, same_packages)` first carries over what the
+    previous lock there recorded; it returns what it kept, and so does this."""
+    import tomli_w
+
+    new_packages = package_set(resolution.data)
+    with file_lock(str(path) + ".lock"):
+        old = read_previous(path)
+        kept = merge(table, old, old is not None and package_set(old) == new_packages)
+        tool = tomli_w.dumps({"tool": {"provision": table}})
+        # uv's part was parsed in resolve() and has no [tool] table (no key of ours can clash),
+        # so appending a table that parses on its own keeps the file valid TOML.
+        tomllib.loads(tool)
+        if "tool" in resolution.data:  # pragma: no cover - uv writes none today
+            raise ProvisionError("uv's lock already has a [tool] table; cannot add ours.")
+        atomic_write_text(path, header + resolution.text.rstrip("\n") + "\n\n" + tool)
+    return kept
 
 
 # --- the public entry points -----------------------------------------------------------------
@@ -347,11 +422,7 @@ def lock_profile(
         prof, task, facts, python, config, torch_index=torch_index, variant=variant
     )
     path = Path(output) if output else lock_path(prof.name, lock_dir, task)
-    if path.name != "pylock.toml" and not re.fullmatch(r"pylock\.[^.]+\.toml", path.name):
-        raise ProvisionError(
-            f"Lock file name {path.name!r} is not a PEP 751 name.",
-            "Name it pylock.toml or pylock.<name>.toml, where <name> has no dots.",
-        )
+    check_lock_name(path)
     resolution = resolve(
         [rset],
         python,
@@ -372,29 +443,20 @@ def lock_profile(
             "stack": spec.stack,
             "builtin": prof.builtin,
         },
-        "target": _target(plan, python, platform, facts),
-        "indexes": _indexes(plan, config),
-        "model": _model(prof),
+        "target": target_table(plan, python, platform, facts),
+        "indexes": indexes_table(plan, config),
+        "model": model_table(prof),
         "fixes": {"apply": list(prof.fixes)},
-        "env": {k: v for k, v in resolution.install_env.items() if not _SECRET.search(k)},
+        "env": public_env(resolution.install_env),
         "smoke": {},
     }
-    new_packages = {(p.name, p.version) for p in resolution.packages}
-
-    import tomli_w
-
-    with file_lock(str(path) + ".lock"):
-        old = _read_existing(path) if path.exists() else None
-        same = old is not None and _package_set(old) == new_packages
-        kept = _merge_previous(table, old, same, prof)
-        tool = tomli_w.dumps({"tool": {"provision": table}})
-        # uv's part was parsed in resolve() and has no [tool] table (no key of ours can clash),
-        # so appending a table that parses on its own keeps the file valid TOML.
-        tomllib.loads(tool)
-        if "tool" in resolution.data:  # pragma: no cover - uv writes none today
-            raise ProvisionError("uv's lock already has a [tool] table; cannot add ours.")
-        text = _header(prof, task) + resolution.text.rstrip("\n") + "\n\n" + tool
-        atomic_write_text(path, text)
+    kept = write_lock(
+        path,
+        _header(prof, task),
+        resolution,
+        table,
+        lambda new, old, same: _merge_previous(new, old, same, prof),
+    )
     return LockResult(
         path, prof.name, task, python, platform, facts, plan, config, resolution, table, kept
     )
@@ -404,6 +466,11 @@ def builtin_lock_dir(explicit: str | os.PathLike[str] | None = None) -> Path:
     """Where the built-in profiles' locks live: the flag, PROVISION_LOCK_DIR, else lockfiles/."""
     chosen = explicit or os.environ.get(LOCK_DIR_ENV)
     return Path(chosen).expanduser() if chosen else builtin_dir("lockfiles")
+
+
+def pypi_build_facts() -> DriverFacts:
+    """The driver facts the committed locks are made with: none, PyPI's torch build decides."""
+    return DriverFacts(None, None, [], [], "not used: --all locks PyPI's build", [])
 
 
 def _builtin_profiles(names: Sequence[str] | None = None) -> list[Profile]:
@@ -442,7 +509,7 @@ def lock_builtins(
     """Regenerate the built-in profiles' locks: PyPI's torch build, resolved against PyPI only
     (so the committed files are real, and reproducible anywhere PyPI is reachable)."""
     directory = builtin_lock_dir(lock_dir)
-    facts = DriverFacts(None, None, [], [], "not used: --all locks PyPI's build", [])
+    facts = pypi_build_facts()
     items = []
     for prof in sorted(_builtin_profiles(names), key=lambda p: p.name):
         for task in prof.tasks:
@@ -501,18 +568,45 @@ def check_lock(
     return CheckResult(prof.name, task, lock, not reasons, reasons)
 
 
-def stale_reasons(profile: Profile, task: str, lock: Path) -> list[str]:
+def lock_file_reasons(lock: Path) -> tuple[dict[str, Any] | None, list[str]]:
+    """The lock's data (None when it cannot be read) and what is wrong with it as a PEP 751
+    lock, whatever it was made for."""
     if not lock.exists():
-        return [f"{lock} does not exist"]
+        return None, [f"{lock} does not exist"]
     try:
         data = tomllib.loads(lock.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
-        return [f"{lock} is not a readable TOML file ({exc})"]
+        return None, [f"{lock} is not a readable TOML file ({exc})"]
     reasons = []
     if data.get("lock-version") != "1.0":
         reasons.append(f"lock-version is {data.get('lock-version')!r}, not '1.0' (PEP 751)")
     if not data.get("packages"):
         reasons.append("it locks no packages")
+    return data, reasons
+
+
+def pin_reasons(requirements: Sequence[str], data: Mapping[str, Any], pinned_by: str) -> list[str]:
+    """Each `name==version` requirement the lock does not hold at that version (local labels
+    such as +cu124 aside); `pinned_by` names who asks for it in the message."""
+    locked = {canonical(p["name"]): str(p.get("version", "")) for p in data.get("packages", [])}
+    reasons = []
+    for requirement in requirements:
+        match = PIN.match(requirement)
+        if not match:
+            continue
+        name, version = canonical(match.group(1)), match.group(3)
+        have = locked.get(name)
+        if have is None:
+            reasons.append(f"{name} is not in the lock")
+        elif have.split("+", 1)[0] != version.split("+", 1)[0]:
+            reasons.append(f"{name} is locked at {have}, {pinned_by} pins {version}")
+    return reasons
+
+
+def stale_reasons(profile: Profile, task: str, lock: Path) -> list[str]:
+    data, reasons = lock_file_reasons(lock)
+    if data is None:
+        return reasons
     table = tool_table(data)
     recorded = table.get("profile", {})
     if recorded.get("name") != profile.name:
@@ -528,22 +622,11 @@ def stale_reasons(profile: Profile, task: str, lock: Path) -> list[str]:
             f"what {profile.path.name} says about task {task} (packages, Python, model source, "
             f"fixes) changed since the lock was made"
         )
-    locked = {canonical(p["name"]): str(p.get("version", "")) for p in data.get("packages", [])}
     try:
         wanted = profile.task(task).packages
     except ProvisionError as exc:
         return reasons + [exc.message]
-    for requirement in wanted:
-        match = _PIN.match(requirement)
-        if not match:
-            continue
-        name, version = canonical(match.group(1)), match.group(3)
-        have = locked.get(name)
-        if have is None:
-            reasons.append(f"{name} is not in the lock")
-        elif have.split("+", 1)[0] != version.split("+", 1)[0]:
-            reasons.append(f"{name} is locked at {have}, the profile pins {version}")
-    return reasons
+    return reasons + pin_reasons(wanted, data, "the profile")
 
 
 def check_builtins(lock_dir: str | os.PathLike[str] | None = None) -> list[CheckResult]:
