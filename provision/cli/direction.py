@@ -8,8 +8,10 @@ from typing import Annotated, Any
 import typer
 
 from provision.cli.check import DriverOpt, GpuMemOpt, GpuOpt, GpusOpt, planned_machine
+from provision.cli.lock import emit_checks, emit_locked, lock_machine
 from provision.cli.output import JsonFlag, emit, use_json
 from provision.cli.profiles import ProfilesDir
+from provision.cli.setup import progress_printer, show_partial, stage_table
 
 DirectionsDir = Annotated[
     str | None,
@@ -55,15 +57,6 @@ def _load(name: str, directions_dir: str | None, profiles_dir: str | None) -> An
     from provision.directions import load_direction
 
     return load_direction(name, directions_dir, profiles_dir)
-
-
-def _machine(gpu: str | None, gpu_mem: str | None, gpus: int | None, driver: str | None) -> Any:
-    if driver and gpu is None and gpu_mem is None:
-        # A driver alone is enough to choose a build: plan for it without sizing any GPU.
-        from provision.hardware.machine import Machine, cuda_for_driver
-
-        return Machine([], driver, cuda_for_driver(driver), source="target", planned=True)
-    return planned_machine(gpu, gpu_mem, gpus, driver)
 
 
 def _conflict_exit(exc: Any, json_output: bool) -> None:
@@ -321,7 +314,7 @@ def lock(
     try:
         result = lock_direction(
             direction,
-            machine=_machine(gpu, gpu_mem, gpus, driver),
+            machine=lock_machine(gpu, gpu_mem, gpus, driver),
             python=python,
             torch_index=torch_index,
             output=output,
@@ -361,7 +354,7 @@ def _check_locks(
     json_output: bool,
 ) -> None:
     from provision.directions_lock import check_builtin_directions, check_direction_lock
-    from provision.errors import EXIT_FAILED, CheckFailed, ProvisionError
+    from provision.errors import ProvisionError
 
     if all_directions or not name:
         if name or output:
@@ -370,46 +363,20 @@ def _check_locks(
     else:
         direction = _load(name, directions_dir, profiles_dir)
         results = [check_direction_lock(direction, output, profiles_dir, lock_dir)]
-
-    def render(con: Any) -> None:
-        from rich.markup import escape
-
-        for item in results:
-            mark = "[green]fresh[/]" if item.fresh else "[red]stale[/]"
-            con.print(f"{mark} {escape(str(item.path))} (direction {item.profile})")
-            for reason in item.reasons:
-                con.print(f"    {escape(reason)}")
-
-    emit(results, render, json_output)
-    stale = [r for r in results if not r.fresh]
-    if stale:
-        if use_json(json_output):
-            raise typer.Exit(EXIT_FAILED)
-        raise CheckFailed(
-            f"{len(stale)} of {len(results)} direction lockfile(s) stale.",
-            "Lock again: provision direction lock NAME (or provision direction lock --all).",
-        )
+    emit_checks(
+        results,
+        json_output,
+        lambda item: f"direction {item.profile}",
+        "direction lockfile(s)",
+        "Lock again: provision direction lock NAME (or provision direction lock --all).",
+    )
 
 
 def _lock_all(lock_dir: str | None, upgrade: bool, json_output: bool) -> None:
     from provision.directions_lock import lock_builtin_directions
-    from provision.errors import EXIT_FAILED, CheckFailed
 
     items = lock_builtin_directions(lock_dir, upgrade=upgrade)
-
-    def render(con: Any) -> None:
-        from rich.markup import escape
-
-        for item in items:
-            mark = "[green]locked[/]" if item.ok else "[red]failed[/]"
-            con.print(f"{mark} direction {item.profile}: {escape(item.message)}")
-
-    emit(items, render, json_output)
-    failed = [i for i in items if not i.ok]
-    if failed:
-        if use_json(json_output):
-            raise typer.Exit(EXIT_FAILED)
-        raise CheckFailed(f"{len(failed)} of {len(items)} direction locks failed (listed above).")
+    emit_locked(items, json_output, lambda item: f"direction {item.profile}", "direction locks")
 
 
 # --- setup ----------------------------------------------------------------------------------------
@@ -454,7 +421,7 @@ def setup(
     """One environment for the whole direction: weights, fixes and a smoke for every member."""
     from provision.directions_setup import LockOptions, setup_direction
     from provision.errors import ProvisionError
-    from provision.setup import SetupOptions, StageReport
+    from provision.setup import SetupOptions
 
     direction = _load(name, directions_dir, profiles_dir)
     options = SetupOptions(
@@ -470,39 +437,22 @@ def setup(
     )
     lock_options = LockOptions(python, torch_index, variant, not ignore_pip_config)
     quiet = use_json(json_output)
-
-    def progress(report: StageReport) -> None:
-        if quiet:
-            return
-        from provision.cli.output import console
-
-        mark = {"done": "ok", "skipped": "--", "failed": "!!", "not run": "  "}[report.status]
-        console().print(f"[{mark}] {report.name}: {report.detail}", markup=False)
-
     try:
-        result = setup_direction(direction, options, lock_options, progress)
+        result = setup_direction(direction, options, lock_options, progress_printer(quiet))
     except ProvisionError as exc:
         _conflict_exit(exc, json_output)
-        partial = getattr(exc, "setup_result", None)
-        if partial is not None and not quiet:
-            _render_setup(partial)
+        show_partial(exc, _render_setup, quiet)
         raise
     emit(result, lambda con: _render_setup(result, con), json_output)
 
 
 def _render_setup(result: Any, con: Any = None) -> None:
     from rich.markup import escape
-    from rich.table import Table
 
     from provision.cli.output import console
 
     con = con or console()
-    table = Table(title=f"provision direction setup {result.direction}")
-    for col in ("stage", "status", "what it did", "seconds"):
-        table.add_column(col, justify="right" if col == "seconds" else "left")
-    for stage in result.setup.stages:
-        table.add_row(stage.name, stage.status, escape(stage.detail), f"{stage.seconds:.1f}")
-    con.print(table)
+    stage_table(con, f"provision direction setup {result.direction}", result.setup.stages)
     con.print(f"Environment: {result.env}\nLockfile: {result.lock}")
     con.print(f"Weights cache: {result.shared.hf_home}")
     for note in [*result.shared.notes, *getattr(result, "notes", [])]:
@@ -575,7 +525,7 @@ def _lock_kwargs(
     ignore_pip_config: bool,
 ) -> dict[str, Any]:
     return {
-        "machine": _machine(gpu, gpu_mem, gpus, driver),
+        "machine": lock_machine(gpu, gpu_mem, gpus, driver),
         "python": python,
         "torch_index": torch_index,
         "variant": variant,

@@ -2,20 +2,13 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from typing import Annotated, Any
 
 import typer
 
 from provision.cli.output import JsonFlag, emit, use_json
-
-ProfilesDir = Annotated[
-    str | None,
-    typer.Option(
-        "--profiles-dir",
-        envvar="PROVISION_PROFILES_DIR",
-        help="Folder of your own profile TOML files (searched before the built-ins).",
-    ),
-]
+from provision.cli.profiles import ProfilesDir
 
 
 def lock(
@@ -101,20 +94,12 @@ def lock(
             "Which profile? e.g. provision lock qwen2.5-vl-7b",
             "`provision profiles` lists them; --all locks every built-in one.",
         )
-    from provision.hardware.catalogue import target_machine
     from provision.lock.locking import lock_profile
 
-    if driver and gpu is None and gpu_mem is None:
-        # A driver alone is enough to choose a build: plan for it without sizing any GPU.
-        from provision.hardware.machine import Machine, cuda_for_driver
-
-        machine = Machine([], driver, cuda_for_driver(driver), source="target", planned=True)
-    else:
-        machine = target_machine(gpu=gpu, gpu_mem=gpu_mem, gpus=gpus, driver=driver)
     result = lock_profile(
         profile,
         task,
-        machine=machine,
+        machine=lock_machine(gpu, gpu_mem, gpus, driver),
         python=python,
         torch_index=torch_index,
         output=output,
@@ -149,6 +134,63 @@ def lock(
     emit(result, render, json_output)
 
 
+def lock_machine(gpu: str | None, gpu_mem: str | None, gpus: int | None, driver: str | None) -> Any:
+    """The machine a lock is planned for (None: this one). Shared with `direction lock`."""
+    if driver and gpu is None and gpu_mem is None:
+        # A driver alone is enough to choose a build: plan for it without sizing any GPU.
+        from provision.hardware.machine import Machine, cuda_for_driver
+
+        return Machine([], driver, cuda_for_driver(driver), source="target", planned=True)
+    from provision.cli.check import planned_machine
+
+    return planned_machine(gpu, gpu_mem, gpus, driver)
+
+
+def emit_checks(
+    results: Sequence[Any], json_output: bool, label: Callable[[Any], str], what: str, hint: str
+) -> None:
+    """Print `--check` results (fresh or stale, and why); exit 1 when any is stale.
+    `label(item)` names what each lock is for; `what` says what was checked, `hint` the fix."""
+    from provision.errors import EXIT_FAILED, CheckFailed
+
+    def render(con: Any) -> None:
+        from rich.markup import escape
+
+        for item in results:
+            mark = "[green]fresh[/]" if item.fresh else "[red]stale[/]"
+            con.print(f"{mark} {escape(str(item.path))} ({label(item)})")
+            for reason in item.reasons:
+                con.print(f"    {escape(reason)}")
+
+    emit(results, render, json_output)
+    stale = [r for r in results if not r.fresh]
+    if stale:
+        if use_json(json_output):
+            raise typer.Exit(EXIT_FAILED)  # the JSON above already says which and why
+        raise CheckFailed(f"{len(stale)} of {len(results)} {what} stale.", hint)
+
+
+def emit_locked(
+    items: Sequence[Any], json_output: bool, label: Callable[[Any], str], what: str
+) -> None:
+    """Print `--all` lock results (locked or failed, and the summary); exit 1 when any failed."""
+    from provision.errors import EXIT_FAILED, CheckFailed
+
+    def render(con: Any) -> None:
+        from rich.markup import escape
+
+        for item in items:
+            mark = "[green]locked[/]" if item.ok else "[red]failed[/]"
+            con.print(f"{mark} {label(item)}: {escape(item.message)}")
+
+    emit(items, render, json_output)
+    failed = [i for i in items if not i.ok]
+    if failed:
+        if use_json(json_output):
+            raise typer.Exit(EXIT_FAILED)
+        raise CheckFailed(f"{len(failed)} of {len(items)} {what} failed (listed above).")
+
+
 def _check(
     profile: str | None,
     task: str,
@@ -158,7 +200,7 @@ def _check(
     profiles_dir: str | None,
     json_output: bool,
 ) -> None:
-    from provision.errors import EXIT_FAILED, CheckFailed, ProvisionError
+    from provision.errors import ProvisionError
     from provision.lock.locking import check_builtins, check_lock
 
     if all_profiles or not profile:
@@ -171,49 +213,23 @@ def _check(
         results += check_builtin_directions(lock_dir)
     else:
         results = [check_lock(profile, task, output, profiles_dir, lock_dir)]
-
-    def render(con: Any) -> None:
-        from rich.markup import escape
-
-        for item in results:
-            mark = "[green]fresh[/]" if item.fresh else "[red]stale[/]"
-            con.print(f"{mark} {escape(str(item.path))} ({item.profile}, {item.task})")
-            for reason in item.reasons:
-                con.print(f"    {escape(reason)}")
-
-    emit(results, render, json_output)
-    stale = [r for r in results if not r.fresh]
-    if stale:
-        if use_json(json_output):
-            raise typer.Exit(EXIT_FAILED)  # the JSON above already says which and why
-        raise CheckFailed(
-            f"{len(stale)} of {len(results)} lockfile(s) stale.",
-            "Lock again: provision lock PROFILE [--task T] (or provision lock --all).",
-        )
+    emit_checks(
+        results,
+        json_output,
+        lambda item: f"{item.profile}, {item.task}",
+        "lockfile(s)",
+        "Lock again: provision lock PROFILE [--task T] (or provision lock --all).",
+    )
 
 
 def _lock_all(lock_dir: str | None, upgrade: bool, json_output: bool) -> None:
     from provision.directions_lock import lock_builtin_directions
-    from provision.errors import EXIT_FAILED, CheckFailed
     from provision.lock.locking import lock_builtins
 
     items = lock_builtins(lock_dir, upgrade=upgrade) + lock_builtin_directions(
         lock_dir, upgrade=upgrade
     )
-
-    def render(con: Any) -> None:
-        from rich.markup import escape
-
-        for item in items:
-            mark = "[green]locked[/]" if item.ok else "[red]failed[/]"
-            con.print(f"{mark} {item.profile} ({item.task}): {escape(item.message)}")
-
-    emit(items, render, json_output)
-    failed = [i for i in items if not i.ok]
-    if failed:
-        if use_json(json_output):
-            raise typer.Exit(EXIT_FAILED)
-        raise CheckFailed(f"{len(failed)} of {len(items)} locks failed (listed above).")
+    emit_locked(items, json_output, lambda item: f"{item.profile} ({item.task})", "locks")
 
 
 def register(app: typer.Typer) -> None:

@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
 from provision.cli.output import JsonFlag, emit, use_json
 from provision.cli.profiles import ProfilesDir
+
+if TYPE_CHECKING:
+    from provision.setup import StageReport
 
 
 def setup(
@@ -46,7 +50,7 @@ def setup(
 ) -> None:
     """Make this machine ready for PROFILE; a re-run continues where the last one stopped."""
     from provision.errors import ProvisionError
-    from provision.setup import SetupOptions, StageReport, run_setup
+    from provision.setup import SetupOptions, run_setup
 
     options = SetupOptions(
         task=task,
@@ -61,6 +65,16 @@ def setup(
         profiles_dir=profiles_dir,
     )
     quiet = use_json(json_output)
+    try:
+        result = run_setup(profile, options, progress_printer(quiet))
+    except ProvisionError as exc:
+        show_partial(exc, render, quiet)
+        raise
+    emit(result, lambda con: render(result, con), json_output)
+
+
+def progress_printer(quiet: bool) -> Callable[[StageReport], None]:
+    """Setup's progress callback: one line a stage as it ends (nothing under --json)."""
 
     def progress(report: StageReport) -> None:
         if quiet:
@@ -70,28 +84,35 @@ def setup(
         mark = {"done": "ok", "skipped": "--", "failed": "!!", "not run": "  "}[report.status]
         console().print(f"[{mark}] {report.name}: {report.detail}", markup=False)
 
-    try:
-        result = run_setup(profile, options, progress)
-    except ProvisionError as exc:
-        partial = getattr(exc, "setup_result", None)
-        if partial is not None and not quiet:
-            render(partial)
-        raise
-    emit(result, lambda con: render(result, con), json_output)
+    return progress
+
+
+def show_partial(exc: Exception, render_result: Callable[[Any], None], quiet: bool) -> None:
+    """A setup that failed part-way: print how far it got (the error follows), unless --json."""
+    partial = getattr(exc, "setup_result", None)
+    if partial is not None and not quiet:
+        render_result(partial)
+
+
+def stage_table(con: Any, title: str, stages: Any) -> None:
+    """The stages as a table: what each did and how long it took."""
+    from rich.markup import escape
+    from rich.table import Table
+
+    table = Table(title=title)
+    for col in ("stage", "status", "what it did", "seconds"):
+        table.add_column(col, justify="right" if col == "seconds" else "left")
+    for stage in stages:
+        # escaped: a detail such as "torch 2.13.0 [cpu]" is text, not rich markup
+        table.add_row(stage.name, stage.status, escape(stage.detail), f"{stage.seconds:.1f}")
+    con.print(table)
 
 
 def render(result: Any, con: Any = None) -> None:
-    from rich.table import Table
-
     from provision.cli.output import console
 
     con = con or console()
-    table = Table(title=f"provision setup {result.profile}")
-    for col in ("stage", "status", "what it did", "seconds"):
-        table.add_column(col, justify="right" if col == "seconds" else "left")
-    for stage in result.stages:
-        table.add_row(stage.name, stage.status, stage.detail, f"{stage.seconds:.1f}")
-    con.print(table)
+    stage_table(con, f"provision setup {result.profile}", result.stages)
     con.print(f"Environment: {result.env}\nLockfile: {result.lock_file}")
 
 
