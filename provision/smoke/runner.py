@@ -215,13 +215,26 @@ def load_image(path: str):
         return img.convert("RGB")
 
 
-class TransformersBackend:
-    name = "transformers"
+class Backend:
+    """What every stack's backend is given: the request, the device and the memory meter."""
 
-    def __init__(self, request: dict, device: str, memory: Memory) -> None:
+    name = ""
+
+    def __init__(self, request: dict, device: str, memory: Memory | DeviceMemory) -> None:
         self.request = request
         self.device = device
         self.memory = memory
+
+
+class ServingBackend(Backend):
+    """Serving stacks take the prompt and the image as they are and template them themselves."""
+
+    def inputs(self, prompt: str, image) -> dict:
+        return {"prompt": prompt, "image": image}
+
+
+class TransformersBackend(Backend):
+    name = "transformers"
 
     def load(self, report: dict) -> None:
         import torch
@@ -335,13 +348,8 @@ class TransformersBackend:
         )
 
 
-class LMDeployBackend:
+class LMDeployBackend(ServingBackend):
     name = "lmdeploy"
-
-    def __init__(self, request: dict, device: str, memory: DeviceMemory) -> None:
-        self.request = request
-        self.device = device
-        self.memory = memory
 
     def load(self, report: dict) -> None:
         import lmdeploy
@@ -368,9 +376,6 @@ class LMDeployBackend:
         report["model_class"] = f"lmdeploy pipeline ({engine})"
         report["dtype"] = getattr(config, "dtype", "auto")
 
-    def inputs(self, prompt: str, image) -> dict:
-        return {"prompt": prompt, "image": image}
-
     def generate(self, inputs: dict, mode: str, max_new_tokens: int) -> dict:
         from lmdeploy import GenerationConfig
 
@@ -393,13 +398,8 @@ class LMDeployBackend:
         return False, "lmdeploy serves greedy/sampled decoding; group beam search is transformers'"
 
 
-class VLLMBackend:
+class VLLMBackend(ServingBackend):
     name = "vllm"
-
-    def __init__(self, request: dict, device: str, memory: DeviceMemory) -> None:
-        self.request = request
-        self.device = device
-        self.memory = memory
 
     def load(self, report: dict) -> None:
         from vllm import LLM
@@ -417,9 +417,6 @@ class VLLMBackend:
         report["model_class"] = "vllm LLM"
         model_config = getattr(getattr(self.llm, "llm_engine", None), "model_config", None)
         report["dtype"] = str(getattr(model_config, "dtype", "auto")).replace("torch.", "")
-
-    def inputs(self, prompt: str, image) -> dict:
-        return {"prompt": prompt, "image": image}
 
     def generate(self, inputs: dict, mode: str, max_new_tokens: int) -> dict:
         import base64
