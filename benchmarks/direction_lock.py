@@ -22,16 +22,14 @@ from __future__ import annotations
 import argparse
 import os
 import statistics
-import subprocess
 import sys
 import tempfile
-import time
-from collections.abc import Callable, Sequence
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from benchmarks.timing import race, timed  # noqa: E402
 from provision.directions import builtin_directions  # noqa: E402
 from provision.directions_lock import prepare_lock  # noqa: E402
 from provision.hardware.driver import DriverFacts  # noqa: E402
@@ -39,25 +37,6 @@ from provision.lock.resolve import uv_binary  # noqa: E402
 
 PLATFORM = "x86_64-manylinux_2_28"
 PYPI = "https://pypi.org/simple"
-
-
-def timed(command: Sequence[str], env: dict[str, str], cwd: Path) -> float:
-    started = time.perf_counter()
-    done = subprocess.run(command, env=env, cwd=cwd, capture_output=True, text=True)
-    elapsed = time.perf_counter() - started
-    if done.returncode != 0:
-        raise RuntimeError(f"{' '.join(command)} failed:\n{done.stderr[-2000:]}")
-    return elapsed
-
-
-def race(tools: dict[str, Callable[[], float]], runs: int) -> dict[str, float]:
-    for run in tools.values():  # warm every cache once, untimed
-        run()
-    times: dict[str, list[float]] = {name: [] for name in tools}
-    for _ in range(runs):
-        for name, run in tools.items():
-            times[name].append(run())
-    return {name: statistics.median(values) for name, values in times.items()}
 
 
 def main() -> None:
@@ -103,10 +82,11 @@ def main() -> None:
                        "--quiet", "-o", "pylock.toml"]  # fmt: skip
             return timed(command, env, work)
 
-        results = race(
+        times = race(
             {"direction lock": joint, "per-profile locks": separate, "uv by hand": by_hand},
             args.runs,
         )
+    results = {name: statistics.median(values) for name, values in times.items()}
     print(f"direction {direction.name}: {len(direction.members)} members, {len(pairs)} tasks")
     for name, seconds in results.items():
         print(f"  {name:<18} {seconds:7.2f} s")

@@ -24,13 +24,13 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from benchmarks.timing import race, timed  # noqa: E402
 from provision.hardware.driver import DriverFacts  # noqa: E402
 from provision.lock.resolve import uv_binary  # noqa: E402
 from provision.profiles import load_profile  # noqa: E402
@@ -38,25 +38,6 @@ from provision.torch_select import plan_torch  # noqa: E402
 
 PLATFORM = "x86_64-manylinux_2_28"
 PYPI = "https://pypi.org/simple"
-
-
-def timed(command: Sequence[str], env: dict[str, str], cwd: Path) -> float:
-    started = time.perf_counter()
-    done = subprocess.run(command, env=env, cwd=cwd, capture_output=True, text=True)
-    elapsed = time.perf_counter() - started
-    if done.returncode != 0:
-        raise RuntimeError(f"{' '.join(command)} failed:\n{done.stderr[-2000:]}")
-    return elapsed
-
-
-def race(tools: dict[str, Callable[[], float]], runs: int) -> dict[str, list[float]]:
-    for run in tools.values():  # warm every cache once, untimed
-        run()
-    times: dict[str, list[float]] = {name: [] for name in tools}
-    for _ in range(runs):
-        for name, run in tools.items():
-            times[name].append(run())
-    return times
 
 
 def report(title: str, times: dict[str, list[float]]) -> None:
@@ -85,6 +66,28 @@ def base_env(work: Path) -> dict[str, str]:
     env.update({"UV_PYTHON_DOWNLOADS": "never", "NO_COLOR": "1", "PIP_CONFIG_FILE": os.devnull})
     env["PROVISION_LOCK_DIR"] = str(work / "locks")
     return env
+
+
+def uv_compile(requirements: Path, python: str, index: str, output: Path, *extra: str) -> list[str]:
+    """The `uv pip compile` a user would type for a pylock.toml with hashes."""
+    return [
+        uv_binary(),
+        "pip",
+        "compile",
+        str(requirements),
+        "--format",
+        "pylock.toml",
+        "--generate-hashes",
+        "--python-version",
+        python,
+        "--python-platform",
+        PLATFORM,
+        "--default-index",
+        index,
+        *extra,
+        "-o",
+        str(output),
+    ]
 
 
 def pip_tools(work: Path) -> Path | None:
@@ -118,7 +121,6 @@ def scenario_pypi(profile_name: str, runs: int, with_pip_compile: bool, work: Pa
     req = work / "requirements.in"
     req.write_text("\n".join(plan.requirements) + "\n")
     env = base_env(work)
-    uv = uv_binary()
     tools: dict[str, Callable[[], float]] = {
         "provision lock": lambda: timed(
             [
@@ -137,25 +139,7 @@ def scenario_pypi(profile_name: str, runs: int, with_pip_compile: bool, work: Pa
             REPO,
         ),
         "uv pip compile": lambda: timed(
-            [
-                uv,
-                "pip",
-                "compile",
-                str(req),
-                "--format",
-                "pylock.toml",
-                "--generate-hashes",
-                "--python-version",
-                python,
-                "--python-platform",
-                PLATFORM,
-                "--default-index",
-                PYPI,
-                "-o",
-                str(work / "pylock.uv.toml"),
-            ],
-            env,
-            work,
+            uv_compile(req, python, PYPI, work / "pylock.uv.toml"), env, work
         ),
     }
     pip_compile = pip_tools(work) if with_pip_compile else None
@@ -208,7 +192,6 @@ def scenario_local(runs: int, work: Path) -> None:
         req.write_text(
             "torch==2.4.0+cu124\ntorchvision==0.19.0+cu124\ntransformers==4.44.0\ntinylib==1.0\n"
         )
-        uv = uv_binary()
         tools = {
             "provision lock": lambda: timed(
                 [
@@ -228,25 +211,9 @@ def scenario_local(runs: int, work: Path) -> None:
                 REPO,
             ),
             "uv pip compile": lambda: timed(
-                [
-                    uv,
-                    "pip",
-                    "compile",
-                    str(req),
-                    "--format",
-                    "pylock.toml",
-                    "--generate-hashes",
-                    "--python-version",
-                    "3.11",
-                    "--python-platform",
-                    PLATFORM,
-                    "--default-index",
-                    index.simple,
-                    "--index",
-                    torch_index,
-                    "-o",
-                    str(work / "pylock.localuv.toml"),
-                ],
+                uv_compile(
+                    req, "3.11", index.simple, work / "pylock.localuv.toml", "--index", torch_index
+                ),
                 env,
                 work,
             ),
