@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from provision.errors import ProvisionError
-from provision.hardware.machine import Machine, cuda_for_driver
+from provision.hardware.machine import Gpu, Machine, cuda_for_driver
 from provision.hardware.probe import driver_from_files, probe_nvidia_smi, probe_nvml, probe_proc
 
 DRIVER_ENV = "PROVISION_CUDA_DRIVER"
@@ -79,6 +79,14 @@ def check_driver_version(text: str, where: str) -> str:
     return value
 
 
+def _with_driver(
+    gpus: list[Gpu], version: str, source: str, looked: list[str], planned: bool = False
+) -> DriverFacts:
+    """Facts for `gpus` under a driver given as a version (an override, or read from a file)."""
+    machine = Machine(gpus=gpus, driver_version=version, planned=planned)
+    return _from_machine(machine, source, looked)
+
+
 def _from_machine(machine: Machine, source: str, looked: list[str]) -> DriverFacts:
     ccs = [g.compute_capability for g in machine.gpus if g.compute_capability]
     cuda = machine.cuda_version or cuda_for_driver(machine.driver_version)
@@ -118,14 +126,7 @@ def driver_facts(
         if override:
             looked.append(DRIVER_ENV)
             version = check_driver_version(override, DRIVER_ENV)
-            planned = Machine(
-                gpus=machine.gpus,
-                driver_version=version,
-                cuda_version=cuda_for_driver(version),
-                source="target",
-                planned=True,
-            )
-            return _from_machine(planned, DRIVER_ENV, looked)
+            return _with_driver(machine.gpus, version, DRIVER_ENV, looked, planned=True)
         # A described GPU without a driver: the caller assumes a driver that fits (and says so).
         facts = _from_machine(machine, "not given", looked)
         return facts
@@ -135,11 +136,7 @@ def driver_facts(
         version = check_driver_version(override, DRIVER_ENV)
         # The GPUs are still this machine's, when it has any.
         gpus = (nvml() or probe_proc(root) or Machine(gpus=[])).gpus
-        return _from_machine(
-            Machine(gpus=gpus, driver_version=version, cuda_version=cuda_for_driver(version)),
-            DRIVER_ENV,
-            looked,
-        )
+        return _with_driver(gpus, version, DRIVER_ENV, looked)
 
     looked.append("NVML")
     found = nvml()
@@ -155,11 +152,7 @@ def driver_facts(
         source = str(sys_file) if _readable_text(sys_file) else str(proc_file)
         proc_machine = probe_proc(root)
         gpus = proc_machine.gpus if proc_machine else []
-        return _from_machine(
-            Machine(gpus=gpus, driver_version=version, cuda_version=cuda_for_driver(version)),
-            source,
-            looked,
-        )
+        return _with_driver(gpus, version, source, looked)
 
     looked.append("nvidia-smi")
     found = nvidia_smi()
