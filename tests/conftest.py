@@ -86,3 +86,21 @@ def hub_client_env(hub_server, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) 
     for key in ("HF_TOKEN", "HF_HUB_OFFLINE", "HF_HUB_CACHE"):
         monkeypatch.delenv(key, raising=False)
     return env
+
+
+# --- checks that must stay offline (lock --check, direction lock staleness) -------------------
+
+
+@pytest.fixture
+def offline(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Any socket or subprocess (uv, a download) in the test fails it: files only."""
+    import socket
+    import subprocess
+
+    def refuse(*args: object, **kwargs: object) -> None:
+        raise AssertionError("this check must not touch the network or run uv (files only)")
+
+    monkeypatch.setattr(socket, "socket", refuse)
+    monkeypatch.setattr(socket, "create_connection", refuse)
+    monkeypatch.setattr(subprocess, "run", refuse)
+    monkeypatch.setattr(subprocess, "Popen", refuse)

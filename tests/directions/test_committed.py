@@ -3,9 +3,6 @@ resolved against PyPI only, fresh without network, and checked by `provision loc
 
 from __future__ import annotations
 
-import socket
-import subprocess
-
 import pytest
 
 from provision.directions import builtin_directions
@@ -16,17 +13,6 @@ from tests.cli_helpers import run_cli
 from tests.directions.helpers import read_toml
 
 DIRECTIONS = builtin_directions()
-
-
-@pytest.fixture
-def offline(monkeypatch):
-    def refuse(*args, **kwargs):
-        raise AssertionError("`lock --check` must not touch the network or run uv")
-
-    monkeypatch.setattr(socket, "socket", refuse)
-    monkeypatch.setattr(socket, "create_connection", refuse)
-    monkeypatch.setattr(subprocess, "run", refuse)
-    monkeypatch.setattr(subprocess, "Popen", refuse)
 
 
 def test_every_builtin_direction_has_a_fresh_lock_checked_offline(offline, monkeypatch):

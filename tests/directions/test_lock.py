@@ -4,7 +4,6 @@ membership changes that re-lock (or refuse, leaving the file as it was)."""
 
 from __future__ import annotations
 
-import socket
 import subprocess
 
 import pytest
@@ -24,17 +23,6 @@ from tests.directions.helpers import (
 )
 
 pytestmark = pytest.mark.slow
-
-
-@pytest.fixture
-def offline(monkeypatch):
-    def refuse(*args, **kwargs):
-        raise AssertionError("checking a direction lock must not touch the network or run uv")
-
-    monkeypatch.setattr(socket, "socket", refuse)
-    monkeypatch.setattr(socket, "create_connection", refuse)
-    monkeypatch.setattr(subprocess, "run", refuse)
-    monkeypatch.setattr(subprocess, "Popen", refuse)
 
 
 def test_joint_lock_of_two_tiny_profiles(tiny_pair):
