@@ -17,7 +17,6 @@ Files are hard-linked where the file system allows (a CUDA torch wheel is 2 GB),
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shutil
@@ -25,6 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from provision.digest import file_sha256
 from provision.errors import ProvisionError
 from provision.resources import PACKAGE_DIR
 
@@ -59,14 +59,6 @@ class StagedContext:
             "skipped": list(self.skipped),
             "bytes": self.bytes,
         }
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _place(src: Path, dest: Path) -> None:
@@ -160,7 +152,7 @@ def stage_context(
             for candidate in candidates:
                 if candidate is None or not candidate.is_file():
                     continue
-                if _sha256(candidate) != artifact.sha256:
+                if file_sha256(candidate) != artifact.sha256:
                     staged.skipped.append(str(candidate))
                     continue
                 target = wheels / artifact.filename

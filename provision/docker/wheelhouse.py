@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from provision.atomic import file_lock
+from provision.digest import file_sha256
 from provision.errors import ProvisionError
 
 CACHE_ENV = "PROVISION_WHEEL_CACHE"
@@ -115,22 +116,14 @@ def choose_files(spec: Any) -> list[Wanted]:
     return out
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def fetch(wanted: Wanted, cache: Path | None = None, timeout: float = 120) -> Path:
     """The file, from the cache, from this machine, or downloaded; always hash-checked."""
     cache = cache or cache_dir()
     target = cache / wanted.sha256[:2] / wanted.sha256 / wanted.filename
-    if target.exists() and _sha256(target) == wanted.sha256:
+    if target.exists() and file_sha256(target) == wanted.sha256:
         return target
     if wanted.local is not None and wanted.local.is_file():
-        if _sha256(wanted.local) != wanted.sha256:
+        if file_sha256(wanted.local) != wanted.sha256:
             raise ProvisionError(
                 f"{wanted.local} does not match the lock's sha256 for {wanted.package} "
                 f"{wanted.version}.",
@@ -145,7 +138,7 @@ def fetch(wanted: Wanted, cache: Path | None = None, timeout: float = 120) -> Pa
         )
     target.parent.mkdir(parents=True, exist_ok=True)
     with file_lock(str(target) + ".lock"):
-        if target.exists() and _sha256(target) == wanted.sha256:
+        if target.exists() and file_sha256(target) == wanted.sha256:
             return target
         fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=".part-")
         try:

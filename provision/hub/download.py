@@ -9,7 +9,6 @@ already pins a commit, that commit is what is fetched, and its hashes are what i
 
 from __future__ import annotations
 
-import hashlib
 import os
 import shutil
 import time
@@ -18,6 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from provision.digest import file_sha256
 from provision.errors import ProvisionError
 from provision.hub.cache import HfCache, ModelScopeCache
 from provision.hub.errors import SourceFailed, disk_full, gated_message
@@ -350,7 +350,7 @@ class _Plan:
         for f in files:
             blob = cache.blob(f.etag)
             if blob.exists() and blob.stat().st_size == f.size:
-                reused[f.path] = f.sha256 if f.lfs and f.sha256 else _sha256(blob)
+                reused[f.path] = f.sha256 if f.lfs and f.sha256 else file_sha256(blob)
                 cache.link(commit, f.path, f.etag)
                 continue
             jobs.append(
@@ -385,10 +385,10 @@ class _Plan:
         for outcome in outcomes:
             for f in files:
                 if cache.blob(f.etag) == outcome.job.target:
-                    hashes[f.path] = outcome.sha256 or _sha256(outcome.job.target)
+                    hashes[f.path] = outcome.sha256 or file_sha256(outcome.job.target)
         for f in files:  # same blob as another path in this run
             if f.path not in hashes:
-                hashes[f.path] = f.sha256 if f.lfs and f.sha256 else _sha256(cache.blob(f.etag))
+                hashes[f.path] = f.sha256 if f.lfs and f.sha256 else file_sha256(cache.blob(f.etag))
         self._check_pins(source.kind, repo_id, hashes)
         cache.write_ref(listing.revision, commit)
         cache.write_tree(commit, listing.files)
@@ -413,7 +413,7 @@ class _Plan:
         for f in files:
             target = cache.file(revision, f.path)
             if _verified(target, f.size, f.sha256):
-                reused[f.path] = f.sha256 or _sha256(target)
+                reused[f.path] = f.sha256 or file_sha256(target)
                 continue
             jobs.append(
                 Job(
@@ -432,7 +432,7 @@ class _Plan:
         outcomes = self._fetch(source, repo_id, jobs, headers, files, still_needed, None, snapshot)
         hashes = dict(reused)
         for outcome in outcomes:
-            hashes[outcome.job.path] = outcome.sha256 or _sha256(outcome.job.target)
+            hashes[outcome.job.path] = outcome.sha256 or file_sha256(outcome.job.target)
         self._check_pins("modelscope", repo_id, hashes)
         return self._result(source, listing, files, hashes, outcomes, self.ms_cache, snapshot)
 
@@ -533,19 +533,11 @@ def _modelscope_url(source: Source, repo_id: str, revision: str, path: str) -> s
     )
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        while block := handle.read(8 * 1024 * 1024):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def _verified(path: Path, size: int, sha256: str | None) -> bool:
     """A plain cached file (ModelScope's layout is named by path, not content) checked in full."""
     if not path.is_file() or path.stat().st_size != size:
         return False
-    return sha256 is None or _sha256(path) == sha256
+    return sha256 is None or file_sha256(path) == sha256
 
 
 def _check_space(where: Path, need: int, repo_id: str) -> None:

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from provision import __version__
+from provision.digest import file_sha256
 from provision.errors import ProvisionError
 from provision.hub.errors import SourceFailed, gated_message, unsafe_path
 from provision.hub.sources import Source
@@ -229,14 +230,6 @@ def _modelscope_commit(api: Any, repo_id: str, revision: str) -> str | None:
 # --- a local folder ------------------------------------------------------------------------------
 
 
-def _hash(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        while block := handle.read(8 * 1024 * 1024):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def local_listing(source: Source, repo_id: str, revision: str | None) -> Listing:
     """A folder as a source: a Hugging Face cache holding the repo, or the model's files.
 
@@ -255,7 +248,7 @@ def local_listing(source: Source, repo_id: str, revision: str | None) -> Listing
         rel = path.relative_to(folder).as_posix()
         if rel.startswith(".cache/") or rel.startswith(".git/"):
             continue
-        files.append(RemoteFile(rel, path.stat().st_size, _hash(path), lfs=True, origin=path))
+        files.append(RemoteFile(rel, path.stat().st_size, file_sha256(path), lfs=True, origin=path))
     if not files:
         raise ProvisionError(f"Source folder {folder} holds no files.")
     digest = hashlib.sha1(b"provision-local")
@@ -280,7 +273,7 @@ def _from_hf_cache(source: Source, storage: Path, repo_id: str, revision: str) -
     for path in sorted(p for p in snapshot.rglob("*") if p.is_file()):
         rel = path.relative_to(snapshot).as_posix()
         blob = path.resolve().name
-        sha = blob if SHA256_RE.match(blob) else _hash(path)
+        sha = blob if SHA256_RE.match(blob) else file_sha256(path)
         blob_id = blob if COMMIT_RE.match(blob) else None
         files.append(
             RemoteFile(rel, path.stat().st_size, sha, blob_id, lfs=blob_id is None, origin=path)

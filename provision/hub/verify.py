@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from provision.digest import file_sha256
 from provision.errors import ProvisionError
 from provision.hub.cache import HfCache, ModelScopeCache
 from provision.hub.download import _kind_of, model_record
@@ -72,14 +72,6 @@ class VerifyResult:
         }
 
 
-def _hash(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        while block := handle.read(8 * 1024 * 1024):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def verify_profile(
     profile: Profile,
     lock_file: Path | str | None = None,
@@ -142,7 +134,7 @@ def verify_profile(
             if check.actual_size != size:
                 check.status = "size"
             else:
-                check.actual_sha256 = _hash(where)
+                check.actual_sha256 = file_sha256(where)
                 if check.actual_sha256 != sha:
                     check.status = "sha256"
         result.checks.append(check)
