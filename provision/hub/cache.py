@@ -28,6 +28,7 @@ import json
 import os
 import shutil
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 
 from provision.atomic import atomic_write_text
@@ -41,6 +42,17 @@ _NO_SYMLINKS = {errno.EPERM, errno.ENOSYS, errno.ENOTSUP, errno.EOPNOTSUPP}
 def _symlinks_disabled() -> bool:
     """HF_HUB_DISABLE_SYMLINKS, read as huggingface_hub reads it."""
     return os.environ.get("HF_HUB_DISABLE_SYMLINKS", "").upper() in {"1", "ON", "YES", "TRUE"}
+
+
+@contextlib.contextmanager
+def _removed_on_failure(tmp: Path) -> Iterator[None]:
+    """Whatever fails inside (a copy, the rename into place), the temporary file goes too."""
+    try:
+        yield
+    except BaseException:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        raise
 
 
 def _inside(base: Path, path: Path) -> Path:
@@ -97,25 +109,17 @@ class HfCache:
             if exc.errno not in _NO_SYMLINKS:
                 raise
             return self._copy(pointer, self.blob(etag), tmp)
-        try:
+        with _removed_on_failure(tmp):
             os.replace(tmp, pointer)
-        except BaseException:
-            with contextlib.suppress(OSError):
-                tmp.unlink()
-            raise
         return pointer
 
     def _copy(self, pointer: Path, blob: Path, tmp: Path) -> Path:
         size = blob.stat().st_size
         if pointer.is_file() and not pointer.is_symlink() and pointer.stat().st_size == size:
             return pointer  # copied by an earlier run (the blob was verified before either)
-        try:
+        with _removed_on_failure(tmp):
             shutil.copyfile(blob, tmp)
             os.replace(tmp, pointer)
-        except BaseException:
-            with contextlib.suppress(OSError):
-                tmp.unlink()
-            raise
         return pointer
 
     def write_ref(self, revision: str, commit: str) -> None:
