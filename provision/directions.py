@@ -35,6 +35,7 @@ from provision.atomic import atomic_write_text, file_lock
 from provision.errors import ProvisionError
 from provision.profiles import NAME_RE, TASKS, Profile, load_profile, load_profile_file
 from provision.resources import builtin_dir
+from provision.schema import BOOL, CHECKED_APART, STR, STRLIST, validate
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -63,70 +64,25 @@ class DirectionError(ProvisionError):
         self.reason = reason
 
 
-# --- the schema, as data (as in provision/profiles.py) -------------------------------------------
-_STR = (str,)
-_BOOL = (bool,)
-_STRLIST = (list, str)
-
+# --- the schema, as data (checked by provision.schema.validate, as profiles are) ---------------
 MEMBER_SCHEMA = {
-    "profile": (_STR, True, "a profile name (see `provision profiles`)"),
-    "tasks": (_STRLIST, False, f"what the direction does with it: {', '.join(TASKS)}"),
-    "note": (_STR, False, "free text"),
+    "profile": (STR, True, "a profile name (see `provision profiles`)"),
+    "tasks": (STRLIST, False, f"what the direction does with it: {', '.join(TASKS)}"),
+    "note": (STR, False, "free text"),
 }
 ENVIRONMENT_SCHEMA = {
-    "path": (_STR, False, "where the environment lives; {data_dir} is the data disk"),
-    "shared": (_BOOL, False, "group-writable environment and cache for everyone on the machine"),
-    "group": (_STR, False, "the Unix group that shares the environment and the cache"),
+    "path": (STR, False, "where the environment lives; {data_dir} is the data disk"),
+    "shared": (BOOL, False, "group-writable environment and cache for everyone on the machine"),
+    "group": (STR, False, "the Unix group that shares the environment and the cache"),
 }
 DIRECTION_SCHEMA: dict[str, Any] = {
-    "name": (_STR, True, "direction name: lowercase letters, digits, '.', '-', '_'"),
-    "description": (_STR, True, "what the direction is for"),
-    "python": (_STR, False, "Python X.Y for the shared environment"),
-    "packages": (_STRLIST, False, "requirements the direction adds to its members'"),
+    "name": (STR, True, "direction name: lowercase letters, digits, '.', '-', '_'"),
+    "description": (STR, True, "what the direction is for"),
+    "python": (STR, False, "Python X.Y for the shared environment"),
+    "packages": (STRLIST, False, "requirements the direction adds to its members'"),
     "environment": ENVIRONMENT_SCHEMA,
-    "members": "members",  # an array of MEMBER_SCHEMA tables, checked on its own
+    "members": CHECKED_APART,  # an array of MEMBER_SCHEMA tables, checked in _check_semantics
 }
-
-
-def _tname(value: Any) -> str:
-    return {
-        str: "a string",
-        int: "an integer",
-        float: "a number",
-        bool: "a boolean",
-        list: "a list",
-        dict: "a table",
-    }.get(type(value), type(value).__name__)
-
-
-def _check_table(data: Any, schema: dict[str, Any], path: Path, prefix: str) -> None:
-    if not isinstance(data, dict):
-        raise DirectionError(
-            path, prefix.rstrip(".") or None, f"must be a table, got {_tname(data)}"
-        )
-    for key, value in data.items():
-        dotted = f"{prefix}{key}"
-        if key not in schema:
-            known = ", ".join(sorted(schema))
-            raise DirectionError(path, dotted, f"unknown key (known keys here: {known})")
-        spec = schema[key]
-        if isinstance(spec, dict):
-            _check_table(value, spec, path, dotted + ".")
-            continue
-        if spec == "members":
-            continue
-        types, _required, help_text = spec
-        if types == _STRLIST:
-            if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
-                raise DirectionError(path, dotted, f"must be a list of strings ({help_text})")
-        elif not isinstance(value, types):
-            want = " or ".join(t.__name__ for t in types).replace("str", "string")
-            raise DirectionError(path, dotted, f"must be {want}, got {_tname(value)} ({help_text})")
-    for key, spec in schema.items():
-        if key in data or isinstance(spec, (dict, str)):
-            continue
-        if spec[1]:
-            raise DirectionError(path, f"{prefix}{key}", f"missing ({spec[2]})")
 
 
 # --- the loaded form ------------------------------------------------------------------------------
@@ -275,7 +231,7 @@ def _check_semantics(
     seen: set[str] = set()
     for i, member in enumerate(members):
         key = f"members[{i}]"
-        _check_table(member, MEMBER_SCHEMA, path, key + ".")
+        validate(member, MEMBER_SCHEMA, path, DirectionError, key + ".")
         profile_name = member["profile"]
         if profile_name in seen:
             raise DirectionError(path, f"{key}.profile", f"{profile_name!r} is listed twice")
@@ -316,7 +272,7 @@ def parse_direction(
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise DirectionError(path, None, f"is not valid TOML ({exc})") from exc
-    _check_table(data, DIRECTION_SCHEMA, path, "")
+    validate(data, DIRECTION_SCHEMA, path, DirectionError)
     _check_semantics(data, path, profiles_dir, builtin_only)
     env = data.get("environment", {})
     return Direction(

@@ -18,6 +18,7 @@ from typing import Any
 
 from provision.errors import ProvisionError
 from provision.resources import builtin_dir
+from provision.schema import BOOL, INT, STR, STRLIST, validate
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -43,92 +44,85 @@ class ProfileError(ProvisionError):
         self.reason = reason
 
 
-# --- the schema, as data -------------------------------------------------------------------
+# --- the schema, as data (checked by provision.schema.validate) ---------------------------------
 # Each entry: key -> (python type(s), required?, help). Nested tables are dicts of the same.
-# `int` accepts TOML integers only; `float` accepts integers too.
-_STR = (str,)
-_INT = (int,)
-_NUM = (int, float)
-_BOOL = (bool,)
-_STRLIST = (list, str)  # a list of strings
-
 SOURCE_SCHEMA = {
-    "huggingface": (_STR, True, "Hugging Face repo id, e.g. Qwen/Qwen2.5-VL-7B-Instruct"),
-    "modelscope": (_STR, False, "ModelScope repo id"),
-    "revision": (_STR, False, "a pinned revision (branch, tag or 40-hex commit)"),
-    "gated": (_BOOL, True, "the hub asks for an accepted license and a token"),
-    "license": (_STR, False, "license name"),
-    "trust_remote_code": (_BOOL, False, "the model's code lives in its repository"),
-    "note": (_STR, False, "free text"),
+    "huggingface": (STR, True, "Hugging Face repo id, e.g. Qwen/Qwen2.5-VL-7B-Instruct"),
+    "modelscope": (STR, False, "ModelScope repo id"),
+    "revision": (STR, False, "a pinned revision (branch, tag or 40-hex commit)"),
+    "gated": (BOOL, True, "the hub asks for an accepted license and a token"),
+    "license": (STR, False, "license name"),
+    "trust_remote_code": (BOOL, False, "the model's code lives in its repository"),
+    "note": (STR, False, "free text"),
 }
 PARAMS_SCHEMA = {
-    "total": (_INT, True, "all parameters"),
-    "vision": (_INT, True, "vision encoder + projector parameters"),
-    "language": (_INT, True, "language model parameters incl. embeddings and lm_head"),
-    "source": (_STR, True, "where the numbers come from"),
+    "total": (INT, True, "all parameters"),
+    "vision": (INT, True, "vision encoder + projector parameters"),
+    "language": (INT, True, "language model parameters incl. embeddings and lm_head"),
+    "source": (STR, True, "where the numbers come from"),
 }
 WEIGHTS_SCHEMA = {
-    "dtype": (_STR, True, "stored dtype: bfloat16, float16 or float32"),
-    "bytes": (_INT, True, "bytes of the stored weights (sum of the checkpoint's tensors)"),
-    "format": (_STR, False, "safetensors or pytorch"),
-    "download_bytes": (_INT, False, "bytes a full download takes, if not `bytes`"),
-    "source": (_STR, True, "where the numbers come from"),
+    "dtype": (STR, True, "stored dtype: bfloat16, float16 or float32"),
+    "bytes": (INT, True, "bytes of the stored weights (sum of the checkpoint's tensors)"),
+    "format": (STR, False, "safetensors or pytorch"),
+    "download_bytes": (INT, False, "bytes a full download takes, if not `bytes`"),
+    "source": (STR, True, "where the numbers come from"),
 }
 TEXT_SCHEMA = {
-    "layers": (_INT, True, "decoder layers"),
-    "hidden": (_INT, True, "hidden size"),
-    "intermediate": (_INT, True, "MLP intermediate size"),
-    "heads": (_INT, True, "attention heads"),
-    "kv_heads": (_INT, True, "key/value heads"),
-    "head_dim": (_INT, True, "head dimension"),
-    "vocab": (_INT, True, "vocabulary size"),
-    "max_context": (_INT, True, "longest context the model is meant to use"),
-    "tie_word_embeddings": (_BOOL, True, "lm_head shares the embedding matrix"),
-    "sliding_window": (_INT, False, "tokens a sliding-window layer keeps"),
-    "global_layers": (_INT, False, "layers with full attention when others slide"),
-    "cross_attention_layers": (_INT, False, "layers that attend to image states (no text KV)"),
+    "layers": (INT, True, "decoder layers"),
+    "hidden": (INT, True, "hidden size"),
+    "intermediate": (INT, True, "MLP intermediate size"),
+    "heads": (INT, True, "attention heads"),
+    "kv_heads": (INT, True, "key/value heads"),
+    "head_dim": (INT, True, "head dimension"),
+    "vocab": (INT, True, "vocabulary size"),
+    "max_context": (INT, True, "longest context the model is meant to use"),
+    "tie_word_embeddings": (BOOL, True, "lm_head shares the embedding matrix"),
+    "sliding_window": (INT, False, "tokens a sliding-window layer keeps"),
+    "global_layers": (INT, False, "layers with full attention when others slide"),
+    "cross_attention_layers": (INT, False, "layers that attend to image states (no text KV)"),
     "prefill_logits_all": (
-        _BOOL,
+        BOOL,
         False,
         "generate computes logits for every prompt token (no logits_to_keep in forward)",
     ),
-    "source": (_STR, True, "where the numbers come from"),
+    "source": (STR, True, "where the numbers come from"),
 }
 IMAGE_SCHEMA = {
-    "tokens": (_INT, True, "tokens one image costs at the default resolution"),
-    "max_tokens": (_INT, False, "tokens one image can cost at the processor's maximum"),
-    "in_text_sequence": (_BOOL, False, "image tokens sit in the text sequence (false: cross-attn)"),
-    "encoder_tokens_per_image_token": (_INT, False, "vision-encoder patches per LLM image token"),
-    "encoder_hidden": (_INT, False, "vision encoder hidden size"),
-    "encoder_layers": (_INT, False, "vision encoder layers"),
-    "encoder_heads": (_INT, False, "vision encoder attention heads"),
+    "tokens": (INT, True, "tokens one image costs at the default resolution"),
+    "max_tokens": (INT, False, "tokens one image can cost at the processor's maximum"),
+    "in_text_sequence": (BOOL, False, "image tokens sit in the text sequence (false: cross-attn)"),
+    "encoder_tokens_per_image_token": (INT, False, "vision-encoder patches per LLM image token"),
+    "encoder_hidden": (INT, False, "vision encoder hidden size"),
+    "encoder_layers": (INT, False, "vision encoder layers"),
+    "encoder_heads": (INT, False, "vision encoder attention heads"),
     "encoder_dense_mask": (
-        _BOOL,
+        BOOL,
         False,
         "the encoder attends over all patches of a batch with one S x S mask (Qwen2-VL family)",
     ),
-    "rule": (_STR, False, "how the count follows from the resolution"),
-    "source": (_STR, True, "where the numbers come from"),
+    "rule": (STR, False, "how the count follows from the resolution"),
+    "source": (STR, True, "where the numbers come from"),
 }
 TASK_SCHEMA = {
-    "stack": (_STR, True, "a stack from provision/data/stacks.toml, e.g. vllm or ms-swift"),
-    "packages": (_STRLIST, True, "requirements, exact pins for torch, transformers and the stack"),
-    "zero": (_INT, False, "DeepSpeed ZeRO stage the stack uses by default for multi-GPU tuning"),
-    "python": (_STR, False, "Python version this task's environment needs, e.g. 3.10"),
+    "stack": (STR, True, "a stack from provision/data/stacks.toml, e.g. vllm or ms-swift"),
+    "packages": (STRLIST, True, "requirements, exact pins for torch, transformers and the stack"),
+    "zero": (INT, False, "DeepSpeed ZeRO stage the stack uses by default for multi-GPU tuning"),
+    "python": (STR, False, "Python version this task's environment needs, e.g. 3.10"),
 }
 SMOKE_SCHEMA = {
-    "prompt": (_STR, True, "the question asked about the bundled image"),
-    "max_new_tokens": (_INT, False, "answer length"),
-    "model_class": (_STR, False, "transformers Auto class to load with"),
+    "prompt": (STR, True, "the question asked about the bundled image"),
+    "max_new_tokens": (INT, False, "answer length"),
+    "model_class": (STR, False, "transformers Auto class to load with"),
 }
 PROFILE_SCHEMA: dict[str, Any] = {
-    "name": (_STR, True, "profile name: lowercase letters, digits, '.', '-', '_'"),
-    "title": (_STR, True, "display name"),
-    "family": (_STR, True, "model family, for suggesting siblings"),
-    "architecture": (_STR, True, "the checkpoint's architecture class"),
-    "python": (_STR, False, "Python version for the environment (default 3.11)"),
-    "siblings": (_STRLIST, False, "smaller profiles of the same family"),
-    "fixes": (_STRLIST, False, "library fixes this profile needs (see `provision patch status`)"),
+    "name": (STR, True, "profile name: lowercase letters, digits, '.', '-', '_'"),
+    "title": (STR, True, "display name"),
+    "family": (STR, True, "model family, for suggesting siblings"),
+    "architecture": (STR, True, "the checkpoint's architecture class"),
+    "python": (STR, False, "Python version for the environment (default 3.11)"),
+    "siblings": (STRLIST, False, "smaller profiles of the same family"),
+    "fixes": (STRLIST, False, "library fixes this profile needs (see `provision patch status`)"),
     "source": SOURCE_SCHEMA,
     "params": PARAMS_SCHEMA,
     "weights": WEIGHTS_SCHEMA,
@@ -138,47 +132,6 @@ PROFILE_SCHEMA: dict[str, Any] = {
     "smoke": SMOKE_SCHEMA,
 }
 _OPTIONAL_TABLES = {"tasks.qlora", "tasks.full", "tasks.lora"}
-
-
-def _validate(data: dict[str, Any], schema: dict[str, Any], path: Path, prefix: str = "") -> None:
-    for key, value in data.items():
-        dotted = f"{prefix}{key}"
-        if key not in schema:
-            known = ", ".join(sorted(schema))
-            raise ProfileError(path, dotted, f"unknown key (known keys here: {known})")
-        spec = schema[key]
-        if isinstance(spec, dict):
-            if not isinstance(value, dict):
-                raise ProfileError(path, dotted, f"must be a table, got {_tname(value)}")
-            _validate(value, spec, path, dotted + ".")
-            continue
-        types, _required, help_text = spec
-        if types == _STRLIST:
-            if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
-                raise ProfileError(path, dotted, f"must be a list of strings ({help_text})")
-        elif not isinstance(value, types) or (bool not in types and isinstance(value, bool)):
-            want = " or ".join(t.__name__ for t in types).replace("str", "string")
-            raise ProfileError(path, dotted, f"must be {want}, got {_tname(value)} ({help_text})")
-    for key, spec in schema.items():
-        dotted = f"{prefix}{key}"
-        if key in data:
-            continue
-        if isinstance(spec, dict):
-            if dotted not in _OPTIONAL_TABLES:
-                raise ProfileError(path, dotted, "missing table")
-        elif spec[1]:
-            raise ProfileError(path, dotted, f"missing ({spec[2]})")
-
-
-def _tname(value: Any) -> str:
-    return {
-        str: "a string",
-        int: "an integer",
-        float: "a number",
-        bool: "a boolean",
-        list: "a list",
-        dict: "a table",
-    }.get(type(value), type(value).__name__)
 
 
 # --- the loaded form ------------------------------------------------------------------------
@@ -353,7 +306,7 @@ def load_profile_file(path: Path, builtin: bool = False) -> Profile:
         data = tomllib.loads(raw.decode("utf-8"))
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
         raise ProfileError(path, None, f"is not valid TOML ({exc})") from exc
-    _validate(data, PROFILE_SCHEMA, path)
+    validate(data, PROFILE_SCHEMA, path, ProfileError, optional_tables=_OPTIONAL_TABLES)
     _check_semantics(data, path)
     return Profile(
         name=data["name"],
