@@ -35,7 +35,7 @@ from provision.atomic import atomic_write_text, file_lock
 from provision.errors import ProvisionError
 from provision.profiles import NAME_RE, TASKS, Profile, load_profile, load_profile_file
 from provision.resources import builtin_dir
-from provision.schema import BOOL, CHECKED_APART, STR, STRLIST, validate
+from provision.schema import BOOL, CHECKED_APART, STR, STRLIST, FileError, validate
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -49,19 +49,11 @@ _PYTHON_RE = re.compile(r"^3\.\d{1,2}$")
 _TORCH_FAMILY = {"torch", "torchvision", "torchaudio"}
 
 
-class DirectionError(ProvisionError):
+class DirectionError(FileError):
     """A direction file that cannot be used: names the file, the key and the reason."""
 
-    def __init__(self, path: Path | str, key: str | None, reason: str) -> None:
-        where = f"{path}" + (f": key '{key}'" if key else "")
-        super().__init__(
-            f"Bad direction {where}: {reason}",
-            "Fix the file (see `provision direction show okvqa-vllm-swift` for a complete "
-            "example).",
-        )
-        self.path = str(path)
-        self.key = key
-        self.reason = reason
+    kind = "direction"
+    example = "provision direction show okvqa-vllm-swift"
 
 
 # --- the schema, as data (checked by provision.schema.validate, as profiles are) ---------------

@@ -18,7 +18,7 @@ from typing import Any
 
 from provision.errors import ProvisionError
 from provision.resources import builtin_dir
-from provision.schema import BOOL, INT, STR, STRLIST, validate
+from provision.schema import BOOL, INT, STR, STRLIST, FileError, validate
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -30,18 +30,11 @@ DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
 NAME_RE = re.compile(r"^[a-z0-9][a-z0-9._-]*$")
 
 
-class ProfileError(ProvisionError):
+class ProfileError(FileError):
     """A profile file that cannot be used: names the file, the key and the reason."""
 
-    def __init__(self, path: Path | str, key: str | None, reason: str) -> None:
-        where = f"{path}" + (f": key '{key}'" if key else "")
-        super().__init__(
-            f"Bad profile {where}: {reason}",
-            "Fix the file (see `provision profiles show qwen2-vl-2b` for a complete example).",
-        )
-        self.path = str(path)
-        self.key = key
-        self.reason = reason
+    kind = "profile"
+    example = "provision profiles show qwen2-vl-2b"
 
 
 # --- the schema, as data (checked by provision.schema.validate) ---------------------------------

@@ -24,6 +24,24 @@ CHECKED_APART = "checked apart"
 ErrorFactory = Callable[[Path, str | None, str], ProvisionError]
 
 
+class FileError(ProvisionError):
+    """A file that cannot be used: names the file, the key and the reason. Subclasses say what
+    kind of file it is and which command shows a complete example."""
+
+    kind = "file"
+    example = ""
+
+    def __init__(self, path: Path | str, key: str | None, reason: str) -> None:
+        where = f"{path}" + (f": key '{key}'" if key else "")
+        super().__init__(
+            f"Bad {self.kind} {where}: {reason}",
+            f"Fix the file (see `{self.example}` for a complete example).",
+        )
+        self.path = str(path)
+        self.key = key
+        self.reason = reason
+
+
 def type_name(value: Any) -> str:
     """How a message names a TOML value's type."""
     return {
