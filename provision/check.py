@@ -6,6 +6,7 @@ import os
 from dataclasses import dataclass
 from typing import Any
 
+from provision.errors import ProvisionError
 from provision.fit import FitRequest, FitResult, check_fit
 from provision.hardware.disks import DataDir, choose_data_dir
 from provision.hardware.machine import Machine
@@ -70,16 +71,16 @@ def run_check(
     profiles_dir: str | os.PathLike[str] | None = None,
 ) -> CheckReport:
     """Load the profile, probe this machine unless a planned one is given, and judge the fit."""
-    from provision.profiles import list_profiles
-
     profile = load_profile(profile_name, profiles_dir)
     if machine is None:
         from provision.hardware.probe import probe_machine
 
         machine = probe_machine()
     siblings = []
-    if profile.siblings:
-        known = {p.name: p for p in list_profiles(profiles_dir)}
-        siblings = [known[name] for name in profile.siblings if name in known]
+    for name in profile.siblings:
+        try:  # a sibling that is missing or broken only loses its suggestion
+            siblings.append(load_profile(name, profiles_dir))
+        except ProvisionError:
+            continue
     fit = check_fit(profile, request, machine, siblings)
     return CheckReport(profile=profile, machine=machine, fit=fit, disk=check_disk(profile))

@@ -35,26 +35,33 @@ def test_start_up_imports_nothing_heavy():
     )
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert "HEAVY []" in proc.stdout, proc.stdout[-500:]
-    proc = subprocess.run(
-        [
-            sys.executable,
-            "-c",
-            code.replace("'check', 'qwen2.5-vl-7b', '--gpu', 'RTX 4090', '--json'", "'--help'"),
-        ],
-        capture_output=True,
-        text=True,
-        check=True,
-    )
-    assert "HEAVY []" in proc.stdout
+    for argv in ("'--help'", "'check', 'qwen2.5-vl-7b'"):  # help, and check probing this machine
+        other = code.replace("'check', 'qwen2.5-vl-7b', '--gpu', 'RTX 4090', '--json'", argv)
+        proc = subprocess.run([sys.executable, "-c", other], capture_output=True, text=True)
+        assert "HEAVY []" in proc.stdout, (argv, proc.stdout[-500:])
 
 
-def test_check_on_this_gpu_less_machine_exits_1_with_a_suggestion():
+def test_check_on_this_machine_reports_and_sets_the_exit_code():
+    """Issue 2: on a GPU-less machine, a report, exit 1 and a GPU to plan with."""
+    from provision.hardware.probe import probe_machine
+
     proc = run_cli("check", "qwen2.5-vl-7b")
-    if "no NVIDIA GPU" not in proc.stdout:  # on a GPU machine the verdict may differ
-        return
-    assert proc.returncode == 1
-    assert "does not fit" in proc.stdout and "What would make it fit" in proc.stdout
-    assert "--gpu '" in proc.stdout  # a concrete catalogue GPU to plan with
+    rc, report = run_json("check", "qwen2.5-vl-7b")
+    if not probe_machine().gpus:
+        assert proc.returncode == rc == 1
+        assert "no NVIDIA GPU" in proc.stdout and "does not fit" in proc.stdout
+        assert "What would make it fit" in proc.stdout
+        assert report["fit"]["suggestions"][-1]["kind"] == "gpu-model"
+        assert "--gpu '" in proc.stdout  # a concrete catalogue GPU to plan with
+    else:  # a GPU machine: the exit code follows the verdict and the disk
+        assert proc.returncode == rc == (0 if report["ok"] else 1)
+        assert report["machine"]["source"] in ("nvml", "nvidia-smi", "/proc")
+
+
+def test_an_unwritable_path_is_one_message_not_a_traceback(tmp_path):
+    proc = run_cli("env", "--source", "hf", "--persist", env={"HOME": "/proc/no-such-home"})
+    assert proc.returncode == 2
+    assert "Cannot use /proc/no-such-home" in proc.stderr and "Traceback" not in proc.stderr
 
 
 def test_check_planned_target_json():
@@ -94,6 +101,8 @@ def test_usage_errors_exit_2_with_one_message():
         (("check", "qwen2.5-vl-7b", "--quant", "int3", "--gpu", "L4"), "Unknown --quant"),
         (("check", "qwen2.5-vl-7b", "--task", "lora", "--quant", "int4", "--gpu", "L4"), "qlora"),
         (("check", "qwen2.5-vl-7b", "--gpus", "2"), "needs a GPU"),
+        (("check", "qwen2.5-vl-7b", "--gpu", "A100 x0"), "at least 1"),
+        (("check", "qwen2.5-vl-7b", "--gpu", "L4", "--driver", "foo"), "not an NVIDIA driver"),
     ]
     for args, message in cases:
         proc = run_cli(*args)

@@ -127,3 +127,12 @@ def test_profiles_list_and_show_json():
     rc, shown = run_json("profiles", "show", "gemma-3-12b-it")
     assert rc == 0 and shown["source"]["gated"] is True
     assert shown["text"]["sliding_window"] == 1024
+
+
+def test_a_broken_user_profile_does_not_break_other_checks(tmp_path):
+    (tmp_path / "broken.toml").write_text("name = [\n")
+    env = {"PROVISION_PROFILES_DIR": str(tmp_path)}
+    rc, report = run_json("check", "qwen2.5-vl-7b", "--gpu", "RTX 3080", env=env)
+    assert rc == 1 and any(s["kind"] == "model" for s in report["fit"]["suggestions"])
+    proc = run_cli("check", "broken", env=env)
+    assert proc.returncode == 2 and "broken.toml" in proc.stderr

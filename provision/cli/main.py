@@ -11,16 +11,35 @@ from provision.errors import ProvisionError
 def main() -> None:
     from provision.cli.app import app
 
+    debug = os.environ.get("PROVISION_DEBUG") == "1"
     try:
         app()
     except ProvisionError as exc:
-        if os.environ.get("PROVISION_DEBUG") == "1":
+        if debug:
             raise
         print_error(exc)
         sys.exit(exc.exit_code)
+    except OSError as exc:
+        # A folder that does not exist or cannot be written (a HOME, a lock dir, a data disk):
+        # the stages write atomically, so what was there before is intact; say which path.
+        if debug:
+            raise
+        error = os_error(exc)
+        print_error(error)
+        sys.exit(error.exit_code)
     except KeyboardInterrupt:
         sys.stderr.write("Interrupted.\n")
         sys.exit(130)
+
+
+def os_error(exc: OSError) -> ProvisionError:
+    where = exc.filename if exc.filename is not None else ""
+    reason = exc.strerror or exc.__class__.__name__
+    return ProvisionError(
+        f"Cannot use {where}: {reason}." if where else f"{reason}: {exc}",
+        "Check that the path exists and that you can write there (PROVISION_DEBUG=1 shows "
+        "which step tried).",
+    )
 
 
 def print_error(exc: ProvisionError) -> None:

@@ -125,12 +125,24 @@ def target_machine(
         return None
     if gpus is not None and gpus < 1:
         raise ProvisionError(f"--gpus {gpus} must be at least 1.")
+    if driver is not None:
+        from provision.hardware.driver import check_driver_version
+
+        driver = check_driver_version(driver, "--driver")
+    notes: list[str] = []
     if gpu is not None:
         name, count = parse_gpu_spec(gpu)
         if gpus is not None:
             count = gpus
+        if count < 1:
+            raise ProvisionError(f"--gpu {gpu!r}: the count must be at least 1.")
         entry = lookup(name)
         memory = parse_size(gpu_mem, "--gpu-mem") if gpu_mem else entry.memory_total
+        if gpu_mem:  # e.g. a 48 GB modded 4090 that NVML names like the 24 GB card
+            notes.append(
+                f"--gpu-mem {gpu_mem} replaces the catalogue's {entry.memory_mib} MiB "
+                f"for {entry.name}."
+            )
         cc = parse_cc(compute_capability) if compute_capability else entry.compute_capability
         label = entry.name
     elif gpu_mem is not None:
@@ -153,4 +165,5 @@ def target_machine(
         cuda_version=cuda_for_driver(driver),
         source="target",
         planned=True,
+        notes=notes,
     )

@@ -128,9 +128,14 @@ def candidate_data_dirs(mounts_file: str = "/proc/mounts") -> list[DataDir]:
     return out
 
 
-def choose_data_dir(mounts_file: str = "/proc/mounts") -> DataDir:
-    """PROVISION_DATA_DIR when set; AutoDL's data disk when present; else the roomiest candidate."""
-    candidates = candidate_data_dirs(mounts_file)
+# What provision keeps in a data dir: finding one of these there means "this is the one in use".
+IN_USE_MARKERS = ("envs", "huggingface", "modelscope")
+
+
+def pick_data_dir(candidates: list[DataDir]) -> DataDir:
+    """PROVISION_DATA_DIR or AutoDL's data disk when there; else the candidate already holding
+    provision's environments or caches (so the choice does not move once weights fill a disk and
+    another volume becomes the roomier); else the roomiest."""
     if not candidates:
         raise ProvisionError(
             "No usable data directory found.", "Set PROVISION_DATA_DIR to a folder on a big disk."
@@ -138,7 +143,15 @@ def choose_data_dir(mounts_file: str = "/proc/mounts") -> DataDir:
     first = candidates[0]
     if first.reason in ("PROVISION_DATA_DIR", "AutoDL data disk"):
         return first
+    for candidate in candidates:
+        if any((candidate.path / marker).is_dir() for marker in IN_USE_MARKERS):
+            return candidate
     return max(candidates, key=lambda d: d.free)
+
+
+def choose_data_dir(mounts_file: str = "/proc/mounts") -> DataDir:
+    """The data dir for this machine: see `pick_data_dir`."""
+    return pick_data_dir(candidate_data_dirs(mounts_file))
 
 
 def is_autodl() -> bool:
