@@ -46,6 +46,14 @@ def dirs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Dirs:
 
 
 @pytest.fixture(autouse=True)
+def _no_leaked_hub_settings(monkeypatch: pytest.MonkeyPatch) -> None:
+    # prepare_shared sets HF_HUB_DISABLE_SYMLINKS in this process on a cache without symlinks;
+    # undone after each test, so later tests (the hub's) see the machine as it is.
+    for name in ("HF_HUB_DISABLE_SYMLINKS", "HF_HUB_DISABLE_SYMLINKS_WARNING"):
+        monkeypatch.delenv(name, raising=False)
+
+
+@pytest.fixture(autouse=True)
 def _child_bytecode(monkeypatch: pytest.MonkeyPatch) -> None:
     # The machine sets PYTHONDONTWRITEBYTECODE; without a bytecode cache every child Python
     # (smokes, model builders) recompiles torch and transformers. Kept outside the envs.

@@ -139,28 +139,34 @@ def test_concurrent_setups_make_one_environment_and_both_smokes_pass(pair):
         assert run.code == 0, f"{run.user}: {run.payload}\n{run.stderr}"
         assert run.payload["ok"] is True
         assert run.payload["env"] == str(pair.env)
-        smokes = run.payload["setup"]["outputs"]["smoke"]
-        assert set(smokes) == {"tiny-qwen", "tiny-llava"}
-        for name, smoke in smokes.items():
-            assert smoke["ok"] is True, (name, smoke)
-            assert smoke["modes"]["greedy"]["status"] == "ok"
-            # the shared transformers 4.51.3 carries the union of fixes: beam search works
-            assert smoke["modes"]["group_beam"]["status"] == "ok", smoke["modes"]["group_beam"]
 
-    # One of them made the lock and the environment; the other waited, then found both done.
+    # One of them made the lock and the environment, fetched the weights and ran both smokes;
+    # the other waited for it (the env's file lock), then found every stage done with the same
+    # inputs: nothing made, fetched or run twice.
     first, second = sorted(pair.runs, key=lambda r: _stages(r)["env"] != "done")
-    assert _stages(first)["lock"] == "done" and _stages(first)["env"] == "done"
-    assert _stages(second)["lock"] == "skipped" and _stages(second)["env"] == "skipped"
+    assert {k: v for k, v in _stages(first).items() if k != "check"} == {
+        "lock": "done",
+        "env": "done",
+        "weights": "done",
+        "fixes": "done",
+        "smoke": "done",
+    }
+    assert {k: _stages(second)[k] for k in ("lock", "env", "weights", "smoke")} == dict.fromkeys(
+        ("lock", "env", "weights", "smoke"), "skipped"
+    )
     made = first.payload["setup"]["outputs"]["env"]
     assert made["action"] == "created"
-    # The second found the weights in the shared cache: nothing fetched twice.
-    fetched = {
-        n: w["bytes_fetched"] for n, w in second.payload["setup"]["outputs"]["weights"].items()
-    }
-    assert fetched == {"tiny-qwen": 0, "tiny-llava": 0}
+    smokes = first.payload["setup"]["outputs"]["smoke"]
+    assert set(smokes) == {"tiny-qwen", "tiny-llava"}
+    for name, smoke in smokes.items():
+        assert smoke["ok"] is True, (name, smoke)
+        assert smoke["modes"]["greedy"]["status"] == "ok"
+        # the shared transformers 4.51.3 carries the union of fixes: beam search works
+        assert smoke["modes"]["group_beam"]["status"] == "ok", smoke["modes"]["group_beam"]
     assert all(
         w["bytes_fetched"] > 0 for w in first.payload["setup"]["outputs"]["weights"].values()
     )
+    assert "weights" not in second.payload["setup"]["outputs"]
 
     # One environment on the data disk, exactly what the lock says.
     envs = sorted(p.name for p in (pair.dirs.data / "envs").iterdir() if p.is_dir())
