@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
-import tempfile
+import secrets
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -19,7 +19,10 @@ def atomic_write_bytes(path: str | os.PathLike[str], data: bytes, mode: int | No
     target.parent.mkdir(parents=True, exist_ok=True)
     if mode is None and target.exists():
         mode = target.stat().st_mode & 0o7777
-    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
+    # Created with 0o666 so the kernel applies the umask (what a plain open() would give); reading
+    # the umask instead means setting it, which races with other threads creating files.
+    tmp = target.parent / f".{target.name}.{secrets.token_hex(6)}.tmp"
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
     try:
         with os.fdopen(fd, "wb") as handle:
             handle.write(data)
@@ -27,8 +30,6 @@ def atomic_write_bytes(path: str | os.PathLike[str], data: bytes, mode: int | No
             os.fsync(handle.fileno())
         if mode is not None:
             os.chmod(tmp, mode)
-        else:
-            os.chmod(tmp, 0o666 & ~_umask())
         os.replace(tmp, target)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
@@ -39,12 +40,6 @@ def atomic_write_bytes(path: str | os.PathLike[str], data: bytes, mode: int | No
 
 def atomic_write_text(path: str | os.PathLike[str], text: str, mode: int | None = None) -> None:
     atomic_write_bytes(path, text.encode("utf-8"), mode=mode)
-
-
-def _umask() -> int:
-    current = os.umask(0)
-    os.umask(current)
-    return current
 
 
 def _fsync_dir(directory: Path) -> None:

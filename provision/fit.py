@@ -54,13 +54,17 @@ class GpuVerdict:
 
 @dataclass
 class Suggestion:
+    """One change that makes it fit. `change` says it as data: FitRequest fields, plus `gpus`
+    (a count of this machine's GPU), `gpu` (a catalogue name) or `profile` (another model)."""
+
     kind: str
     text: str
     need: float | None = None  # per-GPU need after the change
+    change: dict[str, Any] = field(default_factory=dict)
 
     def to_json(self) -> dict[str, Any]:
         need = None if self.need is None else round(self.need / GIB, 2)
-        return {"kind": self.kind, "text": self.text, "need_gib": need}
+        return {"kind": self.kind, "text": self.text, "need_gib": need, "change": self.change}
 
 
 @dataclass
@@ -209,7 +213,12 @@ def suggest(
                 ok, need = fits(replace(asked, batch=batch))
                 if ok:
                     out.append(
-                        Suggestion("batch", f"--batch {batch} (largest batch that fits)", need)
+                        Suggestion(
+                            "batch",
+                            f"--batch {batch} (largest batch that fits)",
+                            need,
+                            {"batch": batch},
+                        )
                     )
                     break
         paged = stacks()[req.stack or "transformers"]["kind"] == "paged"
@@ -223,6 +232,7 @@ def suggest(
                         f"--context {n}: reserve KV cache for {n} tokens "
                         f"(vLLM --max-model-len {n}, LMDeploy --session-len {n})",
                         need,
+                        {"context": n},
                     )
                 )
         if req.image_tokens and req.images and req.image_tokens > 64:
@@ -233,7 +243,10 @@ def suggest(
                 n, need = best
                 out.append(
                     Suggestion(
-                        "image-tokens", f"--image-tokens {n}{_pixels_hint(profile, n)}", need
+                        "image-tokens",
+                        f"--image-tokens {n}{_pixels_hint(profile, n)}",
+                        need,
+                        {"image_tokens": n},
                     )
                 )
         in_text = profile.image.get("in_text_sequence", True)
@@ -241,20 +254,32 @@ def suggest(
         if req.task != "infer" and req.seq and req.seq > shortest:
             best = _largest(lambda n: fits(replace(asked, seq=n)), shortest, req.seq - 1)
             if best:
-                out.append(Suggestion("seq", f"--seq {best[0]} (shorter samples)", best[1]))
+                out.append(
+                    Suggestion(
+                        "seq", f"--seq {best[0]} (shorter samples)", best[1], {"seq": best[0]}
+                    )
+                )
         if req.task != "infer" and not req.gradient_checkpointing:
             ok, need = fits(replace(asked, gradient_checkpointing=True))
             if ok:
                 out.append(
-                    Suggestion("gradient-checkpointing", "turn on gradient checkpointing", need)
+                    Suggestion(
+                        "gradient-checkpointing",
+                        "turn on gradient checkpointing",
+                        need,
+                        {"gradient_checkpointing": True},
+                    )
                 )
-        if req.task == "infer" or (req.task == "full" and req.zero in (3,)):
+        if req.task == "infer" or (req.task == "full" and req.zero == 3):
             for count in range(machine.gpu_count + 1, 17):
                 ok, need = fits(asked, _with_count(machine, count))
                 if ok:
                     out.append(
                         Suggestion(
-                            "gpus", f"{count} x {machine.gpus[0].name} (--gpus {count})", need
+                            "gpus",
+                            f"{count} x {machine.gpus[0].name} (--gpus {count})",
+                            need,
+                            {"gpus": count},
                         )
                     )
                     break
@@ -268,26 +293,43 @@ def suggest(
                             f"{count} x {machine.gpus[0].name} with DeepSpeed ZeRO-3"
                             f" (--gpus {count} --zero 3)",
                             need,
+                            {"gpus": count, "zero": 3},
                         )
                     )
                     break
-        quants = {"infer": ["int8", "int4"], "lora": [], "qlora": [], "full": []}[req.task]
+        quants = ["int8", "int4"] if req.task == "infer" else []
         for quant in quants:
             if QUANTS.index(quant) <= QUANTS.index(req.quant or "bf16"):
                 continue
             ok, need = fits(replace(asked, quant=quant))
             if ok:
-                out.append(Suggestion("quant", f"--quant {quant} (quantised weights)", need))
+                out.append(
+                    Suggestion(
+                        "quant", f"--quant {quant} (quantised weights)", need, {"quant": quant}
+                    )
+                )
                 break
         if req.task in ("lora", "full"):
             ok, need = fits(replace(asked, task="qlora", quant=None, stack=None, zero=None))
             if ok:
-                out.append(Suggestion("qlora", "--task qlora (LoRA on a 4-bit base model)", need))
+                out.append(
+                    Suggestion(
+                        "qlora",
+                        "--task qlora (LoRA on a 4-bit base model)",
+                        need,
+                        {"task": "qlora", "quant": None, "stack": None, "zero": None},
+                    )
+                )
         for sibling in siblings:
             ok, need = _fits_on(sibling, asked, machine)
             if ok:
                 out.append(
-                    Suggestion("model", f"the smaller {sibling.name} ({sibling.title})", need)
+                    Suggestion(
+                        "model",
+                        f"the smaller {sibling.name} ({sibling.title})",
+                        need,
+                        {"profile": sibling.name},
+                    )
                 )
                 break
     out.extend(_catalogue_suggestions(profile, asked, machine))
@@ -311,10 +353,9 @@ def _largest(test: Any, low: int, high: int) -> tuple[int, float] | None:
 
 
 def _pixels_hint(profile: Profile, tokens: int) -> str:
-    # Qwen-VL processors size images by pixels: 28x28 pixels per LLM image token.
-    if profile.family.startswith(("qwen2-vl", "qwen2.5-vl")):
-        return f" (processor max_pixels={tokens}*28*28)"
-    return ""
+    """The processor setting that gives `tokens` per image, where the profile says how."""
+    setting = profile.image.get("tokens_setting")
+    return f" (processor {setting.format(tokens=tokens)})" if setting else ""
 
 
 def _catalogue_suggestions(profile: Profile, req: FitRequest, machine: Machine) -> list[Suggestion]:
@@ -356,5 +397,6 @@ def _catalogue_suggestions(profile: Profile, req: FitRequest, machine: Machine) 
             f"a GPU with at least {smallest_mem / 1024:.1f} GiB, e.g. {label}"
             f"{' / '.join(names)} (--gpu '{names[0]}')",
             need,
+            {"gpu": names[0]},
         )
     ]

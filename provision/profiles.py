@@ -95,6 +95,11 @@ IMAGE_SCHEMA = {
         "the encoder attends over all patches of a batch with one S x S mask (Qwen2-VL family)",
     ),
     "rule": (STR, False, "how the count follows from the resolution"),
+    "tokens_setting": (
+        STR,
+        False,
+        "how to ask the processor for {tokens} tokens per image, e.g. max_pixels={tokens}*28*28",
+    ),
     "source": (STR, True, "where the numbers come from"),
 }
 TASK_SCHEMA = {

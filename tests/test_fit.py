@@ -120,3 +120,57 @@ def test_no_gpu_machine_gets_a_catalogue_gpu_that_fits():
 def test_bad_requests(kwargs, message):
     with pytest.raises(ProvisionError, match=message):
         estimate(QWEN7, FitRequest(**kwargs))
+
+
+FAILING = [
+    ("qwen2.5-vl-7b", FitRequest(task="lora", batch=16, seq=4096), "A100-80GB"),
+    ("qwen2.5-vl-7b", FitRequest(stack="vllm"), "L4"),
+    ("qwen2.5-vl-7b", FitRequest(task="full", gradient_checkpointing=False), "A100-80GB x2"),
+    ("qwen2.5-vl-7b", FitRequest(stack="transformers", image_tokens=16000), "L4"),
+    ("gemma-3-12b-it", FitRequest(stack="transformers"), "RTX 4090"),
+    ("internvl2-8b", FitRequest(task="lora", batch=4), "RTX 4090"),
+    ("qwen2.5-vl-7b", FitRequest(task="lora", seq=8192), "A100-40GB"),
+    ("qwen2-vl-2b", FitRequest(task="lora", seq=4096, gradient_checkpointing=False), "RTX 4090"),
+]
+
+
+def _checked(name: str, req: FitRequest, gpu: str):
+    profile = load_profile(name)
+    machine = target_machine(gpu=gpu)
+    return (
+        profile,
+        machine,
+        check_fit(profile, req, machine, [load_profile(s) for s in profile.siblings]),
+    )
+
+
+@pytest.mark.parametrize(("name", "req", "gpu"), FAILING, ids=[f"{n}-{g}" for n, _, g in FAILING])
+def test_every_suggestion_alone_makes_it_fit(name, req, gpu):
+    """Each suggestion, applied as its `change` says, turns the verdict into "fits"."""
+    from provision.memory import FitRequest as Request
+
+    profile, machine, result = _checked(name, req, gpu)
+    assert result.verdict != "fits" and result.suggestions
+    fields = set(Request.__dataclass_fields__)
+    for s in result.suggestions:
+        change = dict(s.change)
+        target_profile = load_profile(change.pop("profile")) if "profile" in change else profile
+        planned = machine
+        if "gpus" in change:
+            planned = target_machine(gpu=gpu.split(" x")[0], gpus=change.pop("gpus"))
+        if "gpu" in change:
+            planned = target_machine(gpu=change.pop("gpu"), gpus=machine.gpu_count)
+        assert set(change) <= fields, s
+        after = check_fit(target_profile, replace(req, **change), planned)
+        assert after.verdict == "fits", (s.kind, s.text, after.reason)
+        assert after.estimate.per_gpu == pytest.approx(s.need)
+    kinds = [s.kind for s in result.suggestions]
+    assert len(kinds) == len(set(kinds))
+
+
+def test_the_cases_above_cover_every_kind_of_suggestion():
+    seen = {s.kind for case in FAILING for s in _checked(*case)[2].suggestions}
+    assert seen == {
+        "batch", "context", "image-tokens", "seq", "gradient-checkpointing",
+        "gpus", "quant", "qlora", "model", "gpu-model",
+    }  # fmt: skip

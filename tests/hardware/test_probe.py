@@ -22,8 +22,9 @@ class _Memory:
 
 
 def fake_pynvml(devices: list[dict], driver: str = "550.54.14", cuda: int = 12040, fail_init=None):
-    """A stand-in for the pynvml module with the calls probe_nvml makes (the one boundary we mock:
-    no GPU here). Its readings mirror what NVML returns on an H100 (see tests/fixtures/nvidia)."""
+    """A stand-in for the pynvml module with the calls probe_nvml makes: the one boundary we mock,
+    since no GPU is lent here. The values follow NVML's documented types (bytes for memory, the
+    CUDA driver version as major*1000 + minor*10); they were not read off a real card."""
     mod = types.ModuleType("pynvml")
 
     class NVMLError(Exception):

@@ -11,6 +11,7 @@ import tomli_w
 
 from provision.envs import uv_bin
 from provision.resources import builtin_dir
+from tests.envs.helpers import torch_wheel_dir
 from tests.servers.hub import HubServer
 from tests.tinymodels import PYCACHE_DIR, build_tiny_vlm
 
@@ -35,7 +36,8 @@ def builder_python(tmp_path_factory: pytest.TempPathFactory) -> Path:
     subprocess.run([uv, "venv", "--quiet", "--python", sys.executable, str(env)], check=True)
     subprocess.run(
         [uv, "pip", "install", "--quiet", "--python", str(env / "bin" / "python")]
-        + ["--find-links", "/opt/wheels", "torch==2.13.0+cpu", "transformers==4.51.3", "pillow"],
+        + ["--find-links", str(torch_wheel_dir())]
+        + ["torch==2.13.0+cpu", "transformers==4.51.3", "pillow"],
         check=True,
     )
     return env / "bin" / "python"

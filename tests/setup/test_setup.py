@@ -17,10 +17,12 @@ import pytest
 from provision.envs import uv_bin
 from provision.lock.lockfile import read_lock, tool_table
 from tests.cli_helpers import run_cli, run_json
+from tests.envs.helpers import torch_wheel_dir
 from tests.setup.conftest import PROFILE, REPO, write_profile
 
 pytestmark = pytest.mark.slow
-TORCH = ["--torch-index", "/opt/wheels"]  # the only CPU torch here is the local wheel
+# The only CPU torch here is the local wheel PIP_FIND_LINKS names: torch comes from that folder.
+TORCH = ["--torch-index", str(torch_wheel_dir())]
 
 
 def freeze(env: Path) -> list[str]:

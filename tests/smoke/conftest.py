@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from provision.envs import uv_bin
+from tests.envs.helpers import torch_wheel_dir
 from tests.servers.hub import HubServer
 from tests.smoke.helpers import write_smoke_profile
 from tests.tinymodels import PYCACHE_DIR, build_tiny_vlm
@@ -40,7 +41,7 @@ def tf4_python(tmp_path_factory: pytest.TempPathFactory) -> Path:
     )
     subprocess.run(
         [uv, "pip", "install", "--quiet", "--python", str(env / "bin" / "python")]
-        + ["--find-links", "/opt/wheels", *LEGACY_REQUIREMENTS],
+        + ["--find-links", str(torch_wheel_dir()), *LEGACY_REQUIREMENTS],
         check=True,
     )
     return env / "bin" / "python"
