@@ -48,9 +48,11 @@ def dirs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Dirs:
 @pytest.fixture(autouse=True)
 def _no_leaked_hub_settings(monkeypatch: pytest.MonkeyPatch) -> None:
     # prepare_shared sets HF_HUB_DISABLE_SYMLINKS in this process on a cache without symlinks;
-    # undone after each test, so later tests (the hub's) see the machine as it is.
+    # undone after each test, so later tests (the hub's) see the machine as it is. setenv first:
+    # delenv of an unset name records nothing, and what the test then sets would stay.
     for name in ("HF_HUB_DISABLE_SYMLINKS", "HF_HUB_DISABLE_SYMLINKS_WARNING"):
-        monkeypatch.delenv(name, raising=False)
+        monkeypatch.setenv(name, "")
+        monkeypatch.delenv(name)
 
 
 @pytest.fixture(autouse=True)
