@@ -36,6 +36,7 @@ from provision.errors import ProvisionError
 from provision.profiles import NAME_RE, TASKS, Profile, load_profile, load_profile_file
 from provision.resources import builtin_dir
 from provision.schema import BOOL, CHECKED_APART, STR, STRLIST, FileError, validate
+from provision.settings import resolve_data_dir
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -128,7 +129,7 @@ class Direction:
         """The environment folder: [environment] path, else <data dir>/envs/direction-<name>."""
         raw = self.env_path or f"{DATA_PLACEHOLDER}/envs/direction-{self.name}"
         if DATA_PLACEHOLDER in raw:
-            raw = raw.replace(DATA_PLACEHOLDER, str(_data_dir(data_dir)))
+            raw = raw.replace(DATA_PLACEHOLDER, str(resolve_data_dir(data_dir)))
         return Path(raw).expanduser().absolute()
 
     def to_json(self) -> dict[str, Any]:
@@ -146,14 +147,6 @@ class Direction:
                 "group": self.group,
             },
         }
-
-
-def _data_dir(explicit: str | os.PathLike[str] | None = None) -> Path:
-    if explicit is not None:
-        return Path(explicit).expanduser()
-    from provision.hardware.disks import choose_data_dir
-
-    return choose_data_dir().path
 
 
 def member_profile(
@@ -306,7 +299,7 @@ def load_direction_file(
 def shared_directions_dir(data_dir: str | os.PathLike[str] | None = None) -> Path | None:
     """`<data dir>/directions`: the machine's own directions, seen by everyone on it."""
     try:
-        return _data_dir(data_dir) / "directions"
+        return resolve_data_dir(data_dir) / "directions"
     except ProvisionError:
         return None
 

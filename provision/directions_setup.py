@@ -181,12 +181,11 @@ def setup_direction(
     Raises what the failing stage raised (its `setup_result` attribute holds the partial
     result), after marking the registry entry failed.
     """
-    from provision.hardware.disks import choose_data_dir
-    from provision.settings import hub_environment
+    from provision.settings import hub_environment, resolve_data_dir
     from provision.setup import Plan, run_plan
 
     lock_options = lock_options or LockOptions()
-    data_dir = Path(options.data_dir) if options.data_dir else choose_data_dir().path
+    data_dir = resolve_data_dir(options.data_dir)
     options.data_dir = data_dir  # the hub variables and the env default agree on one disk
     env = Path(options.env).expanduser().absolute() if options.env else None
     env = env or direction.env_location(data_dir)

@@ -53,9 +53,9 @@ def _now() -> str:
 
 
 def registry_path(data_dir: str | os.PathLike[str] | None = None) -> Path:
-    from provision.directions import _data_dir
+    from provision.settings import resolve_data_dir
 
-    return _data_dir(data_dir) / "envs" / "registry.json"
+    return resolve_data_dir(data_dir) / "envs" / "registry.json"
 
 
 def read_registry(path: Path) -> dict[str, Any]:

@@ -23,13 +23,15 @@ from provision.atomic import atomic_write_text, file_lock
 BLOCK_BEGIN = "# >>> provision hub environment >>>"
 BLOCK_END = "# <<< provision hub environment <<<"
 SHELLS = ("bash", "zsh", "fish")
-# Names whose values are never printed or written, whatever asks (tokens, passwords).
-SECRET_NAMES = re.compile(r"TOKEN|SECRET|PASSWORD|API_KEY", re.IGNORECASE)
+# Names whose values are never printed or written, whatever asks (tokens, passwords): the one
+# pattern the env block, the lock's env table and the Docker image's ENV lines all filter with.
+SECRET_NAMES = re.compile(r"TOKEN|SECRET|PASSWORD|PASSWD|API_?KEY|CREDENTIAL|AUTH", re.IGNORECASE)
 # Variables the hub clients read at import time: what `apply_environment` checks.
 IMPORT_TIME = {"HF_HOME", "HF_HUB_CACHE", "HF_ENDPOINT", "HF_HUB_DISABLE_TELEMETRY"}
 
 
-def _data_dir(data_dir: Path | str | None) -> Path:
+def resolve_data_dir(data_dir: str | os.PathLike[str] | None = None) -> Path:
+    """`data_dir` as given (with ~ expanded), else the data disk `choose_data_dir` picks."""
     if data_dir is not None:
         return Path(data_dir).expanduser()
     from provision.hardware.disks import choose_data_dir
@@ -47,7 +49,7 @@ def hub_environment(data_dir: Path | str | None = None, source: Any = "auto") ->
     """
     from provision.hub.sources import Source, parse_source
 
-    base = _data_dir(data_dir)
+    base = resolve_data_dir(data_dir)
     env = {
         "HF_HOME": str(base / "huggingface"),
         "HF_HUB_DISABLE_TELEMETRY": "1",

@@ -136,10 +136,9 @@ def _packages_digest(lock_file: Path) -> str:
 
 
 def default_env(name: str, data_dir: Path | None = None) -> Path:
-    from provision.hardware.disks import choose_data_dir
+    from provision.settings import resolve_data_dir
 
-    base = Path(data_dir) if data_dir else choose_data_dir().path
-    return base / "envs" / name
+    return resolve_data_dir(data_dir) / "envs" / name
 
 
 @dataclass

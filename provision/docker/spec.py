@@ -19,12 +19,12 @@ from urllib.parse import unquote, urlparse
 
 from provision.errors import ProvisionError
 from provision.lock.lockfile import lock_path, read_lock, tool_table
+from provision.settings import SECRET_NAMES
 
 PYPI_SIMPLE = "https://pypi.org/simple"
 HF_ENDPOINT = "https://huggingface.co"
 # Hub settings the image sets itself; a host's values (its data disk paths) must not leak in.
 HUB_ENV = re.compile(r"^(HF_|HUGGINGFACE_|MODELSCOPE_|TRANSFORMERS_CACHE$)")
-SECRET_ENV = re.compile(r"(TOKEN|SECRET|PASSWORD|PASSWD|API_?KEY|CREDENTIAL|AUTH)", re.IGNORECASE)
 
 
 @dataclass(frozen=True)
@@ -235,7 +235,7 @@ def load_spec(
     env = {
         str(k): str(v)
         for k, v in (table.get("env") or {}).items()
-        if not HUB_ENV.match(str(k)) and not SECRET_ENV.search(str(k))
+        if not HUB_ENV.match(str(k)) and not SECRET_NAMES.search(str(k))
     }
     spec = ImageSpec(
         profile=profile,

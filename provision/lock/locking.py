@@ -39,6 +39,7 @@ from provision.lock.resolve import (
 )
 from provision.profiles import Profile, load_profile, load_profile_file
 from provision.resources import builtin_dir
+from provision.settings import SECRET_NAMES
 from provision.torch_select import TorchPlan, cc_text, plan_torch, variant_info
 
 if sys.version_info >= (3, 11):
@@ -46,8 +47,6 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover
     import tomli as tomllib
 
-# Names that look like they hold a secret never go into the lock's env table.
-SECRET_NAMES = re.compile(r"(TOKEN|SECRET|PASSWORD|PASSWD|API_?KEY|CREDENTIAL|AUTH)", re.IGNORECASE)
 PIN = re.compile(r"^\s*([A-Za-z0-9][A-Za-z0-9._-]*)(\[[^\]]*\])?\s*==\s*([^\s;,]+)")
 _OWN_SECTIONS = ("profile", "target", "indexes", "model", "fixes", "env", "smoke", "tool-version")
 
