@@ -153,7 +153,51 @@ _STEP = re.compile(r"^(\[\d+/\d+\] )?STEP \d+(/\d+)?: |^Step \d+/\d+ : ")
 _CACHE = re.compile(r"Using cache")
 
 
-def _context_archive(context: Path, secrets: dict[str, str]) -> tuple[Any, list[str]]:
+class _Archive(io.RawIOBase):
+    """The context tar on disk followed by in-memory members: what the engine reads as one tar.
+
+    Secrets are only ever in the in-memory tail, so no token lands in a temporary file.
+    `__len__` lets requests send a Content-Length rather than a chunked body.
+    """
+
+    def __init__(self, head: Any, head_size: int, tail: bytes) -> None:
+        self._head, self._head_size, self._tail, self._pos = head, head_size, tail, 0
+
+    def __len__(self) -> int:
+        return self._head_size + len(self._tail)
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def tell(self) -> int:
+        return self._pos
+
+    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
+        base = {io.SEEK_SET: 0, io.SEEK_CUR: self._pos, io.SEEK_END: len(self)}[whence]
+        self._pos = max(0, base + offset)
+        return self._pos
+
+    def read(self, size: int = -1) -> bytes:
+        end = len(self) if size is None or size < 0 else min(len(self), self._pos + size)
+        out = b""
+        if self._pos < self._head_size:
+            self._head.seek(self._pos)
+            out = self._head.read(min(end, self._head_size) - self._pos)
+        if end > self._head_size:
+            start = max(self._pos, self._head_size) - self._head_size
+            out += self._tail[start : end - self._head_size]
+        self._pos += len(out)
+        return out
+
+    def close(self) -> None:
+        self._head.close()
+        super().close()
+
+
+def _context_archive(context: Path, secrets: dict[str, str]) -> tuple[_Archive, list[str]]:
     """The context as the SDK would send it (its .dockerignore applied), plus secret members."""
     from docker.utils import build as build_utils
 
@@ -168,21 +212,27 @@ def _context_archive(context: Path, secrets: dict[str, str]) -> tuple[Any, list[
     build_utils.tar(
         str(context), exclude=patterns, dockerfile=("Dockerfile", None), fileobj=archive
     )
-    options = []
-    if secrets:
-        archive.seek(0, io.SEEK_END)
-        # Appending to the SDK's archive: rewind over its end-of-archive blocks, add, close.
-        archive.seek(0)
-        with tarfile.open(fileobj=archive, mode="a") as tar:
-            for secret_id, value in secrets.items():
-                data = value.encode("utf-8")
-                member = tarfile.TarInfo(SECRET_MEMBER.format(id=secret_id))
-                member.size = len(data)
-                member.mode = 0o600
-                tar.addfile(member, io.BytesIO(data))
-                options.append(f"id={secret_id},src={member.name}")
+    size = archive.seek(0, io.SEEK_END)
+    options: list[str] = []
+    if not secrets:
+        return _Archive(archive, size, b""), options
+    # The secrets go after the SDK's last member, in place of its end-of-archive blocks.
     archive.seek(0)
-    return archive, options
+    with tarfile.open(fileobj=archive, mode="r") as tar:
+        size = max(
+            (m.offset_data + -(-m.size // tarfile.BLOCKSIZE) * tarfile.BLOCKSIZE for m in tar),
+            default=0,
+        )
+    tail = io.BytesIO()
+    with tarfile.open(fileobj=tail, mode="w") as tar:
+        for secret_id, value in secrets.items():
+            data = value.encode("utf-8")
+            member = tarfile.TarInfo(SECRET_MEMBER.format(id=secret_id))
+            member.size = len(data)
+            member.mode = 0o600
+            tar.addfile(member, io.BytesIO(data))
+            options.append(f"id={secret_id},src={member.name}")
+    return _Archive(archive, size, tail.getvalue()), options
 
 
 def build_image(

@@ -395,6 +395,14 @@ def test_context_holds_only_what_the_dockerfile_copies(tmp_path: Path, profiles:
     archive, options = _context_archive(context, {"hf_token": "hf_secret_value"})
     with archive, tarfile.open(fileobj=archive) as tar:
         names = set(tar.getnames())
+        secret = tar.extractfile(".provision-secret-hf_token")
+        assert secret is not None and secret.read() == b"hf_secret_value"
+        # What goes to the engine is one whole tar of the length announced...
+        archive.seek(0)
+        assert len(archive.read()) == len(archive)
+        # ...and the token is never in the temporary file behind it.
+        on_disk = Path(archive._head.name).read_bytes()
+        assert b"hf_secret_value" not in on_disk and b"hf_should_never_leave" not in on_disk
     assert "token.txt" not in names and ".git/config" not in names
     assert {"Dockerfile", "requirements.lock.txt", "pylock.toml", "image.json"} <= names
     assert f"wheels/{wheel.name}" in names
