@@ -11,7 +11,10 @@ from provision.cli.output import JsonFlag, console, emit, use_json
 
 
 def _build_args(values: list[str] | None) -> dict[str, str]:
+    import re
+
     from provision.errors import ProvisionError
+    from provision.settings import SECRET_NAMES
 
     out = {}
     for item in values or []:
@@ -19,6 +22,14 @@ def _build_args(values: list[str] | None) -> dict[str, str]:
         if not sep or not key:
             raise ProvisionError(
                 f"--build-arg {item!r} is not KEY=VALUE.", "e.g. --build-arg PIP_INDEX_URL=URL"
+            )
+        # Build arguments are kept in the image's history, readable by anyone who pulls it.
+        if SECRET_NAMES.search(key) or re.search(r"://[^/@\s]+:[^/@\s]*@", value):
+            raise ProvisionError(
+                f"--build-arg {key} would store a secret in the image's history "
+                "(`docker history` shows build arguments).",
+                "Pass the Hub token as HF_TOKEN in the environment (it goes in as a build secret, "
+                "never into a layer); give index URLs without user:password@.",
             )
         out[key] = value
     return out

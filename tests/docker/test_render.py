@@ -337,6 +337,24 @@ def test_no_engine_says_how_to_start_one(tmp_path: Path, profiles: Path):
     assert "Traceback" not in proc.stderr
 
 
+@pytest.mark.parametrize(
+    "arg", ["HF_TOKEN=hf_abc", "pip_password=s3cr3t-pw", "PIP_INDEX_URL=https://me:pw@pypi.example/simple"]
+)
+def test_a_secret_as_build_arg_is_refused_before_any_build(tmp_path: Path, profiles: Path, arg):
+    """Build arguments end up in `docker history`; a token or password must not go in as one."""
+    lock = write_lock(tmp_path)
+    env = {**no_docker_env(), "PROVISION_PROFILES_DIR": str(profiles)}
+    proc = run_cli(
+        "docker", "tiny-vlm", "--lock", str(lock), "--out", str(tmp_path), "--build",
+        "--build-arg", arg, env=env,
+    )  # fmt: skip
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    err = " ".join(proc.stderr.split())
+    assert "would store a secret in the image's history" in err and "HF_TOKEN" in err
+    assert "No container engine" not in err  # refused before looking for one
+    assert arg.partition("=")[2] not in proc.stderr  # the value itself is never echoed
+
+
 def test_docker_engine_with_a_build_secret_says_which_command_to_run(tmp_path: Path):
     """docker-py cannot hand BuildKit a secret; against Docker the message gives the CLI way."""
     docker = Engine(client=None, host="unix:///var/run/docker.sock", kind="docker",
