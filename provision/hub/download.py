@@ -20,7 +20,7 @@ from typing import Any
 from provision.digest import file_sha256
 from provision.errors import ProvisionError
 from provision.hub.cache import HfCache, ModelScopeCache
-from provision.hub.errors import SourceFailed, disk_full, gated_message
+from provision.hub.errors import SourceFailed, disk_full
 from provision.hub.listing import (
     COMMIT_RE,
     Listing,
@@ -335,8 +335,9 @@ class _Plan:
             listing = hf_listing(source, repo_id, ask, token)
         if name and name != listing.revision:
             listing.revision = name
-            if listing.gated and token is None:
-                raise gated_message(repo_id, source.license_page(repo_id), False)
+        # A gated repository without a token is not refused here: files already in the cache
+        # need no request, and a file that does gets the hub's 401/403, which `transfer` turns
+        # into the license-and-token message.
         assert listing.commit is not None
         commit = listing.commit
         files = select(listing, self.includes, self.excludes)

@@ -280,6 +280,9 @@ def test_gated_repo_names_the_license_page_and_how_to_give_a_token(hub, tmp_path
     for path in tmp_path.rglob("*"):
         if path.is_file() and not path.is_symlink() and "hub-root" not in path.parts:
             assert token.encode() not in path.read_bytes(), path
+    # Files already in the cache need no token: only a request for a file is refused.
+    again = run_cli("download", "gated", "--source", hub.url)
+    assert again.returncode == 0, again.stderr
 
 
 def test_missing_repo_and_missing_revision(hub, tiny, tmp_path):
