@@ -7,8 +7,10 @@ provision/data/smoke_failures.toml) and records the result in the lock's [tool.p
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import signal
 import subprocess
 import tempfile
 import time
@@ -271,6 +273,37 @@ def _check_python(python: Path) -> Path:
 # --- the run -------------------------------------------------------------------------------------
 
 
+def _run_group(
+    command: list[str], log: Any, env: dict[str, str], cwd: str, timeout: float | None
+) -> int | None:
+    """Run the runner in its own process group; on timeout kill the group, not just the runner.
+
+    A backend may start processes of its own (vLLM's engine core, torch.compile workers):
+    killing only the runner would leave them running and holding GPU memory.
+    Returns the exit code, or None when the time ran out.
+    """
+    proc = subprocess.Popen(
+        command,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        env=env,
+        cwd=cwd,  # nothing in the caller's folder shadows the env's packages
+        start_new_session=True,
+    )
+    try:
+        return proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+        return None
+    except BaseException:  # Ctrl-C: take the runner's group down with us
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+        raise
+
+
 def run_smoke(
     profile: Profile,
     python: Path,
@@ -319,19 +352,7 @@ def run_smoke(
         command = [str(python), str(RUNNER), "--request", str(request_file), "--out", str(out_file)]
         report: dict[str, Any] | None = None
         with open(log_file, "wb") as log:
-            try:
-                proc = subprocess.run(
-                    command,
-                    stdout=log,
-                    stderr=subprocess.STDOUT,
-                    env=_child_env(hf_home),
-                    cwd=tmp,  # nothing in the caller's folder shadows the env's packages
-                    timeout=timeout,
-                    check=False,
-                )
-                code: int | None = proc.returncode
-            except subprocess.TimeoutExpired:
-                code = None
+            code = _run_group(command, log, _child_env(hf_home), tmp, timeout)
         log_tail = log_file.read_bytes()[-4000:].decode("utf-8", "replace")
         if out_file.exists():
             report = json.loads(out_file.read_text(encoding="utf-8"))

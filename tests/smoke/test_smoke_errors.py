@@ -7,6 +7,7 @@ import ast
 import os
 import subprocess
 import sys
+import time
 import zipfile
 from pathlib import Path
 
@@ -38,6 +39,28 @@ def test_a_smoke_that_runs_too_long_is_stopped_and_says_so(absent_profile, tmp_p
     assert result.error["type"] == "SmokeTimeout"
     assert "--timeout" in result.next_step
     assert tool_table(read_lock(lock))["smoke"]["error"]["type"] == "SmokeTimeout"
+
+
+def test_a_timeout_also_stops_what_the_runner_started(absent_profile, tmp_path: Path) -> None:
+    """A backend's own worker processes must not outlive the smoke (they would hold the GPU)."""
+    pid_file = tmp_path / "worker.pid"
+    spawner = tmp_path / "python"
+    spawner.write_text(f"#!/bin/sh\nsleep 300 &\necho $! > {pid_file}\nsleep 300\n")
+    spawner.chmod(0o755)
+    result = run_smoke(absent_profile, spawner, tmp_path / "hf", timeout=1)
+    assert result.error["type"] == "SmokeTimeout"
+    worker = int(pid_file.read_text())
+    # Killed and reaped by init: a zombie entry (state Z) may linger for a moment.
+    for _ in range(50):
+        try:
+            state = Path(f"/proc/{worker}/stat").read_text().split(") ")[1][0]
+        except FileNotFoundError:
+            break
+        if state == "Z":
+            break
+        time.sleep(0.1)
+    else:
+        pytest.fail(f"worker {worker} still runs after the smoke timed out")
 
 
 def test_an_environment_without_torch_names_the_missing_package(
