@@ -104,3 +104,25 @@ def offline(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(socket, "create_connection", refuse)
     monkeypatch.setattr(subprocess, "run", refuse)
     monkeypatch.setattr(subprocess, "Popen", refuse)
+
+
+@pytest.fixture
+def read_only(tmp_path: Path):
+    """A read-only file system (a 1 MiB tmpfs mounted ro), as a shared or mis-mounted volume is.
+
+    Needs root (CI runs as root); fails, never skips, without: permission bits alone do not
+    stop root, so only a real read-only mount shows what a user on one sees.
+    """
+    import subprocess
+
+    mount = tmp_path / "ro-volume"
+    mount.mkdir()
+    subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "ro,size=1m", "tmpfs", str(mount)],
+        check=True,
+        capture_output=True,
+    )
+    try:
+        yield mount
+    finally:
+        subprocess.run(["umount", str(mount)], check=False)

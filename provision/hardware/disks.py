@@ -34,6 +34,9 @@ _SYSTEM_MOUNTS = (
     "/sys",
 )
 
+# Mounts under these are the system's or short-lived (test and container scratch), not data disks.
+_SYSTEM_TREES = ("/proc", "/sys", "/dev", "/run", "/boot", "/snap", "/var/lib", "/tmp")
+
 
 @dataclass(frozen=True)
 class DataDir:
@@ -51,14 +54,43 @@ class DataDir:
         }
 
 
-def _usage(path: Path) -> tuple[int, int] | None:
+def _existing(path: Path) -> Path:
+    """`path`, or its nearest ancestor that exists: the folder a new one would be made in."""
     probe = path
-    while not probe.exists():  # a folder not made yet: measure the disk it would be on
-        if probe.parent == probe:
-            return None
+    while not probe.exists() and probe.parent != probe:
         probe = probe.parent
+    return probe
+
+
+def unusable(path: Path, write: bool = True) -> str | None:
+    """Why provision cannot make and (with `write`) write `path`, or None when it can.
+
+    Checked before free space is, so a read-only mount or a file in the way is named as that,
+    not as a full disk (a read-only file system reports 0 bytes free). `write=False` asks only
+    whether the folder can exist at all (reading a cache needs no write access).
+    """
+    probe = _existing(path)
+    if not probe.is_dir():
+        return f"{probe} is a file, not a folder"
+    if write and not os.access(probe, os.W_OK | os.X_OK):
+        try:
+            read_only = bool(os.statvfs(probe).f_flag & os.ST_RDONLY)
+        except OSError:
+            read_only = False
+        return f"{probe} is on a read-only file system" if read_only else f"{probe} is not writable"
+    return None
+
+
+def require_usable(path: Path, what: str, fix: str, write: bool = True) -> None:
+    """Raise one message naming `what` and why `path` cannot hold it."""
+    reason = unusable(path, write)
+    if reason is not None:
+        raise ProvisionError(f"{what} {path} cannot be used: {reason}.", fix)
+
+
+def _usage(path: Path) -> tuple[int, int] | None:
     try:
-        usage = shutil.disk_usage(probe)
+        usage = shutil.disk_usage(_existing(path))
     except OSError:
         return None
     return usage.free, usage.total
@@ -78,9 +110,9 @@ def _mounted_volumes(mounts_file: str = "/proc/mounts") -> list[Path]:
         fs_type = parts[2]
         if fs_type in _PSEUDO_FS or mount_point in _SYSTEM_MOUNTS:
             continue
-        if mount_point.startswith(
-            ("/proc", "/sys", "/dev", "/run", "/boot", "/snap", "/var/lib", "/tmp", "/mnt/sandbox")
-        ):
+        if len(parts) > 3 and "ro" in parts[3].split(","):
+            continue  # a read-only volume holds no caches
+        if mount_point.startswith(_SYSTEM_TREES):
             continue
         found.append(Path(mount_point))
     # A bind mount of the system disk (container storage, say) is not another disk.
@@ -105,7 +137,7 @@ def candidate_data_dirs(mounts_file: str = "/proc/mounts") -> list[DataDir]:
 
     def add(path: Path, reason: str) -> None:
         path = path.expanduser()
-        if path in seen:
+        if path in seen or unusable(path):
             return
         usage = _usage(path)
         if usage is None:
@@ -115,6 +147,13 @@ def candidate_data_dirs(mounts_file: str = "/proc/mounts") -> list[DataDir]:
 
     env = os.environ.get("PROVISION_DATA_DIR")
     if env:
+        # Set by the user: a folder that cannot be used is their mistake to hear about, not
+        # something to pass over silently for another disk.
+        require_usable(
+            Path(env).expanduser(),
+            "PROVISION_DATA_DIR",
+            "Point PROVISION_DATA_DIR at a folder you can write, on a disk with room for weights.",
+        )
         add(Path(env), "PROVISION_DATA_DIR")
     if AUTODL_DATA.is_dir():
         add(AUTODL_DATA, "AutoDL data disk")

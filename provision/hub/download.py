@@ -19,6 +19,7 @@ from typing import Any
 
 from provision.digest import file_sha256
 from provision.errors import ProvisionError
+from provision.hardware.disks import require_usable
 from provision.hub.cache import HfCache, ModelScopeCache
 from provision.hub.errors import SourceFailed, disk_full
 from provision.hub.listing import (
@@ -219,6 +220,8 @@ def download_profile(
         workers=workers or int(os.environ.get(WORKERS_ENV) or DEFAULT_WORKERS),
         progress=progress,
     )
+    # Before any hub call: huggingface_hub itself reads HF_HOME/token and fails on a file there.
+    require_usable(plan.hf_cache, "The download cache", CACHE_FIX, write=False)
     failures: list[dict[str, str]] = []
     index = 0
     while True:
@@ -541,7 +544,16 @@ def _verified(path: Path, size: int, sha256: str | None) -> bool:
     return sha256 is None or file_sha256(path) == sha256
 
 
+CACHE_FIX = (
+    "Point HF_HOME (or MODELSCOPE_CACHE) at a folder you can write, or set PROVISION_DATA_DIR "
+    "and run `provision env --persist`."
+)
+
+
 def _check_space(where: Path, need: int, repo_id: str) -> None:
+    if need <= 0:
+        return  # everything is cached: a read-only shared cache is fine
+    require_usable(where, "The download cache", CACHE_FIX)
     probe = where
     while not probe.exists() and probe.parent != probe:
         probe = probe.parent

@@ -338,7 +338,12 @@ def test_no_engine_says_how_to_start_one(tmp_path: Path, profiles: Path):
 
 
 @pytest.mark.parametrize(
-    "arg", ["HF_TOKEN=hf_abc", "pip_password=s3cr3t-pw", "PIP_INDEX_URL=https://me:pw@pypi.example/simple"]
+    "arg",
+    [
+        "HF_TOKEN=hf_abc",
+        "pip_password=s3cr3t-pw",
+        "PIP_INDEX_URL=https://me:pw@pypi.example/simple",
+    ],
 )
 def test_a_secret_as_build_arg_is_refused_before_any_build(tmp_path: Path, profiles: Path, arg):
     """Build arguments end up in `docker history`; a token or password must not go in as one."""

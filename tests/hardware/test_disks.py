@@ -49,3 +49,27 @@ def test_the_roomiest_until_one_is_in_use(tmp_path):
 def test_no_candidate_is_one_message():
     with pytest.raises(ProvisionError, match="PROVISION_DATA_DIR"):
         pick_data_dir([])
+
+
+def test_a_data_dir_that_cannot_be_written_is_one_message(tmp_path, monkeypatch, read_only):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    monkeypatch.setattr(disks, "AUTODL_DATA", tmp_path / "no-autodl")
+    for path, reason in [(blocker / "data", "is a file"), (read_only / "data", "read-only")]:
+        monkeypatch.setenv("PROVISION_DATA_DIR", str(path))
+        with pytest.raises(
+            ProvisionError, match=f"PROVISION_DATA_DIR {path} cannot be used.*{reason}"
+        ):
+            candidate_data_dirs(mounts_file=str(tmp_path / "no-mounts"))
+
+
+def test_read_only_and_scratch_mounts_are_not_candidates(tmp_path, monkeypatch, read_only):
+    monkeypatch.delenv("PROVISION_DATA_DIR", raising=False)
+    monkeypatch.setattr(disks, "AUTODL_DATA", tmp_path / "no-autodl")
+    mounts = tmp_path / "mounts"
+    mounts.write_text(f"tmpfs {read_only} ext4 ro,relatime 0 0\n/dev/vdb /tmp/x ext4 rw 0 0\n")
+    found = candidate_data_dirs(mounts_file=str(mounts))
+    assert all(not str(d.path).startswith((str(read_only), "/tmp/x")) for d in found)
+    # And a read-only folder is passed over even when no mount table says so.
+    monkeypatch.setattr(disks.Path, "home", lambda: read_only)
+    assert all(d.reason != "home directory" for d in candidate_data_dirs(str(mounts)))

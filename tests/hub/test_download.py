@@ -451,3 +451,18 @@ def test_the_record_keeps_what_the_lock_stage_wrote(hub, tiny, tmp_path):
     assert record["modelscope_repo_id"] == "org/tiny"  # the lock stage's key survives
     assert record["source"] == hub.url and record["commit"] == tiny.commit
     assert len(record["files"]) == 5
+
+
+def test_a_cache_that_cannot_be_written_is_named_not_called_full(hub, tiny, tmp_path, read_only):
+    """A file in the way, or a read-only mount (0 bytes free), is not reported as a full disk."""
+    blocker = tmp_path / "not-a-folder"
+    blocker.write_text("")
+    for home, reason in [
+        (blocker / "hf", "is a file, not a folder"),
+        (read_only / "hf", "read-only"),
+    ]:
+        proc = run_cli("download", "tiny", "--source", hub.url, env={"HF_HOME": str(home)})
+        err = " ".join(proc.stderr.split())
+        assert proc.returncode == 2, err
+        assert "cannot be used" in err and reason in err and "HF_HOME" in err
+        assert "Not enough free space" not in err and "Traceback" not in err
