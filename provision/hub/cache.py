@@ -32,6 +32,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from provision.atomic import atomic_write_text
+from provision.errors import ProvisionError
 from provision.hub.listing import RemoteFile
 
 PARTIAL_SUFFIX = ".provision-partial"
@@ -61,6 +62,20 @@ def _inside(base: Path, path: Path) -> Path:
     if not resolved.is_relative_to(base.resolve()):
         raise ValueError(f"{path} is outside {base}")
     return path
+
+
+def check_revision(revision: str) -> None:
+    """Refuse a revision that cannot be a git ref: it names a file under refs/ in the cache.
+
+    Slashes are fine (`refs/pr/1`, `release/v1`); `..`, a leading `/` or a backslash would
+    write outside the cache folder.
+    """
+    parts = revision.split("/")
+    if not revision or revision.startswith("/") or "\\" in revision or ".." in parts or "" in parts:
+        raise ProvisionError(
+            f"Revision {revision!r} is not a branch, tag or commit name.",
+            "Use a name such as main, v1.0 or refs/pr/1, or a 40-hex commit.",
+        )
 
 
 class HfCache:
@@ -123,6 +138,7 @@ class HfCache:
         return pointer
 
     def write_ref(self, revision: str, commit: str) -> None:
+        check_revision(revision)
         if revision == commit:
             return
         ref = self.storage / "refs" / revision

@@ -20,7 +20,7 @@ from typing import Any
 from provision.digest import file_sha256
 from provision.errors import ProvisionError
 from provision.hardware.disks import require_usable
-from provision.hub.cache import HfCache, ModelScopeCache
+from provision.hub.cache import HfCache, ModelScopeCache, check_revision
 from provision.hub.errors import SourceFailed, disk_full
 from provision.hub.listing import (
     COMMIT_RE,
@@ -188,6 +188,9 @@ def download_profile(
     from provision.settings import autodl_notes, hf_hub_cache, modelscope_cache
 
     started = time.monotonic()
+    for asked in (revision, profile.revision):
+        if asked:
+            check_revision(asked)  # before any request: it becomes a file name in the cache
     includes, excludes = _patterns(include), _patterns(exclude)
     lock = Path(lock_file) if lock_file else lock_path(profile.name)
     pinned = model_record(lock, record_under)

@@ -295,6 +295,12 @@ def test_missing_repo_and_missing_revision(hub, tiny, tmp_path):
     assert proc.returncode == 2
     assert "Revision 'v9' of org/tiny does not exist" in proc.stderr
 
+    # A revision is a file name under refs/ in the cache: one that climbs out is refused first.
+    for bad in ("../../escape", "/etc/x", "a//b"):
+        proc = run_cli("download", "tiny", "--source", hub.url, "--revision", bad)
+        assert proc.returncode == 2 and "is not a branch, tag or commit name" in proc.stderr
+    assert not list(Path(os.environ["HF_HOME"]).rglob("escape"))
+
 
 def test_a_url_that_is_not_a_hub(tiny, tmp_path):
     (tmp_path / "www").mkdir()
