@@ -40,12 +40,11 @@ from provision.errors import CheckFailed, ProvisionError
 from provision.hardware.driver import DriverFacts, driver_facts
 from provision.hardware.machine import Machine
 from provision.lock.indexes import IndexConfig, index_config
-from provision.lock.lockfile import lock_dir, lock_name, tool_table
+from provision.lock.lockfile import check_lock_name, lock_dir, lock_name, tool_table
 from provision.lock.locking import (
     CheckResult,
     LockAllItem,
     builtin_lock_dir,
-    check_lock_name,
     indexes_table,
     keep_env,
     keep_other_sections,

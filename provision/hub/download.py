@@ -184,7 +184,7 @@ def download_profile(
     in `[tool.provision.model]`, or `[tool.provision.<record_under...>.model]` when several
     profiles share the lock (a direction records each member under ("members", name)).
     """
-    from provision.lock.lockfile import lock_path
+    from provision.lock.lockfile import check_lock_name, lock_path
     from provision.settings import autodl_notes, hf_hub_cache, modelscope_cache
 
     started = time.monotonic()
@@ -193,6 +193,7 @@ def download_profile(
             check_revision(asked)  # before any request: it becomes a file name in the cache
     includes, excludes = _patterns(include), _patterns(exclude)
     lock = Path(lock_file) if lock_file else lock_path(profile.name)
+    check_lock_name(lock)  # the record goes into it: a PEP 751 name, as `provision lock` writes
     pinned = model_record(lock, record_under)
     if pinned and pinned["repo_id"] not in (profile.hf_repo, profile.modelscope_repo):
         pinned = None  # the profile moved to another repository: the old pin does not apply

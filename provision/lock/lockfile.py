@@ -113,3 +113,12 @@ def set_tool_section(path: str | os.PathLike[str], section: str, value: Any) -> 
         table[leaf] = value
 
     return update_lock(path, change)
+
+
+def check_lock_name(path: Path) -> None:
+    """PEP 751 names only, checked before minutes of resolving rather than after."""
+    if path.name != "pylock.toml" and not re.fullmatch(r"pylock\.[^.]+\.toml", path.name):
+        raise ProvisionError(
+            f"Lock file name {path.name!r} is not a PEP 751 name.",
+            "Name it pylock.toml or pylock.<name>.toml, where <name> has no dots.",
+        )

@@ -28,7 +28,7 @@ from provision.errors import ProvisionError
 from provision.hardware.driver import DriverFacts, driver_facts
 from provision.hardware.machine import Machine
 from provision.lock.indexes import Index, IndexConfig, index_config
-from provision.lock.lockfile import LOCK_DIR_ENV, lock_path, tool_table
+from provision.lock.lockfile import LOCK_DIR_ENV, check_lock_name, lock_path, tool_table
 from provision.lock.resolve import (
     DEFAULT_PLATFORM,
     RequirementSet,
@@ -313,15 +313,6 @@ def read_previous(path: Path) -> dict[str, Any] | None:
         return tomllib.loads(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError):
         return None
-
-
-def check_lock_name(path: Path) -> None:
-    """PEP 751 names only, checked before minutes of resolving rather than after."""
-    if path.name != "pylock.toml" and not re.fullmatch(r"pylock\.[^.]+\.toml", path.name):
-        raise ProvisionError(
-            f"Lock file name {path.name!r} is not a PEP 751 name.",
-            "Name it pylock.toml or pylock.<name>.toml, where <name> has no dots.",
-        )
 
 
 def write_lock(

@@ -301,6 +301,11 @@ def test_missing_repo_and_missing_revision(hub, tiny, tmp_path):
         assert proc.returncode == 2 and "is not a branch, tag or commit name" in proc.stderr
     assert not list(Path(os.environ["HF_HOME"]).rglob("escape"))
 
+    # The record goes into a PEP 751 lock: a name `provision lock` would refuse is refused here.
+    proc = run_cli("download", "tiny", "--source", hub.url, "--lock", str(tmp_path / "my.lock"))
+    assert proc.returncode == 2 and "is not a PEP 751 name" in proc.stderr
+    assert not (tmp_path / "my.lock").exists()
+
 
 def test_a_url_that_is_not_a_hub(tiny, tmp_path):
     (tmp_path / "www").mkdir()
