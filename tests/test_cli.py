@@ -23,6 +23,15 @@ def test_help_lists_every_command_with_an_example():
     assert set(examples) == names, "every command has exactly one example"
     for example in examples.values():
         assert example in proc.stdout
+    # Each one-line description is whole: click cuts it at the first ". ", so an inline
+    # "e.g." or "..." would leave a dangling fragment.
+    commands = proc.stdout.split("Commands:")[1].split("Examples:")[0]
+    for line in filter(str.strip, commands.splitlines()):
+        assert not line.rstrip().endswith(("e.g.", "...")), line
+    # And each command's own --help ends with its example.
+    for name, example in examples.items():
+        own = run_cli(name, "--help")
+        assert own.returncode == 0 and example in own.stdout, name
 
 
 def test_start_up_imports_nothing_heavy():

@@ -77,3 +77,9 @@ def _global(
 
 for module in (check, profiles, gpus, download, env, patch, lock, docker, smoke, setup, direction):
     module.register(app)
+
+# Each command's own --help ends with its example too.
+for info in [*app.registered_commands, *app.registered_groups]:
+    example = dict(EXAMPLES).get(info.name or "")
+    if example and not info.epilog:
+        info.epilog = f"\b\nExample:\n  {example}"

@@ -157,6 +157,5 @@ def render(con: Any, report: Any) -> None:
 def register(app: typer.Typer) -> None:
     app.command(
         "check",
-        help="Does a model fit this machine or a planned one?  "
-        "e.g. provision check qwen2.5-vl-7b --gpu 'RTX 4090' --task lora",
+        help="Does a model fit this machine or a planned one? Says what to change if not.",
     )(check)

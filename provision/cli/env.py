@@ -43,7 +43,7 @@ def env(
     profiles_dir: ProfilesDir = None,
     json_output: JsonFlag = False,
 ) -> None:
-    """Print HF_HOME, HF_ENDPOINT, MODELSCOPE_CACHE... for the data disk and the chosen source."""
+    """Print the hub variables (HF_HOME, HF_ENDPOINT, MODELSCOPE_CACHE) as shell code."""
     from provision.settings import (
         autodl_notes,
         detect_shell,

@@ -45,4 +45,4 @@ def gpus(json_output: JsonFlag = False) -> None:
 
 
 def register(app: typer.Typer) -> None:
-    app.command("gpus", help="List the GPU catalogue used by --gpu.  e.g. provision gpus")(gpus)
+    app.command("gpus", help="List the GPU catalogue used by --gpu.")(gpus)

@@ -235,6 +235,5 @@ def _lock_all(lock_dir: str | None, upgrade: bool, json_output: bool) -> None:
 def register(app: typer.Typer) -> None:
     app.command(
         "lock",
-        help="Pin torch (CUDA-matched) and everything else into a lockfile."
-        "  e.g. provision lock qwen2.5-vl-7b --gpu 'RTX 4090' --driver 550.54.14",
+        help="Pin torch (CUDA-matched) and everything else into a lockfile.",
     )(lock)

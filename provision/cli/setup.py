@@ -119,6 +119,5 @@ def render(result: Any, con: Any = None) -> None:
 def register(app: typer.Typer) -> None:
     app.command(
         "setup",
-        help="Make the machine ready: check, lock, env, weights, fixes, smoke.  "
-        "e.g. provision setup qwen2-vl-2b",
+        help="Make the machine ready: check, lock, env, weights, fixes, smoke.",
     )(setup)
