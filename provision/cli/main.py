@@ -48,7 +48,15 @@ def print_error(exc: ProvisionError) -> None:
     if use_json():
         import json
 
-        payload = {"error": exc.message, "hint": exc.hint, "exit_code": exc.exit_code}
+        payload: dict[str, object] = {
+            "error": exc.message,
+            "hint": exc.hint,
+            "exit_code": exc.exit_code,
+        }
+        # A setup that failed part-way: the stages it got through, as the table shows them.
+        partial = getattr(exc, "setup_result", None)
+        if partial is not None and hasattr(partial, "to_json"):
+            payload["partial"] = partial.to_json()
         sys.stdout.write(json.dumps(payload) + "\n")
         return
     from rich.markup import escape

@@ -201,3 +201,8 @@ def test_smoke_failure_stops_setup_with_the_model_s_error(setup_world, tiny_llav
     state = _state(env)["stages"]
     assert state["weights"]["status"] == "done" and state["smoke"]["status"] == "failed"
     assert os.path.isdir(env / "bin")
+    # Under --json the failure carries the stage table too: what ran, what was skipped.
+    rc, failed = run_json("setup", "broken-llava", "--env", str(env), *TORCH, timeout=1800)
+    assert rc == 1 and "Smoke inference of broken-llava failed" in failed["error"]
+    done = stages(failed["partial"])
+    assert done["weights"] == "skipped" and done["smoke"] == "failed"
