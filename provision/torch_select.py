@@ -122,6 +122,16 @@ class Matrix:
     path: Path
 
 
+def _compat_drivers() -> str:
+    """'450.80.02 or newer runs every CUDA 11 build, ...' from the driver table."""
+    from provision.hardware.machine import driver_tables
+
+    table = driver_tables()["minor_compat_min_driver"]
+    return ", ".join(
+        f"{table[major]} or newer runs every CUDA {major} build" for major in sorted(table, key=int)
+    )
+
+
 @lru_cache(maxsize=1)
 def matrix() -> Matrix:
     path = data_file("torch_matrix.toml")
@@ -319,7 +329,7 @@ def choose_variant(
     if cuda is None:
         raise ProvisionError(
             f"Driver {driver} ({facts.source}) is older than any CUDA version provision knows.",
-            "Upgrade the NVIDIA driver (525.60.13 or newer runs every CUDA 12 build).",
+            "Upgrade the NVIDIA driver: " + _compat_drivers() + ".",
         )
     cuda_key = _vkey(cuda)
     not_newer = [v for v in kept if v.cuda_key <= cuda_key and _driver_runs(v, driver)]
@@ -595,8 +605,6 @@ def plan_torch(
         if choice.variant == CPU and torch_index_choice in (None, "official")
         else torch_index(release, choice.variant, torch_index_choice, default_index)
     )
-    if choice.variant == CPU and index.route == PYPI:  # pragma: no cover - guarded above
-        raise ProvisionError("PyPI has no CPU-only torch build for Linux.")
 
     requirements: list[str] = []
     routed: list[str] = []
@@ -606,9 +614,19 @@ def plan_torch(
         if name in data.family:
             paired = release.paired(name)
             if paired is None:
+                last = max(
+                    (r for r in matrix().releases.values() if r.paired(name)),
+                    key=lambda r: _vkey(r.torch),
+                    default=None,
+                )
                 raise ProvisionError(
                     f"torch {release.torch} has no {name} release to pair with.",
-                    f"Remove {name} from the profile's packages (the last torchaudio is 2.11.0).",
+                    f"Remove {name} from the profile's packages"
+                    + (
+                        f" (the last is {name} {last.paired(name)}, with torch {last.torch})."
+                        if last
+                        else "."
+                    ),
                 )
             pin = _exact(req)
             if pin is not None and pin.split("+", 1)[0] != paired:

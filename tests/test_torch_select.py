@@ -141,8 +141,10 @@ def test_pypi_route_when_variant_is_pypis_build():
 def test_family_always_one_variant_and_pairing_checked():
     with pytest.raises(ProvisionError, match="torchvision==0.18.0 is not built with torch 2.4.0"):
         plan_torch(["torch==2.4.0", "torchvision==0.18.0"], facts("550.54.14"), "3.11")
-    with pytest.raises(ProvisionError, match="no torchaudio"):
+    with pytest.raises(ProvisionError, match="no torchaudio") as info:
         plan_torch(["torch==2.13.0", "torchaudio"], facts("580.65.06"), "3.11")
+    # The hint names the newest pairing the matrix has, read from the data.
+    assert "the last is torchaudio 2.11.0, with torch 2.11.0" in str(info.value)
 
 
 def test_per_variant_packages_follow_the_family_off_pypi():
@@ -203,3 +205,11 @@ def test_matrix_is_consistent():
     for name, variant in ours.variants.items():
         if name != "cpu":  # a driver version as NVIDIA writes it
             assert all(part.isdigit() for part in variant.min_driver.split(".")), name
+
+
+def test_a_driver_older_than_any_known_cuda_names_the_drivers_that_would_do():
+    with pytest.raises(ProvisionError, match="older than any CUDA version") as info:
+        plan_torch(["torch==2.6.0"], facts("418.67"), "3.11")
+    # From data/cuda_drivers.toml, not from a sentence in the code.
+    assert "525.60.13 or newer runs every CUDA 12 build" in str(info.value)
+    assert "580.65.06 or newer runs every CUDA 13 build" in str(info.value)

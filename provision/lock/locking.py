@@ -333,8 +333,7 @@ def write_lock(
         kept = merge(table, old, old is not None and package_set(old) == new_packages)
         tool = tomli_w.dumps({"tool": {"provision": table}})
         # uv's part was parsed in resolve() and has no [tool] table (no key of ours can clash),
-        # so appending a table that parses on its own keeps the file valid TOML.
-        tomllib.loads(tool)
+        # so appending tomli_w's table keeps the file valid TOML.
         if "tool" in resolution.data:  # pragma: no cover - uv writes none today
             raise ProvisionError("uv's lock already has a [tool] table; cannot add ours.")
         atomic_write_text(path, header + resolution.text.rstrip("\n") + "\n\n" + tool)
