@@ -293,15 +293,12 @@ def _run_group(
     try:
         return proc.wait(timeout=timeout)
     except subprocess.TimeoutExpired:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait()
         return None
-    except BaseException:  # Ctrl-C: take the runner's group down with us
+    finally:
+        # Timeout, Ctrl-C, or a runner that ended but left workers behind: none outlive it.
         with contextlib.suppress(ProcessLookupError):
             os.killpg(proc.pid, signal.SIGKILL)
         proc.wait()
-        raise
 
 
 def run_smoke(
