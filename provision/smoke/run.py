@@ -405,7 +405,7 @@ def _no_report(code: int | None, timeout: float, log_tail: str) -> dict[str, Any
         error = {
             "stage": "run",
             "type": "SmokeTimeout",
-            "message": f"the smoke did not finish within {timeout:.0f} s and was stopped",
+            "message": f"the smoke did not finish within {timeout:g} s and was stopped",
         }
     else:
         lines = [line for line in log_tail.strip().splitlines() if line.strip()]

@@ -37,6 +37,7 @@ def test_a_smoke_that_runs_too_long_is_stopped_and_says_so(absent_profile, tmp_p
     )
     assert not result.ok
     assert result.error["type"] == "SmokeTimeout"
+    assert "within 0.5 s" in result.error["message"]  # not rounded down to "0 s"
     assert "--timeout" in result.next_step
     assert tool_table(read_lock(lock))["smoke"]["error"]["type"] == "SmokeTimeout"
 
