@@ -47,8 +47,7 @@ IgnorePip = Annotated[
 ]
 
 group = typer.Typer(
-    help="Research directions: several profiles sharing one environment, lock and cache.  "
-    "e.g. provision direction setup okvqa-vllm-swift",
+    help="Research directions: several profiles sharing one environment, lock and cache.",
     no_args_is_help=True,
 )
 

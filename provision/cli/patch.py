@@ -32,7 +32,7 @@ VerifyOpt = Annotated[
 ]
 
 group = typer.Typer(
-    help="Known library fixes: status, apply, revert.  e.g. provision patch apply --env ENV",
+    help="Known library fixes: status, apply, revert.",
     no_args_is_help=True,
 )
 

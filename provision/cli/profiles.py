@@ -18,7 +18,7 @@ ProfilesDir = Annotated[
 ]
 
 group = typer.Typer(
-    help="List model profiles, or show one.  e.g. provision profiles show qwen2-vl-2b",
+    help="List model profiles, or show one.",
     no_args_is_help=False,
     invoke_without_command=True,
 )
