@@ -13,8 +13,9 @@ import os
 import signal
 import subprocess
 import tempfile
+import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -273,13 +274,18 @@ def _check_python(python: Path) -> Path:
 # --- the run -------------------------------------------------------------------------------------
 
 
+STOP_GRACE_S = 3.0  # how long the runner's group gets to exit on SIGTERM before SIGKILL
+
+
 def _run_group(
     command: list[str], log: Any, env: dict[str, str], cwd: str, timeout: float | None
 ) -> int | None:
-    """Run the runner in its own process group; on timeout kill the group, not just the runner.
+    """Run the runner in its own process group; whatever ends the wait, stop the whole group.
 
     A backend may start processes of its own (vLLM's engine core, torch.compile workers):
-    killing only the runner would leave them running and holding GPU memory.
+    stopping only the runner would leave them running and holding GPU memory. Its own session
+    also takes it out of the terminal's Ctrl-C and a `kill -- -PGID` aimed at provision, so
+    provision turns SIGTERM and SIGHUP into an exit that stops the group first.
     Returns the exit code, or None when the time ran out.
     """
     proc = subprocess.Popen(
@@ -291,14 +297,52 @@ def _run_group(
         start_new_session=True,
     )
     try:
-        return proc.wait(timeout=timeout)
+        with _exit_on_signals():
+            return proc.wait(timeout=timeout)
     except subprocess.TimeoutExpired:
         return None
     finally:
-        # Timeout, Ctrl-C, or a runner that ended but left workers behind: none outlive it.
+        # Timeout, Ctrl-C, SIGTERM, or a runner that ended but left workers behind.
+        _stop_group(proc)
+
+
+def _stop_group(proc: subprocess.Popen[bytes], grace: float = STOP_GRACE_S) -> None:
+    """SIGTERM the group (a chance to free GPU memory and /dev/shm), SIGKILL what is left."""
+    try:
+        os.killpg(proc.pid, signal.SIGTERM)
+    except ProcessLookupError:
+        proc.wait()
+        return
+    deadline = time.monotonic() + grace
+    while time.monotonic() < deadline:
+        proc.poll()  # reap the runner when it ends: a zombie still counts as a group member
+        try:
+            os.killpg(proc.pid, 0)
+        except ProcessLookupError:
+            break
+        time.sleep(0.05)
+    else:
         with contextlib.suppress(ProcessLookupError):
             os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait()
+    proc.wait()
+
+
+@contextlib.contextmanager
+def _exit_on_signals() -> Iterator[None]:
+    """While the runner runs, SIGTERM/SIGHUP raise SystemExit, so `finally` blocks run."""
+    if threading.current_thread() is not threading.main_thread():
+        yield  # signal handlers can only be set from the main thread
+        return
+
+    def stop(signum: int, frame: object) -> None:
+        raise SystemExit(128 + signum)
+
+    previous = {sig: signal.signal(sig, stop) for sig in (signal.SIGTERM, signal.SIGHUP)}
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
 
 
 def run_smoke(

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import ast
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -50,18 +51,50 @@ def test_a_timeout_also_stops_what_the_runner_started(absent_profile, tmp_path: 
     spawner.chmod(0o755)
     result = run_smoke(absent_profile, spawner, tmp_path / "hf", timeout=1)
     assert result.error["type"] == "SmokeTimeout"
-    worker = int(pid_file.read_text())
-    # Killed and reaped by init: a zombie entry (state Z) may linger for a moment.
-    for _ in range(50):
+    assert _gone(int(pid_file.read_text())), "the worker outlived the smoke's timeout"
+
+
+def _gone(pid: int, seconds: float = 5.0) -> bool:
+    """The process ended (or is a zombie waiting for init to reap it)."""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
         try:
-            state = Path(f"/proc/{worker}/stat").read_text().split(") ")[1][0]
+            state = Path(f"/proc/{pid}/stat").read_text().split(") ")[1][0]
         except FileNotFoundError:
-            break
+            return True
         if state == "Z":
-            break
+            return True
         time.sleep(0.1)
-    else:
-        pytest.fail(f"worker {worker} still runs after the smoke timed out")
+    return False
+
+
+def test_sigterm_to_provision_also_stops_the_runner_s_group(absent_profile, tmp_path: Path):
+    """`timeout`, a CI job's cancel or an ssh hang-up sends SIGTERM/SIGHUP to provision, not to
+    the runner's own session: provision must stop the runner and its workers before it exits."""
+    pid_file = tmp_path / "worker.pid"
+    spawner = tmp_path / "python"
+    spawner.write_text(f"#!/bin/sh\nsleep 300 &\necho $! > {pid_file}\nsleep 300\n")
+    spawner.chmod(0o755)
+    code = (
+        "import sys; from pathlib import Path\n"
+        "from provision.profiles import load_profile\n"
+        "from provision.smoke.run import run_smoke\n"
+        f"run_smoke(load_profile({str(absent_profile.path)!r}), Path({str(spawner)!r}), "
+        f"Path({str(tmp_path / 'hf')!r}), timeout=120)\n"
+    )
+    caller = subprocess.Popen([sys.executable, "-c", code])
+    try:
+        for _ in range(100):
+            if pid_file.exists() and pid_file.read_text().strip():
+                break
+            time.sleep(0.1)
+        else:
+            pytest.fail("the runner never started its worker")
+        caller.send_signal(signal.SIGTERM)
+        assert caller.wait(timeout=30) == 128 + signal.SIGTERM
+    finally:
+        caller.kill()
+    assert _gone(int(pid_file.read_text())), "the worker outlived provision"
 
 
 def test_an_environment_without_torch_names_the_missing_package(
