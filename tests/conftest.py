@@ -107,18 +107,18 @@ def offline(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 @pytest.fixture
-def read_only(tmp_path: Path):
-    """A read-only file system (a 1 MiB tmpfs mounted ro), as a shared or mis-mounted volume is.
+def tmpfs_volume(tmp_path: Path):
+    """A 64 MiB tmpfs of its own, for tests that make a volume read-only (`remount_read_only`).
 
     Needs root (CI runs as root); fails, never skips, without: permission bits alone do not
     stop root, so only a real read-only mount shows what a user on one sees.
     """
     import subprocess
 
-    mount = tmp_path / "ro-volume"
+    mount = tmp_path / "volume"
     mount.mkdir()
     subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", "ro,size=1m", "tmpfs", str(mount)],
+        ["mount", "-t", "tmpfs", "-o", "size=64m", "tmpfs", str(mount)],
         check=True,
         capture_output=True,
     )
@@ -126,3 +126,16 @@ def read_only(tmp_path: Path):
         yield mount
     finally:
         subprocess.run(["umount", str(mount)], check=False)
+
+
+def remount_read_only(mount: Path) -> None:
+    import subprocess
+
+    subprocess.run(["mount", "-o", "remount,ro", str(mount)], check=True, capture_output=True)
+
+
+@pytest.fixture
+def read_only(tmpfs_volume: Path) -> Path:
+    """A read-only file system, as a shared or mis-mounted volume is."""
+    remount_read_only(tmpfs_volume)
+    return tmpfs_volume

@@ -88,12 +88,25 @@ def require_usable(path: Path, what: str, fix: str, write: bool = True) -> None:
         raise ProvisionError(f"{what} {path} cannot be used: {reason}.", fix)
 
 
+# What provision keeps in a data dir: finding one of these there means "this is the one in use".
+IN_USE_MARKERS = ("envs", "huggingface", "modelscope")
+
+
+def in_use(path: Path) -> bool:
+    return any((path / marker).is_dir() for marker in IN_USE_MARKERS)
+
+
 def _usage(path: Path) -> tuple[int, int] | None:
     try:
         usage = shutil.disk_usage(_existing(path))
     except OSError:
         return None
     return usage.free, usage.total
+
+
+def system_tree(mount_point: str) -> bool:
+    """Under /tmp, /run, /dev...: not a data disk (but /tmpdata or /runs may be)."""
+    return any(mount_point == t or mount_point.startswith(t + "/") for t in _SYSTEM_TREES)
 
 
 def _mounted_volumes(mounts_file: str = "/proc/mounts") -> list[Path]:
@@ -110,9 +123,7 @@ def _mounted_volumes(mounts_file: str = "/proc/mounts") -> list[Path]:
         fs_type = parts[2]
         if fs_type in _PSEUDO_FS or mount_point in _SYSTEM_MOUNTS:
             continue
-        if len(parts) > 3 and "ro" in parts[3].split(","):
-            continue  # a read-only volume holds no caches
-        if mount_point.startswith(_SYSTEM_TREES):
+        if system_tree(mount_point):
             continue
         found.append(Path(mount_point))
     # A bind mount of the system disk (container storage, say) is not another disk.
@@ -135,9 +146,13 @@ def candidate_data_dirs(mounts_file: str = "/proc/mounts") -> list[DataDir]:
     seen: set[Path] = set()
     out: list[DataDir] = []
 
-    def add(path: Path, reason: str) -> None:
+    def add(path: Path, reason: str, chosen: bool = False) -> None:
         path = path.expanduser()
-        if path in seen or unusable(path):
+        if path in seen or unusable(path, write=False):
+            return
+        # A read-only volume is no place for new caches, but one that already holds them (a
+        # lab's shared, complete cache) or one the user chose stays: reading needs no write.
+        if not chosen and unusable(path) and not in_use(path):
             return
         usage = _usage(path)
         if usage is None:
@@ -147,14 +162,16 @@ def candidate_data_dirs(mounts_file: str = "/proc/mounts") -> list[DataDir]:
 
     env = os.environ.get("PROVISION_DATA_DIR")
     if env:
-        # Set by the user: a folder that cannot be used is their mistake to hear about, not
-        # something to pass over silently for another disk.
+        # Set by the user: a file in the way is their mistake to hear about, not something to
+        # pass over silently for another disk. A read-only one is taken as given: what needs to
+        # write there (a download, an environment) says so when it does.
         require_usable(
             Path(env).expanduser(),
             "PROVISION_DATA_DIR",
-            "Point PROVISION_DATA_DIR at a folder you can write, on a disk with room for weights.",
+            "Point PROVISION_DATA_DIR at a folder, on a disk with room for weights.",
+            write=False,
         )
-        add(Path(env), "PROVISION_DATA_DIR")
+        add(Path(env), "PROVISION_DATA_DIR", chosen=True)
     if AUTODL_DATA.is_dir():
         add(AUTODL_DATA, "AutoDL data disk")
     if Path("/data").is_dir():
@@ -165,10 +182,6 @@ def candidate_data_dirs(mounts_file: str = "/proc/mounts") -> list[DataDir]:
         add(mount / "provision", f"mounted volume {mount}")
     add(Path.home() / ".cache" / "provision", "home directory")
     return out
-
-
-# What provision keeps in a data dir: finding one of these there means "this is the one in use".
-IN_USE_MARKERS = ("envs", "huggingface", "modelscope")
 
 
 def pick_data_dir(candidates: list[DataDir]) -> DataDir:
@@ -183,7 +196,7 @@ def pick_data_dir(candidates: list[DataDir]) -> DataDir:
     if first.reason in ("PROVISION_DATA_DIR", "AutoDL data disk"):
         return first
     for candidate in candidates:
-        if any((candidate.path / marker).is_dir() for marker in IN_USE_MARKERS):
+        if in_use(candidate.path):
             return candidate
     return max(candidates, key=lambda d: d.free)
 

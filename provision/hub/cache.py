@@ -156,8 +156,11 @@ class HfCache:
                 info["lfs_sha256"] = f.sha256
                 info["lfs_size"] = f.size
             entries[f.path] = info
-        payload = {"format_version": 1, "files": entries}
-        atomic_write_text(self.storage / "trees" / f"{commit}.json", json.dumps(payload, indent=1))
+        text = json.dumps({"format_version": 1, "files": entries}, indent=1)
+        tree = self.storage / "trees" / f"{commit}.json"
+        if tree.is_file() and tree.read_text(encoding="utf-8") == text:
+            return  # unchanged: a complete cache on a read-only volume needs no write
+        atomic_write_text(tree, text)
 
 
 class ModelScopeCache:

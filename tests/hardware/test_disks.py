@@ -9,6 +9,7 @@ import pytest
 from provision.errors import ProvisionError
 from provision.hardware import disks
 from provision.hardware.disks import DataDir, candidate_data_dirs, pick_data_dir
+from tests.conftest import remount_read_only
 
 GIB = 1024**3
 
@@ -51,25 +52,50 @@ def test_no_candidate_is_one_message():
         pick_data_dir([])
 
 
-def test_a_data_dir_that_cannot_be_written_is_one_message(tmp_path, monkeypatch, read_only):
+def test_a_data_dir_behind_a_file_is_one_message(tmp_path, monkeypatch):
     blocker = tmp_path / "a-file"
     blocker.write_text("")
     monkeypatch.setattr(disks, "AUTODL_DATA", tmp_path / "no-autodl")
-    for path, reason in [(blocker / "data", "is a file"), (read_only / "data", "read-only")]:
-        monkeypatch.setenv("PROVISION_DATA_DIR", str(path))
-        with pytest.raises(
-            ProvisionError, match=f"PROVISION_DATA_DIR {path} cannot be used.*{reason}"
-        ):
-            candidate_data_dirs(mounts_file=str(tmp_path / "no-mounts"))
+    monkeypatch.setenv("PROVISION_DATA_DIR", str(blocker / "data"))
+    with pytest.raises(ProvisionError, match=f"PROVISION_DATA_DIR {blocker}/data cannot be used"):
+        candidate_data_dirs(mounts_file=str(tmp_path / "no-mounts"))
 
 
-def test_read_only_and_scratch_mounts_are_not_candidates(tmp_path, monkeypatch, read_only):
+def test_read_only_folders_are_passed_over_unless_in_use_or_chosen(
+    tmp_path, monkeypatch, tmpfs_volume
+):
     monkeypatch.delenv("PROVISION_DATA_DIR", raising=False)
     monkeypatch.setattr(disks, "AUTODL_DATA", tmp_path / "no-autodl")
-    mounts = tmp_path / "mounts"
-    mounts.write_text(f"tmpfs {read_only} ext4 ro,relatime 0 0\n/dev/vdb /tmp/x ext4 rw 0 0\n")
-    found = candidate_data_dirs(mounts_file=str(mounts))
-    assert all(not str(d.path).startswith((str(read_only), "/tmp/x")) for d in found)
-    # And a read-only folder is passed over even when no mount table says so.
-    monkeypatch.setattr(disks.Path, "home", lambda: read_only)
-    assert all(d.reason != "home directory" for d in candidate_data_dirs(str(mounts)))
+    no_mounts = str(tmp_path / "no-mounts")
+    home = tmpfs_volume / "home"
+    (home / ".cache" / "provision").mkdir(parents=True)
+    monkeypatch.setattr(disks.Path, "home", lambda: home)
+    assert [d.reason for d in candidate_data_dirs(no_mounts)] == ["home directory"]
+    remount_read_only(tmpfs_volume)
+    # Read-only and empty: no place for new caches.
+    assert candidate_data_dirs(no_mounts) == []
+    # Chosen by the user: taken as given (what must write there says so when it does).
+    monkeypatch.setenv("PROVISION_DATA_DIR", str(home / "chosen"))
+    assert [d.reason for d in candidate_data_dirs(no_mounts)] == ["PROVISION_DATA_DIR"]
+
+
+def test_a_read_only_volume_that_holds_the_caches_stays_the_choice(
+    tmp_path, monkeypatch, tmpfs_volume
+):
+    """A lab's shared, complete, read-only cache is still where the weights are."""
+    monkeypatch.delenv("PROVISION_DATA_DIR", raising=False)
+    monkeypatch.setattr(disks, "AUTODL_DATA", tmp_path / "no-autodl")
+    monkeypatch.setattr(disks.Path, "home", lambda: tmpfs_volume)
+    shared = tmpfs_volume / ".cache" / "provision"
+    (shared / "huggingface").mkdir(parents=True)
+    remount_read_only(tmpfs_volume)
+    found = candidate_data_dirs(str(tmp_path / "no-mounts"))
+    assert [d.path for d in found] == [shared]
+    roomy = _dir(tmp_path / "vol", 300, "mounted volume /vol")
+    assert pick_data_dir([roomy, *found]).path == shared
+
+
+def test_system_trees_are_not_volumes_but_look_alike_names_are():
+    assert disks.system_tree("/tmp/x") and disks.system_tree("/run") and disks.system_tree("/dev")
+    assert not disks.system_tree("/tmpdata") and not disks.system_tree("/runs")
+    assert not disks.system_tree("/mnt/data")

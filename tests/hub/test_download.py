@@ -18,6 +18,7 @@ from provision.hub import download_profile, model_record, verify_profile
 from provision.hub.errors import SourceFailed
 from provision.profiles import load_profile
 from tests.cli_helpers import run_cli, run_json
+from tests.conftest import remount_read_only
 from tests.hub import helpers
 from tests.servers.hub import HubServer
 
@@ -477,3 +478,13 @@ def test_a_cache_that_cannot_be_written_is_named_not_called_full(hub, tiny, tmp_
         assert proc.returncode == 2, err
         assert "cannot be used" in err and reason in err and "HF_HOME" in err
         assert "Not enough free space" not in err and "Traceback" not in err
+
+
+def test_a_complete_cache_on_a_read_only_volume_is_used_as_it_is(hub, tiny, tmpfs_volume):
+    """A lab's shared, read-only HF cache that already holds the model: nothing to write."""
+    home = {"HF_HOME": str(tmpfs_volume / "hf")}
+    first = run_cli("download", "tiny", "--source", hub.url, env=home)
+    assert first.returncode == 0, first.stderr
+    remount_read_only(tmpfs_volume)
+    again = run_cli("download", "tiny", "--source", hub.url, env=home)
+    assert again.returncode == 0, again.stderr
