@@ -24,8 +24,12 @@ BLOCK_BEGIN = "# >>> provision hub environment >>>"
 BLOCK_END = "# <<< provision hub environment <<<"
 SHELLS = ("bash", "zsh", "fish")
 # Names whose values are never printed or written, whatever asks (tokens, passwords): the one
-# pattern the env block, the lock's env table and the Docker image's ENV lines all filter with.
-SECRET_NAMES = re.compile(r"TOKEN|SECRET|PASSWORD|PASSWD|API_?KEY|CREDENTIAL|AUTH", re.IGNORECASE)
+# pattern the env block, the lock's env table and the Docker image's ENV lines all filter with,
+# matched as whole words between underscores: HF_TOKEN and OPENAI_API_KEY are secrets,
+# TOKENIZERS_PARALLELISM and AUTHOR are not.
+SECRET_NAMES = re.compile(
+    r"(^|_)(TOKEN|SECRET|PASSWORD|PASSWD|API_?KEY|CREDENTIALS?|AUTH)(_|$)", re.IGNORECASE
+)
 # Variables the hub clients read at import time: what `apply_environment` checks.
 IMPORT_TIME = {"HF_HOME", "HF_HUB_CACHE", "HF_ENDPOINT", "HF_HUB_DISABLE_TELEMETRY"}
 

@@ -201,3 +201,14 @@ def test_apply_environment_warns_when_the_hub_library_came_first(tmp_path):
 def test_unknown_shell_is_a_usage_error(clean_env):
     proc = run_cli("env", "--source", "hf", "--shell", "tcsh")
     assert proc.returncode == 2 and "Unknown shell 'tcsh'" in proc.stderr
+
+
+def test_secret_names_are_whole_words():
+    from provision.settings import SECRET_NAMES
+
+    secrets = ["HF_TOKEN", "HUGGING_FACE_HUB_TOKEN", "OPENAI_API_KEY", "PIP_PASSWORD"]
+    secrets += ["AWS_SECRET_ACCESS_KEY", "GIT_CREDENTIALS", "auth_token", "MODELSCOPE_API_KEY"]
+    for name in secrets:
+        assert SECRET_NAMES.search(name), name
+    for name in ("TOKENIZERS_PARALLELISM", "AUTHOR", "OAUTHLIB_INSECURE", "HF_HOME", "SECRETARY"):
+        assert not SECRET_NAMES.search(name), name

@@ -24,12 +24,14 @@ def _build_args(values: list[str] | None) -> dict[str, str]:
                 f"--build-arg {item!r} is not KEY=VALUE.", "e.g. --build-arg PIP_INDEX_URL=URL"
             )
         # Build arguments are kept in the image's history, readable by anyone who pulls it.
-        if SECRET_NAMES.search(key) or re.search(r"://[^/@\s]+:[^/@\s]*@", value):
+        if SECRET_NAMES.search(key) or re.search(r"://[^/@\s]+@", value):
             raise ProvisionError(
                 f"--build-arg {key} would store a secret in the image's history "
                 "(`docker history` shows build arguments).",
                 "Pass the Hub token as HF_TOKEN in the environment (it goes in as a build secret, "
-                "never into a layer); give index URLs without user:password@.",
+                "never into a layer). Give index URLs without user:password@ or token@; for a "
+                "private index, download the wheels on the host and build from them with "
+                "--wheelhouse DIR --offline.",
             )
         out[key] = value
     return out

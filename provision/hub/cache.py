@@ -95,6 +95,7 @@ class HfCache:
         return self.cache / ".locks" / self.folder_name / f"{etag}.lock"
 
     def snapshot(self, commit: str) -> Path:
+        check_revision(commit)  # from the hub's answer or a lock someone handed over
         return self.storage / "snapshots" / commit
 
     def pointer(self, commit: str, path: str) -> Path:
@@ -170,6 +171,7 @@ class ModelScopeCache:
         self.storage = self.cache / "models" / repo_id.replace("/", "--")
 
     def snapshot(self, revision: str) -> Path:
+        check_revision(revision)  # may come from a lock someone handed over
         return self.storage / "snapshots" / revision
 
     def file(self, revision: str, path: str) -> Path:

@@ -343,6 +343,7 @@ def test_no_engine_says_how_to_start_one(tmp_path: Path, profiles: Path):
         "HF_TOKEN=hf_abc",
         "pip_password=s3cr3t-pw",
         "PIP_INDEX_URL=https://me:pw@pypi.example/simple",
+        "PIP_EXTRA_INDEX_URL=https://ghp_t0ken123@git.example/simple",
     ],
 )
 def test_a_secret_as_build_arg_is_refused_before_any_build(tmp_path: Path, profiles: Path, arg):
@@ -358,6 +359,17 @@ def test_a_secret_as_build_arg_is_refused_before_any_build(tmp_path: Path, profi
     assert "would store a secret in the image's history" in err and "HF_TOKEN" in err
     assert "No container engine" not in err  # refused before looking for one
     assert arg.partition("=")[2] not in proc.stderr  # the value itself is never echoed
+
+
+def test_a_build_arg_that_only_looks_like_a_secret_word_is_accepted(tmp_path, profiles):
+    """TOKENIZERS_PARALLELISM is not a token: refused only by the missing engine, later."""
+    lock = write_lock(tmp_path)
+    env = {**no_docker_env(), "PROVISION_PROFILES_DIR": str(profiles)}
+    proc = run_cli(
+        "docker", "tiny-vlm", "--lock", str(lock), "--out", str(tmp_path), "--build",
+        "--build-arg", "TOKENIZERS_PARALLELISM=false", env=env,
+    )  # fmt: skip
+    assert proc.returncode == 2 and "No container engine answers" in " ".join(proc.stderr.split())
 
 
 def test_docker_engine_with_a_build_secret_says_which_command_to_run(tmp_path: Path):
