@@ -156,7 +156,7 @@ _CACHE = re.compile(r"Using cache")
 class _Archive(io.RawIOBase):
     """The context tar on disk followed by in-memory members: what the engine reads as one tar.
 
-    Secrets are only ever in the in-memory tail, so no token lands in a temporary file.
+    Secrets are only ever in the in-memory tail, so provision never writes a token to a file.
     `__len__` lets requests send a Content-Length rather than a chunked body.
     """
 
@@ -176,21 +176,29 @@ class _Archive(io.RawIOBase):
         return self._pos
 
     def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
-        base = {io.SEEK_SET: 0, io.SEEK_CUR: self._pos, io.SEEK_END: len(self)}[whence]
-        self._pos = max(0, base + offset)
+        bases = {io.SEEK_SET: 0, io.SEEK_CUR: self._pos, io.SEEK_END: len(self)}
+        if whence not in bases or bases[whence] + offset < 0:
+            raise ValueError(f"cannot seek to {offset} from {whence}")
+        self._pos = bases[whence] + offset
         return self._pos
 
-    def read(self, size: int = -1) -> bytes:
-        end = len(self) if size is None or size < 0 else min(len(self), self._pos + size)
-        out = b""
-        if self._pos < self._head_size:
-            self._head.seek(self._pos)
-            out = self._head.read(min(end, self._head_size) - self._pos)
-        if end > self._head_size:
-            start = max(self._pos, self._head_size) - self._head_size
-            out += self._tail[start : end - self._head_size]
-        self._pos += len(out)
-        return out
+    def readinto(self, buffer: Any) -> int:
+        view = memoryview(buffer).cast("B")
+        done = 0
+        while done < len(view) and self._pos < len(self):
+            want = len(view) - done
+            if self._pos < self._head_size:
+                self._head.seek(self._pos)
+                chunk = self._head.read(min(want, self._head_size - self._pos))
+                if not chunk:
+                    raise OSError("the build context archive shrank while it was being sent")
+            else:
+                start = self._pos - self._head_size
+                chunk = self._tail[start : start + want]
+            view[done : done + len(chunk)] = chunk
+            done += len(chunk)
+            self._pos += len(chunk)
+        return done
 
     def close(self) -> None:
         self._head.close()
