@@ -23,11 +23,16 @@ def test_help_lists_every_command_with_an_example():
     assert set(examples) == names, "every command has exactly one example"
     for example in examples.values():
         assert example in proc.stdout
-    # Each one-line description is whole: click cuts it at the first ". ", so an inline
-    # "e.g." or "..." would leave a dangling fragment.
-    commands = proc.stdout.split("Commands:")[1].split("Examples:")[0]
+    # Each one-line description is whole, even in an 80-column terminal (click cuts a longer
+    # one, or one with an inline "e.g.", with "...").
+    narrow = run_cli("--help", env={"COLUMNS": "80"}).stdout
+    commands = narrow.split("Commands:")[1].split("Examples:")[0]
+    from provision.cli.app import SUMMARIES
+
+    assert set(SUMMARIES) == names
     for line in filter(str.strip, commands.splitlines()):
-        assert not line.rstrip().endswith(("e.g.", "...")), line
+        name, summary = line.split(maxsplit=1)
+        assert summary == SUMMARIES[name], line
     # And each command's own --help ends with its example.
     for name, example in examples.items():
         own = run_cli(name, "--help")

@@ -43,6 +43,23 @@ EXAMPLES = [
     ("direction", "provision direction setup okvqa-vllm-swift --source hf-mirror"),
 ]
 
+# One line per command under `provision --help`, short enough for an 80-column terminal (click
+# cuts longer ones with "..."); each command's own --help has its full description.
+SUMMARIES = {
+    "check": "Does a model fit this machine or a planned one?",
+    "profiles": "List model profiles, or show one.",
+    "gpus": "List the GPU catalogue used by --gpu.",
+    "download": "Download a profile's weights, resumable and sha256-checked.",
+    "verify": "Re-hash the downloaded weights against the lockfile.",
+    "env": "Print HF_HOME, HF_ENDPOINT and the rest as shell code.",
+    "patch": "Known library fixes: status, apply, revert.",
+    "lock": "Pin a CUDA-matched torch and the rest into a lockfile.",
+    "docker": "Render a profile's Dockerfile from its lock; --build builds it.",
+    "smoke": "Ask the model about a bundled photo; show and record the answer.",
+    "setup": "Make the machine ready: check, lock, env, weights, fixes, smoke.",
+    "direction": "Several profiles sharing one environment, lock and cache.",
+}
+
 app = typer.Typer(
     name="provision",
     help="Make a GPU machine ready to run or fine-tune a multimodal LLM, reproducibly.",
@@ -83,3 +100,4 @@ for info in [*app.registered_commands, *app.registered_groups]:
     example = dict(EXAMPLES).get(info.name or "")
     if example and not info.epilog:
         info.epilog = f"\b\nExample:\n  {example}"
+    info.short_help = SUMMARIES.get(info.name or "", info.short_help)
