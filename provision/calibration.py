@@ -7,7 +7,6 @@ README carries; tests/test_calibration.py holds the estimate to it.
 
 from __future__ import annotations
 
-import sys
 from dataclasses import dataclass
 from typing import Any
 
@@ -16,13 +15,8 @@ from provision.hardware.catalogue import lookup
 from provision.hardware.machine import Gpu, Machine
 from provision.memory import FitRequest, coefficients, stacks, weight_bytes
 from provision.profiles import load_profile
-from provision.resources import data_file
+from provision.resources import load_table
 from provision.units import GIB
-
-if sys.version_info >= (3, 11):
-    import tomllib
-else:  # pragma: no cover
-    import tomli as tomllib
 
 AIM = 0.15  # issue 2: estimates within 15% of each observation
 # Keys of an observation that map one to one onto FitRequest fields.
@@ -99,8 +93,7 @@ class Comparison:
 
 
 def observations() -> list[dict[str, Any]]:
-    with data_file("observations.toml").open("rb") as handle:
-        return tomllib.load(handle)["observation"]
+    return load_table("observations.toml")["observation"]
 
 
 def _machine(obs: dict[str, Any]) -> Machine:

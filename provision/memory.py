@@ -9,20 +9,14 @@ Coefficients live in provision/data/fit.toml, per-stack behaviour in provision/d
 
 from __future__ import annotations
 
-import sys
 from dataclasses import dataclass, replace
 from functools import cache
 from typing import Any
 
 from provision.errors import ProvisionError
 from provision.profiles import DTYPE_BYTES, Profile
-from provision.resources import data_file
+from provision.resources import load_table
 from provision.units import GIB
-
-if sys.version_info >= (3, 11):
-    import tomllib
-else:  # pragma: no cover
-    import tomli as tomllib
 
 TASKS = ("infer", "lora", "qlora", "full")
 QUANTS = ("bf16", "fp16", "fp8", "int8", "int4")
@@ -31,8 +25,7 @@ ATTENTION = ("sdpa", "flash_attention_2", "eager")
 
 @cache
 def _table(name: str) -> dict[str, Any]:
-    with data_file(name).open("rb") as handle:
-        return tomllib.load(handle)
+    return load_table(name)
 
 
 def coefficients() -> dict[str, Any]:

@@ -16,7 +16,6 @@ index (or a mirror), or PyPI when PyPI's wheel is built with that very variant (
 from __future__ import annotations
 
 import re
-import sys
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from functools import lru_cache
@@ -25,12 +24,7 @@ from typing import Any
 
 from provision.errors import ProvisionError
 from provision.hardware.driver import DriverFacts
-from provision.resources import data_file
-
-if sys.version_info >= (3, 11):
-    import tomllib
-else:  # pragma: no cover
-    import tomli as tomllib
+from provision.resources import data_file, load_table
 
 PYPI_URL = "https://pypi.org/simple"
 CPU = "cpu"
@@ -135,8 +129,7 @@ def _compat_drivers() -> str:
 @lru_cache(maxsize=1)
 def matrix() -> Matrix:
     path = data_file("torch_matrix.toml")
-    with path.open("rb") as handle:
-        raw = tomllib.load(handle)
+    raw = load_table(path.name)
     variants = {
         name: Variant(
             name=name,

@@ -9,18 +9,12 @@ was made for a CUDA variant.
 from __future__ import annotations
 
 import re
-import sys
 from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any
 
 from provision.errors import ProvisionError
-from provision.resources import data_file
-
-if sys.version_info >= (3, 11):
-    import tomllib
-else:  # pragma: no cover
-    import tomli as tomllib
+from provision.resources import load_table
 
 # name[:tag][@sha256:<64 hex>], where name may start with a registry host[:port]/.
 _REF = re.compile(
@@ -112,8 +106,7 @@ class BaseImage:
 
 @lru_cache(maxsize=1)
 def base_table() -> dict[str, Any]:
-    with open(data_file(TABLE_FILE), "rb") as handle:
-        return tomllib.load(handle)
+    return load_table(TABLE_FILE)
 
 
 def _row_for_image(ref: ImageRef) -> dict[str, Any] | None:

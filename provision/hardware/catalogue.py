@@ -7,19 +7,13 @@ from __future__ import annotations
 
 import difflib
 import re
-import sys
 from dataclasses import dataclass
 from functools import lru_cache
 
 from provision.errors import ProvisionError
 from provision.hardware.machine import Gpu, Machine, cuda_for_driver, parse_cc
-from provision.resources import data_file
+from provision.resources import load_table
 from provision.units import MIB, parse_size
-
-if sys.version_info >= (3, 11):
-    import tomllib
-else:  # pragma: no cover
-    import tomli as tomllib
 
 
 @dataclass(frozen=True)
@@ -46,8 +40,7 @@ def _key(text: str) -> str:
 
 @lru_cache(maxsize=1)
 def catalogue() -> tuple[CatalogueGpu, ...]:
-    with data_file("gpus.toml").open("rb") as handle:
-        rows = tomllib.load(handle)["gpu"]
+    rows = load_table("gpus.toml")["gpu"]
     return tuple(
         CatalogueGpu(
             name=row["name"],

@@ -54,7 +54,7 @@ class DataDir:
         }
 
 
-def _existing(path: Path) -> Path:
+def nearest_existing(path: Path) -> Path:
     """`path`, or its nearest ancestor that exists: the folder a new one would be made in."""
     probe = path
     while not probe.exists() and probe.parent != probe:
@@ -69,7 +69,7 @@ def unusable(path: Path, write: bool = True) -> str | None:
     not as a full disk (a read-only file system reports 0 bytes free). `write=False` asks only
     whether the folder can exist at all (reading a cache needs no write access).
     """
-    probe = _existing(path)
+    probe = nearest_existing(path)
     if not probe.is_dir():
         return f"{probe} is a file, not a folder"
     if write and not os.access(probe, os.W_OK | os.X_OK):
@@ -98,7 +98,7 @@ def in_use(path: Path) -> bool:
 
 def _usage(path: Path) -> tuple[int, int] | None:
     try:
-        usage = shutil.disk_usage(_existing(path))
+        usage = shutil.disk_usage(nearest_existing(path))
     except OSError:
         return None
     return usage.free, usage.total

@@ -2,17 +2,11 @@
 
 from __future__ import annotations
 
-import sys
 from dataclasses import asdict, dataclass, field
 from functools import lru_cache
 from typing import Any
 
-from provision.resources import data_file
-
-if sys.version_info >= (3, 11):
-    import tomllib
-else:  # pragma: no cover
-    import tomli as tomllib
+from provision.resources import load_table
 
 # Compute capability from which bf16 math and FlashAttention-2 are supported (Ampere, sm_80).
 BF16_MIN_CC = (8, 0)
@@ -100,8 +94,7 @@ def parse_cc(text: str | None) -> tuple[int, int] | None:
 
 @lru_cache(maxsize=1)
 def driver_tables() -> dict[str, dict[str, str]]:
-    with data_file("cuda_drivers.toml").open("rb") as handle:
-        return tomllib.load(handle)
+    return load_table("cuda_drivers.toml")
 
 
 def _version_key(text: str) -> tuple[int, ...]:

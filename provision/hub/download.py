@@ -19,7 +19,7 @@ from typing import Any
 
 from provision.digest import file_sha256
 from provision.errors import ProvisionError
-from provision.hardware.disks import require_usable
+from provision.hardware.disks import nearest_existing, require_usable
 from provision.hub.cache import HfCache, ModelScopeCache, check_revision
 from provision.hub.errors import SourceFailed, disk_full
 from provision.hub.listing import (
@@ -558,9 +558,7 @@ def _check_space(where: Path, need: int, repo_id: str) -> None:
     if need <= 0:
         return  # everything is cached: a read-only shared cache is fine
     require_usable(where, "The download cache", CACHE_FIX)
-    probe = where
-    while not probe.exists() and probe.parent != probe:
-        probe = probe.parent
+    probe = nearest_existing(where)
     free = shutil.disk_usage(probe).free
     if need > free:
         raise disk_full(str(probe), need, free, repo_id)

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import functools
 import os
-import sys
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
@@ -20,12 +19,7 @@ from typing import Any
 
 from provision import __version__
 from provision.errors import ProvisionError
-from provision.resources import data_file
-
-if sys.version_info >= (3, 11):
-    import tomllib
-else:  # pragma: no cover
-    import tomli as tomllib
+from provision.resources import load_table
 
 SOURCES_ENV = "PROVISION_SOURCES"
 PROBE_TIMEOUT_ENV = "PROVISION_PROBE_TIMEOUT"
@@ -36,8 +30,7 @@ USER_AGENT = f"provision/{__version__}"
 @functools.lru_cache(maxsize=1)
 def source_table() -> dict[str, Any]:
     """provision/data/hub_sources.toml: known sources, auto order, AutoDL facts."""
-    with data_file("hub_sources.toml").open("rb") as handle:
-        return tomllib.load(handle)
+    return load_table("hub_sources.toml")
 
 
 @dataclass(frozen=True)

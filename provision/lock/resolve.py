@@ -29,7 +29,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 from provision.errors import CheckFailed, ProvisionError
 from provision.lock.indexes import Index, IndexConfig, redact
-from provision.resources import data_file
+from provision.resources import load_table
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -139,8 +139,7 @@ def _exact_pin(requirement: str) -> str | None:
 @lru_cache(maxsize=1)
 def static_metadata() -> tuple[dict[str, Any], ...]:
     """provision/data/sdist_metadata.toml: dependency metadata of sdist-only packages."""
-    with data_file("sdist_metadata.toml").open("rb") as handle:
-        return tuple(tomllib.load(handle)["package"])
+    return tuple(load_table("sdist_metadata.toml")["package"])
 
 
 def _strip_credentials(url: str) -> tuple[str, str | None, str | None]:

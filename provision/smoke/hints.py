@@ -6,17 +6,11 @@ The table is data: provision/data/smoke_failures.toml, first match wins.
 from __future__ import annotations
 
 import re
-import sys
 from dataclasses import dataclass
 from functools import cache
 from typing import Any
 
-from provision.resources import data_file
-
-if sys.version_info >= (3, 11):
-    import tomllib
-else:  # pragma: no cover
-    import tomli as tomllib
+from provision.resources import load_table
 
 
 @dataclass(frozen=True)
@@ -28,7 +22,7 @@ class Hint:
 
 @cache
 def _table() -> tuple[tuple[str, re.Pattern[str], str, str | None], ...]:
-    data = tomllib.loads(data_file("smoke_failures.toml").read_text(encoding="utf-8"))
+    data = load_table("smoke_failures.toml")
     return tuple(
         (row["id"], re.compile(row["pattern"], re.MULTILINE), row["next"], row.get("fix"))
         for row in data["failure"]
