@@ -6,25 +6,10 @@ from typing import Annotated, Any
 
 import typer
 
+from provision.cli.options import DriverOpt, GpuMemOpt, GpuOpt, GpusOpt
 from provision.cli.output import JsonFlag, emit
 from provision.cli.profiles import ProfilesDir
 from provision.errors import EXIT_FAILED
-
-# Planning-target options, shared with `lock` and `direction check`.
-GpuOpt = Annotated[
-    str | None,
-    typer.Option(
-        "--gpu",
-        help="Plan for a GPU you do not have: 'RTX 4090', 'A100-80GB x2' (see `provision gpus`).",
-    ),
-]
-GpuMemOpt = Annotated[
-    str | None, typer.Option("--gpu-mem", help="Plan for a GPU with this memory, e.g. 24GiB.")
-]
-GpusOpt = Annotated[int | None, typer.Option("--gpus", help="Number of GPUs in the plan.")]
-DriverOpt = Annotated[
-    str | None, typer.Option("--driver", help="NVIDIA driver version of the planned machine.")
-]
 
 
 def planned_machine(gpu: str | None, gpu_mem: str | None, gpus: int | None, driver: str | None):  # noqa: ANN201

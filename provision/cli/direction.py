@@ -7,8 +7,24 @@ from typing import Annotated, Any
 
 import typer
 
-from provision.cli.check import DriverOpt, GpuMemOpt, GpuOpt, GpusOpt, planned_machine
+from provision.cli.check import planned_machine
 from provision.cli.lock import emit_checks, emit_locked, lock_machine
+from provision.cli.options import (
+    DriverOpt,
+    ForceOpt,
+    GpuMemOpt,
+    GpuOpt,
+    GpusOpt,
+    IgnorePipOpt,
+    LockDirOpt,
+    SetupLockOpt,
+    SkipCheckOpt,
+    SourceOpt,
+    TorchIndexOpt,
+    UpgradeOpt,
+    VariantOpt,
+    WheelhouseOpt,
+)
 from provision.cli.output import JsonFlag, emit, use_json
 from provision.cli.profiles import ProfilesDir
 from provision.cli.setup import progress_printer, show_partial, stage_table
@@ -22,28 +38,9 @@ DirectionsDir = Annotated[
         "built-ins).",
     ),
 ]
-LockDir = Annotated[
-    str | None,
-    typer.Option("--lock-dir", envvar="PROVISION_LOCK_DIR", help="Folder of lockfiles."),
-]
 NameArg = Annotated[str, typer.Argument(help="Direction name (or a path to a .toml file).")]
-TorchIndex = Annotated[
-    str | None,
-    typer.Option(
-        "--torch-index",
-        help="Where torch comes from: official, a mirror name, pypi, a URL, a template with "
-        "{variant}, or a folder of wheels.",
-    ),
-]
-Variant = Annotated[
-    str | None, typer.Option("--variant", help="Force a build: cu124, cpu, or pypi.")
-]
 Python = Annotated[
     str | None, typer.Option("--python", help="Target Python X.Y (default: the direction's).")
-]
-IgnorePip = Annotated[
-    bool,
-    typer.Option("--ignore-pip-config", help="Resolve against PyPI only, ignoring pip.conf."),
 ]
 
 group = typer.Typer(
@@ -79,7 +76,7 @@ def _members_text(direction: Any) -> str:
 def list_cmd(
     directions_dir: DirectionsDir = None,
     profiles_dir: ProfilesDir = None,
-    lock_dir: LockDir = None,
+    lock_dir: LockDirOpt = None,
     json_output: JsonFlag = False,
 ) -> None:
     """List the directions (members, lock state) and the environments on this machine."""
@@ -148,7 +145,7 @@ def show(
     name: NameArg,
     directions_dir: DirectionsDir = None,
     profiles_dir: ProfilesDir = None,
-    lock_dir: LockDir = None,
+    lock_dir: LockDirOpt = None,
     json_output: JsonFlag = False,
 ) -> None:
     """One direction: members and tasks, packages, where its environment lives, its lock."""
@@ -267,13 +264,13 @@ def lock(
     gpu_mem: GpuMemOpt = None,
     gpus: GpusOpt = None,
     driver: DriverOpt = None,
-    torch_index: TorchIndex = None,
-    variant: Variant = None,
+    torch_index: TorchIndexOpt = None,
+    variant: VariantOpt = None,
     output: Annotated[
         str | None, typer.Option("-o", "--output", help="Lock file to write (or to --check).")
     ] = None,
-    lock_dir: LockDir = None,
-    ignore_pip_config: IgnorePip = False,
+    lock_dir: LockDirOpt = None,
+    ignore_pip_config: IgnorePipOpt = False,
     check: Annotated[
         bool, typer.Option("--check", help="Only tell whether the lock is stale (no network).")
     ] = False,
@@ -281,10 +278,7 @@ def lock(
         bool,
         typer.Option("--all", help="Every built-in direction (PyPI's torch build, PyPI only)."),
     ] = False,
-    upgrade: Annotated[
-        bool,
-        typer.Option("--upgrade", help="Resolve afresh, not preferring the lock's versions."),
-    ] = False,
+    upgrade: UpgradeOpt = False,
     directions_dir: DirectionsDir = None,
     profiles_dir: ProfilesDir = None,
     json_output: JsonFlag = False,
@@ -392,27 +386,15 @@ def setup(
         Path | None,
         typer.Option("--from-lock", help="Rebuild exactly from this direction lockfile."),
     ] = None,
-    lock_file: Annotated[
-        Path | None, typer.Option("--lock", help="Lockfile to write and record into.")
-    ] = None,
-    source: Annotated[
-        str, typer.Option(help="Weights from: auto, hf, hf-mirror, modelscope, a URL or a folder.")
-    ] = "auto",
-    torch_index: TorchIndex = None,
-    variant: Variant = None,
+    lock_file: SetupLockOpt = None,
+    source: SourceOpt = "auto",
+    torch_index: TorchIndexOpt = None,
+    variant: VariantOpt = None,
     python: Python = None,
-    ignore_pip_config: IgnorePip = False,
-    wheelhouse: Annotated[
-        Path | None,
-        typer.Option(help="Folder of wheels to install from (also read from PIP_FIND_LINKS)."),
-    ] = None,
-    force: Annotated[
-        list[str] | None,
-        typer.Option("--force", help="Redo a stage even if done: check, lock, env, weights..."),
-    ] = None,
-    skip_check: Annotated[
-        bool, typer.Option("--skip-check", help="Go on even if a member does not fit here.")
-    ] = False,
+    ignore_pip_config: IgnorePipOpt = False,
+    wheelhouse: WheelhouseOpt = None,
+    force: ForceOpt = None,
+    skip_check: SkipCheckOpt = False,
     directions_dir: DirectionsDir = None,
     profiles_dir: ProfilesDir = None,
     json_output: JsonFlag = False,
@@ -551,10 +533,10 @@ def add(
     gpu_mem: GpuMemOpt = None,
     gpus: GpusOpt = None,
     driver: DriverOpt = None,
-    torch_index: TorchIndex = None,
-    variant: Variant = None,
-    lock_dir: LockDir = None,
-    ignore_pip_config: IgnorePip = False,
+    torch_index: TorchIndexOpt = None,
+    variant: VariantOpt = None,
+    lock_dir: LockDirOpt = None,
+    ignore_pip_config: IgnorePipOpt = False,
     directions_dir: DirectionsDir = None,
     profiles_dir: ProfilesDir = None,
     json_output: JsonFlag = False,
@@ -578,10 +560,10 @@ def remove(
     gpu_mem: GpuMemOpt = None,
     gpus: GpusOpt = None,
     driver: DriverOpt = None,
-    torch_index: TorchIndex = None,
-    variant: Variant = None,
-    lock_dir: LockDir = None,
-    ignore_pip_config: IgnorePip = False,
+    torch_index: TorchIndexOpt = None,
+    variant: VariantOpt = None,
+    lock_dir: LockDirOpt = None,
+    ignore_pip_config: IgnorePipOpt = False,
     directions_dir: DirectionsDir = None,
     profiles_dir: ProfilesDir = None,
     json_output: JsonFlag = False,

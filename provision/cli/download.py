@@ -7,18 +7,11 @@ from typing import Annotated, Any
 
 import typer
 
+from provision.cli.options import SourceOpt
 from provision.cli.output import JsonFlag, emit, use_json
 from provision.cli.profiles import ProfilesDir
 from provision.errors import EXIT_FAILED
 
-SourceOpt = Annotated[
-    str,
-    typer.Option(
-        "--source",
-        help="auto (probe and pick), hf, hf-mirror, modelscope, an HF-compatible URL, "
-        "modelscope:URL, or a folder.",
-    ),
-]
 LockOpt = Annotated[
     Path | None,
     typer.Option("--lock", help="Lockfile to record into / read (default: the profile's)."),

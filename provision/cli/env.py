@@ -9,6 +9,7 @@ from typing import Annotated, Any
 
 import typer
 
+from provision.cli.options import SourceOpt
 from provision.cli.output import JsonFlag, emit, use_json
 from provision.cli.profiles import ProfilesDir
 from provision.errors import ProvisionError
@@ -29,13 +30,7 @@ def env(
             "activate script (a marked block; running again replaces it).",
         ),
     ] = False,
-    source: Annotated[
-        str,
-        typer.Option(
-            "--source",
-            help="auto (probe), hf, hf-mirror, modelscope, an HF-compatible URL, modelscope:URL.",
-        ),
-    ] = "auto",
+    source: SourceOpt = "auto",
     venv: Annotated[
         Path | None,
         typer.Option("--venv", help="Virtual environment to persist into (default: $VIRTUAL_ENV)."),

@@ -7,6 +7,17 @@ from typing import Annotated, Any
 
 import typer
 
+from provision.cli.options import (
+    DriverOpt,
+    GpuMemOpt,
+    GpuOpt,
+    GpusOpt,
+    IgnorePipOpt,
+    LockDirOpt,
+    TorchIndexOpt,
+    UpgradeOpt,
+    VariantOpt,
+)
 from provision.cli.output import JsonFlag, emit, use_json
 from provision.cli.profiles import ProfilesDir
 
@@ -19,47 +30,18 @@ def lock(
     python: Annotated[
         str | None, typer.Option("--python", help="Target Python X.Y (default: the profile's).")
     ] = None,
-    gpu: Annotated[
-        str | None, typer.Option("--gpu", help="Plan for this GPU, e.g. 'RTX 4090' or 'A100 x2'.")
-    ] = None,
-    gpu_mem: Annotated[
-        str | None, typer.Option("--gpu-mem", help="Plan for a GPU of this memory, e.g. 24GiB.")
-    ] = None,
-    gpus: Annotated[int | None, typer.Option("--gpus", help="Number of planned GPUs.")] = None,
-    driver: Annotated[
-        str | None, typer.Option("--driver", help="Plan for this NVIDIA driver, e.g. 550.54.14.")
-    ] = None,
-    torch_index: Annotated[
-        str | None,
-        typer.Option(
-            "--torch-index",
-            help="Where torch comes from: official, a mirror name (nju, aliyun), pypi, "
-            "a URL, or a template with {variant}.",
-        ),
-    ] = None,
-    variant: Annotated[
-        str | None,
-        typer.Option("--variant", help="Force a build: cu124, cpu, or pypi (PyPI's build)."),
-    ] = None,
+    gpu: GpuOpt = None,
+    gpu_mem: GpuMemOpt = None,
+    gpus: GpusOpt = None,
+    driver: DriverOpt = None,
+    torch_index: TorchIndexOpt = None,
+    variant: VariantOpt = None,
     output: Annotated[
         str | None, typer.Option("-o", "--output", help="Lock file to write (or to --check).")
     ] = None,
-    lock_dir: Annotated[
-        str | None,
-        typer.Option("--lock-dir", envvar="PROVISION_LOCK_DIR", help="Folder of lockfiles."),
-    ] = None,
-    ignore_pip_config: Annotated[
-        bool,
-        typer.Option(
-            "--ignore-pip-config", help="Resolve against PyPI only, ignoring pip.conf / PIP_*."
-        ),
-    ] = False,
-    upgrade: Annotated[
-        bool,
-        typer.Option(
-            "--upgrade", help="Resolve afresh instead of keeping the existing lock's versions."
-        ),
-    ] = False,
+    lock_dir: LockDirOpt = None,
+    ignore_pip_config: IgnorePipOpt = False,
+    upgrade: UpgradeOpt = False,
     explain: Annotated[
         bool, typer.Option("--explain", help="Print the whole decision, step by step.")
     ] = False,

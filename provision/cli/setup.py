@@ -8,6 +8,14 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
+from provision.cli.options import (
+    ForceOpt,
+    SetupLockOpt,
+    SkipCheckOpt,
+    SourceOpt,
+    TorchIndexOpt,
+    WheelhouseOpt,
+)
 from provision.cli.output import JsonFlag, emit, use_json
 from provision.cli.profiles import ProfilesDir
 
@@ -25,26 +33,12 @@ def setup(
         Path | None,
         typer.Option("--from-lock", help="Rebuild exactly from this lockfile (someone else's)."),
     ] = None,
-    lock: Annotated[
-        Path | None, typer.Option("--lock", help="Lockfile to write and record into.")
-    ] = None,
-    source: Annotated[
-        str, typer.Option(help="Weights from: auto, hf, hf-mirror, modelscope, a URL or a folder.")
-    ] = "auto",
-    torch_index: Annotated[
-        str | None, typer.Option("--torch-index", help="Where torch comes from (see `lock`).")
-    ] = None,
-    wheelhouse: Annotated[
-        Path | None,
-        typer.Option(help="Folder of wheels to install from (also read from PIP_FIND_LINKS)."),
-    ] = None,
-    force: Annotated[
-        list[str] | None,
-        typer.Option("--force", help="Redo a stage even if done: check, lock, env, weights..."),
-    ] = None,
-    skip_check: Annotated[
-        bool, typer.Option("--skip-check", help="Go on even if the model does not fit here.")
-    ] = False,
+    lock: SetupLockOpt = None,
+    source: SourceOpt = "auto",
+    torch_index: TorchIndexOpt = None,
+    wheelhouse: WheelhouseOpt = None,
+    force: ForceOpt = None,
+    skip_check: SkipCheckOpt = False,
     profiles_dir: ProfilesDir = None,
     json_output: JsonFlag = False,
 ) -> None:
