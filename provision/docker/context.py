@@ -128,12 +128,6 @@ def stage_context(
     (wheels / "README").write_text(
         "Local files for the lock's packages (uv's find-links); each one's sha256 is in the lock.\n"
     )
-    if fetch_missing:
-        from provision.docker.wheelhouse import fill
-
-        for name in fill(spec, wheels):
-            staged.wheels.append(name)
-            staged.bytes += (wheels / name).stat().st_size
     by_name: dict[str, list[Path]] = {}
     for folder in wheelhouses or []:
         folder = Path(folder).expanduser()
@@ -164,6 +158,16 @@ def stage_context(
                 break
         if not covered:
             staged.uncovered.append(f"{package.name}=={package.version}")
+    if fetch_missing and staged.uncovered:
+        # Only what the wheelhouses and this machine's files did not cover is fetched: a private
+        # index the engine cannot reach is served from --wheelhouse alone.
+        from provision.docker.wheelhouse import fill
+
+        missing = set(staged.uncovered)
+        for name in fill(spec, wheels, only=missing):
+            staged.wheels.append(name)
+            staged.bytes += (wheels / name).stat().st_size
+        staged.uncovered = []
     return staged
 
 

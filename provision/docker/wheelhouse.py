@@ -172,11 +172,16 @@ def fetch(wanted: Wanted, cache: Path | None = None, timeout: float = 120) -> Pa
     return target
 
 
-def fill(spec: Any, dest: Path, cache: Path | None = None) -> list[str]:
-    """Put the target's file of every locked package into `dest`; return the file names."""
+def fill(
+    spec: Any, dest: Path, cache: Path | None = None, only: set[str] | None = None
+) -> list[str]:
+    """Put the target's file of every locked package (or of those `only` names as NAME==VERSION)
+    into `dest`; return the file names."""
     dest.mkdir(parents=True, exist_ok=True)
     names = []
     for wanted in choose_files(spec):
+        if only is not None and f"{wanted.package}=={wanted.version}" not in only:
+            continue
         source = fetch(wanted, cache)
         target = dest / wanted.filename
         if not target.exists():

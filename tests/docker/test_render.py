@@ -393,8 +393,10 @@ def test_push_needs_a_registry_in_the_tag():
 # --- the build context ---------------------------------------------------------------------------
 
 
-def test_context_holds_only_what_the_dockerfile_copies(tmp_path: Path, profiles: Path):
+def test_context_holds_only_what_the_dockerfile_copies(tmp_path: Path, profiles: Path, monkeypatch):
     from tests.envs.helpers import make_wheel, sha256_file
+
+    monkeypatch.setenv("PROVISION_WHEEL_CACHE", str(tmp_path / "wheel-cache"))
 
     wheel = make_wheel(tmp_path / "house", "tinypkg", "1.0")
     stray = make_wheel(tmp_path / "house", "other", "2.0")
@@ -420,6 +422,13 @@ def test_context_holds_only_what_the_dockerfile_copies(tmp_path: Path, profiles:
     # The lock's own path entry and the wheelhouse's match are in; the wrong bytes are not.
     assert sorted(staged.wheels) == sorted([wheel.name, stray.name])
     assert str(bad / wheel.name) in staged.skipped and not staged.uncovered
+    # --offline fetches only what no wheelhouse holds: the file whose URL is unreachable
+    # (example.invalid) comes from the wheelhouse, with no download tried.
+    offline = stage_context(
+        tmp_path / "ctx-offline", spec, result.text, result.ignore_text, {}, [wheel.parent],
+        fetch_missing=True,
+    )  # fmt: skip
+    assert sorted(offline.wheels) == sorted([wheel.name, stray.name]) and not offline.uncovered
     assert (context / "provision" / "docker" / "image_fixes.py").exists()
     assert (context / "provision" / "smoke" / "runner.py").exists()
     assert not (context / "provision" / "cli").exists()  # only what the image runs
