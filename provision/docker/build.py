@@ -222,6 +222,11 @@ def docker_profile(
     started = time.monotonic()
     rendered = render_profile(profile, **render_kwargs)
     result = DockerResult(rendered, tags=list(tags or [rendered.tag]))
+    if push:  # before minutes of building, not after
+        from provision.docker.engine import check_pushable
+
+        for tag in result.tags:
+            check_pushable(tag)
     result.timings["render_s"] = time.monotonic() - started
     if not build and not context_dir:
         return result

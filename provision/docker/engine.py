@@ -412,16 +412,23 @@ def registry_of(tag: str) -> str | None:
     return None
 
 
-def push_image(
-    engine: Engine, tag: str, on_event: Callable[[BuildEvent], None] | None = None
-) -> dict[str, Any]:
-    """Push `tag` to the registry it names; a tag with no registry host is refused."""
+def check_pushable(tag: str) -> str:
+    """The registry host `tag` names; a tag that names none (it would go to Docker Hub) is
+    refused."""
     registry = registry_of(tag)
     if registry is None:
         raise ProvisionError(
             f"--push: the tag {tag} names no registry, so it would go to Docker Hub.",
             "Tag it for your registry: --tag registry.example.com/team/NAME:TAG --push.",
         )
+    return registry
+
+
+def push_image(
+    engine: Engine, tag: str, on_event: Callable[[BuildEvent], None] | None = None
+) -> dict[str, Any]:
+    """Push `tag` to the registry it names; a tag with no registry host is refused."""
+    registry = check_pushable(tag)
     repository, _, version = tag.rpartition(":")
     from docker.errors import DockerException
 

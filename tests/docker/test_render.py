@@ -390,6 +390,18 @@ def test_push_needs_a_registry_in_the_tag():
         docker_profile("x", push=True, build=False, lock_file="/nonexistent")  # type: ignore[arg-type]
 
 
+def test_push_without_a_registry_tag_is_refused_before_building(tmp_path: Path, profiles: Path):
+    lock = write_lock(tmp_path)
+    env = {**no_docker_env(), "PROVISION_PROFILES_DIR": str(profiles)}
+    proc = run_cli(
+        "docker", "tiny-vlm", "--lock", str(lock), "--out", str(tmp_path), "--build", "--push",
+        env=env,
+    )  # fmt: skip
+    err = " ".join(proc.stderr.split())
+    assert proc.returncode == 2 and "names no registry" in err
+    assert "No container engine" not in err  # refused before an engine is even looked for
+
+
 # --- the build context ---------------------------------------------------------------------------
 
 
