@@ -13,11 +13,9 @@ every file against the lock's sha256.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
@@ -30,6 +28,7 @@ from urllib.parse import unquote, urlparse
 from provision.atomic import file_lock
 from provision.errors import CheckFailed, ProvisionError
 from provision.lock.lockfile import read_lock
+from provision.procs import exit_on_signals, stop_group
 
 # Every uv call: no interpreter downloads, no progress bars in captured output.
 _UV_ENV = {"UV_PYTHON_DOWNLOADS": "never", "UV_NO_PROGRESS": "1", "NO_COLOR": "1"}
@@ -664,13 +663,13 @@ def _sync(
             start_new_session=True,  # its own group: stopping it stops the builds it started
         )
         try:
-            if probe is not None:
-                _finish_probe(probe, python, lock_file)
-            out, err = proc.communicate(timeout=3600)
+            with exit_on_signals():
+                if probe is not None:
+                    _finish_probe(probe, python, lock_file)
+                out, err = proc.communicate(timeout=3600)
         finally:
             if proc.poll() is None:
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(proc.pid, signal.SIGKILL)
+                stop_group(proc)  # and the builds it started; then drain its pipes
                 proc.communicate()
     if proc.returncode != 0:
         raise _explain_sync_failure(err, data, lock_file)

@@ -7,21 +7,19 @@ provision/data/smoke_failures.toml) and records the result in the lock's [tool.p
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
-import signal
 import subprocess
 import tempfile
-import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
 from provision.errors import ProvisionError
+from provision.procs import exit_on_signals, stop_group
 from provision.profiles import Profile
 from provision.smoke.hints import hint_for
 
@@ -274,9 +272,6 @@ def _check_python(python: Path) -> Path:
 # --- the run -------------------------------------------------------------------------------------
 
 
-STOP_GRACE_S = 3.0  # how long the runner's group gets to exit on SIGTERM before SIGKILL
-
-
 def _run_group(
     command: list[str], log: Any, env: dict[str, str], cwd: str, timeout: float | None
 ) -> int | None:
@@ -297,52 +292,13 @@ def _run_group(
         start_new_session=True,
     )
     try:
-        with _exit_on_signals():
+        with exit_on_signals():
             return proc.wait(timeout=timeout)
     except subprocess.TimeoutExpired:
         return None
     finally:
         # Timeout, Ctrl-C, SIGTERM, or a runner that ended but left workers behind.
-        _stop_group(proc)
-
-
-def _stop_group(proc: subprocess.Popen[bytes], grace: float = STOP_GRACE_S) -> None:
-    """SIGTERM the group (a chance to free GPU memory and /dev/shm), SIGKILL what is left."""
-    try:
-        os.killpg(proc.pid, signal.SIGTERM)
-    except ProcessLookupError:
-        proc.wait()
-        return
-    deadline = time.monotonic() + grace
-    while time.monotonic() < deadline:
-        proc.poll()  # reap the runner when it ends: a zombie still counts as a group member
-        try:
-            os.killpg(proc.pid, 0)
-        except ProcessLookupError:
-            break
-        time.sleep(0.05)
-    else:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGKILL)
-    proc.wait()
-
-
-@contextlib.contextmanager
-def _exit_on_signals() -> Iterator[None]:
-    """While the runner runs, SIGTERM/SIGHUP raise SystemExit, so `finally` blocks run."""
-    if threading.current_thread() is not threading.main_thread():
-        yield  # signal handlers can only be set from the main thread
-        return
-
-    def stop(signum: int, frame: object) -> None:
-        raise SystemExit(128 + signum)
-
-    previous = {sig: signal.signal(sig, stop) for sig in (signal.SIGTERM, signal.SIGHUP)}
-    try:
-        yield
-    finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
+        stop_group(proc)
 
 
 def run_smoke(
