@@ -181,7 +181,7 @@ def setup_direction(
     Raises what the failing stage raised (its `setup_result` attribute holds the partial
     result), after marking the registry entry failed.
     """
-    from provision.settings import hub_environment, resolve_data_dir
+    from provision.settings import hub_environment, keep_user_caches, resolve_data_dir
     from provision.setup import Plan, run_plan
 
     lock_options = lock_options or LockOptions()
@@ -197,10 +197,7 @@ def setup_direction(
             "Pass --env with a folder path (it is created if missing), or move the file away.",
         )
     profiles = direction.profiles(options.profiles_dir)
-    hub = hub_environment(data_dir, "auto")
-    for key in ("HF_HOME", "MODELSCOPE_CACHE"):  # as run_plan does: a cache the user set wins
-        if os.environ.get(key):
-            hub[key] = os.environ[key]
+    hub = keep_user_caches(hub_environment(data_dir, "auto"))  # as run_plan does
     registry = registry_path(data_dir)
     user = current_user()
 

@@ -73,6 +73,19 @@ def hub_environment(data_dir: Path | str | None = None, source: Any = "auto") ->
     return {k: v for k, v in sorted(env.items()) if not SECRET_NAMES.search(k)}
 
 
+# Cache locations a user may have set: setup keeps them rather than moving the caches.
+USER_CACHE_VARS = ("HF_HOME", "HF_HUB_CACHE", "MODELSCOPE_CACHE")
+
+
+def keep_user_caches(env: dict[str, str]) -> dict[str, str]:
+    """`env` with the cache locations the user already set (HF_HOME, HF_HUB_CACHE,
+    MODELSCOPE_CACHE) in place of the data disk's."""
+    for key in USER_CACHE_VARS:
+        if os.environ.get(key):
+            env[key] = os.environ[key]
+    return env
+
+
 def hf_hub_cache(environ: dict[str, str] | None = None) -> Path:
     """Where Hugging Face's cache is: HF_HUB_CACHE, else HF_HOME/hub, else on the data disk."""
     env = os.environ if environ is None else environ

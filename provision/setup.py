@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -410,12 +409,11 @@ class _Runner:
         """The hub variables for this run: caches on the data disk unless the user already
         points HF_HOME / MODELSCOPE_CACHE somewhere; set before any hub client is imported."""
         if not self.hub_env or source is not None:
-            from provision.settings import apply_environment, hub_environment
+            from provision.settings import apply_environment, hub_environment, keep_user_caches
 
-            env = hub_environment(self.options.data_dir, source or self.options.source)
-            for key in ("HF_HOME", "MODELSCOPE_CACHE"):
-                if os.environ.get(key):
-                    env[key] = os.environ[key]
+            env = keep_user_caches(
+                hub_environment(self.options.data_dir, source or self.options.source)
+            )
             apply_environment(env)
             self.hub_env = env
         return self.hub_env
@@ -517,13 +515,15 @@ class _Runner:
         if self._skip("smoke", fingerprint):
             return "skipped", "passed before with this environment, weights and fixes"
         hub = self._hub_environment()
-        hf_home = Path(hub.get("HF_HOME") or os.environ["HF_HOME"])
+        from provision.settings import hf_hub_cache
+
         details, outputs, failures = [], {}, []
         for profile in self._profiles():
             outcome = run_smoke(
                 profile,
                 self.python,
-                hf_home,
+                Path(hub["HF_HOME"]),
+                hub_cache=hf_hub_cache(hub),  # where the weights stage put them
                 lock_file=self.lock,
                 timeout=self.options.smoke_timeout,
                 record_under=self._record_under(profile),

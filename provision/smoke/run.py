@@ -242,11 +242,12 @@ def _backend(profile: Profile) -> str:
     return stack if stack in SERVING_STACKS else "transformers"
 
 
-def _child_env(hf_home: Path | None) -> dict[str, str]:
+def _child_env(hf_home: Path | None, hub_cache: Path | None = None) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if k not in LEAKY_VARS}
     if hf_home is not None:
         env["HF_HOME"] = str(hf_home)
-        env["HF_HUB_CACHE"] = str(Path(hf_home) / "hub")  # a stale HF_HUB_CACHE would win
+        # Said outright: a stale HF_HUB_CACHE would win over HF_HOME.
+        env["HF_HUB_CACHE"] = str(hub_cache or Path(hf_home) / "hub")
     env["HF_HUB_OFFLINE"] = "1"
     env["TRANSFORMERS_OFFLINE"] = "1"
     env.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
@@ -313,11 +314,12 @@ def run_smoke(
     max_new_tokens: int | None = None,
     target: str | None = None,
     record_under: Sequence[str] = (),
+    hub_cache: Path | None = None,
 ) -> SmokeResult:
     """Run the profile's smoke inference with `python` (the target environment's interpreter).
 
-    Loads the model by repo id from the HF cache at `hf_home` (None: HF_HOME / HF_HUB_CACHE as
-    set) with HF_HUB_OFFLINE=1, asks the profile's question about the bundled image with greedy
+    Loads the model by repo id from the HF cache at `hub_cache` (default `hf_home`/hub; with no
+    `hf_home`, HF_HOME / HF_HUB_CACHE as set) with HF_HUB_OFFLINE=1, asks the profile's question about the bundled image with greedy
     decoding and, where the installed transformers has it, group beam search with output_scores.
     A failure is a result (ok False, the model's own error, the next step), not an exception;
     bad input (no such interpreter) raises ProvisionError. With `lock_file` the result is
@@ -349,7 +351,7 @@ def run_smoke(
         command = [str(python), str(RUNNER), "--request", str(request_file), "--out", str(out_file)]
         report: dict[str, Any] | None = None
         with open(log_file, "wb") as log:
-            code = _run_group(command, log, _child_env(hf_home), tmp, timeout)
+            code = _run_group(command, log, _child_env(hf_home, hub_cache), tmp, timeout)
         log_tail = log_file.read_bytes()[-4000:].decode("utf-8", "replace")
         if out_file.exists():
             report = json.loads(out_file.read_text(encoding="utf-8"))

@@ -206,3 +206,18 @@ def test_smoke_failure_stops_setup_with_the_model_s_error(setup_world, tiny_llav
     assert rc == 1 and "Smoke inference of broken-llava failed" in failed["error"]
     done = stages(failed["partial"])
     assert done["weights"] == "skipped" and done["smoke"] == "failed"
+
+
+def test_a_hub_cache_the_user_set_is_where_weights_go_and_where_the_smoke_looks(
+    setup_world, tmp_path
+):
+    """HF_HUB_CACHE alone (no HF_HOME) is kept: the download and the smoke agree on it."""
+    root = setup_world["root"]
+    cache = tmp_path / "my-hub-cache"
+    rc, report = run_json(
+        "setup", PROFILE, "--env", str(root / "envs" / "own-cache"), *TORCH,
+        env={"HF_HUB_CACHE": str(cache)}, timeout=1800,
+    )  # fmt: skip
+    assert rc == 0, report
+    assert stages(report)["smoke"] == "done"
+    assert list(cache.glob(f"models--{REPO.replace('/', '--')}/snapshots/*/config.json"))
