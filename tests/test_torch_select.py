@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import pytest
 
 from provision.errors import ProvisionError
@@ -15,6 +18,8 @@ from provision.torch_select import (
     release_for,
     torch_index,
 )
+
+REFERENCE = Path(__file__).resolve().parent / "fixtures" / "torch_matrix.reference.json"
 
 
 def facts(driver: str | None, *ccs: str, planned: bool = False, names=()) -> DriverFacts:
@@ -191,20 +196,34 @@ def test_bad_inputs_are_one_message():
         plan_torch(["torch==2.6.0", "not a requirement!!"], facts(None), "3.11")
 
 
-def test_matrix_is_consistent():
-    """Every variant a release names has a row saying what it needs; pairings are present.
-
-    (The table was checked row by row against ../shared/reference/torch_matrix.json when it was
-    written; that file is outside the repository, so CI cannot read it.)"""
+def test_matrix_matches_the_reference():
+    """The package's table agrees, row by row, with the reference it was written from
+    (a copy of ../shared/reference/torch_matrix.json, which a clone does not have)."""
+    reference = json.loads(REFERENCE.read_text())
     ours = matrix()
+    for row in reference["releases"]:
+        release = ours.releases[row["torch"]]
+        verified = [
+            v.split()[0].rstrip("?")
+            for v in row["cuda_variants_on_download_pytorch_org"]
+            if "UNVERIFIED" not in v
+        ]
+        assert list(release.variants) == verified, row["torch"]
+        assert release.pypi_variant == row["pypi_linux_x86_64_default_cuda"]
+        assert release.torchvision == row["torchvision"].split()[0]
+        assert release.torchaudio == row["torchaudio"]
+    # every variant named by a release has a row saying what it needs
     named = {v for r in ours.releases.values() for v in r.variants}
     assert named <= set(ours.variants)
-    for version, release in ours.releases.items():
-        assert release.torchvision, version
-        assert release.pypi_variant in release.variants or release.pypi_variant == "cpu", version
+    drivers = dict(reference["uv_torch_backend"]["LINUX_CUDA_DRIVERS"])
     for name, variant in ours.variants.items():
-        if name != "cpu":  # a driver version as NVIDIA writes it
-            assert all(part.isdigit() for part in variant.min_driver.split(".")), name
+        if name == "cpu":
+            continue
+        # our minimum driver is never below what uv's table requires
+        uv_min = drivers[name]
+        assert tuple(map(int, variant.min_driver.split("."))) >= tuple(
+            map(int, uv_min.split("."))
+        ), name
 
 
 def test_a_driver_older_than_any_known_cuda_names_the_drivers_that_would_do():
