@@ -54,7 +54,6 @@ from provision.lock.locking import (
     lock_inputs,
     model_table,
     pin_reasons,
-    public_env,
     pypi_build_facts,
     target_table,
     write_lock,
@@ -67,6 +66,7 @@ from provision.lock.resolve import (
     resolve,
 )
 from provision.profiles import Profile
+from provision.settings import public_env
 from provision.torch_select import TorchPlan
 
 KIND = "direction"

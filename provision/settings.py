@@ -14,6 +14,7 @@ import os
 import re
 import shlex
 import sys
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -32,6 +33,11 @@ SECRET_NAMES = re.compile(
 )
 # Variables the hub clients read at import time: what `apply_environment` checks.
 IMPORT_TIME = {"HF_HOME", "HF_HUB_CACHE", "HF_ENDPOINT", "HF_HUB_DISABLE_TELEMETRY"}
+
+
+def public_env(env: Mapping[str, str]) -> dict[str, str]:
+    """`env` without the names that look like they hold a secret."""
+    return {k: v for k, v in env.items() if not SECRET_NAMES.search(k)}
 
 
 def resolve_data_dir(data_dir: str | os.PathLike[str] | None = None) -> Path:
@@ -70,7 +76,7 @@ def hub_environment(data_dir: Path | str | None = None, source: Any = "auto") ->
         env["HF_ENDPOINT"] = chosen.endpoint
     if chosen is not None and chosen.kind == "modelscope" and not chosen.is_default_modelscope:
         env["MODELSCOPE_ENDPOINT"] = chosen.endpoint
-    return {k: v for k, v in sorted(env.items()) if not SECRET_NAMES.search(k)}
+    return public_env(dict(sorted(env.items())))
 
 
 # Cache locations a user may have set: setup keeps them rather than moving the caches.

@@ -8,7 +8,12 @@ import sys
 
 from tests.cli_helpers import run_cli, run_json
 
-HEAVY = ("torch", "transformers", "modelscope", "docker", "huggingface_hub")
+# Nothing on the path of --help or check: the big libraries, nor provision's resolver.
+HEAVY = (
+    "torch", "transformers", "modelscope", "docker", "huggingface_hub",
+    "provision.lock.resolve", "provision.lock.locking", "provision.torch_select",
+    "packaging.requirements", "tomli_w",
+)  # fmt: skip
 
 
 def test_help_lists_every_command_with_an_example():

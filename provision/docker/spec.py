@@ -19,7 +19,7 @@ from urllib.parse import unquote, urlparse
 
 from provision.errors import ProvisionError
 from provision.lock.lockfile import lock_path, read_lock, tool_table
-from provision.settings import SECRET_NAMES
+from provision.settings import public_env
 
 PYPI_SIMPLE = "https://pypi.org/simple"
 HF_ENDPOINT = "https://huggingface.co"
@@ -234,8 +234,8 @@ def load_spec(
     fixes = table.get("fixes") or {}
     env = {
         str(k): str(v)
-        for k, v in (table.get("env") or {}).items()
-        if not HUB_ENV.match(str(k)) and not SECRET_NAMES.search(str(k))
+        for k, v in public_env(table.get("env") or {}).items()
+        if not HUB_ENV.match(str(k))
     }
     spec = ImageSpec(
         profile=profile,

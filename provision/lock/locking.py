@@ -39,7 +39,7 @@ from provision.lock.resolve import (
 )
 from provision.profiles import Profile, load_profile, load_profile_file
 from provision.resources import builtin_dir
-from provision.settings import SECRET_NAMES
+from provision.settings import public_env
 from provision.torch_select import TorchPlan, cc_text, plan_torch, variant_info
 
 if sys.version_info >= (3, 11):
@@ -194,11 +194,6 @@ def model_table(profile: Profile) -> dict[str, Any]:
     if profile.modelscope_repo:
         model["modelscope_repo_id"] = profile.modelscope_repo
     return model
-
-
-def public_env(env: Mapping[str, str]) -> dict[str, str]:
-    """`env` without the names that look like they hold a secret."""
-    return {k: v for k, v in env.items() if not SECRET_NAMES.search(k)}
 
 
 def package_set(data: Mapping[str, Any]) -> set[tuple[str, str]]:

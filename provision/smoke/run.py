@@ -319,8 +319,9 @@ def run_smoke(
     """Run the profile's smoke inference with `python` (the target environment's interpreter).
 
     Loads the model by repo id from the HF cache at `hub_cache` (default `hf_home`/hub; with no
-    `hf_home`, HF_HOME / HF_HUB_CACHE as set) with HF_HUB_OFFLINE=1, asks the profile's question about the bundled image with greedy
-    decoding and, where the installed transformers has it, group beam search with output_scores.
+    `hf_home`, HF_HOME / HF_HUB_CACHE as set) with HF_HUB_OFFLINE=1, asks the profile's question
+    about the bundled image with greedy decoding and, where the installed transformers has it,
+    group beam search with output_scores.
     A failure is a result (ok False, the model's own error, the next step), not an exception;
     bad input (no such interpreter) raises ProvisionError. With `lock_file` the result is
     recorded in its [tool.provision.smoke] (`[tool.provision.<record_under...>.smoke]`, and the

@@ -3,7 +3,6 @@ without network; and the CLI stays light (no resolver code imported at start-up)
 
 from __future__ import annotations
 
-import subprocess
 import sys
 
 import pytest
@@ -67,14 +66,3 @@ def test_committed_lock_is_pep751_pypi_route(profile, task, path):
     if "deepspeed" in sdist_only:
         assert info.env["DS_BUILD_OPS"] == "0"
     assert info.install_command("uv", "py")[:3] == ["uv", "pip", "sync"]
-
-
-def test_cli_start_up_imports_no_resolver():
-    code = (
-        "import sys, provision.cli.app\n"
-        "heavy = [m for m in ('provision.lock.resolve', 'provision.lock.locking', "
-        "'provision.torch_select', 'packaging.requirements', 'tomli_w') if m in sys.modules]\n"
-        "print(heavy)"
-    )
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
-    assert out.stdout.strip() == "[]", out.stdout + out.stderr
