@@ -34,6 +34,8 @@ from provision.procs import exit_on_signals, stop_group
 _UV_ENV = {"UV_PYTHON_DOWNLOADS": "never", "UV_NO_PROGRESS": "1", "NO_COLOR": "1"}
 # pylock support is a preview feature in uv 0.13; naming it silences the warning on every call.
 _PYLOCK = ("--preview-features", "pylock")
+# What installs a lock exactly: hashes required, anything else removed.
+SYNC_ARGS = ("pip", "sync", *_PYLOCK, "--require-hashes")
 
 
 @dataclass
@@ -637,7 +639,7 @@ def _sync(
     probe still runs, and is stopped if the probe finds the lock does not fit.
     """
     folders = _local_folders(links)
-    args = ["pip", "sync", *_PYLOCK, "--require-hashes", "--output-format", "json"]
+    args = [*SYNC_ARGS, "--output-format", "json"]
     args += ["--python", str(python)]
     for link in links:  # pip skips a missing folder with a warning; uv would stop, so skip it
         if "://" in link and not link.startswith("file:") or Path(link).is_dir():

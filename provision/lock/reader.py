@@ -6,13 +6,13 @@ Light on purpose (tomllib only): `provision setup`, `env` and `docker` read lock
 from __future__ import annotations
 
 import os
-import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from provision.errors import ProvisionError
 from provision.lock.lockfile import read_lock, tool_table
+from provision.lock.resolve import canonical
 
 
 @dataclass(frozen=True)
@@ -46,7 +46,7 @@ class LockInfo:
         return self.target.get("variant")
 
     def version_of(self, name: str) -> str | None:
-        key = _canonical(name)
+        key = canonical(name)
         for dist in self.packages:
             if dist.name == key:
                 return dist.version
@@ -57,9 +57,11 @@ class LockInfo:
         return [d.requirement for d in self.packages]
 
     def install_command(self, uv: str, python: str | os.PathLike[str]) -> list[str]:
-        """`uv pip sync LOCK --python PY`: installs exactly the lock (hashes checked), removing
-        anything else. Run it with `self.env` added to the environment."""
-        return [uv, "pip", "sync", str(self.path), "--python", str(python)]
+        """The `uv pip sync` that `provision setup` runs: installs exactly the lock (hashes
+        checked), removing anything else. Run it with `self.env` added to the environment."""
+        from provision.envs import SYNC_ARGS
+
+        return [uv, *SYNC_ARGS, "--python", str(python), str(self.path)]
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -74,10 +76,6 @@ class LockInfo:
         }
 
 
-def _canonical(name: str) -> str:
-    return re.sub(r"[-_.]+", "-", name).lower()
-
-
 def lock_info(path: str | os.PathLike[str]) -> LockInfo:
     """A lock's target, packages and [tool.provision] tables; one message if it is not a lock."""
     data = read_lock(path)
@@ -89,7 +87,7 @@ def lock_info(path: str | os.PathLike[str]) -> LockInfo:
     table = tool_table(data)
     packages = [
         LockedDist(
-            _canonical(p["name"]),
+            canonical(p["name"]),
             str(p.get("version", "")),
             not p.get("wheels") and bool(p.get("sdist")),
         )

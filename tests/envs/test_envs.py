@@ -265,3 +265,17 @@ def test_env_under_a_file_is_refused(tmp_path: Path, lock: Path) -> None:
     with pytest.raises(ProvisionError) as err:
         ensure_env(tmp_path / "notes" / "env", lock)
     assert "Cannot create" in err.value.message and "notes" in err.value.message
+
+
+def test_the_lock_readers_install_command_installs_exactly_the_lock(
+    tmp_path: Path, lock: Path
+) -> None:
+    """`lock_info(...).install_command` (documented for use from Python) runs as given."""
+    from provision.lock.reader import lock_info
+
+    env = tmp_path / "by-hand"
+    subprocess.run([uv_bin(), "venv", "-q", str(env)], check=True, capture_output=True)
+    command = lock_info(lock).install_command(uv_bin(), env_python(env))
+    proc = subprocess.run(command, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    assert installed_packages(env) == {"demo-a": "1.0", "demo-b": "1.0"}
