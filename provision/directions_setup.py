@@ -181,7 +181,12 @@ def setup_direction(
     Raises what the failing stage raised (its `setup_result` attribute holds the partial
     result), after marking the registry entry failed.
     """
-    from provision.settings import hub_environment, keep_user_caches, resolve_data_dir
+    from provision.settings import (
+        hf_hub_cache,
+        hub_environment,
+        keep_user_caches,
+        resolve_data_dir,
+    )
     from provision.setup import Plan, run_plan
 
     lock_options = lock_options or LockOptions()
@@ -236,6 +241,7 @@ def setup_direction(
             Path(hub["MODELSCOPE_CACHE"]),
             direction.shared,
             direction.group,
+            hub=hf_hub_cache(hub),  # a HF_HUB_CACHE the user set is where weights go
         )
         extra = {"hf_home": hub["HF_HOME"], "symlinks": shared.symlinks}
         if direction.group:

@@ -307,13 +307,19 @@ class SharedCache:
 
 
 def prepare_shared(
-    folders: list[Path], hf_home: Path, modelscope_cache: Path, shared: bool, group: str | None
+    folders: list[Path],
+    hf_home: Path,
+    modelscope_cache: Path,
+    shared: bool,
+    group: str | None,
+    hub: Path | None = None,
 ) -> SharedCache:
     """Create the environment's and the caches' folders (group-shared when `shared`) and set
-    HF_HUB_DISABLE_SYMLINKS=1 in this process when the HF cache cannot hold symlinks. Call it
-    before anything imports huggingface_hub (it reads the variable at import)."""
+    HF_HUB_DISABLE_SYMLINKS=1 in this process when the HF cache (`hub`, default HF_HOME/hub)
+    cannot hold symlinks. Call it before anything imports huggingface_hub (it reads the variable
+    at import)."""
     notes: list[str] = []
-    hub = hf_home / "hub"
+    hub = hub or hf_home / "hub"
     for folder in [*folders, hf_home, hub, modelscope_cache]:
         if shared:
             notes += share_dir(folder, group)
