@@ -180,12 +180,14 @@ def test_prepare_shared_turns_symlinks_off_only_where_they_fail(tmp_path, exfat_
 def test_download_into_a_cache_without_symlinks(
     exfat_dir, tiny_llava, hub_server, hub_client_env, monkeypatch, tmp_path, disabled
 ):
-    """The downloader copies into snapshots where links fail (or are turned off), and the real
-    huggingface_hub, offline, finds the model there."""
+    """The downloader copies into snapshots where links fail (on exFAT) or are turned off (the
+    variable, on a disk that has links), and the real huggingface_hub, offline, finds the model
+    there."""
     from provision.hub.download import download_profile
     from provision.profiles import load_profile
 
-    hf_home = exfat_dir / f"hf-{disabled}"
+    # Turned off by the variable on a disk where links work: only the variable makes copies.
+    hf_home = tmp_path / "hf-disabled" if disabled else exfat_dir / "hf-links-fail"
     monkeypatch.setenv("HF_HOME", str(hf_home))
     if disabled:
         monkeypatch.setenv("HF_HUB_DISABLE_SYMLINKS", "1")
