@@ -252,7 +252,6 @@ def _resolver_lines(message: str) -> list[str]:
 def resolve_joint(
     inputs: JointInputs,
     platform: str = DEFAULT_PLATFORM,
-    verify_split: bool = True,
     previous: Path | None = None,
 ) -> Resolution:
     """Resolve every member's tasks together; on failure raise DirectionConflict. `previous`
@@ -266,22 +265,19 @@ def resolve_joint(
     def resolve_group(group: list[str]) -> bool | None:
         key = frozenset(group)
         if key not in tried:
-            if not verify_split:
-                tried[key] = None
-            else:
-                try:
-                    resolve(
-                        inputs.all_sets(group, with_extra),
-                        inputs.python,
-                        inputs.config,
-                        [inputs.route(group)],
-                        platform=platform,
-                    )
-                    tried[key] = True
-                except CheckFailed:
-                    tried[key] = False
-                except ProvisionError:
-                    tried[key] = None  # an index down: the split rests on the pins alone
+            try:
+                resolve(
+                    inputs.all_sets(group, with_extra),
+                    inputs.python,
+                    inputs.config,
+                    [inputs.route(group)],
+                    platform=platform,
+                )
+                tried[key] = True
+            except CheckFailed:
+                tried[key] = False
+            except ProvisionError:
+                tried[key] = None  # an index down: the split rests on the pins alone
         return tried[key]
 
     if found:  # pins alone show it: no resolver run needed for the verdict
@@ -295,8 +291,6 @@ def resolve_joint(
             platform=platform,
             previous=previous,
         )
-    except DirectionConflict:
-        raise
     except CheckFailed as exc:
         tried[frozenset(inputs.sets)] = False
         raise _conflict(inputs, _resolver_lines(exc.message), resolve_group) from exc
@@ -475,7 +469,6 @@ def lock_direction(
     profiles_dir: str | os.PathLike[str] | None = None,
     lock_dir: str | os.PathLike[str] | None = None,
     env: Mapping[str, str] | None = None,
-    verify_split: bool = True,
     upgrade: bool = False,
 ) -> DirectionLockResult:
     """Resolve every member's tasks (and the direction's packages) into one lock and write it.
@@ -499,7 +492,7 @@ def lock_direction(
     )
     path = Path(output) if output else direction_lock_path(direction.name, lock_dir)
     check_lock_name(path)  # before minutes of resolving, not after
-    resolution = resolve_joint(inputs, platform, verify_split, None if upgrade else path)
+    resolution = resolve_joint(inputs, platform, None if upgrade else path)
     table, kept = write_direction_lock(inputs, resolution, path, platform)
     return DirectionLockResult(
         path=path,
@@ -579,7 +572,6 @@ def check_direction_lock(
 
 def lock_builtin_directions(
     lock_dir: str | os.PathLike[str] | None = None,
-    names: Sequence[str] | None = None,
     upgrade: bool = False,
 ) -> list[LockAllItem]:
     """Regenerate the built-in directions' locks as `provision lock --all` does the profiles':
@@ -588,8 +580,6 @@ def lock_builtin_directions(
     facts = pypi_build_facts()
     items = []
     for direction in builtin_directions():
-        if names and direction.name not in names:
-            continue
         path = direction_lock_path(direction.name, directory)
         try:
             result = lock_direction(
