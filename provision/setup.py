@@ -116,13 +116,6 @@ def _digest(*parts: Any) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
-def _file_digest(path: Path) -> str:
-    try:
-        return hashlib.sha256(path.read_bytes()).hexdigest()[:16]
-    except OSError:
-        return "missing"
-
-
 def _packages_digest(lock_file: Path) -> str:
     """The lock's package set only: recording results in [tool] must not count as a change."""
     from provision.lock.lockfile import read_lock
@@ -380,14 +373,14 @@ class _Runner:
                     f"{self.lock} was made for profile '{named}', not '{self.plan.name}'.",
                     f"Run `provision setup {named} --from-lock {self.lock}`.",
                 )
-            self.state.mark("lock", "done", _file_digest(self.lock), "given")
+            self.state.mark("lock", "done", detail="given")
             return "done", f"using {self.lock} as given"
         if "lock" not in self.options.force and self.plan.lock_is_current():
-            self.state.mark("lock", "done", _file_digest(self.lock), "current")
+            self.state.mark("lock", "done", detail="current")
             return "skipped", f"{self.lock.name} is current"
         summary, output = self.plan.relock()
         self.result.outputs["lock"] = output
-        self.state.mark("lock", "done", _file_digest(self.lock), summary)
+        self.state.mark("lock", "done", detail=summary)
         return "done", summary
 
     # -- env --

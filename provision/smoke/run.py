@@ -256,21 +256,9 @@ def _child_env(hf_home: Path | None, hub_cache: Path | None = None) -> dict[str,
 
 
 def _check_python(python: Path) -> Path:
-    path = Path(python).expanduser()
-    if path.is_dir():
-        raise ProvisionError(
-            f"{path} is a folder, not a Python interpreter.",
-            f"Use --env {path} for a virtual environment, or name its bin/python.",
-        )
-    if not path.exists() or not os.access(path, os.X_OK):
-        raise ProvisionError(
-            f"Python interpreter {path} not found or not executable.",
-            "Pass the environment with --env PATH (made by `provision setup`) or --python PATH.",
-        )
-    return path.absolute()
+    from provision.envs import python_for
 
-
-# --- the run -------------------------------------------------------------------------------------
+    return python_for(python=python)
 
 
 def _run_group(
