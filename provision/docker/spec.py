@@ -170,14 +170,9 @@ def _artifacts(pkg: dict[str, Any], lock_file: Path) -> tuple[Artifact, ...]:
 
 def _public(url: str | None) -> str | None:
     """Drop credentials from an index URL: they would end up in the Dockerfile."""
-    if not url:
-        return None
-    parts = urlparse(url)
-    if parts.username or parts.password:
-        host = parts.hostname or ""
-        netloc = host + (f":{parts.port}" if parts.port else "")
-        return parts._replace(netloc=netloc).geturl()
-    return url
+    from provision.lock.resolve import strip_credentials
+
+    return strip_credentials(url)[0] if url else None
 
 
 def _remote(url: str | None) -> str | None:
@@ -274,4 +269,6 @@ def _from_profile(spec: ImageSpec, profiles_dir: str | os.PathLike[str] | None) 
         stack = profile.task(spec.task).stack
     except ProvisionError:
         stack = "transformers"
-    spec.backend = stack if stack in ("lmdeploy", "vllm") else "transformers"
+    from provision.smoke.run import SERVING_STACKS
+
+    spec.backend = stack if stack in SERVING_STACKS else "transformers"  # as the smoke picks

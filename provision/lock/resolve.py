@@ -142,7 +142,8 @@ def static_metadata() -> tuple[dict[str, Any], ...]:
     return tuple(load_table("sdist_metadata.toml")["package"])
 
 
-def _strip_credentials(url: str) -> tuple[str, str | None, str | None]:
+def strip_credentials(url: str) -> tuple[str, str | None, str | None]:
+    """`url` without user:password@, and the user and password it carried."""
     parts = urlsplit(url)
     if not (parts.username or parts.password):
         return url, None, None
@@ -193,7 +194,7 @@ def _direct_conflicts(who: Mapping[str, list[tuple[str, str]]]) -> list[str]:
 
 def _bare(index: Index, secrets: dict[str, str]) -> str:
     """The index URL without credentials; these go to uv through its per-index variables."""
-    url, user, password = _strip_credentials(index.url)
+    url, user, password = strip_credentials(index.url)
     if user:
         secrets[f"UV_INDEX_{_env_name(index.name)}_USERNAME"] = user
     if password:
