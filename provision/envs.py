@@ -53,6 +53,7 @@ class EnvResult:
     wheelhouse: list[str] = field(default_factory=list)  # local folders wheels came from
     local_files: int = 0  # lock entries served from the wheelhouse
     timings: dict[str, float] = field(default_factory=dict)  # seconds per step, and total
+    cache_pruned: str = ""  # what `uv cache prune` freed after the install (uv's own summary)
 
     @property
     def message(self) -> str:
@@ -76,6 +77,7 @@ class EnvResult:
             "wheelhouse": self.wheelhouse,
             "local_files": self.local_files,
             "timings": {k: round(v, 3) for k, v in self.timings.items()},
+            "cache_pruned": self.cache_pruned,
             "message": self.message,
         }
 
@@ -682,6 +684,32 @@ def _sync(
     return plan, moved, [str(f) for f in folders]
 
 
+def prune_uv_cache(wait_s: int = 10) -> str:
+    """`uv cache prune` after an install; returns uv's summary ("Removed N files (X GiB)") or "".
+
+    uv (0.13) unpacks every wheel of a pylock.toml into its cache again on each install and keeps
+    no reference to that copy: each environment built from a lock leaves its whole unpacked size
+    in the cache, unreachable (GBs with a CUDA torch), and it stays after the environment is
+    deleted. A prune removes only unreachable entries; the new environment keeps its files
+    (hard links). uv waits for other uv processes using the cache; after `wait_s` the prune is
+    left to the next install, as it is when it fails: it costs space, never the environment.
+    """
+    if os.environ.get("UV_NO_CACHE", "").lower() in ("1", "true", "yes", "on"):
+        return ""  # uv used a temporary cache, gone already
+    try:
+        proc = subprocess.run(
+            [uv_bin(), "cache", "prune"],
+            capture_output=True,
+            text=True,
+            env={**os.environ, **_UV_ENV, "UV_LOCK_TIMEOUT": str(wait_s)},
+            timeout=wait_s + 300,
+        )
+    except (OSError, subprocess.TimeoutExpired):
+        return ""
+    said = [line.strip() for line in proc.stderr.splitlines() if line.startswith("Removed")]
+    return said[-1] if proc.returncode == 0 and said else ""
+
+
 def ensure_env(
     env: str | os.PathLike[str],
     lock_file: str | os.PathLike[str],
@@ -783,8 +811,10 @@ def ensure_env(
                 f"{_changes(after) if after else _uv_error(err)}",
                 "Report this; remove the environment folder and run again to start clean.",
             )
-        lap("verify", mark)
-    added, gone = _changes(plan)
+        mark = lap("verify", mark)
+        added, gone = _changes(plan)
+        pruned = prune_uv_cache() if added else ""
+        lap("prune", mark)
     version, count = _env_facts(root)
     result = EnvResult(
         env=root,
@@ -798,6 +828,7 @@ def ensure_env(
         wheelhouse=folders,
         local_files=moved,
         timings=timings,
+        cache_pruned=pruned,
     )
     result.timings["total"] = time.perf_counter() - started
     return result

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from provision import envs
 from provision.envs import ensure_env, env_python, installed_packages, python_for, uv_bin
 from provision.errors import ProvisionError
 from tests.envs.helpers import compile_lock, make_wheel, run_in, write_pylock
@@ -279,3 +280,34 @@ def test_the_lock_readers_install_command_installs_exactly_the_lock(
     proc = subprocess.run(command, capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr
     assert installed_packages(env) == {"demo-a": "1.0", "demo-b": "1.0"}
+
+
+def test_envs_built_from_a_pypi_lock_leave_no_unreachable_copies_in_uv_s_cache(
+    tmp_path: Path, private_uv_cache: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    lock = compile_lock(["six==1.17.0"], tmp_path / "lock")  # files.pythonhosted.org URLs
+
+    def unpacked() -> int:
+        return len(list((private_uv_cache / "archive-v0").iterdir()))
+
+    # What uv 0.13 does on its own: each env from the lock unpacks the wheel into its cache
+    # again and keeps no reference to it, so copies pile up (if this stops growing, uv has fixed
+    # it and the prune can go).
+    with monkeypatch.context() as m:
+        m.setattr(envs, "prune_uv_cache", lambda *args, **kwargs: "")
+        counts = [unpacked() for i in range(3) if ensure_env(tmp_path / f"raw{i}", lock)]
+    assert counts == [1, 2, 3]
+
+    results, counts = [], []
+    for i in range(3):
+        results.append(ensure_env(tmp_path / f"env{i}", lock))
+        counts.append(unpacked())
+    assert all(r.action == "created" for r in results)
+    assert results[0].cache_pruned.startswith("Removed"), results[0].cache_pruned
+    assert results[0].to_json()["cache_pruned"] == results[0].cache_pruned
+    assert max(counts) <= 1, counts  # no more than the one copy uv may still point at
+    for root in [*(tmp_path / f"raw{i}" for i in range(3)), *(r.env for r in results)]:
+        got = run_in(env_python(root), "import six; print(six.__version__)")
+        assert got.stdout.strip() == "1.17.0"  # the envs keep their files (hard links)
+    again = ensure_env(tmp_path / "env0", lock)
+    assert again.action == "unchanged" and again.cache_pruned == ""  # nothing installed
