@@ -42,7 +42,7 @@ import tomli_w  # noqa: E402
 from provision.envs import uv_bin  # noqa: E402
 from provision.resources import builtin_dir  # noqa: E402
 from tests.servers.hub import HubServer  # noqa: E402
-from tests.tinymodels import PYCACHE_DIR, build_tiny_vlm  # noqa: E402
+from tests.tinymodels import build_tiny_vlm, pycache_dir  # noqa: E402
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -96,7 +96,7 @@ def _environ(work: Path, hub: HubServer) -> dict[str, str]:
             "PROVISION_SOURCES": hub.url,
             "HF_ENDPOINT": hub.url,
             "HF_HUB_DISABLE_TELEMETRY": "1",
-            "PYTHONPYCACHEPREFIX": str(PYCACHE_DIR),
+            "PYTHONPYCACHEPREFIX": str(pycache_dir()),
             "UV_PYTHON_DOWNLOADS": "never",
         }
     )

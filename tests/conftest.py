@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 # --- tiny models (tests/tinymodels.py) -------------------------------------------------------
+import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -10,6 +11,14 @@ from pathlib import Path
 import pytest
 
 from tests.tinymodels import build_tiny_vlm
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _session_pycache(tmp_path_factory: pytest.TempPathFactory) -> None:
+    """Child interpreters' bytecode (tests.tinymodels.pycache_dir) in this session's basetemp,
+    removed with it, rather than in one folder that every run adds new paths to."""
+    if not os.environ.get("PROVISION_TEST_PYCACHE"):
+        os.environ["PROVISION_TEST_PYCACHE"] = str(tmp_path_factory.mktemp("pycache"))
 
 
 @pytest.fixture(scope="session")

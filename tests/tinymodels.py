@@ -36,12 +36,18 @@ MODEL_CLASSES = {
     "qwen2_5_vl": "Qwen2_5_VLForConditionalGeneration",
     "llava": "LlavaForConditionalGeneration",
 }
+
+
 # This machine sets PYTHONDONTWRITEBYTECODE=1, so every child interpreter would recompile torch
-# and transformers from source (~10 s); children keep their bytecode here instead, outside
-# every environment and the repository.
-PYCACHE_DIR = Path(
-    os.environ.get("PROVISION_TEST_PYCACHE", Path(tempfile.gettempdir()) / "provision-test-pycache")
-)
+# and transformers from source (~10 s); children keep their bytecode in a folder of their own
+# instead, outside every environment and the repository. Under pytest that folder is the
+# session's (tests/conftest.py sets PROVISION_TEST_PYCACHE below pytest's basetemp), so it goes
+# with the session: bytecode is keyed by path, and every session's environments have new paths,
+# so a folder shared across sessions only grows (by ~0.6 GB a run).
+def pycache_dir() -> Path:
+    """The folder child interpreters keep their bytecode in (PYTHONPYCACHEPREFIX)."""
+    default = Path(tempfile.gettempdir()) / "provision-test-pycache"
+    return Path(os.environ.get("PROVISION_TEST_PYCACHE") or default)
 
 
 class TinyModelError(RuntimeError):
@@ -52,7 +58,7 @@ def child_env(extra: dict[str, str] | None = None) -> dict[str, str]:
     """The environment for a test's child interpreter: offline, quiet, with cached bytecode."""
     env = dict(os.environ)
     env.pop("PYTHONDONTWRITEBYTECODE", None)
-    env["PYTHONPYCACHEPREFIX"] = str(PYCACHE_DIR)
+    env["PYTHONPYCACHEPREFIX"] = str(pycache_dir())
     env["HF_HUB_OFFLINE"] = "1"
     env.setdefault("TRANSFORMERS_VERBOSITY", "error")
     env.setdefault("TOKENIZERS_PARALLELISM", "false")

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.tinymodels import PYCACHE_DIR
+from tests.tinymodels import pycache_dir
 
 
 @dataclass
@@ -60,7 +60,7 @@ def _child_bytecode(monkeypatch: pytest.MonkeyPatch) -> None:
     # The machine sets PYTHONDONTWRITEBYTECODE; without a bytecode cache every child Python
     # (smokes, model builders) recompiles torch and transformers. Kept outside the envs.
     monkeypatch.delenv("PYTHONDONTWRITEBYTECODE", raising=False)
-    monkeypatch.setenv("PYTHONPYCACHEPREFIX", str(PYCACHE_DIR))
+    monkeypatch.setenv("PYTHONPYCACHEPREFIX", str(pycache_dir()))
 
 
 @dataclass

@@ -29,7 +29,7 @@ from provision.lock.reader import lock_info
 from tests.directions.conftest import PAIR_MEMBERS, Dirs, TinyPair, make_dirs
 from tests.directions.helpers import lock_args, tool
 from tests.servers.hub import HubServer
-from tests.tinymodels import PYCACHE_DIR, build_tiny_vlm
+from tests.tinymodels import build_tiny_vlm
 
 pytestmark = pytest.mark.slow
 
@@ -100,9 +100,10 @@ OUTSIDE = (
 def base_env(dirs: Dirs) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if k not in OUTSIDE}
     env.update(dirs.env(), HF_HUB_DISABLE_TELEMETRY="1", COLUMNS="200")
-    # Bytecode cached outside the envs: each smoke would otherwise recompile torch (~10 s).
+    # Bytecode cached outside the envs: each smoke would otherwise recompile torch (~10 s). The
+    # envs are this test's own, so their bytecode goes with the test's folder.
     env.pop("PYTHONDONTWRITEBYTECODE", None)
-    env["PYTHONPYCACHEPREFIX"] = str(PYCACHE_DIR)
+    env["PYTHONPYCACHEPREFIX"] = str(dirs.root / "pycache")
     return env
 
 

@@ -1,8 +1,13 @@
-"""Fixtures for the Docker tests: one podman service per session, a base image made locally."""
+"""Fixtures for the Docker tests: one podman service for this package, a base image made locally.
+
+Package-scoped, not session-scoped: the engine's storage (images with torch installed, a few GB)
+and the registry's blobs are removed as soon as the Docker tests are done, not held while the
+rest of the suite builds its environments."""
 
 from __future__ import annotations
 
 import os
+import shutil
 import time
 import warnings
 
@@ -12,14 +17,14 @@ from tests.servers import podman
 from tests.servers.registry import Registry, free_port
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def registry_port() -> int:
     return free_port()
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def engine(tmp_path_factory: pytest.TempPathFactory, registry_port: int):
-    """The session's podman service (Docker API on a unix socket), its storage removed at the end.
+    """The Docker tests' podman service (Docker API on a unix socket), its storage removed after.
 
     The tests need podman, runc and debootstrap on the host (.ci/run installs them); without them
     they fail with that message rather than skip, so CI cannot go green without building images.
@@ -41,18 +46,18 @@ def engine(tmp_path_factory: pytest.TempPathFactory, registry_port: int):
     service.stop()
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def docker_env(engine) -> dict[str, str]:
     """Environment that points the docker SDK (and `provision docker --build`) at the service."""
     return {**os.environ, "DOCKER_HOST": engine.docker_host}
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def client(engine):
     return engine.client()
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def base_image(client, engine) -> str:
     """A Debian bookworm + python3.11 image made with debootstrap (cached) and imported here."""
     started = time.monotonic()
@@ -61,16 +66,18 @@ def base_image(client, engine) -> str:
     return tag
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def uv_image(client) -> str:
     return podman.ensure_uv_image(client)
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def registry(tmp_path_factory: pytest.TempPathFactory, registry_port: int, engine):
     """A local registry (plain HTTP on localhost:PORT) the engine may push to."""
-    with Registry(tmp_path_factory.mktemp("registry"), registry_port) as server:
+    root = tmp_path_factory.mktemp("registry")
+    with Registry(root, registry_port) as server:
         yield server
+    shutil.rmtree(root, ignore_errors=True)
 
 
 @pytest.fixture(autouse=True)

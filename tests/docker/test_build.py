@@ -1,6 +1,6 @@
 """Real images: a tiny CPU profile built through the docker SDK on podman, run with no network.
 
-One session builds, in order (each step reuses what the one before left in the engine's cache):
+This module builds, in order (each step reuses what the one before left in the engine's cache):
 
 1. the default image (weights mounted at run time), every package from a wheelhouse fetched on
    this machine and the build itself with no network (`--offline`);
@@ -22,8 +22,10 @@ import json
 import os
 import re
 import secrets
+import shutil
 import tarfile
 import time
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -66,8 +68,10 @@ def local_torch_index(root: Path) -> str:
     return (root / "torch-index").as_uri()
 
 
-@pytest.fixture(scope="session")
-def e2e(tmp_path_factory: pytest.TempPathFactory, engine, base_image, uv_image) -> dict[str, Any]:
+@pytest.fixture(scope="module")
+def e2e(
+    tmp_path_factory: pytest.TempPathFactory, engine, base_image, uv_image
+) -> Iterator[dict[str, Any]]:
     """The tiny gated profile and its real lock (provision's resolver: torch CPU + PyPI)."""
     root = tmp_path_factory.mktemp("docker-e2e")
     profiles = root / "profiles"
@@ -81,7 +85,7 @@ def e2e(tmp_path_factory: pytest.TempPathFactory, engine, base_image, uv_image) 
         profiles_dir=profiles,
         lock_dir=root / "lockfiles",
     ).path
-    return {
+    yield {
         "engine": engine,
         "root": root,
         "profiles": profiles,
@@ -96,6 +100,8 @@ def e2e(tmp_path_factory: pytest.TempPathFactory, engine, base_image, uv_image) 
             "offline": True,
         },
     }
+    # Contexts, wheelhouse copies, models and caches: gone with the module, not held to the end.
+    shutil.rmtree(root, ignore_errors=True)
 
 
 def build(e2e: dict[str, Any], name: str, **kwargs: Any):
@@ -114,12 +120,12 @@ def build(e2e: dict[str, Any], name: str, **kwargs: Any):
     return result
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def mounted(e2e):
     return build(e2e, "first build (mounted weights)", tags=["localhost/tiny-vlm:mounted"])
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def models(e2e, mounted, client) -> dict[int, Path]:
     """Tiny Qwen2-VLs (seeds 0, 1, 2) written by the image's own transformers."""
     out = e2e["root"] / "models"
@@ -140,7 +146,7 @@ def models(e2e, mounted, client) -> dict[int, Path]:
     return folders
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def hub(e2e, models):
     with HubServer(e2e["root"] / "hub", tokens=[TOKEN]) as server:
         server.add_repo(REPO, models[0], gated=True)
@@ -160,12 +166,12 @@ def download(e2e: dict[str, Any], hub: HubServer, revision: str | None = None):
         )
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def downloaded(e2e, hub):
     return download(e2e, hub)
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def baked(e2e, hub, downloaded, mounted):
     before = len(hub.requests)
     result = build(

@@ -13,9 +13,9 @@ developer once per machine. Importing the tarball into a fresh session's storage
 second. The `uv` image (what `ghcr.io/astral-sh/uv` is to a connected build) is `FROM scratch`
 plus the uv binary of the project's own `uv` package.
 
-Each session gets its own podman storage in a temporary folder, removed at the end: several test
-sessions (engineers running the suite side by side) then never see or remove each other's
-containers and images.
+Each session gets its own podman storage and temporary files in a temporary folder, removed at
+the end: several test sessions (engineers running the suite side by side) then never see or
+remove each other's containers and images, and nothing is left behind in /var/tmp.
 
 Standalone, to build the cached base tarball ahead of time (as .ci/run does):
 
@@ -169,6 +169,10 @@ def _env(workdir: Path) -> dict[str, str]:
         **os.environ,
         "CONTAINERS_CONF": str(workdir / "containers.conf"),
         "CONTAINERS_REGISTRIES_CONF": str(workdir / "registries.conf"),
+        # podman's own temporary files (unpacked build contexts, and the copy of every image
+        # loaded or imported through the API, which podman 4.3 never deletes: ~120 MB a run)
+        # go to /var/tmp unless TMPDIR says otherwise; here they go with the storage.
+        "TMPDIR": str(workdir / "tmp"),
     }
 
 
@@ -190,7 +194,7 @@ def start_service(
     `insecure_registries` ("localhost:PORT") are registries the engine may reach over plain HTTP
     (the local test registry); no other registry is searched for short names.
     """
-    workdir.mkdir(parents=True, exist_ok=True)
+    (workdir / "tmp").mkdir(parents=True, exist_ok=True)
     (workdir / "containers.conf").write_text(CONTAINERS_CONF)
     conf = ["unqualified-search-registries = []"]
     for location in insecure_registries:

@@ -13,7 +13,7 @@ from provision.envs import uv_bin
 from provision.resources import builtin_dir
 from tests.envs.helpers import torch_wheel_dir
 from tests.servers.hub import HubServer
-from tests.tinymodels import PYCACHE_DIR, build_tiny_vlm
+from tests.tinymodels import build_tiny_vlm
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -78,7 +78,8 @@ def setup_world(tmp_path: Path, tiny_llava_folder: Path, monkeypatch: pytest.Mon
             "HF_ENDPOINT": hub.url,
             "HF_HUB_DISABLE_TELEMETRY": "1",
             "PROVISION_RETRY_WAIT": "0.05",
-            "PYTHONPYCACHEPREFIX": str(PYCACHE_DIR),
+            # Bytecode of this test's own environment goes with the test.
+            "PYTHONPYCACHEPREFIX": str(tmp_path / "pycache"),
         }
         for key, value in env.items():
             monkeypatch.setenv(key, value)

@@ -15,7 +15,7 @@ from provision.envs import uv_bin
 from tests.envs.helpers import torch_wheel_dir
 from tests.servers.hub import HubServer
 from tests.smoke.helpers import write_smoke_profile
-from tests.tinymodels import PYCACHE_DIR, build_tiny_vlm
+from tests.tinymodels import build_tiny_vlm, pycache_dir
 
 # The newest transformers with group beam search in the core library and the dtype bug, and the
 # hub client it was released against (transformers 4.x refuses huggingface_hub 1.x).
@@ -101,4 +101,4 @@ def _child_bytecode(monkeypatch: pytest.MonkeyPatch) -> None:
     # The machine sets PYTHONDONTWRITEBYTECODE; without a bytecode cache every smoke's Python
     # recompiles torch and transformers (~10 s). Kept outside the environments under test.
     monkeypatch.delenv("PYTHONDONTWRITEBYTECODE", raising=False)
-    monkeypatch.setenv("PYTHONPYCACHEPREFIX", str(PYCACHE_DIR))
+    monkeypatch.setenv("PYTHONPYCACHEPREFIX", str(pycache_dir()))
