@@ -687,12 +687,14 @@ def _sync(
 def prune_uv_cache(wait_s: int = 10) -> str:
     """`uv cache prune` after an install; returns uv's summary ("Removed N files (X GiB)") or "".
 
-    uv (0.13) unpacks every wheel of a pylock.toml into its cache again on each install and keeps
-    no reference to that copy: each environment built from a lock leaves its whole unpacked size
-    in the cache, unreachable (GBs with a CUDA torch), and it stays after the environment is
-    deleted. A prune removes only unreachable entries; the new environment keeps its files
-    (hard links). uv waits for other uv processes using the cache; after `wait_s` the prune is
-    left to the next install, as it is when it fails: it costs space, never the environment.
+    uv 0.13 unpacks each wheel a pylock.toml names by its PyPI URL (files.pythonhosted.org) into
+    its cache again on every install and keeps no reference to that copy (seen with 0.13.9; a
+    wheel by local path was not unpacked again): each environment built from a lock leaves its
+    unpacked size in the cache, unreachable (GBs with PyPI's CUDA torch and nvidia-* wheels),
+    and it stays after the environment is deleted. A prune removes only unreachable entries; the
+    new environment keeps its files (hard links). uv waits for other uv processes using the
+    cache; after `wait_s` the prune is left to the next install, as it is when it fails: that
+    costs space, never the environment.
     """
     if os.environ.get("UV_NO_CACHE", "").lower() in ("1", "true", "yes", "on"):
         return ""  # uv used a temporary cache, gone already

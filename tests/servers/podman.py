@@ -15,7 +15,7 @@ plus the uv binary of the project's own `uv` package.
 
 Each session gets its own podman storage and temporary files in a temporary folder, removed at
 the end: several test sessions (engineers running the suite side by side) then never see or
-remove each other's containers and images, and nothing is left behind in /var/tmp.
+remove each other's containers and images, and no imported image's copy is left in /var/tmp.
 
 Standalone, to build the cached base tarball ahead of time (as .ci/run does):
 
@@ -169,9 +169,9 @@ def _env(workdir: Path) -> dict[str, str]:
         **os.environ,
         "CONTAINERS_CONF": str(workdir / "containers.conf"),
         "CONTAINERS_REGISTRIES_CONF": str(workdir / "registries.conf"),
-        # podman's own temporary files (unpacked build contexts, and the copy of every image
-        # loaded or imported through the API, which podman 4.3 never deletes: ~120 MB a run)
-        # go to /var/tmp unless TMPDIR says otherwise; here they go with the storage.
+        # podman 4.3 keeps a copy of every image imported through the API in $TMPDIR (default
+        # /var/tmp) and never deletes it (~120 MB a run); here it goes with the storage. (Build
+        # contexts are still unpacked in /var/tmp, but podman removes those after each build.)
         "TMPDIR": str(workdir / "tmp"),
     }
 
