@@ -147,8 +147,10 @@ def is_venv(path: Path) -> bool:
 # --- reading what an environment holds ----------------------------------------------------------
 
 
-def _uv(args: list[str], timeout: float = 3600) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, **_UV_ENV}
+def _uv(
+    args: list[str], timeout: float = 3600, extra_env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, **_UV_ENV, **(extra_env or {})}
     return subprocess.run(
         [uv_bin(), *args], capture_output=True, text=True, env=env, timeout=timeout
     )
@@ -699,13 +701,7 @@ def prune_uv_cache(wait_s: int = 10) -> str:
     if os.environ.get("UV_NO_CACHE", "").lower() in ("1", "true", "yes", "on"):
         return ""  # uv used a temporary cache, gone already
     try:
-        proc = subprocess.run(
-            [uv_bin(), "cache", "prune"],
-            capture_output=True,
-            text=True,
-            env={**os.environ, **_UV_ENV, "UV_LOCK_TIMEOUT": str(wait_s)},
-            timeout=wait_s + 300,
-        )
+        proc = _uv(["cache", "prune"], wait_s + 300, {"UV_LOCK_TIMEOUT": str(wait_s)})
     except (OSError, subprocess.TimeoutExpired):
         return ""
     said = [line.strip() for line in proc.stderr.splitlines() if line.startswith("Removed")]

@@ -293,9 +293,12 @@ def test_envs_built_from_a_pypi_lock_leave_no_unreachable_copies_in_uv_s_cache(
     # What uv 0.13 does on its own: each env from the lock unpacks the wheel into its cache
     # again and keeps no reference to it, so copies pile up (if this stops growing, uv has fixed
     # it and the prune can go).
+    counts = []
     with monkeypatch.context() as m:
         m.setattr(envs, "prune_uv_cache", lambda *args, **kwargs: "")
-        counts = [unpacked() for i in range(3) if ensure_env(tmp_path / f"raw{i}", lock)]
+        for i in range(3):
+            ensure_env(tmp_path / f"raw{i}", lock)
+            counts.append(unpacked())
     assert counts == [1, 2, 3]
 
     results, counts = [], []
