@@ -45,6 +45,8 @@ class CheckReport:
         return {
             "profile": self.profile.name,
             "model": self.profile.hf_repo,
+            "profile_origin": self.profile.origin,
+            "approximate": (self.profile.derived or {}).get("approximate", []),
             "machine": self.machine.to_json(),
             "fit": self.fit.to_json(),
             "disk": self.disk.to_json(),

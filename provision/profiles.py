@@ -52,6 +52,7 @@ PARAMS_SCHEMA = {
     "total": (INT, True, "all parameters"),
     "vision": (INT, True, "vision encoder + projector parameters"),
     "language": (INT, True, "language model parameters incl. embeddings and lm_head"),
+    "active": (INT, False, "parameters one token passes through (mixture-of-experts models)"),
     "source": (STR, True, "where the numbers come from"),
 }
 WEIGHTS_SCHEMA = {
@@ -108,6 +109,17 @@ TASK_SCHEMA = {
     "zero": (INT, False, "DeepSpeed ZeRO stage the stack uses by default for multi-GPU tuning"),
     "python": (STR, False, "Python version this task's environment needs, e.g. 3.10"),
 }
+# Written by provision/derive for a profile derived from a repository's metadata.
+DERIVED_SCHEMA = {
+    "repo": (STR, True, "the repository (or folder) the profile was derived from"),
+    "revision": (STR, False, "the revision asked for"),
+    "commit": (STR, True, "the commit the metadata was read at"),
+    "source": (STR, False, "where it was read (hf, hf-mirror, modelscope, a URL or a folder)"),
+    "family_rule": (STR, False, "the families.toml entry used"),
+    "requests": (INT, False, "requests the derivation made"),
+    "approximate": (STRLIST, False, "what the metadata could not give"),
+    "notes": (STRLIST, False, "what to know before using it"),
+}
 SMOKE_SCHEMA = {
     "prompt": (STR, True, "the question asked about the bundled image"),
     "max_new_tokens": (INT, False, "answer length"),
@@ -128,8 +140,9 @@ PROFILE_SCHEMA: dict[str, Any] = {
     "image": IMAGE_SCHEMA,
     "tasks": {task: TASK_SCHEMA for task in TASKS},
     "smoke": SMOKE_SCHEMA,
+    "derived": DERIVED_SCHEMA,
 }
-_OPTIONAL_TABLES = {"tasks.qlora", "tasks.full", "tasks.lora"}
+_OPTIONAL_TABLES = {"tasks.qlora", "tasks.full", "tasks.lora", "derived"}
 
 
 # --- the loaded form ------------------------------------------------------------------------
@@ -241,6 +254,17 @@ class Profile:
             names.insert(names.index("lora") + 1, "qlora")
         return tuple(names)
 
+    @property
+    def derived(self) -> dict[str, Any] | None:
+        """The [derived] table of a profile derived from a repository's metadata, else None."""
+        return self.data.get("derived")
+
+    @property
+    def origin(self) -> str:
+        """'curated' (written by hand) or 'derived from REPO at COMMIT'."""
+        d = self.derived
+        return "curated" if d is None else f"derived from {d['repo']} at {d['commit']}"
+
     def content_hash(self) -> str:
         """sha256 of the profile file's bytes: what a lock was made from."""
         return hashlib.sha256(self.path.read_bytes()).hexdigest()
@@ -318,9 +342,14 @@ def load_profile_file(path: Path, builtin: bool = False) -> Profile:
 
 
 def profile_dirs(profiles_dir: str | os.PathLike[str] | None = None) -> list[tuple[Path, bool]]:
-    """Search order: the user's folder (flag, then PROVISION_PROFILES_DIR), then the built-ins."""
+    """Search order: the user's folder (flag, then PROVISION_PROFILES_DIR, then
+    $XDG_CONFIG_HOME/provision/profiles if it exists), then the built-ins."""
     dirs: list[tuple[Path, bool]] = []
     user = profiles_dir or os.environ.get("PROVISION_PROFILES_DIR")
+    if not user:  # where `provision profiles add` writes when no folder is named
+        base = os.environ.get("XDG_CONFIG_HOME") or str(Path.home() / ".config")
+        default = Path(base) / "provision" / "profiles"
+        user = str(default) if default.is_dir() else None
     if user:
         user_path = Path(user).expanduser()
         if not user_path.is_dir():
@@ -345,19 +374,55 @@ def list_profiles(profiles_dir: str | os.PathLike[str] | None = None) -> list[Pr
     return [load_profile_file(p, b) for p, b in _profile_files(profiles_dir).values()]
 
 
-def load_profile(name: str, profiles_dir: str | os.PathLike[str] | None = None) -> Profile:
-    """A profile by name, or by path to a .toml file."""
+def _builtin_for_repo(repo_id: str, files: dict[str, tuple[Path, bool]]) -> Profile | None:
+    """The profile whose source is `repo_id` (Hugging Face or ModelScope id, any case)."""
+    wanted = repo_id.lower()
+    for path, builtin in files.values():
+        try:
+            source = tomllib.loads(path.read_text(encoding="utf-8")).get("source", {})
+        except (OSError, tomllib.TOMLDecodeError, UnicodeDecodeError):
+            continue
+        ids = {
+            str(source.get("huggingface", "")).lower(),
+            str(source.get("modelscope", "")).lower(),
+        }
+        if wanted in ids:
+            return load_profile_file(path, builtin)
+    return None
+
+
+def load_profile(
+    name: str,
+    profiles_dir: str | os.PathLike[str] | None = None,
+    offline: bool | None = None,
+) -> Profile:
+    """A profile by name, by path to a .toml file, by hub repo id (`[source:]org/name[@rev]`) or
+    by model folder. A repo id that is a profile's source is that profile; any other is derived
+    from the repository's metadata (provision.derive) and cached on the data disk."""
     if name.endswith(".toml") and Path(name).is_file():
         return load_profile_file(Path(name))
     files = _profile_files(profiles_dir)
     if name in files:
         path, builtin = files[name]
         return load_profile_file(path, builtin)
+    from provision.derive import find_cached_by_name, load_derived, parse_ref
+
+    ref = parse_ref(name)
+    if ref is not None:
+        if ref.folder is None and ref.revision is None and ref.source is None:
+            known = _builtin_for_repo(ref.repo_id, files)
+            if known is not None:
+                return known
+        return load_profile_file(load_derived(ref, offline))
+    cached = find_cached_by_name(name) if NAME_RE.match(name) else None
+    if cached is not None:
+        return load_profile_file(cached)
     import difflib
 
     close = difflib.get_close_matches(name, list(files), n=3, cutoff=0.5)
     hint = f"Did you mean: {', '.join(close)}? " if close else ""
     raise ProvisionError(
         f"Unknown profile '{name}'.",
-        f"{hint}`provision profiles` lists the {len(files)} profiles it knows.",
+        f"{hint}`provision profiles` lists the {len(files)} profiles it knows; a hub repo id "
+        "(org/name) or a model folder works too.",
     )

@@ -8,7 +8,7 @@ import typer
 
 from provision.cli.options import DriverOpt, GpuMemOpt, GpuOpt, GpusOpt
 from provision.cli.output import JsonFlag, emit
-from provision.cli.profiles import ProfilesDir
+from provision.cli.profiles import OfflineOpt, ProfilesDir, apply_offline
 from provision.errors import EXIT_FAILED
 
 
@@ -19,7 +19,12 @@ def planned_machine(gpu: str | None, gpu_mem: str | None, gpus: int | None, driv
 
 
 def check(
-    profile: Annotated[str, typer.Argument(help="Profile name, e.g. qwen2.5-vl-7b.")],
+    profile: Annotated[
+        str,
+        typer.Argument(
+            help="Profile name (qwen2.5-vl-7b), hub repo id (org/name[@rev]) or model folder."
+        ),
+    ],
     task: Annotated[str, typer.Option(help="infer, lora, qlora or full.")] = "infer",
     quant: Annotated[
         str | None, typer.Option(help="bf16, fp16, fp8, int8 or int4 (default bf16; qlora int4).")
@@ -56,12 +61,14 @@ def check(
     gpus: GpusOpt = None,
     driver: DriverOpt = None,
     profiles_dir: ProfilesDir = None,
+    offline: OfflineOpt = False,
     json_output: JsonFlag = False,
 ) -> None:
     """Check GPUs, memory and disk against what PROFILE needs; exit 1 if it does not fit."""
     from provision.check import run_check
     from provision.fit import FitRequest
 
+    apply_offline(offline)
     request = FitRequest(
         task=task,
         quant=quant,
@@ -100,6 +107,13 @@ def render(con: Any, report: Any) -> None:
         if machine.driver_version
         else ""
     )
+    derived = profile.derived
+    if derived:
+        con.print(f"Profile {profile.origin}")
+        for line in derived.get("approximate", []):
+            con.print(f"  [yellow]approximate:[/] {line}")
+        for line in derived.get("notes", []):
+            con.print(f"  note: {line}")
     con.print(f"Machine ({where}): {machine.describe()}{driver}")
     for gpu in machine.gpus[:1]:
         if gpu.compute_capability:

@@ -17,6 +17,24 @@ ProfilesDir = Annotated[
     ),
 ]
 
+OfflineOpt = Annotated[
+    bool,
+    typer.Option(
+        "--offline",
+        envvar="PROVISION_OFFLINE",
+        help="For a repo id: use the metadata cache only, never the network.",
+    ),
+]
+
+
+def apply_offline(offline: bool) -> None:
+    """--offline reaches the derivation through PROVISION_OFFLINE (what the library reads)."""
+    if offline:
+        import os
+
+        os.environ["PROVISION_OFFLINE"] = "1"
+
+
 group = typer.Typer(
     help="List model profiles, or show one.",
     no_args_is_help=False,
@@ -44,6 +62,7 @@ def _list(
             "tasks": list(p.tasks),
             "gated": p.gated,
             "builtin": p.builtin,
+            "origin": p.origin,
             "path": str(p.path),
         }
         for p in found
@@ -72,19 +91,72 @@ def _list(
 
 @group.command("show")
 def show(
-    name: Annotated[str, typer.Argument(help="Profile name (or a path to a .toml file).")],
+    name: Annotated[
+        str,
+        typer.Argument(help="Profile name, a path to a .toml file, a repo id or a model folder."),
+    ],
     profiles_dir: ProfilesDir = None,
+    offline: OfflineOpt = False,
     json_output: JsonFlag = False,
 ) -> None:
-    """Print one profile: its source, shape, packages per task, fixes and smoke prompt."""
+    """Print one profile: whether curated or derived (and from which commit), its source, shape,
+    packages per task, fixes and smoke prompt."""
     from provision.profiles import load_profile
 
+    apply_offline(offline)
     profile = load_profile(name, profiles_dir)
-    payload = {"name": profile.name, "path": str(profile.path), **profile.data}
+    payload = {
+        "name": profile.name,
+        "path": str(profile.path),
+        "origin": profile.origin,
+        **profile.data,
+    }
 
     def render(con: Any) -> None:
         con.print(f"[bold]{profile.title}[/]  ({profile.path})")
+        con.print(f"Profile: {profile.origin}")
         con.print(profile.path.read_text(encoding="utf-8"), markup=False, highlight=False)
+
+    emit(payload, render, json_output)
+
+
+@group.command("add")
+def add(
+    repo: Annotated[
+        str, typer.Argument(help="org/name[@revision], source:org/name, or a model folder.")
+    ],
+    name: Annotated[
+        str | None, typer.Option("--name", help="Profile name (default: the repo's name).")
+    ] = None,
+    profiles_dir: ProfilesDir = None,
+    offline: OfflineOpt = False,
+    force: Annotated[bool, typer.Option("--force", help="Replace an existing file.")] = False,
+    json_output: JsonFlag = False,
+) -> None:
+    """Derive a profile from the repository's metadata and write it as an editable TOML into
+    your profile folder (--profiles-dir, PROVISION_PROFILES_DIR or ~/.config/provision/profiles)."""
+    from provision.derive import add_profile
+    from provision.profiles import load_profile_file
+
+    apply_offline(offline)
+    path = add_profile(repo, name, profiles_dir, force=force)
+    profile = load_profile_file(path)
+    derived = profile.derived or {}
+    payload = {
+        "name": profile.name,
+        "path": str(path),
+        "origin": profile.origin,
+        "approximate": derived.get("approximate", []),
+        "notes": derived.get("notes", []),
+    }
+
+    def render(con: Any) -> None:
+        con.print(f"Wrote {path}: profile [bold]{profile.name}[/], {profile.origin}.")
+        for line in payload["approximate"]:
+            con.print(f"  approximate: {line}")
+        for line in payload["notes"]:
+            con.print(f"  note: {line}")
+        con.print(f"Edit it freely; `provision check {profile.name}` uses it.")
 
     emit(payload, render, json_output)
 
