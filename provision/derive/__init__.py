@@ -118,7 +118,12 @@ def _ref_file(ref: Ref) -> Path:
 
 
 def _default_source_key() -> str:
-    return os.environ.get("HF_ENDPOINT") or os.environ.get("PROVISION_SOURCES") or "auto"
+    """Which sources a plain org/name goes to, as a file name (a digest: a URL may carry a
+    password, which must not become a file name)."""
+    import hashlib
+
+    chosen = os.environ.get("HF_ENDPOINT") or os.environ.get("PROVISION_SOURCES")
+    return "auto-" + hashlib.sha256(chosen.encode()).hexdigest()[:12] if chosen else "auto"
 
 
 def profile_name_for(repo_id: str) -> str:
@@ -183,14 +188,22 @@ class Derived:
 
 def derive(ref: Ref) -> Derived:
     """Read the metadata of `ref` and build its profile (requests are counted in the result)."""
-    from provision.derive.fetch import LocalRepo, hub_repo
+    from provision.derive.fetch import LocalRepo, UnreachableError, hub_repos
 
-    repo = (
-        LocalRepo(ref.folder)
+    candidates = (
+        [LocalRepo(ref.folder)]
         if ref.folder is not None
-        else hub_repo(ref.repo_id, ref.revision, ref.source)
+        else hub_repos(ref.repo_id, ref.revision, ref.source)
     )
-    meta, facts = read_metadata(repo)
+    for i, repo in enumerate(candidates):
+        try:
+            meta, facts = read_metadata(repo)
+            break
+        except UnreachableError:
+            if i == len(candidates) - 1:
+                raise  # every source was tried; the last one's message names it
+    else:  # pragma: no cover - the loop either breaks or raises
+        raise ProvisionError(f"No source answered for {ref.text}.")
     from provision.derive.assemble import assemble
 
     name = profile_name_for(_hub_id(ref, meta.config))

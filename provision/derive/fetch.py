@@ -100,7 +100,7 @@ class _Http:
             return exc  # the caller reads the status and headers
         except (urllib.error.URLError, OSError) as exc:
             reason = getattr(exc, "reason", exc)
-            raise ProvisionError(
+            raise UnreachableError(
                 f"Cannot reach {self.repo.where} for {self.repo.repo_id}: {reason}.",
                 "Check the network or the source (HF_ENDPOINT, --source), or use --offline with "
                 "a cache from an earlier run.",
@@ -132,9 +132,10 @@ class HfRepo(Repo):
 
     def __init__(self, repo_id: str, revision: str, endpoint: str, where: str, token: str | None):
         super().__init__(repo_id, revision, where)
-        self.endpoint = endpoint.rstrip("/")
+        self.endpoint, basic = _split_userinfo(endpoint.rstrip("/"))
         self.token = token
-        self.http = _Http(self, {"Authorization": f"Bearer {token}"} if token else {})
+        auth = f"Bearer {token}" if token else basic
+        self.http = _Http(self, {"Authorization": auth} if auth else {})
 
     def _error(self, answer: Any, path: str | None) -> ProvisionError:
         code = answer.headers.get("X-Error-Code", "")
@@ -364,6 +365,40 @@ class LocalRepo(Repo):
             return handle.read(end - start + 1), os.fstat(handle.fileno()).st_size
 
 
+def _split_userinfo(endpoint: str) -> tuple[str, str | None]:
+    """An endpoint URL without user:password, and those as a Basic Authorization value."""
+    from urllib.parse import unquote, urlsplit, urlunsplit
+
+    parts = urlsplit(endpoint)
+    if parts.username is None:
+        return endpoint, None
+    import base64
+
+    pair = f"{unquote(parts.username)}:{unquote(parts.password or '')}".encode()
+    host = parts.hostname or ""
+    netloc = host + (f":{parts.port}" if parts.port else "")
+    clean = urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
+    return clean, "Basic " + base64.b64encode(pair).decode()
+
+
+class UnreachableError(ProvisionError):
+    """The source did not answer at all (the next source may)."""
+
+
+def redact(text: str) -> str:
+    """A URL without its user:password part (what messages and files may show)."""
+    return re.sub(r"(https?://)[^/@\s]*@", r"\1", text)
+
+
+def hub_repos(repo_id: str, revision: str | None, source: str | None) -> list[Repo]:
+    """`source` alone, or every source of the default order (HF_ENDPOINT first)."""
+    if source:
+        return [hub_repo(repo_id, revision, source)]
+    from provision.hub.sources import auto_candidates
+
+    return [hub_repo(repo_id, revision, c.name) for c in auto_candidates()]
+
+
 def hub_repo(repo_id: str, revision: str | None, source: str | None) -> Repo:
     """A Repo for `repo_id` on `source` (a source name, URL or `modelscope:URL`; None: the first
     of HF_ENDPOINT / PROVISION_SOURCES / the table's order)."""
@@ -373,13 +408,14 @@ def hub_repo(repo_id: str, revision: str | None, source: str | None) -> Repo:
     chosen = parse_source(source) if source else auto_candidates()[0]
     if chosen.kind == "local":
         return LocalRepo(Path(chosen.endpoint))
+    where = redact(chosen.name)
     if chosen.kind == "modelscope":
         return ModelScopeRepo(
-            repo_id, revision or "master", chosen.endpoint, chosen.name, modelscope_token()
+            repo_id, revision or "master", chosen.endpoint, where, modelscope_token()
         )
     token = os.environ.get("HF_TOKEN", "").strip() or None
     if token is None:
         from provision.hub.listing import hf_token
 
         token = hf_token()
-    return HfRepo(repo_id, revision or "main", chosen.endpoint, chosen.name, token)
+    return HfRepo(repo_id, revision or "main", chosen.endpoint, where, token)

@@ -382,3 +382,27 @@ def test_every_family_names_known_package_sets_and_stacks() -> None:
     for entry in entries:
         for set_name in entry["packages"].values():
             assert table["package_sets"][set_name]["stack"] in stacks()
+
+
+def test_a_password_in_the_source_url_is_written_nowhere(derive_env, derive_hub, monkeypatch):
+    url = derive_hub.url.replace("http://", "http://alice:s3cret-pass@")
+    monkeypatch.setenv("HF_ENDPOINT", url)
+    monkeypatch.setenv("PROVISION_SOURCES", url)
+    profile = load_profile("HuggingFaceTB/SmolVLM-256M-Instruct@main")
+    assert profile.params["total"] == 256484928
+    assert any(
+        r.path.startswith("/api/models/HuggingFaceTB/SmolVLM-256M-Instruct")
+        for r in derive_hub.requests
+    )
+    cache = Path(derive_env["PROVISION_METADATA_CACHE"])
+    for path in cache.rglob("*"):
+        assert "s3cret" not in str(path)
+        if path.is_file():
+            assert b"s3cret" not in path.read_bytes(), path
+
+
+def test_a_source_that_does_not_answer_hands_over_to_the_next(derive_env, derive_hub, monkeypatch):
+    monkeypatch.delenv("HF_ENDPOINT")
+    monkeypatch.setenv("PROVISION_SOURCES", f"http://127.0.0.1:9,{derive_hub.url}")
+    profile = load_profile("HuggingFaceTB/SmolVLM-256M-Instruct@main")
+    assert profile.derived["source"] == derive_hub.url
