@@ -81,6 +81,7 @@ def derive_env(derive_hub, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> d
         "PROVISION_DATA_DIR": str(tmp_path / "data"),
         "XDG_CONFIG_HOME": str(tmp_path / "config"),
         "HF_HOME": str(tmp_path / "hf"),
+        "PROVISION_LOCK_DIR": str(tmp_path / "locks"),  # download records here, not lockfiles/
         "HF_HUB_DISABLE_TELEMETRY": "1",
     }
     (tmp_path / "data").mkdir()
