@@ -25,6 +25,16 @@ from provision.hub.sources import Source
 
 COMMIT_RE = re.compile(r"^[0-9a-f]{40}$")
 SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
+# A blob's name in the Hugging Face cache: git's sha1 (plain-git files) or the LFS sha256.
+ETAG_RE = re.compile(r"^(?:[0-9a-f]{40}|[0-9a-f]{64})$")
+
+
+def check_etag(etag: object) -> str:
+    """`etag`, after checking it is 40 or 64 lower-case hex digits: it becomes a file name under
+    blobs/ and .locks/, so anything else (`../x`, `/etc/passwd`, empty) is refused."""
+    if not isinstance(etag, str) or not ETAG_RE.match(etag):
+        raise ValueError(f"{etag!r} is not a 40- or 64-hex blob id")
+    return etag
 
 
 @dataclass(frozen=True)
@@ -127,6 +137,33 @@ def _hf_errors(source: Source, repo_id: str, revision: str, token: str | None) -
         raise _not_a_hub(source, "an answer that is not hub JSON") from exc
 
 
+def _bad_entry(source: Source, repo_id: str, path: object, what: str) -> ProvisionError:
+    return ProvisionError(
+        f"{source.endpoint} lists {repo_id} file {path!r} with {what}.",
+        "Nothing was downloaded and nothing was written. The source is malformed or hostile: "
+        "use another --source (hf, hf-mirror, modelscope), or report it to the mirror.",
+    )
+
+
+def _hf_file(source: Source, repo_id: str, entry: Any) -> RemoteFile:
+    """One tree entry, checked before anything is built from it: the blob ids become file names
+    in the cache, so only 40/64-hex ids pass, and an LFS file's etag is its listed sha256."""
+    path = entry.path
+    if not isinstance(path, str):
+        raise _bad_entry(source, repo_id, path, "a path that is not a string")
+    lfs = entry.lfs is not None
+    size = entry.lfs.size if lfs else entry.size
+    if isinstance(size, bool) or not isinstance(size, int) or size < 0:
+        raise _bad_entry(source, repo_id, path, f"size {size!r} (not a byte count)")
+    blob_id = entry.blob_id
+    if not isinstance(blob_id, str) or not ETAG_RE.match(blob_id):
+        raise _bad_entry(source, repo_id, path, f"oid {blob_id!r} (not a 40- or 64-hex blob id)")
+    sha256 = entry.lfs.sha256 if lfs else None
+    if lfs and (not isinstance(sha256, str) or not SHA256_RE.match(sha256)):
+        raise _bad_entry(source, repo_id, path, f"lfs.oid {sha256!r} (not a 64-hex sha256)")
+    return RemoteFile(path=path, size=size, sha256=sha256, blob_id=blob_id, lfs=lfs)
+
+
 def _not_a_hub(source: Source, what: str) -> ProvisionError:
     return ProvisionError(
         f"{source.endpoint} does not answer like a Hugging Face hub (it gave {what}).",
@@ -155,16 +192,7 @@ def hf_listing(source: Source, repo_id: str, revision: str | None, token: str | 
         for entry in api.list_repo_tree(repo_id, recursive=True, revision=commit):
             if not isinstance(entry, RepoFile):
                 continue
-            lfs = entry.lfs is not None
-            files.append(
-                RemoteFile(
-                    path=entry.path,
-                    size=entry.lfs.size if entry.lfs is not None else entry.size,
-                    sha256=entry.lfs.sha256 if entry.lfs is not None else None,
-                    blob_id=entry.blob_id,
-                    lfs=lfs,
-                )
-            )
+            files.append(_hf_file(source, repo_id, entry))
     return Listing(source, repo_id, revision, commit, files, gated=bool(info.gated))
 
 
