@@ -31,6 +31,12 @@ def download(
         list[str] | None, typer.Option("--exclude", help="Leave out files matching this glob.")
     ] = None,
     lock: LockOpt = None,
+    force: Annotated[
+        bool,
+        typer.Option(
+            "--force", help="Hash every cached file in full before reusing it (else: if changed)."
+        ),
+    ] = False,
     profiles_dir: ProfilesDir = None,
     json_output: JsonFlag = False,
 ) -> None:
@@ -48,6 +54,7 @@ def download(
         exclude=exclude,
         lock_file=lock,
         progress=not as_json,
+        rehash=force,
     )
 
     def render(con: Any) -> None:

@@ -6,8 +6,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from provision.digest import file_sha256
 from provision.errors import ProvisionError
+from provision.hub import stamps
 from provision.hub.cache import HfCache, ModelScopeCache
 from provision.hub.download import _kind_of, model_record
 from provision.profiles import Profile
@@ -83,8 +83,9 @@ def verify_profile(
 ) -> VerifyResult:
     """Check every file the lock records: present, right size, right sha256 (read in full).
 
-    `hashes=False` checks presence and sizes only: what a re-run of setup does before it trusts
-    a download it finished earlier (the files were hashed when they were placed)."""
+    `hashes=False` is the cheap check a re-run of setup makes before it trusts a download it
+    finished earlier: a file unchanged (size and mtime) since provision stamped it with the
+    recorded sha256 passes unread; any other file is hashed in full (see stamps.py)."""
     from provision.lock.lockfile import lock_path
     from provision.settings import hf_hub_cache, modelscope_cache
 
@@ -107,6 +108,7 @@ def verify_profile(
     if kind == "modelscope":
         ms = ModelScopeCache(Path(ms_cache) if ms_cache else modelscope_cache(), repo_id)
         snapshot = ms.snapshot(revision or "master")
+        root = ms.cache
 
         def locate(path: str) -> Path:
             return ms.file(revision or "master", path)
@@ -115,6 +117,7 @@ def verify_profile(
             raise ProvisionError(f"{lock}: the model record has no commit.")
         hf = HfCache(Path(hf_cache) if hf_cache else hf_hub_cache(), repo_id)
         snapshot = hf.snapshot(commit)
+        root = hf.cache
 
         def locate(path: str) -> Path:
             return hf.pointer(commit, path)
@@ -138,8 +141,8 @@ def verify_profile(
             check.actual_size = where.stat().st_size
             if check.actual_size != size:
                 check.status = "size"
-            elif hashes:
-                check.actual_sha256 = file_sha256(where)
+            elif hashes or not stamps.trusted(root, where, sha):
+                check.actual_sha256 = stamps.hash_and_record(root, where)
                 if check.actual_sha256 != sha:
                     check.status = "sha256"
         result.checks.append(check)
