@@ -645,9 +645,15 @@ def _sync(
     folders = _local_folders(links)
     args = [*SYNC_ARGS, "--output-format", "json"]
     args += ["--python", str(python)]
-    for link in links:  # pip skips a missing folder with a warning; uv would stop, so skip it
-        if "://" in link and not link.startswith("file:") or Path(link).is_dir():
-            args += ["--find-links", link]
+    from provision.secrets import find_links_args
+
+    usable = [  # pip skips a missing folder with a warning; uv would stop, so skip it
+        link
+        for link in links
+        if "://" in link and not link.startswith("file:") or Path(link).is_dir()
+    ]
+    link_env: dict[str, str] = {}  # a password in a find-links URL goes to uv here, not in argv
+    args += find_links_args(usable, link_env)
     if offline:
         args.append("--offline")
     with tempfile.TemporaryDirectory(prefix="provision-lock-") as tmp:
@@ -665,7 +671,7 @@ def _sync(
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,
-            env={**os.environ, **_UV_ENV},
+            env={**os.environ, **_UV_ENV, **link_env},
             start_new_session=True,  # its own group: stopping it stops the builds it started
         )
         try:

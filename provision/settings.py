@@ -214,7 +214,16 @@ def apply_environment(env: dict[str, str]) -> list[str]:
 
     huggingface_hub copies HF_HOME / HF_ENDPOINT into its constants at import: if it is loaded
     already with other values, the new ones take effect only in a new process.
+    An endpoint already set with credentials stays as it is when `env` names the same URL
+    without them (what is written down never holds them; this process still needs them).
     """
+    from provision.secrets import public
+
+    env = {
+        k: v
+        for k, v in env.items()
+        if not (k.endswith("_ENDPOINT") and os.environ.get(k) and public(os.environ[k]) == v)
+    }
     os.environ.update(env)
     warnings = []
     constants = sys.modules.get("huggingface_hub.constants")

@@ -44,6 +44,11 @@ def os_error(exc: OSError) -> ProvisionError:
 
 def print_error(exc: ProvisionError) -> None:
     from provision.cli.output import console, use_json
+    from provision.secrets import redact_text
+
+    # The last guard: a client's message may quote the URL it was given, credentials and all.
+    exc.message = redact_text(exc.message)
+    exc.hint = redact_text(exc.hint) if exc.hint else exc.hint
 
     if use_json():
         import json

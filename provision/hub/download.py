@@ -562,14 +562,14 @@ def _resolve_url(source: Source, repo_id: str, commit: str, path: str) -> str | 
         return None
     from urllib.parse import quote
 
-    return f"{source.endpoint}/{repo_id}/resolve/{commit}/{quote(path)}"
+    return f"{source.request_url}/{repo_id}/resolve/{commit}/{quote(path)}"
 
 
 def _modelscope_url(source: Source, repo_id: str, revision: str, path: str) -> str:
     from urllib.parse import quote_plus
 
     return (
-        f"{source.endpoint}/api/v1/models/{repo_id}/repo"
+        f"{source.request_url}/api/v1/models/{repo_id}/repo"
         f"?Revision={quote_plus(revision)}&FilePath={quote_plus(path)}"
     )
 

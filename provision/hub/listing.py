@@ -22,6 +22,7 @@ from provision.digest import file_sha256
 from provision.errors import ProvisionError
 from provision.hub.errors import SourceFailed, gated_message, unsafe_path
 from provision.hub.sources import Source
+from provision.secrets import redact_text
 
 COMMIT_RE = re.compile(r"^[0-9a-f]{40}$")
 SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
@@ -130,7 +131,7 @@ def _hf_errors(source: Source, repo_id: str, revision: str, token: str | None) -
         raise _not_a_hub(source, f"{status} {kind.split(';')[0]}") from exc
     except (httpx2.TimeoutException, httpx2.TransportError) as exc:
         raise SourceFailed(
-            f"Cannot reach {where}: {type(exc).__name__}: {exc}",
+            f"Cannot reach {where}: {type(exc).__name__}: {redact_text(str(exc))}",
             "Check the network or the URL, or pick another --source (auto tries them all).",
         ) from exc
     except ValueError as exc:  # a body that is not the JSON a hub sends
@@ -178,7 +179,7 @@ def hf_listing(source: Source, repo_id: str, revision: str | None, token: str | 
 
     revision = revision or "main"
     api = HfApi(
-        endpoint=source.endpoint,
+        endpoint=source.request_url,
         token=token or False,  # False: never fall back to a token of the library's own choosing
         library_name="provision",
         library_version=__version__,
@@ -204,7 +205,7 @@ def modelscope_listing(source: Source, repo_id: str, revision: str | None) -> Li
     from modelscope_hub.api import HubApi
 
     revision = revision or "master"
-    api = HubApi(endpoint=source.endpoint, token=modelscope_token())
+    api = HubApi(endpoint=source.request_url, token=modelscope_token())
     page = source.page(repo_id)
     try:
         entries = api.list_repo_files(repo_id, "model", revision=revision)
@@ -223,10 +224,12 @@ def modelscope_listing(source: Source, repo_id: str, revision: str | None) -> Li
     except (ms_errors.AuthenticationError, ms_errors.PermissionDeniedError) as exc:
         raise gated_message(repo_id, page, modelscope_token() is not None, "modelscope") from exc
     except (ms_errors.NetworkError, ms_errors.ServerError, ms_errors.RequestTimeoutError) as exc:
-        raise SourceFailed(f"ModelScope ({source.endpoint}) failed: {exc}") from exc
+        raise SourceFailed(
+            f"ModelScope ({source.endpoint}) failed: {redact_text(str(exc))}"
+        ) from exc
     except (ms_errors.APIError, ValueError) as exc:
         raise ProvisionError(
-            f"{source.endpoint} does not answer like ModelScope ({exc}).",
+            f"{source.endpoint} does not answer like ModelScope ({redact_text(str(exc))}).",
             "Use modelscope, modelscope:URL with a ModelScope-compatible URL, or another source.",
         ) from exc
     files = [

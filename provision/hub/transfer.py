@@ -358,7 +358,9 @@ def _transient(exc: BaseException) -> bool:
 def _describe(exc: BaseException | None) -> str:
     if exc is None:
         return "no answer"
-    text = str(exc) or type(exc).__name__
+    from provision.secrets import redact_text
+
+    text = redact_text(str(exc)) or type(exc).__name__  # httpx names the URL it was given
     return f"{type(exc).__name__}: {text}" if not isinstance(exc, _Retry) else text
 
 
