@@ -99,6 +99,12 @@ def verify(
                 f"[green]ok[/]: {len(result.checks)} files, {fmt_bytes(total)} of "
                 f"{escape(result.repo_id)} match {escape(str(result.lock_file))}"
             )
+            if result.unverified:
+                con.print(
+                    f"[yellow]unverified[/]: {len(result.unverified)} of them match only what "
+                    "was downloaded: the source gave no sha256 to check them against "
+                    f"({escape(', '.join(c.path for c in result.unverified[:5]))})."
+                )
             return
         con.print(
             f"[red]{len(result.problems)} of {len(result.checks)} files[/] of "

@@ -48,9 +48,15 @@ class FileRecord:
     path: str
     size: int
     sha256: str
+    # The source gave no hash to check the bytes against (a ModelScope listing without Sha256):
+    # `sha256` is only what arrived, and verify says "unverified", not "ok".
+    unverified: bool = False
 
     def to_json(self) -> dict[str, Any]:
-        return {"path": self.path, "size": self.size, "sha256": self.sha256}
+        out: dict[str, Any] = {"path": self.path, "size": self.size, "sha256": self.sha256}
+        if self.unverified:
+            out["unverified"] = True
+        return out
 
 
 @dataclass
@@ -433,10 +439,12 @@ class _Plan:
         def still_needed(job: Job) -> bool:
             return not _verified(job.target, job.size, job.sha256, cache.cache, self.rehash)
 
+        pins = self.pinned_hashes("modelscope", repo_id)
         for f in files:
             target = cache.file(revision, f.path)
-            if _verified(target, f.size, f.sha256, cache.cache, self.rehash):
-                reused[f.path] = f.sha256 or file_sha256(target)
+            want = f.sha256 or pins.get(f.path)  # no hash in the listing: the lock's, if any
+            if _verified(target, f.size, want, cache.cache, self.rehash):
+                reused[f.path] = want or file_sha256(target)
                 continue
             jobs.append(
                 Job(
@@ -445,7 +453,7 @@ class _Plan:
                     target=target,
                     partial=cache.partial(revision, f.path),
                     lock=cache.lock(f.path),
-                    sha256=f.sha256,
+                    sha256=want,
                     url=_modelscope_url(source, repo_id, revision, f.path),
                 )
             )
@@ -461,6 +469,14 @@ class _Plan:
             hashes[outcome.job.path] = outcome.sha256 or file_sha256(outcome.job.target)
         self._check_pins("modelscope", repo_id, hashes)
         return self._result(source, listing, files, hashes, outcomes, self.ms_cache, snapshot)
+
+    def _unverified(self, f: RemoteFile) -> bool:
+        """No hash from the source (no sha256, no git blob id, not a local file) and none pinned
+        by the lock: nothing ever checked these bytes."""
+        if f.sha256 or f.blob_id or f.origin is not None:
+            return False
+        kind = "modelscope"  # the one source whose listing may lack hashes
+        return f.path not in self.pinned_hashes(kind, self.profile.modelscope_repo or "")
 
     def _reusable(self, root: Path, blob: Path, f: RemoteFile, pins: dict[str, str]) -> str | None:
         """The sha256 of a cached blob of the right size when its bytes are right, else None.
@@ -547,7 +563,10 @@ class _Plan:
             repo_id=listing.repo_id,
             revision=listing.revision,
             commit=listing.commit,
-            files=[FileRecord(f.path, f.size, hashes[f.path]) for f in files],
+            files=[
+                FileRecord(f.path, f.size, hashes[f.path], unverified=self._unverified(f))
+                for f in files
+            ],
             bytes_fetched=sum(o.fetched for o in outcomes),
             bytes_reused=reused_bytes,
             files_fetched=len(fetched_paths),

@@ -134,8 +134,15 @@ def _hf_errors(source: Source, repo_id: str, revision: str, token: str | None) -
             f"Cannot reach {where}: {type(exc).__name__}: {redact_text(str(exc))}",
             "Check the network or the URL, or pick another --source (auto tries them all).",
         ) from exc
+    except httpx2.TooManyRedirects as exc:
+        raise ProvisionError(
+            f"{where} redirects in a loop for {repo_id} ({redact_text(str(exc))}).",
+            "The source is misconfigured: use another --source, or report it to the mirror.",
+        ) from exc
     except ValueError as exc:  # a body that is not the JSON a hub sends
         raise _not_a_hub(source, "an answer that is not hub JSON") from exc
+    except (KeyError, TypeError, AttributeError) as exc:  # JSON, but not in a hub's shapes
+        raise _not_a_hub(source, f"a malformed answer: {type(exc).__name__}: {exc}") from exc
 
 
 def _bad_entry(source: Source, repo_id: str, path: object, what: str) -> ProvisionError:
@@ -227,19 +234,36 @@ def modelscope_listing(source: Source, repo_id: str, revision: str | None) -> Li
         raise SourceFailed(
             f"ModelScope ({source.endpoint}) failed: {redact_text(str(exc))}"
         ) from exc
-    except (ms_errors.APIError, ValueError) as exc:
+    except (ms_errors.APIError, ValueError, KeyError, TypeError, AttributeError) as exc:
         raise ProvisionError(
             f"{source.endpoint} does not answer like ModelScope ({redact_text(str(exc))}).",
             "Use modelscope, modelscope:URL with a ModelScope-compatible URL, or another source.",
         ) from exc
-    files = [
-        RemoteFile(path=e.path, size=int(e.size), sha256=(e.sha256 or None), lfs=True)
-        for e in entries
-        if not e.is_dir and e.path
-    ]
+    if not isinstance(entries, list):
+        raise ProvisionError(
+            f"{source.endpoint} does not answer like ModelScope (a file list that is a "
+            f"{type(entries).__name__}).",
+            "Use modelscope, modelscope:URL with a ModelScope-compatible URL, or another source.",
+        )
+    files = [_ms_file(source, repo_id, e) for e in entries if not e.is_dir and e.path]
     commit = _modelscope_commit(api, repo_id, revision)
     # The client found the token (MODELSCOPE_API_TOKEN or `modelscope login`): used, never kept.
     return Listing(source, repo_id, revision, commit, files, token=api.legacy.token or None)
+
+
+def _ms_file(source: Source, repo_id: str, entry: Any) -> RemoteFile:
+    """One ModelScope listing entry, checked: a string path, a byte count, a 64-hex sha256 or
+    none at all (then the file is recorded as unverified, see download.py)."""
+    path, size, sha256 = entry.path, entry.size, entry.sha256 or None
+    if not isinstance(path, str):
+        raise _bad_entry(source, repo_id, path, "a path that is not a string")
+    if isinstance(size, str) and size.isdigit():
+        size = int(size)  # some ModelScope answers give sizes as strings of digits
+    if isinstance(size, bool) or not isinstance(size, int) or size < 0:
+        raise _bad_entry(source, repo_id, path, f"size {size!r} (not a byte count)")
+    if sha256 is not None and (not isinstance(sha256, str) or not SHA256_RE.match(sha256)):
+        raise _bad_entry(source, repo_id, path, f"Sha256 {sha256!r} (not a 64-hex sha256)")
+    return RemoteFile(path=path, size=size, sha256=sha256, lfs=True)
 
 
 def _modelscope_commit(api: Any, repo_id: str, revision: str) -> str | None:

@@ -23,6 +23,7 @@ from provision.atomic import file_lock
 from provision.errors import ProvisionError
 from provision.hub.errors import HashMismatch, SourceFailed, gated_message
 from provision.hub.progress import Progress
+from provision.secrets import redact_text
 from provision.units import fmt_bytes
 
 CHUNK = 1024 * 1024
@@ -240,6 +241,13 @@ class Fetcher:
                         raise
                     last_error = exc
                 except Exception as exc:
+                    if _redirect_loop(exc):
+                        raise ProvisionError(
+                            f"{job.path}: {self.describe} redirects in a loop "
+                            f"({redact_text(str(exc))}).",
+                            "The source is misconfigured: use another --source, or report it. "
+                            "Files already downloaded are kept.",
+                        ) from exc
                     if not _transient(exc):
                         raise
                     last_error = exc
@@ -345,6 +353,12 @@ def _range_start(header: str | None) -> int | None:
         return None
 
 
+def _redirect_loop(exc: BaseException) -> bool:
+    import httpx2
+
+    return isinstance(exc, httpx2.TooManyRedirects)
+
+
 def _transient(exc: BaseException) -> bool:
     try:
         import httpx2
@@ -358,8 +372,6 @@ def _transient(exc: BaseException) -> bool:
 def _describe(exc: BaseException | None) -> str:
     if exc is None:
         return "no answer"
-    from provision.secrets import redact_text
-
     text = redact_text(str(exc)) or type(exc).__name__  # httpx names the URL it was given
     return f"{type(exc).__name__}: {text}" if not isinstance(exc, _Retry) else text
 

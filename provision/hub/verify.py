@@ -16,7 +16,7 @@ from provision.profiles import Profile
 @dataclass
 class FileCheck:
     path: str
-    status: str  # ok, missing, size, sha256
+    status: str  # ok, unverified (matches, but the source gave no hash), missing, size, sha256
     size: int
     sha256: str
     actual_size: int | None = None
@@ -48,11 +48,16 @@ class VerifyResult:
 
     @property
     def ok(self) -> bool:
-        return all(c.status == "ok" for c in self.checks)
+        """Every file is the one recorded (unverified ones too: their bytes match the lock)."""
+        return all(c.status in ("ok", "unverified") for c in self.checks)
 
     @property
     def problems(self) -> list[FileCheck]:
-        return [c for c in self.checks if c.status != "ok"]
+        return [c for c in self.checks if c.status not in ("ok", "unverified")]
+
+    @property
+    def unverified(self) -> list[FileCheck]:
+        return [c for c in self.checks if c.status == "unverified"]
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -68,6 +73,7 @@ class VerifyResult:
             "bytes": sum(c.size for c in self.checks),
             "missing": [c.path for c in self.checks if c.status == "missing"],
             "wrong": [c.path for c in self.checks if c.status in ("size", "sha256")],
+            "unverified": [c.path for c in self.unverified],
             "checks": [c.to_json() for c in self.checks],
         }
 
@@ -145,5 +151,7 @@ def verify_profile(
                 check.actual_sha256 = stamps.hash_and_record(root, where)
                 if check.actual_sha256 != sha:
                     check.status = "sha256"
+        if check.status == "ok" and entry.get("unverified"):
+            check.status = "unverified"
         result.checks.append(check)
     return result
