@@ -397,7 +397,16 @@ def run_jobs(
         pending = set(futures)
         error: BaseException | None = None
         while pending:
-            done, pending = wait(pending, return_when=FIRST_EXCEPTION)
+            try:
+                done, pending = wait(pending, return_when=FIRST_EXCEPTION)
+            except BaseException:
+                # Ctrl-C (KeyboardInterrupt) or SystemExit from SIGTERM/SIGHUP arrives here, in
+                # the main thread; leaving the `with` would wait for every running transfer to
+                # end. Stop them at their next block instead: their partial files stay.
+                fetcher.stop.set()
+                for future in pending:
+                    future.cancel()
+                raise
             for future in done:
                 exc = future.exception()
                 if exc is None:
