@@ -117,6 +117,10 @@ class _Retry(Exception):
     """A failure worth another try from where the bytes stopped."""
 
 
+class _Restart(_Retry):
+    """The source refused the resume point (416): the partial file is dropped, start over."""
+
+
 class Cancelled(Exception):
     """Another file failed for good: stop, keeping the partial file for the next run."""
 
@@ -232,6 +236,10 @@ class Fetcher:
                         self._write(state, chunks, outcome, task)
                     if state.have < job.size:
                         raise _Retry(f"the connection closed at byte {state.have} of {job.size}")
+                except _Restart as exc:
+                    state.reset()  # the partial file goes, and what the run counted with it
+                    outcome.resumed = 0
+                    last_error = exc
                 except _Retry as exc:
                     last_error = exc
                 except OSError as exc:
@@ -258,8 +266,13 @@ class Fetcher:
                     raise SourceFailed(
                         f"{job.path}: the transfer from {self.describe} kept failing "
                         f"({_describe(last_error)}), {failures} tries without progress.",
-                        f"{fmt_bytes(state.have)} are kept in {job.partial.name}; running the "
-                        "command again resumes there, or try another --source.",
+                        (
+                            f"{fmt_bytes(state.have)} are kept in {job.partial.name}; running "
+                            "the command again resumes there, or try another --source."
+                            if state.have
+                            else "Nothing of it is kept; run the command again later, or try "
+                            "another --source."
+                        ),
                     )
                 self._sleep(min(8.0, self.wait * 2 ** max(0, failures - 1)))
         finally:
@@ -308,8 +321,7 @@ class Fetcher:
             elif status == 200:
                 yield 0, response.iter_raw()
             elif status == 416:
-                job.partial.unlink(missing_ok=True)
-                raise _Retry("the source refused the resume point (416)")
+                raise _Restart("the source refused the resume point (416)")
             elif status in (401, 403):
                 response.read()
                 code = response.headers.get("X-Error-Code", "")

@@ -81,3 +81,34 @@ def test_cheap_verify_that_setup_trusts_sees_a_changed_blob(hub, tiny):
     _flip(Path(first["snapshot"]) / SHARD)
     cheap = verify_profile(profile, hashes=False)
     assert not cheap.ok and [c.path for c in cheap.problems] == [SHARD]
+
+
+def _seed_partial(tmp_path: Path, folder: Path, keep: int) -> Path:
+    data = (folder / SHARD).read_bytes()
+    sha = hashlib.sha256(data).hexdigest()
+    blobs = tmp_path / "hf" / "hub" / "models--org--tiny" / "blobs"
+    blobs.mkdir(parents=True)
+    partial = blobs / f"{sha}.provision-partial"
+    partial.write_bytes(data[:keep])
+    return partial
+
+
+def test_a_refused_resume_point_starts_the_file_over(hub, tiny, tmp_path):
+    """416 on the resume: the partial goes and the file is fetched whole, once (item 10)."""
+    _seed_partial(tmp_path, tiny.folder, 1_000_000)
+    hub.fault(f"*{SHARD}", status=416, fail_first=1)
+    out = _download("--include", SHARD)
+    size = (tiny.folder / SHARD).stat().st_size
+    assert out["bytes_fetched"] == size
+    ranges = [r.range for r in hub.requests if r.file and r.file.endswith(SHARD)]
+    assert ranges[0] == "bytes=1000000-" and ranges[1:] in ([None], ["bytes=0-"])
+    assert run_cli("verify", "tiny").returncode == 0
+
+
+def test_after_a_refused_resume_the_message_keeps_no_bytes_it_lost(hub, tiny, tmp_path):
+    partial = _seed_partial(tmp_path, tiny.folder, 1_000_000)
+    hub.fault(f"*{SHARD}", status=416, fail_first=1000)
+    proc = run_cli("download", "tiny", "--include", SHARD)
+    assert proc.returncode == 2, proc.stderr
+    assert "are kept" not in proc.stderr and "Nothing of it is kept" in proc.stderr, proc.stderr
+    assert not partial.exists()
