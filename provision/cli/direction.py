@@ -57,7 +57,7 @@ def _load(name: str, directions_dir: str | None, profiles_dir: str | None) -> An
 
 def _conflict_exit(exc: Any, json_output: bool) -> None:
     """A conflict under --json: the whole analysis as JSON, exit 1 (people get the message)."""
-    from provision.directions_conflict import DirectionConflict
+    from provision.directions.conflict import DirectionConflict
     from provision.errors import EXIT_FAILED
 
     if isinstance(exc, DirectionConflict) and use_json(json_output):
@@ -81,8 +81,8 @@ def list_cmd(
 ) -> None:
     """List the directions (members, lock state) and the environments on this machine."""
     from provision.directions import list_directions
-    from provision.directions_lock import check_direction_lock
-    from provision.directions_shared import registered, registry_path
+    from provision.directions.lock import check_direction_lock
+    from provision.env_registry import registered, registry_path
 
     rows = []
     for direction in list_directions(directions_dir, profiles_dir):
@@ -149,8 +149,8 @@ def show(
     json_output: JsonFlag = False,
 ) -> None:
     """One direction: members and tasks, packages, where its environment lives, its lock."""
-    from provision.directions_lock import check_direction_lock
-    from provision.directions_shared import registered, registry_path
+    from provision.directions.lock import check_direction_lock
+    from provision.env_registry import registered, registry_path
     from provision.errors import ProvisionError
 
     direction = _load(name, directions_dir, profiles_dir)
@@ -208,7 +208,7 @@ def check(
     json_output: JsonFlag = False,
 ) -> None:
     """Does every member fit this machine (or a planned one), for each task? Exit 1 if not."""
-    from provision.directions_setup import check_direction
+    from provision.directions.setup import check_direction
     from provision.errors import EXIT_FAILED
 
     direction = _load(name, directions_dir, profiles_dir)
@@ -301,7 +301,7 @@ def lock(
             "Which direction? e.g. provision direction lock okvqa-vllm-swift",
             "`provision direction list` lists them; --all locks every built-in one.",
         )
-    from provision.directions_lock import lock_direction
+    from provision.directions.lock import lock_direction
 
     direction = _load(name, directions_dir, profiles_dir)
     try:
@@ -346,7 +346,7 @@ def _check_locks(
     profiles_dir: str | None,
     json_output: bool,
 ) -> None:
-    from provision.directions_lock import check_builtin_directions, check_direction_lock
+    from provision.directions.lock import check_builtin_directions, check_direction_lock
     from provision.errors import ProvisionError
 
     if all_directions or not name:
@@ -366,7 +366,7 @@ def _check_locks(
 
 
 def _lock_all(lock_dir: str | None, upgrade: bool, json_output: bool) -> None:
-    from provision.directions_lock import lock_builtin_directions
+    from provision.directions.lock import lock_builtin_directions
 
     items = lock_builtin_directions(lock_dir, upgrade=upgrade)
     emit_locked(items, json_output, lambda item: f"direction {item.profile}", "direction locks")
@@ -400,7 +400,7 @@ def setup(
     json_output: JsonFlag = False,
 ) -> None:
     """One environment for the whole direction: weights, fixes and a smoke for every member."""
-    from provision.directions_setup import LockOptions, setup_direction
+    from provision.directions.setup import LockOptions, setup_direction
     from provision.errors import ProvisionError
     from provision.setup import SetupOptions
 
@@ -457,7 +457,7 @@ def _membership(
     profiles_dir: str | None,
     json_output: bool,
 ) -> None:
-    from provision.directions_membership import change_membership
+    from provision.directions.membership import change_membership
     from provision.errors import ProvisionError
 
     try:

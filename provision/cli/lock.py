@@ -190,7 +190,7 @@ def _check(
             raise ProvisionError("--check --all checks the built-in lockfiles: no PROFILE or -o.")
         results = check_builtins(lock_dir)
         # The built-in research directions' joint locks live beside these.
-        from provision.directions_lock import check_builtin_directions
+        from provision.directions.lock import check_builtin_directions
 
         results += check_builtin_directions(lock_dir)
     else:
@@ -205,7 +205,7 @@ def _check(
 
 
 def _lock_all(lock_dir: str | None, upgrade: bool, json_output: bool) -> None:
-    from provision.directions_lock import lock_builtin_directions
+    from provision.directions.lock import lock_builtin_directions
     from provision.lock.locking import lock_builtins
 
     items = lock_builtins(lock_dir, upgrade=upgrade) + lock_builtin_directions(
