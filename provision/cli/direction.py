@@ -17,16 +17,17 @@ from provision.cli.options import (
     GpusOpt,
     IgnorePipOpt,
     LockDirOpt,
+    ProfilesDir,
     SetupLockOpt,
     SkipCheckOpt,
     SourceOpt,
+    TasksOpt,
     TorchIndexOpt,
     UpgradeOpt,
     VariantOpt,
     WheelhouseOpt,
 )
 from provision.cli.output import JsonFlag, emit, use_json
-from provision.cli.profiles import ProfilesDir
 from provision.cli.setup import progress_printer, show_partial, stage_table
 
 DirectionsDir = Annotated[
@@ -522,10 +523,7 @@ NoLock = Annotated[bool, typer.Option("--no-lock", help="Change the file only; l
 def add(
     name: NameArg,
     profile: Annotated[str, typer.Argument(help="Profile to add, e.g. qwen2.5-vl-7b.")],
-    task: Annotated[
-        list[str] | None,
-        typer.Option("--task", help="infer, lora, qlora or full (repeat for several)."),
-    ] = None,
+    task: TasksOpt = None,
     note: Annotated[str | None, typer.Option(help="Why it is in the direction.")] = None,
     no_lock: NoLock = False,
     python: Python = None,
@@ -546,7 +544,16 @@ def add(
         python, gpu, gpu_mem, gpus, driver, torch_index, variant, lock_dir, ignore_pip_config
     )
     _membership(
-        "add", name, profile, task, note, no_lock, kwargs, directions_dir, profiles_dir, json_output
+        "add",
+        name,
+        profile,
+        [t.value for t in task or []] or None,
+        note,
+        no_lock,
+        kwargs,
+        directions_dir,
+        profiles_dir,
+        json_output,
     )
 
 

@@ -7,6 +7,7 @@ from typing import Annotated, Any
 
 import typer
 
+from provision.choices import Task
 from provision.cli.options import (
     DriverOpt,
     GpuMemOpt,
@@ -14,19 +15,20 @@ from provision.cli.options import (
     GpusOpt,
     IgnorePipOpt,
     LockDirOpt,
+    ProfilesDir,
+    TaskOpt,
     TorchIndexOpt,
     UpgradeOpt,
     VariantOpt,
 )
 from provision.cli.output import JsonFlag, emit, use_json
-from provision.cli.profiles import ProfilesDir
 
 
 def lock(
     profile: Annotated[
         str | None, typer.Argument(help="Profile name (or a path to a .toml file).")
     ] = None,
-    task: Annotated[str, typer.Option("--task", help="infer, lora, qlora or full.")] = "infer",
+    task: TaskOpt = Task.infer,
     python: Annotated[
         str | None, typer.Option("--python", help="Target Python X.Y (default: the profile's).")
     ] = None,
@@ -61,6 +63,7 @@ def lock(
     json_output: JsonFlag = False,
 ) -> None:
     """Pick the CUDA build of torch for a machine and pin everything into a lockfile."""
+    task = task.value
     from provision.errors import ProvisionError
 
     if check:

@@ -8,16 +8,18 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
+from provision.choices import Task
 from provision.cli.options import (
     ForceOpt,
+    ProfilesDir,
     SetupLockOpt,
     SkipCheckOpt,
     SourceOpt,
+    TaskOpt,
     TorchIndexOpt,
     WheelhouseOpt,
 )
 from provision.cli.output import JsonFlag, emit, use_json
-from provision.cli.profiles import ProfilesDir
 
 if TYPE_CHECKING:
     from provision.setup import StageReport
@@ -25,7 +27,7 @@ if TYPE_CHECKING:
 
 def setup(
     profile: Annotated[str, typer.Argument(help="Profile name, e.g. qwen2-vl-2b.")],
-    task: Annotated[str, typer.Option(help="infer, lora, qlora or full.")] = "infer",
+    task: TaskOpt = Task.infer,
     env: Annotated[
         Path | None, typer.Option(help="Environment folder (default <data dir>/envs/PROFILE).")
     ] = None,
@@ -47,7 +49,7 @@ def setup(
     from provision.setup import SetupOptions, run_setup
 
     options = SetupOptions(
-        task=task,
+        task=task.value,
         env=env,
         from_lock=from_lock,
         lock_file=lock,
