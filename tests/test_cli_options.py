@@ -56,3 +56,22 @@ def test_a_valid_choice_reaches_the_library_as_a_plain_string():
 def test_profiles_dir_is_declared_once_in_options():
     declared = [p.name for p in CLI.glob("*.py") if '"--profiles-dir"' in p.read_text()]
     assert declared == ["options.py"]
+
+
+def test_no_command_module_imports_another():
+    """cli/*.py may import the shared modules (options, output, shared, main, app), not a
+    command module: what two commands share lives in shared.py."""
+    import ast
+
+    shared = {"options", "output", "shared", "main", "app", "__init__"}
+    commands = {p.stem for p in CLI.glob("*.py")} - shared
+    crossings = []
+    for path in CLI.glob("*.py"):
+        if path.stem in ("app", "main"):
+            continue  # the app lists every command
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("provision.cli"):
+                names = [node.module.rsplit(".", 1)[-1]] if node.module != "provision.cli" else []
+                names += [a.name for a in node.names] if node.module == "provision.cli" else []
+                crossings += [f"{path.stem} -> {n}" for n in names if n in commands]
+    assert crossings == []

@@ -19,13 +19,8 @@ from provision.cli.options import (
     TaskOpt,
 )
 from provision.cli.output import JsonFlag, emit
+from provision.cli.shared import planned_machine
 from provision.errors import EXIT_FAILED
-
-
-def planned_machine(gpu: str | None, gpu_mem: str | None, gpus: int | None, driver: str | None):  # noqa: ANN201
-    from provision.hardware.catalogue import target_machine
-
-    return target_machine(gpu=gpu, gpu_mem=gpu_mem, gpus=gpus, driver=driver)
 
 
 def check(

@@ -7,8 +7,6 @@ from typing import Annotated, Any
 
 import typer
 
-from provision.cli.check import planned_machine
-from provision.cli.lock import emit_checks, emit_locked, lock_machine
 from provision.cli.options import (
     DriverOpt,
     ForceOpt,
@@ -28,7 +26,15 @@ from provision.cli.options import (
     WheelhouseOpt,
 )
 from provision.cli.output import JsonFlag, emit, use_json
-from provision.cli.setup import progress_printer, show_partial, stage_table
+from provision.cli.shared import (
+    emit_checks,
+    emit_locked,
+    lock_machine,
+    planned_machine,
+    progress_printer,
+    show_partial,
+    stage_table,
+)
 
 DirectionsDir = Annotated[
     str | None,

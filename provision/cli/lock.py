@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
 from typing import Annotated, Any
 
 import typer
@@ -21,7 +20,8 @@ from provision.cli.options import (
     UpgradeOpt,
     VariantOpt,
 )
-from provision.cli.output import JsonFlag, emit, use_json
+from provision.cli.output import JsonFlag, emit
+from provision.cli.shared import emit_checks, emit_locked, lock_machine
 
 
 def lock(
@@ -117,63 +117,6 @@ def lock(
         con.print(f"[green]locked[/] {escape(result.summary())}")
 
     emit(result, render, json_output)
-
-
-def lock_machine(gpu: str | None, gpu_mem: str | None, gpus: int | None, driver: str | None) -> Any:
-    """The machine a lock is planned for (None: this one). Shared with `direction lock`."""
-    if driver and gpu is None and gpu_mem is None:
-        # A driver alone is enough to choose a build: plan for it without sizing any GPU.
-        from provision.hardware.machine import Machine, cuda_for_driver
-
-        return Machine([], driver, cuda_for_driver(driver), source="target", planned=True)
-    from provision.cli.check import planned_machine
-
-    return planned_machine(gpu, gpu_mem, gpus, driver)
-
-
-def emit_checks(
-    results: Sequence[Any], json_output: bool, label: Callable[[Any], str], what: str, hint: str
-) -> None:
-    """Print `--check` results (fresh or stale, and why); exit 1 when any is stale.
-    `label(item)` names what each lock is for; `what` says what was checked, `hint` the fix."""
-    from provision.errors import EXIT_FAILED, CheckFailed
-
-    def render(con: Any) -> None:
-        from rich.markup import escape
-
-        for item in results:
-            mark = "[green]fresh[/]" if item.fresh else "[red]stale[/]"
-            con.print(f"{mark} {escape(str(item.path))} ({label(item)})")
-            for reason in item.reasons:
-                con.print(f"    {escape(reason)}")
-
-    emit(results, render, json_output)
-    stale = [r for r in results if not r.fresh]
-    if stale:
-        if use_json(json_output):
-            raise typer.Exit(EXIT_FAILED)  # the JSON above already says which and why
-        raise CheckFailed(f"{len(stale)} of {len(results)} {what} stale.", hint)
-
-
-def emit_locked(
-    items: Sequence[Any], json_output: bool, label: Callable[[Any], str], what: str
-) -> None:
-    """Print `--all` lock results (locked or failed, and the summary); exit 1 when any failed."""
-    from provision.errors import EXIT_FAILED, CheckFailed
-
-    def render(con: Any) -> None:
-        from rich.markup import escape
-
-        for item in items:
-            mark = "[green]locked[/]" if item.ok else "[red]failed[/]"
-            con.print(f"{mark} {label(item)}: {escape(item.message)}")
-
-    emit(items, render, json_output)
-    failed = [i for i in items if not i.ok]
-    if failed:
-        if use_json(json_output):
-            raise typer.Exit(EXIT_FAILED)
-        raise CheckFailed(f"{len(failed)} of {len(items)} {what} failed (listed above).")
 
 
 def _check(
