@@ -27,9 +27,9 @@ from provision.cli.options import (
 )
 from provision.cli.output import JsonFlag, emit, use_json
 from provision.cli.shared import (
+    LockFlags,
     emit_checks,
     emit_locked,
-    lock_machine,
     planned_machine,
     progress_printer,
     show_partial,
@@ -314,15 +314,20 @@ def lock(
     try:
         result = lock_direction(
             direction,
-            machine=lock_machine(gpu, gpu_mem, gpus, driver),
-            python=python,
-            torch_index=torch_index,
             output=output,
-            variant=variant,
-            use_pip_config=not ignore_pip_config,
             profiles_dir=profiles_dir,
-            lock_dir=lock_dir,
             upgrade=upgrade,
+            **LockFlags(
+                python,
+                gpu,
+                gpu_mem,
+                gpus,
+                driver,
+                torch_index,
+                variant,
+                lock_dir,
+                ignore_pip_config,
+            ).kwargs(),
         )
     except ProvisionError as exc:
         _conflict_exit(exc, json_output)
@@ -501,27 +506,6 @@ def _membership(
     emit(change, render, json_output)
 
 
-def _lock_kwargs(
-    python: str | None,
-    gpu: str | None,
-    gpu_mem: str | None,
-    gpus: int | None,
-    driver: str | None,
-    torch_index: str | None,
-    variant: str | None,
-    lock_dir: str | None,
-    ignore_pip_config: bool,
-) -> dict[str, Any]:
-    return {
-        "machine": lock_machine(gpu, gpu_mem, gpus, driver),
-        "python": python,
-        "torch_index": torch_index,
-        "variant": variant,
-        "lock_dir": lock_dir,
-        "use_pip_config": not ignore_pip_config,
-    }
-
-
 NoLock = Annotated[bool, typer.Option("--no-lock", help="Change the file only; lock later.")]
 
 
@@ -546,9 +530,9 @@ def add(
     json_output: JsonFlag = False,
 ) -> None:
     """Add a member (or tasks to one) and lock again; refused, file unchanged, on a conflict."""
-    kwargs = _lock_kwargs(
+    kwargs = LockFlags(
         python, gpu, gpu_mem, gpus, driver, torch_index, variant, lock_dir, ignore_pip_config
-    )
+    ).kwargs()
     _membership(
         "add",
         name,
@@ -582,9 +566,9 @@ def remove(
     json_output: JsonFlag = False,
 ) -> None:
     """Remove a member and lock again (its weights stay in the shared cache)."""
-    kwargs = _lock_kwargs(
+    kwargs = LockFlags(
         python, gpu, gpu_mem, gpus, driver, torch_index, variant, lock_dir, ignore_pip_config
-    )
+    ).kwargs()
     _membership(
         "remove",
         name,

@@ -21,7 +21,7 @@ from provision.cli.options import (
     VariantOpt,
 )
 from provision.cli.output import JsonFlag, emit
-from provision.cli.shared import emit_checks, emit_locked, lock_machine
+from provision.cli.shared import LockFlags, emit_checks, emit_locked
 
 
 def lock(
@@ -84,15 +84,12 @@ def lock(
     result = lock_profile(
         profile,
         task,
-        machine=lock_machine(gpu, gpu_mem, gpus, driver),
-        python=python,
-        torch_index=torch_index,
         output=output,
-        variant=variant,
-        use_pip_config=not ignore_pip_config,
         profiles_dir=profiles_dir,
-        lock_dir=lock_dir,
         upgrade=upgrade,
+        **LockFlags(
+            python, gpu, gpu_mem, gpus, driver, torch_index, variant, lock_dir, ignore_pip_config
+        ).kwargs(),
     )
 
     def render(con: Any) -> None:

@@ -6,6 +6,7 @@ here (and options.py, output.py), never from each other.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import typer
@@ -110,3 +111,30 @@ def stage_table(con: Any, title: str, stages: Any) -> None:
         # escaped: a detail such as "torch 2.13.0 [cpu]" is text, not rich markup
         table.add_row(stage.name, stage.status, escape(stage.detail), f"{stage.seconds:.1f}")
     con.print(table)
+
+
+@dataclass(frozen=True)
+class LockFlags:
+    """The lock options `lock`, `direction lock`, `direction add` and `direction remove` share:
+    the planning target, where torch comes from, and where locks live. One object, turned into
+    the keyword arguments the locking functions take."""
+
+    python: str | None = None
+    gpu: str | None = None
+    gpu_mem: str | None = None
+    gpus: int | None = None
+    driver: str | None = None
+    torch_index: str | None = None
+    variant: str | None = None
+    lock_dir: str | None = None
+    ignore_pip_config: bool = False
+
+    def kwargs(self) -> dict[str, Any]:
+        return {
+            "machine": lock_machine(self.gpu, self.gpu_mem, self.gpus, self.driver),
+            "python": self.python,
+            "torch_index": self.torch_index,
+            "variant": self.variant,
+            "lock_dir": self.lock_dir,
+            "use_pip_config": not self.ignore_pip_config,
+        }
