@@ -49,7 +49,10 @@ def test_every_row_names_files_that_really_use_it():
     for var in variables().values():
         for rel in (m.strip() for m in var.read_by.split(",")):
             path = REPO / rel
-            assert path.is_file(), f"{var.name}: read_by names {rel}, which does not exist"
+            assert path.is_file(), (
+                f"{var.name}: read_by names {rel}, which does not exist (moved? update its row in "
+                "provision/data/variables.toml, then `python -m provision.cli.reference --write`)"
+            )
             if var.name in built and rel == "provision/lock/indexes.py":
                 continue
             assert var.name in path.read_text(encoding="utf-8"), f"{var.name} not in {rel}"
