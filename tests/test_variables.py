@@ -105,3 +105,17 @@ def test_a_bad_worker_count_is_one_message_not_a_traceback(tmp_path, value):
     assert proc.returncode == 2, proc.stderr
     assert "Traceback" not in proc.stderr
     assert "PROVISION_DOWNLOAD_WORKERS" in proc.stderr and "at least 1" in proc.stderr
+
+
+def test_defaults_the_table_states_are_the_ones_the_code_uses(tmp_path, monkeypatch):
+    from provision.docker.wheelhouse import cache_dir
+    from provision.hub.sources import source_table
+    from provision.lock.lockfile import lock_dir
+
+    table = variables()
+    assert table["PROVISION_SOURCES"].default == ",".join(source_table()["auto_order"])
+    for name in ("PROVISION_LOCK_DIR", "PROVISION_WHEEL_CACHE", "XDG_CACHE_HOME"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("HOME", str(tmp_path))
+    assert str(lock_dir(None)) == table["PROVISION_LOCK_DIR"].default
+    assert cache_dir() == Path(table["PROVISION_WHEEL_CACHE"].default).expanduser()
