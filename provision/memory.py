@@ -291,7 +291,7 @@ def estimate(profile: Profile, req: FitRequest, gpus: int = 1) -> Estimate:
             Component(
                 "training reserve",
                 ovh["train_reserve_gib"] * GIB,
-                "allocator pool and trainer temporaries (calibrated, see README)",
+                "allocator pool and trainer temporaries (calibrated, see docs/calibration.md)",
             )
         )
     fraction = req.memory_fraction if req.memory_fraction is not None else 1.0

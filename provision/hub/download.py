@@ -9,7 +9,6 @@ already pins a commit, that commit is what is fetched, and its hashes are what i
 
 from __future__ import annotations
 
-import os
 import shutil
 import time
 from collections.abc import Sequence
@@ -38,9 +37,9 @@ from provision.hub.progress import Progress, make_progress
 from provision.hub.sources import Choice, Source, auto_candidates, choose_source, parse_source
 from provision.hub.transfer import Fetcher, Job, Outcome, run_jobs
 from provision.profiles import Profile
+from provision.variables import env_value
 
 WORKERS_ENV = "PROVISION_DOWNLOAD_WORKERS"
-DEFAULT_WORKERS = 8
 
 
 @dataclass
@@ -233,7 +232,7 @@ def download_profile(
         pinned=pinned,
         hf_cache=Path(hf_cache) if hf_cache else hf_hub_cache(),
         ms_cache=Path(ms_cache) if ms_cache else modelscope_cache(),
-        workers=workers or int(os.environ.get(WORKERS_ENV) or DEFAULT_WORKERS),
+        workers=workers or int(env_value(WORKERS_ENV)),
         progress=progress,
         rehash=rehash,
     )

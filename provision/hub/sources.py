@@ -23,7 +23,6 @@ from provision.resources import load_table
 
 SOURCES_ENV = "PROVISION_SOURCES"
 PROBE_TIMEOUT_ENV = "PROVISION_PROBE_TIMEOUT"
-DEFAULT_PROBE_TIMEOUT = 3.0
 USER_AGENT = f"provision/{__version__}"
 
 
@@ -282,7 +281,9 @@ def choose_source(
     `repo_ids` maps a source kind (hf, modelscope, local) to the repository to look for there.
     """
     if timeout is None:
-        timeout = float(os.environ.get(PROBE_TIMEOUT_ENV) or DEFAULT_PROBE_TIMEOUT)
+        from provision.variables import env_value
+
+        timeout = env_value(PROBE_TIMEOUT_ENV)
     repo_ids = repo_ids or {}
     pool = ThreadPoolExecutor(max_workers=len(candidates), thread_name_prefix="probe")
     futures = [

@@ -126,9 +126,9 @@ class Cancelled(Exception):
 
 
 def _settings() -> tuple[int, float]:
-    retries = int(os.environ.get(RETRIES_ENV) or 5)
-    wait = float(os.environ.get(RETRY_WAIT_ENV) or 0.5)
-    return retries, wait
+    from provision.variables import env_value
+
+    return int(env_value(RETRIES_ENV)), env_value(RETRY_WAIT_ENV)
 
 
 def disk_full_error(job: Job, have: int) -> ProvisionError:
