@@ -91,13 +91,28 @@ class NodeReport:
             "stages": [],
             "started": _now(),
         }
+        self.closed = False  # cancelled: what the unwinding stages say after it is not kept
         self.write()
 
+    def cancel(self) -> None:
+        """Record the cancellation at the stage running now, at once: after SIGTERM, Slurm
+        sends SIGKILL KillWait seconds later, which may come before the stages unwind."""
+        if self.closed:
+            return
+        stage = self.data.get("running") or _last_stage(self)
+        self.stage(stage, "failed", "cancelled (SIGTERM): the next job resumes from here")
+        self.finish(False)
+        self.closed = True
+
     def running(self, stage: str) -> None:
+        if self.closed:
+            return
         self.data["running"] = stage
         self.write()
 
     def stage(self, name: str, status: str, detail: str = "", seconds: float = 0.0) -> None:
+        if self.closed:
+            return
         self.data["stages"].append(
             {"stage": name, "status": status, "detail": detail, "seconds": round(seconds, 3)}
         )
@@ -107,6 +122,8 @@ class NodeReport:
         self.write()
 
     def finish(self, ok: bool) -> None:
+        if self.closed:
+            return
         self.data["ok"] = ok
         self.data["running"] = None
         self.data["ended"] = _now()
@@ -216,18 +233,21 @@ class _Cancelled(KeyboardInterrupt):
     pass
 
 
-def _on_sigterm(signum: int, frame: Any) -> None:  # noqa: ARG001
-    raise _Cancelled()
-
-
 def run_node(options: NodeOptions) -> dict[str, Any]:
     """Run this node's stages; return its report (raise NodeFailed naming node and stage)."""
-    # scancel sends SIGTERM first: turn it into an exception so the lease is let go and the
-    # stage is recorded as interrupted (setup's state keeps what finished).
-    signal.signal(signal.SIGTERM, _on_sigterm)
     for key in _CACHE_VARS:
         os.environ.pop(key, None)
     report = NodeReport(options)
+
+    # scancel sends SIGTERM first: the report says so at once, then the exception unwinds the
+    # stages (setup's state keeps what finished) and lets the lease go. A download's worker
+    # threads may outlive the grace period: then SIGKILL ends the process with the lease still
+    # there, and the next job breaks it (its holder is dead, or silent for --stale-after).
+    def on_sigterm(signum: int, frame: Any) -> None:  # noqa: ARG001
+        report.cancel()
+        raise _Cancelled()
+
+    signal.signal(signal.SIGTERM, on_sigterm)
     stage = "gpus"
     try:
         report.running(stage)
@@ -239,9 +259,7 @@ def run_node(options: NodeOptions) -> dict[str, Any]:
         else:
             _local(options, report)
     except _Cancelled:
-        stage = report.data.get("running") or _last_stage(report)
-        report.stage(stage, "failed", "cancelled (SIGTERM): the next job resumes from here")
-        report.finish(False)
+        report.cancel()
         raise
     except ProvisionError as exc:
         failed = report.data.get("failed")
