@@ -165,3 +165,26 @@ def test_node_local_environments_staged_from_the_shared_cache(cluster_world, tmp
         assert (node_dir / "envs" / PROFILE / "bin" / "python").exists()
         blobs = list((node_dir / "huggingface" / "hub").rglob("blobs/*"))
         assert blobs and all(b.is_file() and not b.is_symlink() for b in blobs)
+
+
+def test_a_direction_is_provisioned_the_same_way(cluster_world, monkeypatch):
+    from tests.directions.helpers import lock_args, write_direction
+
+    root = cluster_world["root"]
+    write_direction(root / "directions", "tiny-dir", [(PROFILE, ["infer"])])
+    monkeypatch.setenv("PROVISION_DIRECTIONS_DIR", str(root / "directions"))
+    lock = root / "pylock.direction-tiny-dir.toml"
+    rc, made = run_json("direction", "lock", "tiny-dir", "-o", str(lock), *lock_args(),
+                        timeout=900)  # fmt: skip
+    assert rc == 0, made
+    rc, report = run_json(
+        "cluster", "slurm", "tiny-dir", "--nodes", "2", "--gpus-per-node", "1", "--no-gres",
+        "--shared-dir", str(cluster_world["shared"]), "--lock", str(lock), "--submit", "--wait",
+        timeout=1800,
+    )  # fmt: skip
+    assert rc == 0, json.dumps(report, indent=1)[-4000:]
+    assert report["job"]["kind"] == "direction"
+    stages = by_node(report)
+    assert sorted(got["env"] for got in stages.values()) == ["done", "skipped"]
+    assert sorted(got["smoke"] for got in stages.values()) == ["done", "skipped"]
+    assert (cluster_world["shared"] / "envs" / "tiny-dir" / "bin" / "python").exists()
