@@ -207,7 +207,7 @@ def run_setup(
 def _register(options: SetupOptions, result: SetupResult, name: str, status: str) -> None:
     """The machine's registry of environments (shared with research directions): which exist,
     what made them, who set them up."""
-    from provision.directions_shared import record_use, registry_path
+    from provision.env_registry import record_use, registry_path
 
     record_use(
         registry_path(options.data_dir),
@@ -459,6 +459,7 @@ class _Runner:
                 self.options.source,
                 lock_file=self.lock,
                 record_under=self._record_under(profile),
+                rehash="weights" in self.options.force,  # --force weights: hash every file
             )
             outputs[profile.name] = got.to_json()
             details.append(

@@ -6,16 +6,22 @@ from typing import Annotated, Any
 
 import typer
 
-from provision.cli.options import DriverOpt, GpuMemOpt, GpuOpt, GpusOpt
+from provision.choices import Attention, Task, value
+from provision.cli.options import (
+    AttentionOpt,
+    DriverOpt,
+    GpuMemOpt,
+    GpuOpt,
+    GpusOpt,
+    ProfilesDir,
+    QuantOpt,
+    StackOpt,
+    TaskOpt,
+)
 from provision.cli.output import JsonFlag, emit
-from provision.cli.profiles import OfflineOpt, ProfilesDir, apply_offline
+from provision.cli.profiles import OfflineOpt, apply_offline
+from provision.cli.shared import planned_machine
 from provision.errors import EXIT_FAILED
-
-
-def planned_machine(gpu: str | None, gpu_mem: str | None, gpus: int | None, driver: str | None):  # noqa: ANN201
-    from provision.hardware.catalogue import target_machine
-
-    return target_machine(gpu=gpu, gpu_mem=gpu_mem, gpus=gpus, driver=driver)
 
 
 def check(
@@ -25,10 +31,8 @@ def check(
             help="Profile name (qwen2.5-vl-7b), hub repo id (org/name[@rev]) or model folder."
         ),
     ],
-    task: Annotated[str, typer.Option(help="infer, lora, qlora or full.")] = "infer",
-    quant: Annotated[
-        str | None, typer.Option(help="bf16, fp16, fp8, int8 or int4 (default bf16; qlora int4).")
-    ] = None,
+    task: TaskOpt = Task.infer,
+    quant: QuantOpt = None,
     batch: Annotated[int, typer.Option(help="Samples per GPU per step.")] = 1,
     seq: Annotated[
         int | None, typer.Option(help="Tokens per sample, image tokens included (default by task).")
@@ -41,17 +45,12 @@ def check(
         int | None,
         typer.Option(help="Serving engines: tokens of KV cache reserved (default: model context)."),
     ] = None,
-    stack: Annotated[
-        str | None,
-        typer.Option(help="transformers, vllm, lmdeploy, ms-swift... (default: profile)"),
-    ] = None,
+    stack: StackOpt = None,
     zero: Annotated[int | None, typer.Option(help="DeepSpeed ZeRO stage for tuning.")] = None,
     gradient_checkpointing: Annotated[
         bool, typer.Option("--gradient-checkpointing/--no-gradient-checkpointing")
     ] = True,
-    attention: Annotated[
-        str, typer.Option(help="Attention kernel: sdpa, flash_attention_2 or eager.")
-    ] = "sdpa",
+    attention: AttentionOpt = Attention.sdpa,
     memory_fraction: Annotated[
         float | None,
         typer.Option(help="Share of GPU memory the stack may use (vLLM --gpu-memory-utilization)."),
@@ -60,6 +59,10 @@ def check(
     gpu_mem: GpuMemOpt = None,
     gpus: GpusOpt = None,
     driver: DriverOpt = None,
+    nodes: Annotated[
+        int | None,
+        typer.Option(help="Plan a cluster of this many nodes, each as --gpu describes."),
+    ] = None,
     profiles_dir: ProfilesDir = None,
     offline: OfflineOpt = False,
     json_output: JsonFlag = False,
@@ -70,21 +73,26 @@ def check(
 
     apply_offline(offline)
     request = FitRequest(
-        task=task,
-        quant=quant,
+        task=task.value,
+        quant=value(quant),
         batch=batch,
         seq=seq,
         images=images,
         image_tokens=image_tokens,
         gradient_checkpointing=gradient_checkpointing,
-        stack=stack,
+        stack=value(stack),
         zero=zero,
         context=context,
-        attention=attention,
+        attention=attention.value,
         memory_fraction=memory_fraction,
     )
     machine = planned_machine(gpu, gpu_mem, gpus, driver)
-    report = run_check(profile, request, machine, profiles_dir)
+    if nodes is not None:
+        from provision.cluster.plan import check_nodes
+
+        report = check_nodes(profile, request, machine, nodes, profiles_dir)
+    else:
+        report = run_check(profile, request, machine, profiles_dir)
     emit(report, lambda con: render(con, report), json_output)
     if not report.ok:
         raise typer.Exit(EXIT_FAILED)
@@ -114,6 +122,15 @@ def render(con: Any, report: Any) -> None:
             con.print(f"  [yellow]approximate:[/] {line}")
         for line in derived.get("notes", []):
             con.print(f"  note: {line}")
+    plan = getattr(report, "cluster", None)
+    if plan is not None:
+        con.print(
+            f"Cluster (planned): {plan.nodes} node(s) x {plan.gpus_per_node} GPU(s): "
+            f"{plan.data_parallel} data-parallel replica(s), tensor parallel {plan.tensor_parallel}"
+            f" inside a node, ZeRO shards over {plan.zero_shards} GPU(s)"
+        )
+        for note in plan.notes:
+            con.print(f"  {note}")
     con.print(f"Machine ({where}): {machine.describe()}{driver}")
     for gpu in machine.gpus[:1]:
         if gpu.compute_capability:
