@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from provision.choices import TASKS, stacks
 from provision.errors import ProvisionError
 from provision.resources import builtin_dir
 from provision.schema import BOOL, INT, STR, STRLIST, FileError, validate
@@ -25,7 +26,6 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover - exercised on 3.10 only
     import tomli as tomllib
 
-TASKS = ("infer", "lora", "qlora", "full")
 DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
 NAME_RE = re.compile(r"^[a-z0-9][a-z0-9._-]*$")
 
@@ -281,8 +281,6 @@ def _check_semantics(data: dict[str, Any], path: Path) -> None:
         raise ProfileError(path, "text.kv_heads", "must divide text.heads")
     if "infer" not in data["tasks"]:
         raise ProfileError(path, "tasks.infer", "missing table (every profile can at least infer)")
-    from provision.memory import stacks  # the stack table lives with the memory model
-
     for task, spec in data["tasks"].items():
         if spec["stack"] not in stacks():
             known = ", ".join(sorted(stacks()))

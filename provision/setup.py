@@ -207,7 +207,7 @@ def run_setup(
 def _register(options: SetupOptions, result: SetupResult, name: str, status: str) -> None:
     """The machine's registry of environments (shared with research directions): which exist,
     what made them, who set them up."""
-    from provision.directions_shared import record_use, registry_path
+    from provision.env_registry import record_use, registry_path
 
     record_use(
         registry_path(options.data_dir),

@@ -11,7 +11,13 @@ from dataclasses import dataclass
 from functools import lru_cache
 
 from provision.errors import ProvisionError
-from provision.hardware.machine import Gpu, Machine, cuda_for_driver, parse_cc
+from provision.hardware.machine import (
+    Gpu,
+    Machine,
+    check_driver_version,
+    cuda_for_driver,
+    parse_cc,
+)
 from provision.resources import load_table
 from provision.units import MIB, parse_size
 
@@ -122,8 +128,6 @@ def target_machine(
 
     check_bound("gpus", gpus)
     if driver is not None:
-        from provision.hardware.driver import check_driver_version
-
         driver = check_driver_version(driver, "--driver")
     notes: list[str] = []
     if gpu is not None:

@@ -31,6 +31,7 @@ from provision.errors import CheckFailed, ProvisionError
 from provision.lock.indexes import Index, IndexConfig, redact
 from provision.resources import load_table
 from provision.secrets import redact_text
+from provision.uv import uv_bin, uv_env, uv_version
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -39,12 +40,6 @@ else:  # pragma: no cover
 
 DEFAULT_PLATFORM = "x86_64-manylinux_2_28"
 PROJECT = "provision-resolve"
-# Variables through which uv would take indexes or settings we did not choose.
-_UV_SCRUB = re.compile(
-    r"^UV_(INDEX|INDEX_URL|EXTRA_INDEX_URL|DEFAULT_INDEX|FIND_LINKS|NO_INDEX|INDEX_STRATEGY|"
-    r"CONFIG_FILE|NO_CONFIG|PRERELEASE|EXCLUDE_NEWER|TORCH_BACKEND|CONSTRAINT|OVERRIDE|"
-    r"BUILD_CONSTRAINT|NO_BUILD|NO_BINARY|INDEX_[A-Z0-9_]+_(USERNAME|PASSWORD))$"
-)
 
 
 @dataclass(frozen=True)
@@ -110,20 +105,6 @@ class Resolution:
 # --- helpers ---------------------------------------------------------------------------------
 
 
-def uv_binary() -> str:
-    """The `uv` package's own binary (the version pyproject.toml pins), not whatever is on PATH."""
-    from uv import find_uv_bin
-
-    return find_uv_bin()
-
-
-@lru_cache(maxsize=1)
-def uv_version() -> str:
-    from importlib.metadata import version
-
-    return version("uv")
-
-
 def canonical(name: str) -> str:
     return re.sub(r"[-_.]+", "-", name).lower()
 
@@ -157,15 +138,6 @@ def strip_credentials(url: str) -> tuple[str, str | None, str | None]:
 
 def _env_name(index_name: str) -> str:
     return re.sub(r"[^A-Z0-9]", "_", index_name.upper())
-
-
-def uv_environment(base: Mapping[str, str] | None = None) -> dict[str, str]:
-    """os.environ without the UV_* variables that add indexes or settings, plus our own."""
-    env = {k: v for k, v in (base or os.environ).items() if not _UV_SCRUB.match(k)}
-    env["UV_PYTHON_DOWNLOADS"] = "never"  # a missing interpreter must not cost seconds of retries
-    env["NO_COLOR"] = "1"
-    env.pop("FORCE_COLOR", None)
-    return env
 
 
 # --- the generated project -------------------------------------------------------------------
@@ -321,8 +293,8 @@ def resolve(
     secrets: dict[str, str] = {}
     pyproject = project_toml(merged, python, routes, secrets)
     command = compile_command(python, platform, indexes, secrets)
-    uv_bin = uv or uv_binary()
-    env = uv_environment()
+    binary = uv or uv_bin()
+    env = uv_env(scrub=True)
     env.update(secrets)
 
     with tempfile.TemporaryDirectory(prefix="provision-resolve-", dir=workdir) as tmp:
@@ -332,7 +304,7 @@ def resolve(
         started = time.perf_counter()
         try:
             done = subprocess.run(
-                [uv_bin, *command],
+                [binary, *command],
                 cwd=tmp,
                 env=env,
                 capture_output=True,

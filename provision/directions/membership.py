@@ -16,14 +16,14 @@ from pathlib import Path
 from typing import Any
 
 from provision.atomic import file_lock
-from provision.directions import (
+from provision.directions.core import (
     editable_path,
     load_direction,
     with_member,
     without_member,
     write_direction,
 )
-from provision.directions_lock import DirectionLockResult, lock_direction
+from provision.directions.lock import DirectionLockResult, lock_direction
 
 
 @dataclass
