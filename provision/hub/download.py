@@ -208,6 +208,12 @@ def download_profile(
     pinned = model_record(lock, record_under)
     if pinned and pinned["repo_id"] not in (profile.hf_repo, profile.modelscope_repo):
         pinned = None  # the profile moved to another repository: the old pin does not apply
+    if pinned:
+        for key in ("revision", "commit"):  # names in the cache: refused before any transfer
+            if key in pinned and (not isinstance(pinned[key], str) or not pinned[key]):
+                raise ProvisionError(f"{lock}: [tool.provision.model] {key} is not a name.")
+            if key in pinned:
+                check_revision(pinned[key])
     repos = {"hf": profile.hf_repo, "modelscope": profile.modelscope_repo, "local": profile.hf_repo}
     choice: Choice | None = None
     if source == "auto":

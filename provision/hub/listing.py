@@ -126,7 +126,9 @@ def _hf_errors(source: Source, repo_id: str, revision: str, token: str | None) -
     except HfHubHTTPError as exc:
         status = exc.response.status_code if exc.response is not None else None
         if status is not None and (status >= 500 or status in (408, 429)):
-            raise SourceFailed(f"{where} answered {status} for {repo_id}.") from exc
+            failed = SourceFailed(f"{where} answered {status} for {repo_id}.")
+            failed.status = status  # type: ignore[attr-defined] - hf_listing retries these
+            raise failed from exc
         kind = exc.response.headers.get("Content-Type", "?") if exc.response is not None else "?"
         raise _not_a_hub(source, f"{status} {kind.split(';')[0]}") from exc
     except (httpx2.TimeoutException, httpx2.TransportError) as exc:
@@ -180,7 +182,28 @@ def _not_a_hub(source: Source, what: str) -> ProvisionError:
     )
 
 
+METADATA_TRIES = 3  # a 5xx on the metadata calls is tried again, as file transfers are
+
+
 def hf_listing(source: Source, repo_id: str, revision: str | None, token: str | None) -> Listing:
+    """The listing, with a transient answer (5xx, 408, 429) tried again after a pause."""
+    import time
+
+    from provision.hub.transfer import retry_wait
+
+    for attempt in range(METADATA_TRIES):
+        try:
+            return _hf_listing_once(source, repo_id, revision, token)
+        except SourceFailed as exc:
+            if getattr(exc, "status", None) is None or attempt + 1 == METADATA_TRIES:
+                raise
+            time.sleep(retry_wait() * 2**attempt)
+    raise AssertionError("unreachable")
+
+
+def _hf_listing_once(
+    source: Source, repo_id: str, revision: str | None, token: str | None
+) -> Listing:
     from huggingface_hub import HfApi
     from huggingface_hub.hf_api import RepoFile
 

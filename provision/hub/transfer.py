@@ -131,6 +131,11 @@ def _settings() -> tuple[int, float]:
     return int(env_value(RETRIES_ENV)), env_value(RETRY_WAIT_ENV)
 
 
+def retry_wait() -> float:
+    """Seconds before the first retry (PROVISION_RETRY_WAIT), doubled on each further one."""
+    return _settings()[1]
+
+
 def disk_full_error(job: Job, have: int) -> ProvisionError:
     return ProvisionError(
         f"The disk filled up while writing {job.path} ({fmt_bytes(have)} of "

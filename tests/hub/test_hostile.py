@@ -4,6 +4,7 @@ nothing outside the cache is created, and each case ends in one exit-2 message, 
 from __future__ import annotations
 
 import os
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -169,3 +170,30 @@ def test_modelscope_listing_with_a_malformed_hash_is_refused(hub, tiny, tmp_path
     hub.fault("/api/v1/models/org/tiny/repo/files", edit=bad)
     proc = run_cli("download", "tiny", "--source", "modelscope")
     _assert_refused(proc, "Sha256", "Nothing was downloaded")
+
+
+def test_a_transient_5xx_on_the_metadata_call_is_tried_again(hub, tiny):
+    """Item 10: file transfers retried 5xx, the metadata calls did not."""
+    fault = hub.fault("/api/models/org/tiny/revision/*", status=503, fail_first=2)
+    rc, out = run_json("download", "tiny", "--source", hub.url)
+    assert rc == 0, out
+    assert fault.hits == 2 and out["commit"] == tiny.commit
+
+
+def test_a_lasting_5xx_on_the_metadata_call_is_one_message(hub, tiny):
+    hub.fault("/api/models/org/tiny/revision/*", status=503, fail_first=100)
+    proc = run_cli("download", "tiny", "--source", hub.url)
+    _assert_refused(proc, "503")
+
+
+def test_a_lock_with_a_bad_revision_is_refused_before_any_transfer(hub, tiny, tmp_path):
+    """Item 10: it was refused only after the whole download."""
+    rc, out = run_json("download", "tiny", "--source", hub.url)
+    assert rc == 0, out
+    lock = Path(out["lock_file"])
+    lock.write_text(lock.read_text().replace('revision = "main"', 'revision = "../../x"', 1))
+    shutil.rmtree(tmp_path / "hf")
+    hub.reset_counters()
+    proc = run_cli("download", "tiny", "--source", hub.url)
+    _assert_refused(proc, "../../x")
+    assert hub.bytes_sent == 0
