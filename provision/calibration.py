@@ -1,8 +1,9 @@
 """The fit estimate against public observations (provision/data/observations.toml).
 
 Each observation is turned into the request and the card it describes; we compute our estimate and
-verdict for exactly that setup and compare. `python -m provision.calibration` prints the table the
-README carries; tests/test_calibration.py holds the estimate to it.
+verdict for exactly that setup and compare. `python -m provision.calibration` prints the table
+docs/calibration.md carries (`python -m provision.cli.reference --write` puts it there);
+tests/test_calibration.py holds the estimate to the observations.
 """
 
 from __future__ import annotations
@@ -157,7 +158,7 @@ def compare_all() -> list[Comparison]:
 
 
 def table() -> str:
-    """The README table: observation, our estimate, error, verdicts, and why a row misses."""
+    """docs/calibration.md's table: observation, estimate, error, verdicts, why a row misses."""
     rows = [
         "| observation | kind | observed | ours | error | outcome | our verdict | note |",
         "|---|---|---|---|---|---|---|---|",

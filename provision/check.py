@@ -35,6 +35,7 @@ class CheckReport:
     machine: Machine
     fit: FitResult
     disk: DiskCheck
+    cluster: Any = None  # provision.cluster.plan.ClusterPlan under `check --nodes`
 
     @property
     def ok(self) -> bool:
@@ -49,6 +50,7 @@ class CheckReport:
             "fit": self.fit.to_json(),
             "disk": self.disk.to_json(),
             "ok": self.ok,
+            **({"cluster": self.cluster.to_json()} if self.cluster is not None else {}),
         }
 
 

@@ -49,6 +49,15 @@ class FitRequest:
     attention: str = "sdpa"
     memory_fraction: float | None = None  # share of the card the stack may use
 
+    def __post_init__(self) -> None:
+        from provision.bounds import check_bound
+
+        for name in (
+            "batch", "seq", "images", "image_tokens", "context", "zero", "lora_rank",
+            "memory_fraction",
+        ):  # fmt: skip
+            check_bound(name, getattr(self, name))
+
     def to_json(self) -> dict[str, Any]:
         return dict(self.__dict__)
 
@@ -282,7 +291,7 @@ def estimate(profile: Profile, req: FitRequest, gpus: int = 1) -> Estimate:
             Component(
                 "training reserve",
                 ovh["train_reserve_gib"] * GIB,
-                "allocator pool and trainer temporaries (calibrated, see README)",
+                "allocator pool and trainer temporaries (calibrated, see docs/calibration.md)",
             )
         )
     fraction = req.memory_fraction if req.memory_fraction is not None else 1.0

@@ -2,7 +2,7 @@
 
 Each row is computed for exactly the setup it describes (stack, task, tokens, card). Rows our
 estimate does not match carry `known_miss` with the reason; this test checks both directions, so
-a model change that fixes a miss must also drop its marker (and the README table with it).
+a model change that fixes a miss must also drop its marker (and regenerate docs/calibration.md).
 """
 
 from __future__ import annotations

@@ -14,6 +14,7 @@ import typer
 from provision import __version__
 from provision.cli import (
     check,
+    cluster,
     direction,
     docker,
     download,
@@ -41,6 +42,7 @@ EXAMPLES = [
     ("smoke", "provision smoke qwen2-vl-2b --env /root/autodl-tmp/envs/qwen2-vl-2b"),
     ("setup", "provision setup qwen2-vl-2b --source hf-mirror"),
     ("direction", "provision direction setup okvqa-vllm-swift --source hf-mirror"),
+    ("cluster", "provision cluster slurm qwen2-vl-2b --nodes 2 --shared-dir /shared/p --submit"),
 ]
 
 # One line per command under `provision --help`, short enough for an 80-column terminal (click
@@ -58,6 +60,7 @@ SUMMARIES = {
     "smoke": "Ask the model about a bundled photo; show and record the answer.",
     "setup": "Make the machine ready: check, lock, env, weights, fixes, smoke.",
     "direction": "Several profiles sharing one environment, lock and cache.",
+    "cluster": "Provision every node of a Slurm job from the same lock.",
 }
 
 app = typer.Typer(
@@ -92,7 +95,20 @@ def _global(
     use_json(json_output)
 
 
-for module in (check, profiles, gpus, download, env, patch, lock, docker, smoke, setup, direction):
+for module in (
+    check,
+    profiles,
+    gpus,
+    download,
+    env,
+    patch,
+    lock,
+    docker,
+    smoke,
+    setup,
+    direction,
+    cluster,
+):
     module.register(app)
 
 # Each command's own --help ends with its example too.

@@ -53,6 +53,10 @@ def check(
     gpu_mem: GpuMemOpt = None,
     gpus: GpusOpt = None,
     driver: DriverOpt = None,
+    nodes: Annotated[
+        int | None,
+        typer.Option(help="Plan a cluster of this many nodes, each as --gpu describes."),
+    ] = None,
     profiles_dir: ProfilesDir = None,
     json_output: JsonFlag = False,
 ) -> None:
@@ -75,7 +79,12 @@ def check(
         memory_fraction=memory_fraction,
     )
     machine = planned_machine(gpu, gpu_mem, gpus, driver)
-    report = run_check(profile, request, machine, profiles_dir)
+    if nodes is not None:
+        from provision.cluster.plan import check_nodes
+
+        report = check_nodes(profile, request, machine, nodes, profiles_dir)
+    else:
+        report = run_check(profile, request, machine, profiles_dir)
     emit(report, lambda con: render(con, report), json_output)
     if not report.ok:
         raise typer.Exit(EXIT_FAILED)
@@ -98,6 +107,15 @@ def render(con: Any, report: Any) -> None:
         if machine.driver_version
         else ""
     )
+    plan = getattr(report, "cluster", None)
+    if plan is not None:
+        con.print(
+            f"Cluster (planned): {plan.nodes} node(s) x {plan.gpus_per_node} GPU(s): "
+            f"{plan.data_parallel} data-parallel replica(s), tensor parallel {plan.tensor_parallel}"
+            f" inside a node, ZeRO shards over {plan.zero_shards} GPU(s)"
+        )
+        for note in plan.notes:
+            con.print(f"  {note}")
     con.print(f"Machine ({where}): {machine.describe()}{driver}")
     for gpu in machine.gpus[:1]:
         if gpu.compute_capability:

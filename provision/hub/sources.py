@@ -23,7 +23,6 @@ from provision.resources import load_table
 
 SOURCES_ENV = "PROVISION_SOURCES"
 PROBE_TIMEOUT_ENV = "PROVISION_PROBE_TIMEOUT"
-DEFAULT_PROBE_TIMEOUT = 3.0
 USER_AGENT = f"provision/{__version__}"
 
 
@@ -39,7 +38,14 @@ class Source:
 
     name: str  # what the user typed or the table's name: hf, hf-mirror, modelscope, a URL, a path
     kind: str
-    endpoint: str  # base URL without a trailing slash; the folder for a local source
+    endpoint: str  # base URL without a trailing slash or credentials; the folder for a local one
+    # The endpoint with the user:password@ it was given with: requests only, never written/shown.
+    secret_url: str | None = field(default=None, repr=False, compare=False)
+
+    @property
+    def request_url(self) -> str:
+        """The base URL requests go to (credentials included, when the user gave some)."""
+        return self.secret_url or self.endpoint
 
     @property
     def is_default_modelscope(self) -> bool:
@@ -72,6 +78,14 @@ def _looks_like_path(spec: str) -> bool:
     return spec.startswith(("/", "./", "../", "~")) or os.sep in spec or Path(spec).is_dir()
 
 
+def _url_source(name: str, kind: str, url: str) -> Source:
+    """A source from a URL: credentials in it are kept for requests only (provision.secrets)."""
+    from provision.secrets import has_credentials, public
+
+    bare = public(url)
+    return Source(name.format(bare), kind, bare, url if has_credentials(url) else None)
+
+
 def parse_source(spec: str) -> Source:
     """A source from what the user typed; a clear message for anything else."""
     spec = spec.strip()
@@ -82,6 +96,7 @@ def parse_source(spec: str) -> Source:
         endpoint = entry["endpoint"]
         if spec == "modelscope" and os.environ.get("MODELSCOPE_ENDPOINT"):
             endpoint = os.environ["MODELSCOPE_ENDPOINT"]  # the user's own ModelScope endpoint
+            return _url_source(spec, entry["kind"], endpoint.rstrip("/"))
         return Source(spec, entry["kind"], endpoint.rstrip("/"))
     if spec.startswith("modelscope:"):
         url = spec.split(":", 1)[1]
@@ -90,9 +105,9 @@ def parse_source(spec: str) -> Source:
                 f"Source {spec!r}: after 'modelscope:' comes the endpoint URL.",
                 "e.g. --source modelscope:https://www.modelscope.cn",
             )
-        return Source(spec, "modelscope", url.rstrip("/"))
+        return _url_source("modelscope:{}", "modelscope", url.rstrip("/"))
     if spec.startswith(("http://", "https://")):
-        return Source(spec.rstrip("/"), "hf", spec.rstrip("/"))
+        return _url_source("{}", "hf", spec.rstrip("/"))
     if _looks_like_path(spec):
         folder = Path(spec).expanduser()
         if not folder.is_dir():
@@ -182,7 +197,7 @@ def probe(
         path = f"/api/v1/models/{repo_id}" if repo_id else "/api/v1/models?PageSize=1"
     try:
         with http_client(timeout) as client:
-            response = client.get(source.endpoint + path)
+            response = client.get(source.request_url + path)
     except httpx2.TimeoutException:
         return Probe(source, False, f"timed out after {timeout:g} s", time.monotonic() - started)
     except httpx2.HTTPError as exc:
@@ -266,7 +281,9 @@ def choose_source(
     `repo_ids` maps a source kind (hf, modelscope, local) to the repository to look for there.
     """
     if timeout is None:
-        timeout = float(os.environ.get(PROBE_TIMEOUT_ENV) or DEFAULT_PROBE_TIMEOUT)
+        from provision.variables import env_value
+
+        timeout = env_value(PROBE_TIMEOUT_ENV)
     repo_ids = repo_ids or {}
     pool = ThreadPoolExecutor(max_workers=len(candidates), thread_name_prefix="probe")
     futures = [
