@@ -155,9 +155,13 @@ def read_only(tmpfs_volume: Path) -> Path:
 # through other fixtures), so `-m "not podman"` or `-m "not root"` leaves it out on a machine
 # without and no test module has to remember to say so. Registered in pyproject.toml.
 NEEDS = {
-    "engine": ("podman",),
+    "engine": ("podman", "slow"),  # the podman service and a base image: a minute or more
     "exfat_dir": ("exfat", "root"),
     "tmpfs_volume": ("root",),
+    # Building tiny models with transformers and loading them in child processes (30-140 s a
+    # test on the shared 2-core machine), and a real direction lock with uv: not the fast loop.
+    "tiny_vlm_factory": ("slow",),
+    "tiny_pair": ("slow",),
 }
 
 

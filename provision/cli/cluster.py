@@ -9,9 +9,8 @@ from typing import Annotated, Any
 
 import typer
 
-from provision.cli.options import SourceOpt
+from provision.cli.options import ProfilesDir, SourceOpt
 from provision.cli.output import JsonFlag, emit
-from provision.cli.profiles import ProfilesDir
 
 group = typer.Typer(
     help="Provision a cluster's nodes from the same lock (Slurm).",
