@@ -18,7 +18,7 @@ from typing import Any
 from urllib.parse import unquote, urlparse
 
 from provision.errors import ProvisionError
-from provision.lock.lockfile import lock_path, read_lock, tool_table
+from provision.lock.lockfile import find_lock, read_lock, tool_table
 from provision.settings import public_env
 
 PYPI_SIMPLE = "https://pypi.org/simple"
@@ -188,8 +188,8 @@ def load_spec(
     profiles_dir: str | os.PathLike[str] | None = None,
     lock_dir: str | os.PathLike[str] | None = None,
 ) -> ImageSpec:
-    """Read `profile`'s lock (default: lock_path(profile, task)) into an ImageSpec."""
-    path = Path(lock_file) if lock_file else lock_path(profile, lock_dir, task)
+    """Read `profile`'s lock (default: find_lock(profile, task)) into an ImageSpec."""
+    path = Path(lock_file) if lock_file else find_lock(profile, lock_dir, task)
     if not path.exists():
         raise ProvisionError(
             f"No lockfile for {profile} at {path}.",

@@ -28,7 +28,13 @@ from provision.errors import ProvisionError
 from provision.hardware.driver import DriverFacts, driver_facts
 from provision.hardware.machine import Machine
 from provision.lock.indexes import Index, IndexConfig, index_config
-from provision.lock.lockfile import LOCK_DIR_ENV, check_lock_name, lock_path, tool_table
+from provision.lock.lockfile import (
+    LOCK_DIR_ENV,
+    check_lock_name,
+    find_lock,
+    lock_path,
+    tool_table,
+)
 from provision.lock.resolve import (
     DEFAULT_PLATFORM,
     RequirementSet,
@@ -446,6 +452,19 @@ def lock_profile(
     )
 
 
+def kept_variant(lock: str | os.PathLike[str] | None) -> str | None:
+    """The torch build a re-lock of `lock` keeps unless told otherwise: "pypi" for a lock of
+    PyPI's build, else its recorded variant (cu124, cpu...); None without a readable lock."""
+    if lock is None or not Path(lock).is_file():
+        return None
+    previous = read_previous(Path(lock))
+    target = tool_table(previous).get("target", {}) if previous else {}
+    if target.get("route") == "pypi":
+        return "pypi"
+    variant = target.get("variant")
+    return str(variant) if variant else None
+
+
 def builtin_lock_dir(explicit: str | os.PathLike[str] | None = None) -> Path:
     """Where the built-in profiles' locks live: the flag, PROVISION_LOCK_DIR, else lockfiles/."""
     chosen = explicit or os.environ.get(LOCK_DIR_ENV)
@@ -547,7 +566,7 @@ def check_lock(
 ) -> CheckResult:
     """Is the lock still what its profile asks for? Reads files only: no network, no uv."""
     prof = profile if isinstance(profile, Profile) else load_profile(profile, profiles_dir)
-    lock = Path(path) if path else lock_path(prof.name, lock_dir, task)
+    lock = Path(path) if path else find_lock(prof.name, lock_dir, task)
     reasons = stale_reasons(prof, task, lock)
     return CheckResult(prof.name, task, lock, not reasons, reasons)
 
