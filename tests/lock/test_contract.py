@@ -215,3 +215,171 @@ def test_setup_relocks_a_stale_lock_into_the_user_s_folder_keeping_its_build(
     assert planned.relock_from == Path("lockfiles") / stale.name
     assert planned.variant == "cu121"  # kept, not re-targeted to this GPU-less machine's cpu
     assert stale.read_bytes() == before
+
+
+# --- must show: the stages run in a checkout leave its locks and Dockerfiles as committed -------
+
+
+def _checkout_copy(dest: Path) -> Path:
+    """This checkout's files (tracked, and new ones git does not ignore) in a git repo of its
+    own, committed, so that `git status` there shows what the commands change."""
+    listed = subprocess.run(
+        ["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
+        cwd=REPO_DIR,
+        check=True,
+        capture_output=True,
+    ).stdout.decode()
+    for name in filter(None, listed.split("\0")):
+        source = REPO_DIR / name
+        if source.is_file():
+            (dest / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(source, dest / name)
+    git = ["git", "-c", "user.name=t", "-c", "user.email=t@t", "-c", "commit.gpgsign=false"]
+    subprocess.run([*git, "init", "-q"], cwd=dest, check=True)
+    subprocess.run([*git, "add", "-A"], cwd=dest, check=True)
+    subprocess.run([*git, "commit", "-q", "-m", "copy"], cwd=dest, check=True)
+    return dest
+
+
+def test_stages_in_a_checkout_leave_locks_and_dockerfiles_clean(
+    hub_server, tiny_qwen2_vl: Path, tmp_path: Path
+) -> None:
+    from tests.hub.helpers import make_repo
+
+    commit = hub_server.add_repo("Qwen/Qwen2-VL-2B-Instruct", tiny_qwen2_vl)
+    hub_server.add_repo("Qwen/Qwen2.5-VL-7B-Instruct", make_repo(tmp_path / "q7", {"a.bin": 4096}))
+    checkout = _checkout_copy(tmp_path / "checkout")
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("PROVISION_", "HF_"))}
+    env.update(
+        PYTHONPATH=str(checkout),
+        PROVISION_DATA_DIR=str(tmp_path / "data"),
+        PROVISION_SOURCES=hub_server.url,
+        PROVISION_RETRY_WAIT="0.05",
+        HF_ENDPOINT=hub_server.url,
+        HF_HOME=str(tmp_path / "hf"),
+        HF_HUB_DISABLE_TELEMETRY="1",
+        COLUMNS="200",
+    )
+
+    def provision(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "provision", *args],
+            cwd=checkout,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=600,
+        )
+
+    got = provision("download", "qwen2-vl-2b")
+    assert got.returncode == 0, got.stdout + got.stderr
+    assert "this machine's record" in got.stdout
+    verify = provision("verify", "qwen2-vl-2b")  # the record is read back with the lock
+    assert verify.returncode == 0, verify.stdout + verify.stderr
+
+    direction_lock = "lockfiles/pylock.direction-okvqa-vllm-swift.toml"
+    got = provision("download", "qwen2.5-vl-7b", "--lock", direction_lock)
+    assert got.returncode == 0, got.stdout + got.stderr
+    member = recorded_table(checkout / direction_lock, tmp_path / "data")["members"]
+    assert member["qwen2.5-vl-7b"]["model"]["commit"]  # under the member, not top level
+
+    smoke = provision("smoke", "qwen2-vl-2b", "--python", sys.executable, "--json")
+    report = json.loads(smoke.stdout)
+    report = report.get("data", report)
+    assert report["repo_id"] == "Qwen/Qwen2-VL-2B-Instruct" and report["revision"] == commit
+    # This venv is not the lock's environment (torch 2.13 here, 2.6.0 locked): not recorded.
+    assert "the environment is not the lock's" in report["not_recorded"]
+    assert "torch" in report["not_recorded"]
+
+    plan = provision("setup", "qwen2-vl-2b", "--dry-run")
+    assert plan.returncode == 0 and "(used as it is)" in plan.stdout, plan.stdout + plan.stderr
+
+    status = subprocess.run(
+        ["git", "status", "--porcelain", "lockfiles", "Dockerfiles"],
+        cwd=checkout,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert status.stdout == ""
+    check = provision("docker", "--all", "--check")
+    assert check.returncode == 0, check.stdout + check.stderr
+
+
+# --- defect 4: per-task Dockerfiles, and hints that repeat the flags given -----------------------
+
+
+def test_docker_for_a_task_has_its_own_dockerfile_and_its_hint_keeps_the_flags(
+    tmp_path: Path,
+) -> None:
+    from tests.cli_helpers import run_cli
+
+    out = tmp_path / "Dockerfiles"
+    infer = run_cli("docker", "internvl2-2b", "--out", str(out))
+    assert infer.returncode == 0, infer.stderr
+    first = (out / "internvl2-2b.Dockerfile").read_text(encoding="utf-8")
+
+    lora = run_cli("docker", "internvl2-2b", "--task", "lora", "--out", str(out))
+    assert lora.returncode == 0, lora.stderr
+    assert (out / "internvl2-2b.Dockerfile").read_text(encoding="utf-8") == first
+    per_task = out / "internvl2-2b--lora.Dockerfile"
+    assert per_task.is_file() and (out / "internvl2-2b--lora.Dockerfile.dockerignore").is_file()
+    assert "pylock.internvl2-2b--lora.toml" in per_task.read_text(encoding="utf-8")
+    assert "build it: provision docker internvl2-2b --task lora --build" in lora.stdout
+
+
+def test_direction_remove_relocks_with_the_lock_s_build_into_the_user_s_folder(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from provision.directions import load_direction
+    from provision.directions_membership import relock_kwargs
+
+    monkeypatch.setenv("PROVISION_DATA_DIR", str(tmp_path / "data"))
+    monkeypatch.delenv("PROVISION_LOCK_DIR", raising=False)
+    monkeypatch.chdir(tmp_path)
+    direction = load_direction("okvqa-vllm-swift")
+    asked = {"machine": None, "torch_index": None, "variant": None, "lock_dir": None}
+
+    notes: list[str] = []
+    kwargs = relock_kwargs(direction, asked, None, notes)
+
+    # The shipped lock is PyPI's CUDA build: kept on this GPU-less machine, not re-targeted to cpu.
+    assert kwargs["variant"] == "pypi"
+    assert kwargs["lock_dir"] == str(tmp_path / "data" / "lockfiles")
+    assert any("kept" in n and "pypi" in n for n in notes), notes
+    # Told otherwise, it follows: no kept variant.
+    told = relock_kwargs(direction, {**asked, "variant": "cpu"}, None, [])
+    assert told["variant"] == "cpu"
+
+
+# --- defect 5: messages that point at what works -----------------------------------------------
+
+
+def test_torch_index_pypi_with_another_build_names_variant_pypi(tmp_path: Path) -> None:
+    from tests.cli_helpers import run_cli
+
+    proc = run_cli(
+        "lock", "qwen2-vl-2b", "--torch-index", "pypi", "--variant", "cu118",
+        "-o", str(tmp_path / "pylock.x.toml"),
+    )  # fmt: skip
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    assert "PyPI's torch 2.6.0 is built with cu124, not cu118" in proc.stderr
+    assert "--variant pypi" in proc.stderr  # the flag that works
+    assert not (tmp_path / "pylock.x.toml").exists()
+
+
+def test_profiles_piped_keeps_every_name_whole(tmp_path: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if k != "COLUMNS"}
+    proc = subprocess.run(
+        [sys.executable, "-m", "provision", "profiles"],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=tmp_path,
+        timeout=120,
+    )
+    assert proc.returncode == 0, proc.stderr
+    names = sorted(p.stem for p in builtin_dir("profiles").glob("*.toml"))
+    rows = [line.split("│")[1].strip() for line in proc.stdout.splitlines() if "│" in line]
+    for name in names:
+        assert name in rows, (name, rows)
