@@ -78,19 +78,32 @@ def lock(
         )
     from provision.lock.locking import lock_profile
 
-    result = lock_profile(
-        profile,
-        task,
-        machine=lock_machine(gpu, gpu_mem, gpus, driver),
-        python=python,
-        torch_index=torch_index,
-        output=output,
-        variant=variant,
-        use_pip_config=not ignore_pip_config,
-        profiles_dir=profiles_dir,
-        lock_dir=lock_dir,
-        upgrade=upgrade,
-    )
+    try:
+        result = lock_profile(
+            profile,
+            task,
+            machine=lock_machine(gpu, gpu_mem, gpus, driver),
+            python=python,
+            torch_index=torch_index,
+            output=output,
+            variant=variant,
+            use_pip_config=not ignore_pip_config,
+            profiles_dir=profiles_dir,
+            lock_dir=lock_dir,
+            upgrade=upgrade,
+        )
+    except ProvisionError as exc:
+        # The error says "run with --explain": with --explain, what was decided comes first.
+        lines = getattr(exc, "explain_lines", None)
+        if explain and lines and not use_json(json_output):
+            from rich.markup import escape
+
+            from provision.cli.output import console
+
+            err = console(stderr=True)
+            for line in lines:
+                err.print(escape(line))
+        raise
 
     def render(con: Any) -> None:
         from rich.markup import escape

@@ -383,3 +383,20 @@ def test_profiles_piped_keeps_every_name_whole(tmp_path: Path) -> None:
     rows = [line.split("│")[1].strip() for line in proc.stdout.splitlines() if "│" in line]
     for name in names:
         assert name in rows, (name, rows)
+
+
+def test_explain_is_printed_also_when_an_index_fails(tmp_path: Path) -> None:
+    from tests.cli_helpers import run_cli
+
+    dead = "http://127.0.0.1:9/simple"  # nothing listens on the discard port
+    proc = run_cli(
+        "lock", "smolvlm-256m", "--variant", "cpu", "--explain",
+        "--torch-index", "http://127.0.0.1:9/whl/{variant}",
+        "-o", str(tmp_path / "pylock.x.toml"),
+        env={"PIP_INDEX_URL": dead, "UV_HTTP_RETRIES": "0"},
+    )  # fmt: skip
+    assert proc.returncode != 0
+    assert "--explain" in proc.stderr  # the error points at --explain ...
+    assert "Variant choice:" in proc.stderr  # ... and the explanation is there
+    assert "Requirements: torch==2.6.0+cpu" in proc.stderr
+    assert not (tmp_path / "pylock.x.toml").exists()
