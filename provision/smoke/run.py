@@ -245,6 +245,33 @@ def _locate(
     return {"repo_id": profile.hf_repo, "revision": profile.revision, "path": None}, "hf-cache"
 
 
+# Stacks whose own code the smoke runner cannot drive. The original LLaVA code (llava-torch)
+# loads its checkpoint with its own builder and fetches the CLIP tower at load time; the smoke
+# loads through transformers, which does not read that format. Value: the profile to smoke
+# instead (same weights, transformers format) and why.
+NO_SMOKE_BACKEND = {
+    "llava": (
+        "llava-1.5-7b-hf",
+        "the original LLaVA format (stack llava) needs the LLaVA code's own loader, and that "
+        "loader fetches the CLIP tower (openai/clip-vit-large-patch14-336) at load time, "
+        "outside the pinned download",
+    )
+}
+
+
+def _refuse_without_backend(profile: Profile) -> None:
+    try:
+        stack = profile.task("infer").stack
+    except ProvisionError:
+        return
+    if stack in NO_SMOKE_BACKEND:
+        instead, why = NO_SMOKE_BACKEND[stack]
+        raise ProvisionError(
+            f"{profile.name} has no smoke backend: {why}.",
+            f"Smoke the transformers conversion of the same weights: `provision smoke {instead}`.",
+        )
+
+
 def _backend(profile: Profile) -> str:
     try:
         stack = profile.task("infer").stack
@@ -332,6 +359,7 @@ def run_smoke(
     lock's is not recorded at all (`not_recorded` says why).
     """
     python = _check_python(python)
+    _refuse_without_backend(profile)
     if record_under is None:
         from provision.lock.lockfile import member_path
 

@@ -400,3 +400,18 @@ def test_explain_is_printed_also_when_an_index_fails(tmp_path: Path) -> None:
     assert "Variant choice:" in proc.stderr  # ... and the explanation is there
     assert "Requirements: torch==2.6.0+cpu" in proc.stderr
     assert not (tmp_path / "pylock.x.toml").exists()
+
+
+# --- defect 7: the original-format LLaVA says plainly how it is smoked ---------------------------
+
+
+def test_original_format_llava_smoke_points_at_the_hf_conversion() -> None:
+    from provision.errors import ProvisionError
+    from provision.profiles import load_profile
+    from provision.smoke.run import run_smoke
+
+    with pytest.raises(ProvisionError) as caught:
+        run_smoke(load_profile("llava-v1.5-7b"), Path(sys.executable), timeout=60)
+    assert "original LLaVA format" in caught.value.message
+    assert "openai/clip-vit-large-patch14-336" in caught.value.message
+    assert "provision smoke llava-1.5-7b-hf" in str(caught.value.hint)
