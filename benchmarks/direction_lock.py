@@ -31,9 +31,9 @@ sys.path.insert(0, str(REPO))
 
 from benchmarks.timing import race, timed  # noqa: E402
 from provision.directions import builtin_directions  # noqa: E402
-from provision.directions_lock import prepare_lock  # noqa: E402
+from provision.directions.lock import prepare_lock  # noqa: E402
 from provision.hardware.driver import DriverFacts  # noqa: E402
-from provision.lock.resolve import uv_binary  # noqa: E402
+from provision.uv import uv_bin  # noqa: E402
 
 PLATFORM = "x86_64-manylinux_2_28"
 PYPI = "https://pypi.org/simple"
@@ -76,7 +76,7 @@ def main() -> None:
             return total
 
         def by_hand() -> float:
-            command = [uv_binary(), "pip", "compile", "requirements.in", "--format",
+            command = [uv_bin(), "pip", "compile", "requirements.in", "--format",
                        "pylock.toml", "--generate-hashes", "--python-version", inputs.python,
                        "--python-platform", PLATFORM, "--default-index", PYPI, "--no-config",
                        "--quiet", "-o", "pylock.toml"]  # fmt: skip

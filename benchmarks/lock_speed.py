@@ -32,9 +32,9 @@ sys.path.insert(0, str(REPO))
 
 from benchmarks.timing import race, timed  # noqa: E402
 from provision.hardware.driver import DriverFacts  # noqa: E402
-from provision.lock.resolve import uv_binary  # noqa: E402
 from provision.profiles import load_profile  # noqa: E402
 from provision.torch_select import plan_torch  # noqa: E402
+from provision.uv import uv_bin  # noqa: E402
 
 PLATFORM = "x86_64-manylinux_2_28"
 PYPI = "https://pypi.org/simple"
@@ -71,7 +71,7 @@ def base_env(work: Path) -> dict[str, str]:
 def uv_compile(requirements: Path, python: str, index: str, output: Path, *extra: str) -> list[str]:
     """The `uv pip compile` a user would type for a pylock.toml with hashes."""
     return [
-        uv_binary(),
+        uv_bin(),
         "pip",
         "compile",
         str(requirements),
@@ -93,7 +93,7 @@ def uv_compile(requirements: Path, python: str, index: str, output: Path, *extra
 def pip_tools(work: Path) -> Path | None:
     """A throwaway venv with pip-tools (installed from PyPI by uv); None if that fails."""
     venv = work / "pip-tools"
-    uv = uv_binary()
+    uv = uv_bin()
     env = {**os.environ, "UV_PYTHON_DOWNLOADS": "never"}
     made = subprocess.run(
         [uv, "venv", str(venv), "--python", sys.executable, "--seed"], env=env, capture_output=True

@@ -39,8 +39,8 @@ sys.path.insert(0, str(ROOT))
 
 import tomli_w  # noqa: E402
 
-from provision.envs import uv_bin  # noqa: E402
 from provision.resources import builtin_dir  # noqa: E402
+from provision.uv import uv_bin  # noqa: E402
 from tests.servers.hub import HubServer  # noqa: E402
 from tests.tinymodels import build_tiny_vlm, pycache_dir  # noqa: E402
 

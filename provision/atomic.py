@@ -31,6 +31,12 @@ def atomic_write_bytes(path: str | os.PathLike[str], data: bytes, mode: int | No
         if mode is not None:
             os.chmod(tmp, mode)
         os.replace(tmp, target)
+    except OSError as exc:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        if exc.filename is None:  # ENOSPC/EDQUOT/EPERM from write or fsync: name the file
+            raise OSError(exc.errno, exc.strerror, str(target)) from exc
+        raise
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)

@@ -29,13 +29,7 @@ from provision.atomic import file_lock
 from provision.errors import CheckFailed, ProvisionError
 from provision.lock.lockfile import read_lock
 from provision.procs import exit_on_signals, stop_group
-
-# Every uv call: no interpreter downloads, no progress bars in captured output.
-_UV_ENV = {"UV_PYTHON_DOWNLOADS": "never", "UV_NO_PROGRESS": "1", "NO_COLOR": "1"}
-# pylock support is a preview feature in uv 0.13; naming it silences the warning on every call.
-_PYLOCK = ("--preview-features", "pylock")
-# What installs a lock exactly: hashes required, anything else removed.
-SYNC_ARGS = ("pip", "sync", *_PYLOCK, "--require-hashes")
+from provision.uv import PYLOCK, SYNC_ARGS, run_uv, uv_bin, uv_env
 
 
 @dataclass
@@ -83,13 +77,6 @@ class EnvResult:
 
 
 # --- locating interpreters -------------------------------------------------------------------
-
-
-def uv_bin() -> str:
-    """The uv binary shipped in the `uv` package (the version provision is tested with)."""
-    from uv import find_uv_bin
-
-    return str(find_uv_bin())
 
 
 def env_python(env: str | os.PathLike[str]) -> Path:
@@ -147,19 +134,10 @@ def is_venv(path: Path) -> bool:
 # --- reading what an environment holds ----------------------------------------------------------
 
 
-def _uv(
-    args: list[str], timeout: float = 3600, extra_env: dict[str, str] | None = None
-) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, **_UV_ENV, **(extra_env or {})}
-    return subprocess.run(
-        [uv_bin(), *args], capture_output=True, text=True, env=env, timeout=timeout
-    )
-
-
 def installed_packages(env: str | os.PathLike[str]) -> dict[str, str]:
     """{normalized name: version} of what is installed in the environment (`uv pip list`)."""
     python = env_python(env)
-    proc = _uv(["pip", "list", "--python", str(python), "--format", "json"])
+    proc = run_uv(["pip", "list", "--python", str(python), "--format", "json"])
     if proc.returncode != 0:
         raise ProvisionError(f"Could not list the packages in {env}: {_uv_error(proc.stderr)}")
     return {row["name"]: row["version"] for row in json.loads(proc.stdout or "[]")}
@@ -554,9 +532,20 @@ def _uv_error(stderr: str, lines: int = 8) -> str:
         for line in stderr.splitlines()
         if line.strip()
         and not line.startswith(("warning:", "Using Python", "Using CPython", "Resolved"))
+        and not line.strip().startswith(_PROGRESS)
     ]
-    text = " | ".join(keep[:lines])
+    # The error comes last: a disk that fills mid-install prints many "Downloading" lines first.
+    errors = [i for i, line in enumerate(keep) if line.startswith(("error:", "Caused by:"))]
+    start = errors[0] if errors else max(0, len(keep) - lines)
+    text = " | ".join(keep[start : start + lines])
     return text or "no output"
+
+
+# uv's progress lines: never the cause of a failure.
+_PROGRESS = (
+    "Downloading", "Downloaded", "Prepared", "Installed", "Uninstalled", "Audited", "Building",
+    "Built", "Checked", "Using cached",
+)  # fmt: skip
 
 
 def _explain_sync_failure(stderr: str, data: dict[str, Any], lock_file: Path) -> ProvisionError:
@@ -584,6 +573,12 @@ def _explain_sync_failure(stderr: str, data: dict[str, Any], lock_file: Path) ->
         return ProvisionError(
             f"{pkg} {ver}: the lock points at {missing.group(1)}, which does not exist.", hint
         )
+    if "No space left on device" in stderr or "Disk quota exceeded" in stderr:
+        return ProvisionError(
+            f"The disk filled up while uv installed {lock_file}: {_uv_error(stderr, 4)}",
+            "Free space where the environment and uv's cache live (UV_CACHE_DIR), or put them "
+            "on a bigger disk; what was installed so far is reused on the next run.",
+        )
     failed = re.search(r"Failed to (?:download|fetch) `([^`]+)`", stderr)
     if any(sign in stderr for sign in ("Hash mismatch", "but the lockfile records", "Bad CRC")):
         what = failed.group(1) if failed else "A file"
@@ -604,8 +599,8 @@ def _explain_sync_failure(stderr: str, data: dict[str, Any], lock_file: Path) ->
 
 def _sync_plan(python: Path, lock_file: Path) -> tuple[int, dict[str, Any], str]:
     """`uv pip sync --check`: (returncode, JSON plan, stderr); 0 = matches, 1 = would change."""
-    proc = _uv(
-        ["pip", "sync", *_PYLOCK, "--check", "--output-format", "json"]
+    proc = run_uv(
+        ["pip", "sync", *PYLOCK, "--check", "--output-format", "json"]
         + ["--python", str(python), str(lock_file)]
     )
     try:
@@ -645,9 +640,15 @@ def _sync(
     folders = _local_folders(links)
     args = [*SYNC_ARGS, "--output-format", "json"]
     args += ["--python", str(python)]
-    for link in links:  # pip skips a missing folder with a warning; uv would stop, so skip it
-        if "://" in link and not link.startswith("file:") or Path(link).is_dir():
-            args += ["--find-links", link]
+    from provision.secrets import find_links_args
+
+    usable = [  # pip skips a missing folder with a warning; uv would stop, so skip it
+        link
+        for link in links
+        if "://" in link and not link.startswith("file:") or Path(link).is_dir()
+    ]
+    link_env: dict[str, str] = {}  # a password in a find-links URL goes to uv here, not in argv
+    args += find_links_args(usable, link_env)
     if offline:
         args.append("--offline")
     with tempfile.TemporaryDirectory(prefix="provision-lock-") as tmp:
@@ -665,7 +666,7 @@ def _sync(
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,
-            env={**os.environ, **_UV_ENV},
+            env=uv_env(extra=link_env),
             start_new_session=True,  # its own group: stopping it stops the builds it started
         )
         try:
@@ -701,7 +702,7 @@ def prune_uv_cache(wait_s: int = 10) -> str:
     if os.environ.get("UV_NO_CACHE", "").lower() in ("1", "true", "yes", "on"):
         return ""  # uv used a temporary cache, gone already
     try:
-        proc = _uv(["cache", "prune"], wait_s + 300, {"UV_LOCK_TIMEOUT": str(wait_s)})
+        proc = run_uv(["cache", "prune"], wait_s + 300, {"UV_LOCK_TIMEOUT": str(wait_s)})
     except (OSError, subprocess.TimeoutExpired):
         return ""
     said = [line.strip() for line in proc.stderr.splitlines() if line.startswith("Removed")]
@@ -784,7 +785,7 @@ def ensure_env(
                     "Pass the Python version (e.g. --python 3.11), or re-lock with provision.",
                 )
             for request in requests:
-                proc = _uv(["venv", "--no-project", "--python", request, str(root)])
+                proc = run_uv(["venv", "--no-project", "--python", request, str(root)])
                 if proc.returncode == 0:
                     break
             else:

@@ -13,14 +13,11 @@ from dataclasses import dataclass, replace
 from functools import cache
 from typing import Any
 
+from provision.choices import ATTENTION, QUANTS, TASKS, stacks
 from provision.errors import ProvisionError
 from provision.profiles import DTYPE_BYTES, Profile
 from provision.resources import load_table
 from provision.units import GIB
-
-TASKS = ("infer", "lora", "qlora", "full")
-QUANTS = ("bf16", "fp16", "fp8", "int8", "int4")
-ATTENTION = ("sdpa", "flash_attention_2", "eager")
 
 
 @cache
@@ -30,10 +27,6 @@ def _table(name: str) -> dict[str, Any]:
 
 def coefficients() -> dict[str, Any]:
     return _table("fit.toml")
-
-
-def stacks() -> dict[str, dict[str, Any]]:
-    return _table("stacks.toml")["stack"]
 
 
 @dataclass(frozen=True)
@@ -55,6 +48,15 @@ class FitRequest:
     context: int | None = None  # serving engines: tokens of KV reserved (max_model_len)
     attention: str = "sdpa"
     memory_fraction: float | None = None  # share of the card the stack may use
+
+    def __post_init__(self) -> None:
+        from provision.bounds import check_bound
+
+        for name in (
+            "batch", "seq", "images", "image_tokens", "context", "zero", "lora_rank",
+            "memory_fraction",
+        ):  # fmt: skip
+            check_bound(name, getattr(self, name))
 
     def to_json(self) -> dict[str, Any]:
         return dict(self.__dict__)

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from provision.choices import TASKS, stacks
 from provision.errors import ProvisionError
 from provision.resources import builtin_dir
 from provision.schema import BOOL, INT, STR, STRLIST, FileError, validate
@@ -25,7 +26,6 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover - exercised on 3.10 only
     import tomli as tomllib
 
-TASKS = ("infer", "lora", "qlora", "full")
 DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
 NAME_RE = re.compile(r"^[a-z0-9][a-z0-9._-]*$")
 
@@ -262,7 +262,15 @@ def _check_semantics(data: dict[str, Any], path: Path) -> None:
     dtype = data["weights"]["dtype"]
     if dtype not in DTYPE_BYTES:
         raise ProfileError(path, "weights.dtype", f"{dtype!r} is not one of {sorted(DTYPE_BYTES)}")
+    for key in ("bytes", "download_bytes"):  # 0 bytes of weights "fits" anything
+        if key in data["weights"] and data["weights"][key] <= 0:
+            raise ProfileError(path, f"weights.{key}", "must be positive")
     params = data["params"]
+    for key in ("total", "language"):
+        if params[key] <= 0:
+            raise ProfileError(path, f"params.{key}", "must be positive")
+    if params["vision"] < 0:
+        raise ProfileError(path, "params.vision", "must not be negative")
     if params["vision"] + params["language"] > params["total"] * 1.01:
         raise ProfileError(path, "params", "vision + language exceed total by more than 1%")
     text = data["text"]
@@ -273,8 +281,6 @@ def _check_semantics(data: dict[str, Any], path: Path) -> None:
         raise ProfileError(path, "text.kv_heads", "must divide text.heads")
     if "infer" not in data["tasks"]:
         raise ProfileError(path, "tasks.infer", "missing table (every profile can at least infer)")
-    from provision.memory import stacks  # the stack table lives with the memory model
-
     for task, spec in data["tasks"].items():
         if spec["stack"] not in stacks():
             known = ", ".join(sorted(stacks()))

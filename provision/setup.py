@@ -329,7 +329,7 @@ def relock_variant(previous: Path | None, torch_index: str | None) -> tuple[str 
 def _register(options: SetupOptions, result: SetupResult, name: str, status: str) -> None:
     """The machine's registry of environments (shared with research directions): which exist,
     what made them, who set them up."""
-    from provision.directions_shared import record_use, registry_path
+    from provision.env_registry import record_use, registry_path
 
     record_use(
         registry_path(options.data_dir),
@@ -599,6 +599,7 @@ class _Runner:
                 lock_file=self.lock,
                 record_under=self._record_under(profile),
                 into_lock=self.plan.into_lock,
+                rehash="weights" in self.options.force,  # --force weights: hash every file
             )
             outputs[profile.name] = got.to_json()
             details.append(

@@ -151,3 +151,21 @@ def read_only(tmpfs_volume: Path) -> Path:
     """A read-only file system, as a shared or mis-mounted volume is."""
     remount_read_only(tmpfs_volume)
     return tmpfs_volume
+
+
+# --- markers from the fixtures a test uses ------------------------------------------------------
+# A test that needs podman, exFAT or root carries that marker, found from its fixtures (direct or
+# through other fixtures), so `-m "not podman"` or `-m "not root"` leaves it out on a machine
+# without and no test module has to remember to say so. Registered in pyproject.toml.
+NEEDS = {
+    "engine": ("podman",),
+    "exfat_dir": ("exfat", "root"),
+    "tmpfs_volume": ("root",),
+}
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        for fixture in getattr(item, "fixturenames", ()):
+            for mark in NEEDS.get(fixture, ()):
+                item.add_marker(mark)

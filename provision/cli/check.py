@@ -6,24 +6,27 @@ from typing import Annotated, Any
 
 import typer
 
-from provision.cli.options import DriverOpt, GpuMemOpt, GpuOpt, GpusOpt
+from provision.choices import Attention, Task, value
+from provision.cli.options import (
+    AttentionOpt,
+    DriverOpt,
+    GpuMemOpt,
+    GpuOpt,
+    GpusOpt,
+    ProfilesDir,
+    QuantOpt,
+    StackOpt,
+    TaskOpt,
+)
 from provision.cli.output import JsonFlag, emit
-from provision.cli.profiles import ProfilesDir
+from provision.cli.shared import planned_machine
 from provision.errors import EXIT_FAILED
-
-
-def planned_machine(gpu: str | None, gpu_mem: str | None, gpus: int | None, driver: str | None):  # noqa: ANN201
-    from provision.hardware.catalogue import target_machine
-
-    return target_machine(gpu=gpu, gpu_mem=gpu_mem, gpus=gpus, driver=driver)
 
 
 def check(
     profile: Annotated[str, typer.Argument(help="Profile name, e.g. qwen2.5-vl-7b.")],
-    task: Annotated[str, typer.Option(help="infer, lora, qlora or full.")] = "infer",
-    quant: Annotated[
-        str | None, typer.Option(help="bf16, fp16, fp8, int8 or int4 (default bf16; qlora int4).")
-    ] = None,
+    task: TaskOpt = Task.infer,
+    quant: QuantOpt = None,
     batch: Annotated[int, typer.Option(help="Samples per GPU per step.")] = 1,
     seq: Annotated[
         int | None, typer.Option(help="Tokens per sample, image tokens included (default by task).")
@@ -36,17 +39,12 @@ def check(
         int | None,
         typer.Option(help="Serving engines: tokens of KV cache reserved (default: model context)."),
     ] = None,
-    stack: Annotated[
-        str | None,
-        typer.Option(help="transformers, vllm, lmdeploy, ms-swift... (default: profile)"),
-    ] = None,
+    stack: StackOpt = None,
     zero: Annotated[int | None, typer.Option(help="DeepSpeed ZeRO stage for tuning.")] = None,
     gradient_checkpointing: Annotated[
         bool, typer.Option("--gradient-checkpointing/--no-gradient-checkpointing")
     ] = True,
-    attention: Annotated[
-        str, typer.Option(help="Attention kernel: sdpa, flash_attention_2 or eager.")
-    ] = "sdpa",
+    attention: AttentionOpt = Attention.sdpa,
     memory_fraction: Annotated[
         float | None,
         typer.Option(help="Share of GPU memory the stack may use (vLLM --gpu-memory-utilization)."),
@@ -63,17 +61,17 @@ def check(
     from provision.fit import FitRequest
 
     request = FitRequest(
-        task=task,
-        quant=quant,
+        task=task.value,
+        quant=value(quant),
         batch=batch,
         seq=seq,
         images=images,
         image_tokens=image_tokens,
         gradient_checkpointing=gradient_checkpointing,
-        stack=stack,
+        stack=value(stack),
         zero=zero,
         context=context,
-        attention=attention,
+        attention=attention.value,
         memory_fraction=memory_fraction,
     )
     machine = planned_machine(gpu, gpu_mem, gpus, driver)

@@ -7,8 +7,6 @@ from typing import Annotated, Any
 
 import typer
 
-from provision.cli.check import planned_machine
-from provision.cli.lock import emit_checks, emit_locked, lock_machine
 from provision.cli.options import (
     DriverOpt,
     ForceOpt,
@@ -17,17 +15,26 @@ from provision.cli.options import (
     GpusOpt,
     IgnorePipOpt,
     LockDirOpt,
+    ProfilesDir,
     SetupLockOpt,
     SkipCheckOpt,
     SourceOpt,
+    TasksOpt,
     TorchIndexOpt,
     UpgradeOpt,
     VariantOpt,
     WheelhouseOpt,
 )
 from provision.cli.output import JsonFlag, emit, use_json
-from provision.cli.profiles import ProfilesDir
-from provision.cli.setup import progress_printer, show_partial, stage_table
+from provision.cli.shared import (
+    LockFlags,
+    emit_checks,
+    emit_locked,
+    planned_machine,
+    progress_printer,
+    show_partial,
+    stage_table,
+)
 
 DirectionsDir = Annotated[
     str | None,
@@ -57,7 +64,7 @@ def _load(name: str, directions_dir: str | None, profiles_dir: str | None) -> An
 
 def _conflict_exit(exc: Any, json_output: bool) -> None:
     """A conflict under --json: the whole analysis as JSON, exit 1 (people get the message)."""
-    from provision.directions_conflict import DirectionConflict
+    from provision.directions.conflict import DirectionConflict
     from provision.errors import EXIT_FAILED
 
     if isinstance(exc, DirectionConflict) and use_json(json_output):
@@ -81,8 +88,8 @@ def list_cmd(
 ) -> None:
     """List the directions (members, lock state) and the environments on this machine."""
     from provision.directions import list_directions
-    from provision.directions_lock import check_direction_lock
-    from provision.directions_shared import registered, registry_path
+    from provision.directions.lock import check_direction_lock
+    from provision.env_registry import registered, registry_path
 
     rows = []
     for direction in list_directions(directions_dir, profiles_dir):
@@ -149,8 +156,8 @@ def show(
     json_output: JsonFlag = False,
 ) -> None:
     """One direction: members and tasks, packages, where its environment lives, its lock."""
-    from provision.directions_lock import check_direction_lock
-    from provision.directions_shared import registered, registry_path
+    from provision.directions.lock import check_direction_lock
+    from provision.env_registry import registered, registry_path
     from provision.errors import ProvisionError
 
     direction = _load(name, directions_dir, profiles_dir)
@@ -208,7 +215,7 @@ def check(
     json_output: JsonFlag = False,
 ) -> None:
     """Does every member fit this machine (or a planned one), for each task? Exit 1 if not."""
-    from provision.directions_setup import check_direction
+    from provision.directions.setup import check_direction
     from provision.errors import EXIT_FAILED
 
     direction = _load(name, directions_dir, profiles_dir)
@@ -301,21 +308,26 @@ def lock(
             "Which direction? e.g. provision direction lock okvqa-vllm-swift",
             "`provision direction list` lists them; --all locks every built-in one.",
         )
-    from provision.directions_lock import lock_direction
+    from provision.directions.lock import lock_direction
 
     direction = _load(name, directions_dir, profiles_dir)
     try:
         result = lock_direction(
             direction,
-            machine=lock_machine(gpu, gpu_mem, gpus, driver),
-            python=python,
-            torch_index=torch_index,
             output=output,
-            variant=variant,
-            use_pip_config=not ignore_pip_config,
             profiles_dir=profiles_dir,
-            lock_dir=lock_dir,
             upgrade=upgrade,
+            **LockFlags(
+                python,
+                gpu,
+                gpu_mem,
+                gpus,
+                driver,
+                torch_index,
+                variant,
+                lock_dir,
+                ignore_pip_config,
+            ).kwargs(),
         )
     except ProvisionError as exc:
         _conflict_exit(exc, json_output)
@@ -346,7 +358,7 @@ def _check_locks(
     profiles_dir: str | None,
     json_output: bool,
 ) -> None:
-    from provision.directions_lock import check_builtin_directions, check_direction_lock
+    from provision.directions.lock import check_builtin_directions, check_direction_lock
     from provision.errors import ProvisionError
 
     if all_directions or not name:
@@ -366,7 +378,7 @@ def _check_locks(
 
 
 def _lock_all(lock_dir: str | None, upgrade: bool, json_output: bool) -> None:
-    from provision.directions_lock import lock_builtin_directions
+    from provision.directions.lock import lock_builtin_directions
 
     items = lock_builtin_directions(lock_dir, upgrade=upgrade)
     emit_locked(items, json_output, lambda item: f"direction {item.profile}", "direction locks")
@@ -400,7 +412,7 @@ def setup(
     json_output: JsonFlag = False,
 ) -> None:
     """One environment for the whole direction: weights, fixes and a smoke for every member."""
-    from provision.directions_setup import LockOptions, setup_direction
+    from provision.directions.setup import LockOptions, setup_direction
     from provision.errors import ProvisionError
     from provision.setup import SetupOptions
 
@@ -457,7 +469,7 @@ def _membership(
     profiles_dir: str | None,
     json_output: bool,
 ) -> None:
-    from provision.directions_membership import change_membership
+    from provision.directions.membership import change_membership
     from provision.errors import ProvisionError
 
     try:
@@ -494,27 +506,6 @@ def _membership(
     emit(change, render, json_output)
 
 
-def _lock_kwargs(
-    python: str | None,
-    gpu: str | None,
-    gpu_mem: str | None,
-    gpus: int | None,
-    driver: str | None,
-    torch_index: str | None,
-    variant: str | None,
-    lock_dir: str | None,
-    ignore_pip_config: bool,
-) -> dict[str, Any]:
-    return {
-        "machine": lock_machine(gpu, gpu_mem, gpus, driver),
-        "python": python,
-        "torch_index": torch_index,
-        "variant": variant,
-        "lock_dir": lock_dir,
-        "use_pip_config": not ignore_pip_config,
-    }
-
-
 NoLock = Annotated[bool, typer.Option("--no-lock", help="Change the file only; lock later.")]
 
 
@@ -522,10 +513,7 @@ NoLock = Annotated[bool, typer.Option("--no-lock", help="Change the file only; l
 def add(
     name: NameArg,
     profile: Annotated[str, typer.Argument(help="Profile to add, e.g. qwen2.5-vl-7b.")],
-    task: Annotated[
-        list[str] | None,
-        typer.Option("--task", help="infer, lora, qlora or full (repeat for several)."),
-    ] = None,
+    task: TasksOpt = None,
     note: Annotated[str | None, typer.Option(help="Why it is in the direction.")] = None,
     no_lock: NoLock = False,
     python: Python = None,
@@ -542,11 +530,20 @@ def add(
     json_output: JsonFlag = False,
 ) -> None:
     """Add a member (or tasks to one) and lock again; refused, file unchanged, on a conflict."""
-    kwargs = _lock_kwargs(
+    kwargs = LockFlags(
         python, gpu, gpu_mem, gpus, driver, torch_index, variant, lock_dir, ignore_pip_config
-    )
+    ).kwargs()
     _membership(
-        "add", name, profile, task, note, no_lock, kwargs, directions_dir, profiles_dir, json_output
+        "add",
+        name,
+        profile,
+        [t.value for t in task or []] or None,
+        note,
+        no_lock,
+        kwargs,
+        directions_dir,
+        profiles_dir,
+        json_output,
     )
 
 
@@ -569,9 +566,9 @@ def remove(
     json_output: JsonFlag = False,
 ) -> None:
     """Remove a member and lock again (its weights stay in the shared cache)."""
-    kwargs = _lock_kwargs(
+    kwargs = LockFlags(
         python, gpu, gpu_mem, gpus, driver, torch_index, variant, lock_dir, ignore_pip_config
-    )
+    ).kwargs()
     _membership(
         "remove",
         name,

@@ -7,6 +7,8 @@ from typing import Annotated, Any
 
 import typer
 
+from provision.choices import Task
+from provision.cli.options import ProfilesDir, TaskOpt
 from provision.cli.output import JsonFlag, console, emit, use_json
 
 
@@ -69,7 +71,7 @@ def docker(
     lock: Annotated[
         Path | None, typer.Option("--lock", help="The lockfile (default: the profile's).")
     ] = None,
-    task: Annotated[str, typer.Option("--task", help="Which task's lock.")] = "infer",
+    task: TaskOpt = Task.infer,
     out: Annotated[
         Path | None, typer.Option("--out", help="Folder for the Dockerfile (default Dockerfiles/).")
     ] = None,
@@ -122,10 +124,7 @@ def docker(
         list[str] | None,
         typer.Option("--build-arg", help="KEY=VALUE, e.g. PIP_INDEX_URL=<mirror> (repeatable)."),
     ] = None,
-    profiles_dir: Annotated[
-        str | None,
-        typer.Option("--profiles-dir", envvar="PROVISION_PROFILES_DIR", help="Your profiles."),
-    ] = None,
+    profiles_dir: ProfilesDir = None,
     json_output: JsonFlag = False,
 ) -> None:
     """Render a profile's Dockerfile from its lock; --build builds it (Docker or podman)."""
@@ -160,7 +159,7 @@ def docker(
         build_args=_build_args(build_arg),
         on_event=on_event,
         lock_file=lock,
-        task=task,
+        task=task.value,
         out_dir=out,
         base_image=base_image,
         uv_image=uv_image,

@@ -9,9 +9,8 @@ from typing import Annotated, Any
 
 import typer
 
-from provision.cli.options import SourceOpt
+from provision.cli.options import ProfilesDir, SourceOpt
 from provision.cli.output import JsonFlag, emit, use_json
-from provision.cli.profiles import ProfilesDir
 from provision.errors import ProvisionError
 
 

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
 from typing import Annotated, Any
 
 import typer
 
+from provision.choices import Task
 from provision.cli.options import (
     DriverOpt,
     GpuMemOpt,
@@ -14,19 +14,21 @@ from provision.cli.options import (
     GpusOpt,
     IgnorePipOpt,
     LockDirOpt,
+    ProfilesDir,
+    TaskOpt,
     TorchIndexOpt,
     UpgradeOpt,
     VariantOpt,
 )
 from provision.cli.output import JsonFlag, emit, use_json
-from provision.cli.profiles import ProfilesDir
+from provision.cli.shared import LockFlags, emit_checks, emit_locked
 
 
 def lock(
     profile: Annotated[
         str | None, typer.Argument(help="Profile name (or a path to a .toml file).")
     ] = None,
-    task: Annotated[str, typer.Option("--task", help="infer, lora, qlora or full.")] = "infer",
+    task: TaskOpt = Task.infer,
     python: Annotated[
         str | None, typer.Option("--python", help="Target Python X.Y (default: the profile's).")
     ] = None,
@@ -61,6 +63,7 @@ def lock(
     json_output: JsonFlag = False,
 ) -> None:
     """Pick the CUDA build of torch for a machine and pin everything into a lockfile."""
+    task = task.value
     from provision.errors import ProvisionError
 
     if check:
@@ -82,15 +85,20 @@ def lock(
         result = lock_profile(
             profile,
             task,
-            machine=lock_machine(gpu, gpu_mem, gpus, driver),
-            python=python,
-            torch_index=torch_index,
             output=output,
-            variant=variant,
-            use_pip_config=not ignore_pip_config,
             profiles_dir=profiles_dir,
-            lock_dir=lock_dir,
             upgrade=upgrade,
+            **LockFlags(
+                python,
+                gpu,
+                gpu_mem,
+                gpus,
+                driver,
+                torch_index,
+                variant,
+                lock_dir,
+                ignore_pip_config,
+            ).kwargs(),
         )
     except ProvisionError as exc:
         # The error says "run with --explain": with --explain, what was decided comes first.
@@ -129,63 +137,6 @@ def lock(
     emit(result, render, json_output)
 
 
-def lock_machine(gpu: str | None, gpu_mem: str | None, gpus: int | None, driver: str | None) -> Any:
-    """The machine a lock is planned for (None: this one). Shared with `direction lock`."""
-    if driver and gpu is None and gpu_mem is None:
-        # A driver alone is enough to choose a build: plan for it without sizing any GPU.
-        from provision.hardware.machine import Machine, cuda_for_driver
-
-        return Machine([], driver, cuda_for_driver(driver), source="target", planned=True)
-    from provision.cli.check import planned_machine
-
-    return planned_machine(gpu, gpu_mem, gpus, driver)
-
-
-def emit_checks(
-    results: Sequence[Any], json_output: bool, label: Callable[[Any], str], what: str, hint: str
-) -> None:
-    """Print `--check` results (fresh or stale, and why); exit 1 when any is stale.
-    `label(item)` names what each lock is for; `what` says what was checked, `hint` the fix."""
-    from provision.errors import EXIT_FAILED, CheckFailed
-
-    def render(con: Any) -> None:
-        from rich.markup import escape
-
-        for item in results:
-            mark = "[green]fresh[/]" if item.fresh else "[red]stale[/]"
-            con.print(f"{mark} {escape(str(item.path))} ({label(item)})")
-            for reason in item.reasons:
-                con.print(f"    {escape(reason)}")
-
-    emit(results, render, json_output)
-    stale = [r for r in results if not r.fresh]
-    if stale:
-        if use_json(json_output):
-            raise typer.Exit(EXIT_FAILED)  # the JSON above already says which and why
-        raise CheckFailed(f"{len(stale)} of {len(results)} {what} stale.", hint)
-
-
-def emit_locked(
-    items: Sequence[Any], json_output: bool, label: Callable[[Any], str], what: str
-) -> None:
-    """Print `--all` lock results (locked or failed, and the summary); exit 1 when any failed."""
-    from provision.errors import EXIT_FAILED, CheckFailed
-
-    def render(con: Any) -> None:
-        from rich.markup import escape
-
-        for item in items:
-            mark = "[green]locked[/]" if item.ok else "[red]failed[/]"
-            con.print(f"{mark} {label(item)}: {escape(item.message)}")
-
-    emit(items, render, json_output)
-    failed = [i for i in items if not i.ok]
-    if failed:
-        if use_json(json_output):
-            raise typer.Exit(EXIT_FAILED)
-        raise CheckFailed(f"{len(failed)} of {len(items)} {what} failed (listed above).")
-
-
 def _check(
     profile: str | None,
     task: str,
@@ -203,7 +154,7 @@ def _check(
             raise ProvisionError("--check --all checks the built-in lockfiles: no PROFILE or -o.")
         results = check_builtins(lock_dir)
         # The built-in research directions' joint locks live beside these.
-        from provision.directions_lock import check_builtin_directions
+        from provision.directions.lock import check_builtin_directions
 
         results += check_builtin_directions(lock_dir)
     else:
@@ -218,7 +169,7 @@ def _check(
 
 
 def _lock_all(lock_dir: str | None, upgrade: bool, json_output: bool) -> None:
-    from provision.directions_lock import lock_builtin_directions
+    from provision.directions.lock import lock_builtin_directions
     from provision.lock.locking import lock_builtins
 
     items = lock_builtins(lock_dir, upgrade=upgrade) + lock_builtin_directions(

@@ -7,6 +7,33 @@ from typing import Annotated
 
 import typer
 
+from provision.choices import Attention, Quant, Stack, Task
+
+# What a run is: check, lock, setup, docker, direction add. Fixed choices are enums, so a typo
+# fails with the list (exit 2).
+TaskOpt = Annotated[Task, typer.Option("--task", help="What the model is for.")]
+TasksOpt = Annotated[
+    list[Task] | None, typer.Option("--task", help="What the model is for (repeat for several).")
+]
+QuantOpt = Annotated[
+    Quant | None, typer.Option("--quant", help="Weight precision (default bf16; qlora int4).")
+]
+StackOpt = Annotated[
+    Stack | None,
+    typer.Option("--stack", help="The framework that runs it (default: the profile's)."),
+]
+AttentionOpt = Annotated[Attention, typer.Option("--attention", help="Attention kernel.")]
+
+# Where profiles come from: every command that names a profile.
+ProfilesDir = Annotated[
+    str | None,
+    typer.Option(
+        "--profiles-dir",
+        envvar="PROVISION_PROFILES_DIR",
+        help="Folder of your own profile TOML files (searched before the built-ins).",
+    ),
+]
+
 # A planning target: check, lock, direction check/lock/add/remove.
 GpuOpt = Annotated[
     str | None,

@@ -6,16 +6,8 @@ from typing import Annotated, Any
 
 import typer
 
+from provision.cli.options import ProfilesDir
 from provision.cli.output import JsonFlag, emit
-
-ProfilesDir = Annotated[
-    str | None,
-    typer.Option(
-        "--profiles-dir",
-        envvar="PROVISION_PROFILES_DIR",
-        help="Folder of your own profile TOML files (searched before the built-ins).",
-    ),
-]
 
 group = typer.Typer(
     help="List model profiles, or show one.",

@@ -2,30 +2,32 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
+from provision.choices import Task
 from provision.cli.options import (
     ForceOpt,
+    ProfilesDir,
     SetupLockOpt,
     SkipCheckOpt,
     SourceOpt,
+    TaskOpt,
     TorchIndexOpt,
     WheelhouseOpt,
 )
 from provision.cli.output import JsonFlag, emit, use_json
-from provision.cli.profiles import ProfilesDir
+from provision.cli.shared import progress_printer, show_partial, stage_table
 
 if TYPE_CHECKING:
-    from provision.setup import StageReport
+    pass
 
 
 def setup(
     profile: Annotated[str, typer.Argument(help="Profile name, e.g. qwen2-vl-2b.")],
-    task: Annotated[str, typer.Option(help="infer, lora, qlora or full.")] = "infer",
+    task: TaskOpt = Task.infer,
     env: Annotated[
         Path | None, typer.Option(help="Environment folder (default <data dir>/envs/PROFILE).")
     ] = None,
@@ -52,7 +54,7 @@ def setup(
     from provision.setup import dry_run as plan_only
 
     options = SetupOptions(
-        task=task,
+        task=task.value,
         env=env,
         from_lock=from_lock,
         lock_file=lock,
@@ -74,41 +76,6 @@ def setup(
         show_partial(exc, render, quiet)
         raise
     emit(result, lambda con: render(result, con), json_output)
-
-
-def progress_printer(quiet: bool) -> Callable[[StageReport], None]:
-    """Setup's progress callback: one line a stage as it ends (nothing under --json)."""
-
-    def progress(report: StageReport) -> None:
-        if quiet:
-            return
-        from provision.cli.output import console
-
-        mark = {"done": "ok", "skipped": "--", "failed": "!!", "not run": "  "}[report.status]
-        console().print(f"[{mark}] {report.name}: {report.detail}", markup=False)
-
-    return progress
-
-
-def show_partial(exc: Exception, render_result: Callable[[Any], None], quiet: bool) -> None:
-    """A setup that failed part-way: print how far it got (the error follows), unless --json."""
-    partial = getattr(exc, "setup_result", None)
-    if partial is not None and not quiet:
-        render_result(partial)
-
-
-def stage_table(con: Any, title: str, stages: Any) -> None:
-    """The stages as a table: what each did and how long it took."""
-    from rich.markup import escape
-    from rich.table import Table
-
-    table = Table(title=title)
-    for col in ("stage", "status", "what it did", "seconds"):
-        table.add_column(col, justify="right" if col == "seconds" else "left")
-    for stage in stages:
-        # escaped: a detail such as "torch 2.13.0 [cpu]" is text, not rich markup
-        table.add_row(stage.name, stage.status, escape(stage.detail), f"{stage.seconds:.1f}")
-    con.print(table)
 
 
 def render(result: Any, con: Any = None) -> None:

@@ -8,8 +8,8 @@ from typing import Annotated, Any
 
 import typer
 
+from provision.cli.options import ProfilesDir
 from provision.cli.output import JsonFlag, emit, use_json
-from provision.cli.profiles import ProfilesDir
 from provision.errors import EXIT_FAILED, ProvisionError
 
 

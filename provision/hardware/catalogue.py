@@ -11,7 +11,13 @@ from dataclasses import dataclass
 from functools import lru_cache
 
 from provision.errors import ProvisionError
-from provision.hardware.machine import Gpu, Machine, cuda_for_driver, parse_cc
+from provision.hardware.machine import (
+    Gpu,
+    Machine,
+    check_driver_version,
+    cuda_for_driver,
+    parse_cc,
+)
 from provision.resources import load_table
 from provision.units import MIB, parse_size
 
@@ -118,9 +124,10 @@ def target_machine(
         return None
     if gpus is not None and gpus < 1:
         raise ProvisionError(f"--gpus {gpus} must be at least 1.")
-    if driver is not None:
-        from provision.hardware.driver import check_driver_version
+    from provision.bounds import check_bound
 
+    check_bound("gpus", gpus)
+    if driver is not None:
         driver = check_driver_version(driver, "--driver")
     notes: list[str] = []
     if gpu is not None:
@@ -129,6 +136,7 @@ def target_machine(
             count = gpus
         if count < 1:
             raise ProvisionError(f"--gpu {gpu!r}: the count must be at least 1.")
+        check_bound("gpus", count)
         entry = lookup(name)
         memory = parse_size(gpu_mem, "--gpu-mem") if gpu_mem else entry.memory_total
         if gpu_mem:  # e.g. a 48 GB modded 4090 that NVML names like the 24 GB card

@@ -10,18 +10,15 @@ The probing itself lives in probe.py; this module only orders it and says what i
 from __future__ import annotations
 
 import os
-import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from provision.errors import ProvisionError
-from provision.hardware.machine import Gpu, Machine, cuda_for_driver
+from provision.hardware.machine import Gpu, Machine, check_driver_version, cuda_for_driver
 from provision.hardware.probe import driver_from_files, probe_nvidia_smi, probe_nvml, probe_proc
 
 DRIVER_ENV = "PROVISION_CUDA_DRIVER"
-_DRIVER_RE = re.compile(r"^[0-9]{3}(\.[0-9]+){0,2}$")
 
 
 @dataclass
@@ -66,17 +63,6 @@ class DriverFacts:
             "looked_at": list(self.looked_at),
             "planned": self.planned,
         }
-
-
-def check_driver_version(text: str, where: str) -> str:
-    """A driver version as NVIDIA writes it (550.54.14); anything else is one clear message."""
-    value = text.strip()
-    if not _DRIVER_RE.match(value):
-        raise ProvisionError(
-            f"{where} = {text!r} is not an NVIDIA driver version.",
-            "Write it as nvidia-smi prints it, e.g. 550.54.14 (or 535).",
-        )
-    return value
 
 
 def _with_driver(

@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import asdict, dataclass, field
 from functools import lru_cache
 from typing import Any
 
+from provision.errors import ProvisionError
 from provision.resources import load_table
 
 # Compute capability from which bf16 math and FlashAttention-2 are supported (Ampere, sm_80).
 BF16_MIN_CC = (8, 0)
 FLASH_ATTN2_MIN_CC = (8, 0)
+_DRIVER_RE = re.compile(r"^[0-9]{3}(\.[0-9]+){0,2}$")
 
 
 @dataclass(frozen=True)
@@ -127,3 +130,17 @@ def min_driver_for_cuda(cuda: str) -> str | None:
 
 def driver_at_least(driver: str, minimum: str) -> bool:
     return _version_key(driver) >= _version_key(minimum)
+
+
+def check_driver_version(text: str, where: str) -> str:
+    """A driver version as NVIDIA writes it (550.54.14); anything else is one clear message.
+
+    Here, not in driver.py, so that the catalogue (planning targets) and the driver facts both
+    use it without importing each other."""
+    value = text.strip()
+    if not _DRIVER_RE.match(value):
+        raise ProvisionError(
+            f"{where} = {text!r} is not an NVIDIA driver version.",
+            "Write it as nvidia-smi prints it, e.g. 550.54.14 (or 535).",
+        )
+    return value

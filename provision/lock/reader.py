@@ -59,7 +59,7 @@ class LockInfo:
     def install_command(self, uv: str, python: str | os.PathLike[str]) -> list[str]:
         """The `uv pip sync` that `provision setup` runs: installs exactly the lock (hashes
         checked), removing anything else. Run it with `self.env` added to the environment."""
-        from provision.envs import SYNC_ARGS
+        from provision.uv import SYNC_ARGS
 
         return [uv, *SYNC_ARGS, "--python", str(python), str(self.path)]
 

@@ -30,6 +30,8 @@ from urllib.parse import urlsplit, urlunsplit
 from provision.errors import CheckFailed, ProvisionError
 from provision.lock.indexes import Index, IndexConfig, redact
 from provision.resources import load_table
+from provision.secrets import redact_text
+from provision.uv import uv_bin, uv_env, uv_version
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -38,12 +40,6 @@ else:  # pragma: no cover
 
 DEFAULT_PLATFORM = "x86_64-manylinux_2_28"
 PROJECT = "provision-resolve"
-# Variables through which uv would take indexes or settings we did not choose.
-_UV_SCRUB = re.compile(
-    r"^UV_(INDEX|INDEX_URL|EXTRA_INDEX_URL|DEFAULT_INDEX|FIND_LINKS|NO_INDEX|INDEX_STRATEGY|"
-    r"CONFIG_FILE|NO_CONFIG|PRERELEASE|EXCLUDE_NEWER|TORCH_BACKEND|CONSTRAINT|OVERRIDE|"
-    r"BUILD_CONSTRAINT|NO_BUILD|NO_BINARY|INDEX_[A-Z0-9_]+_(USERNAME|PASSWORD))$"
-)
 
 
 @dataclass(frozen=True)
@@ -98,7 +94,7 @@ class Resolution:
     def to_json(self) -> dict[str, Any]:
         return {
             "packages": len(self.packages),
-            "command": " ".join(self.command),
+            "command": redact_text(" ".join(self.command)),
             "uv_version": self.uv_version,
             "seconds": round(self.seconds, 3),
             "install_env": dict(self.install_env),
@@ -107,20 +103,6 @@ class Resolution:
 
 
 # --- helpers ---------------------------------------------------------------------------------
-
-
-def uv_binary() -> str:
-    """The `uv` package's own binary (the version pyproject.toml pins), not whatever is on PATH."""
-    from uv import find_uv_bin
-
-    return find_uv_bin()
-
-
-@lru_cache(maxsize=1)
-def uv_version() -> str:
-    from importlib.metadata import version
-
-    return version("uv")
 
 
 def canonical(name: str) -> str:
@@ -156,15 +138,6 @@ def strip_credentials(url: str) -> tuple[str, str | None, str | None]:
 
 def _env_name(index_name: str) -> str:
     return re.sub(r"[^A-Z0-9]", "_", index_name.upper())
-
-
-def uv_environment(base: Mapping[str, str] | None = None) -> dict[str, str]:
-    """os.environ without the UV_* variables that add indexes or settings, plus our own."""
-    env = {k: v for k, v in (base or os.environ).items() if not _UV_SCRUB.match(k)}
-    env["UV_PYTHON_DOWNLOADS"] = "never"  # a missing interpreter must not cost seconds of retries
-    env["NO_COLOR"] = "1"
-    env.pop("FORCE_COLOR", None)
-    return env
 
 
 # --- the generated project -------------------------------------------------------------------
@@ -277,8 +250,9 @@ def compile_command(
     for extra in indexes.extras:
         command += ["--index", f"{extra.name}={_bare(extra, secrets)}"]
     command += ["--default-index", f"{indexes.default.name}={_bare(indexes.default, secrets)}"]
-    for location, _origin in indexes.find_links:
-        command += ["--find-links", location]
+    from provision.secrets import find_links_args
+
+    command += find_links_args([loc for loc, _origin in indexes.find_links], secrets)
     return command
 
 
@@ -319,8 +293,8 @@ def resolve(
     secrets: dict[str, str] = {}
     pyproject = project_toml(merged, python, routes, secrets)
     command = compile_command(python, platform, indexes, secrets)
-    uv_bin = uv or uv_binary()
-    env = uv_environment()
+    binary = uv or uv_bin()
+    env = uv_env(scrub=True)
     env.update(secrets)
 
     with tempfile.TemporaryDirectory(prefix="provision-resolve-", dir=workdir) as tmp:
@@ -330,7 +304,7 @@ def resolve(
         started = time.perf_counter()
         try:
             done = subprocess.run(
-                [uv_bin, *command],
+                [binary, *command],
                 cwd=tmp,
                 env=env,
                 capture_output=True,

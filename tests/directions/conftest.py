@@ -135,7 +135,7 @@ def exfat_dir(tmp_path_factory: pytest.TempPathFactory):
     if missing or os.geteuid() != 0 or not Path("/dev/fuse").exists():
         pytest.fail(
             f"The exFAT tests need root, /dev/fuse and {', '.join(missing) or 'the tools'}: "
-            "`apt-get install -y exfat-fuse exfatprogs` (as .ci/run does)."
+            "`scripts/install-test-deps` (as the test command in docs/testing.md runs it)."
         )
     root = tmp_path_factory.mktemp("exfat")
     image, mount = root / "cache.img", root / "mnt"

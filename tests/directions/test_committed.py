@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 
 from provision.directions import builtin_directions
-from provision.directions_lock import check_builtin_directions, direction_lock_path
+from provision.directions.lock import check_builtin_directions, direction_lock_path
 from provision.lock.locking import builtin_lock_dir
 from provision.lock.reader import lock_info
 from tests.cli_helpers import run_cli

@@ -12,8 +12,8 @@ import subprocess
 import pytest
 
 from provision.directions import load_direction
-from provision.directions_conflict import DirectionConflict
-from provision.directions_lock import lock_direction
+from provision.directions.conflict import DirectionConflict
+from provision.directions.lock import lock_direction
 from provision.errors import CheckFailed
 from tests.cli_helpers import run_cli, run_json
 from tests.directions.helpers import TINY, lock_args, lock_kwargs, write_direction, write_profile

@@ -20,7 +20,7 @@ from provision.directions import (
 from provision.errors import ProvisionError
 from provision.profiles import load_profile_file
 from provision.resources import builtin_dir
-from tests.cli_helpers import run_cli, run_json
+from tests.cli_helpers import invoke, run_cli, run_json
 from tests.directions.helpers import TINY, direction_text, write_direction, write_profile
 
 
@@ -210,3 +210,17 @@ def test_lock_file_name_is_checked_before_resolving(dirs, tmp_path):
     assert proc.returncode == 2 and "give no NAME" in proc.stderr
     proc = run_cli("direction", "lock")
     assert proc.returncode == 2 and "Which direction?" in proc.stderr
+
+
+def test_add_with_tasks_records_them_as_plain_names(dirs):
+    """--task is an enum on the command line; the direction file gets the task names."""
+    write_profile(dirs.profiles, "tiny-a")
+    write_profile(dirs.profiles, "tiny-b", lora=list(TINY))
+    path = dirs.directions / "team.toml"
+    path.write_text('name = "team"\ndescription = "d"\n[[members]]\nprofile = "tiny-a"\n')
+    proc = invoke("direction", "add", "team", "tiny-b", "--task", "lora", "--task", "infer",
+                  "--no-lock")  # fmt: skip
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    member = next(m for m in load_direction("team").members if m.profile == "tiny-b")
+    assert list(member.tasks) == ["lora", "infer"]
+    assert "Task." not in path.read_text()

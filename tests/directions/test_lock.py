@@ -9,7 +9,7 @@ import subprocess
 import pytest
 
 from provision.directions import load_direction
-from provision.directions_lock import check_direction_lock, lock_direction
+from provision.directions.lock import check_direction_lock, lock_direction
 from provision.lock.lockfile import update_lock
 from tests.cli_helpers import run_cli, run_json
 from tests.directions.helpers import (

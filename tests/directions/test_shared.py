@@ -18,15 +18,13 @@ from pathlib import Path
 
 import pytest
 
-from provision.directions_shared import (
+from provision.directions.shared import (
     prepare_shared,
-    read_registry,
-    record_use,
-    registered,
     share_dir,
     shared_umask,
     symlinks_supported,
 )
+from provision.env_registry import read_registry, record_use, registered
 from provision.errors import ProvisionError
 from tests.directions.helpers import write_profile
 
@@ -40,7 +38,7 @@ def test_registry_keeps_every_concurrent_writer(tmp_path):
         """
         import sys
         from pathlib import Path
-        from provision.directions_shared import record_use
+        from provision.env_registry import record_use
         registry, user = Path(sys.argv[1]), sys.argv[2]
         for i in range(5):
             record_use(registry, registry.parent / f"env-{i % 2}", kind="direction",
@@ -223,7 +221,7 @@ def test_download_into_a_cache_without_symlinks(
 
 
 def test_setup_says_when_the_shared_env_came_from_another_lockfile(tmp_path):
-    from provision.directions_setup import _other_lock
+    from provision.directions.setup import _other_lock
 
     registry, env = tmp_path / "registry.json", tmp_path / "envs" / "direction-x"
     mine, theirs = tmp_path / "me" / "pylock.direction-x.toml", tmp_path / "alice" / "p.toml"

@@ -33,7 +33,7 @@ def engine(tmp_path_factory: pytest.TempPathFactory, registry_port: int):
     if missing:
         pytest.fail(
             f"The Docker tests need {', '.join(missing)} on this machine: "
-            "`apt-get install -y podman runc debootstrap docker-registry` (as .ci/run does)."
+            "`scripts/install-test-deps` (as the test command in docs/testing.md runs it)."
         )
     service = podman.start_service(
         tmp_path_factory.mktemp("podman"), insecure_registries=(f"localhost:{registry_port}",)

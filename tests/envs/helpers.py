@@ -12,7 +12,7 @@ from pathlib import Path
 
 import tomli_w
 
-from provision.envs import uv_bin
+from provision.uv import uv_bin
 
 
 def sha256_file(path: Path) -> str:

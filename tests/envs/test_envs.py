@@ -14,8 +14,9 @@ from pathlib import Path
 import pytest
 
 from provision import envs
-from provision.envs import ensure_env, env_python, installed_packages, python_for, uv_bin
+from provision.envs import ensure_env, env_python, installed_packages, python_for
 from provision.errors import ProvisionError
+from provision.uv import uv_bin
 from tests.envs.helpers import compile_lock, make_wheel, run_in, write_pylock
 
 pytestmark = pytest.mark.slow

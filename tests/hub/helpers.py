@@ -79,6 +79,18 @@ def hub_env(hub_url: str, tmp: Path) -> dict[str, str]:
     }
 
 
+def sizes(folder: Path, pattern: str) -> list[int]:
+    """Sizes of the files in `folder` matching `pattern`, skipping any that vanish between the
+    listing and the stat (another process renaming or deleting them)."""
+    found = []
+    for path in folder.glob(pattern):
+        try:
+            found.append(path.stat().st_size)
+        except FileNotFoundError:
+            continue
+    return found
+
+
 def wait_for(condition, timeout: float, step: float = 0.02) -> None:
     """Poll `condition` until it is true; fail the test after `timeout` seconds."""
     import time

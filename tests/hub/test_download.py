@@ -241,9 +241,9 @@ def test_a_partial_file_left_by_hf_download_is_adopted(hub, tmp_path, hub_env):
         stderr=subprocess.DEVNULL,
     )
     blobs = tmp_path / "hf" / "hub" / "models--org--big" / "blobs"
-    helpers.wait_for(
-        lambda: any(p.stat().st_size >= 10 * 2**20 for p in blobs.glob("*.incomplete")), 60
-    )
+    # hf renames or removes its `.incomplete` file while we look: a file that glob listed may be
+    # gone by the time it is measured (seen under load), so a vanished file counts as not there.
+    helpers.wait_for(lambda: any(s >= 10 * 2**20 for s in helpers.sizes(blobs, "*.incomplete")), 60)
     hf.kill()
     hf.wait(timeout=10)
     hub.wait_idle()

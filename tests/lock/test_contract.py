@@ -17,7 +17,6 @@ from pathlib import Path
 
 import pytest
 
-from provision.envs import uv_bin
 from provision.lock.lockfile import (
     read_lock,
     record,
@@ -27,6 +26,7 @@ from provision.lock.lockfile import (
     update_lock,
 )
 from provision.resources import REPO_DIR, builtin_dir
+from provision.uv import uv_bin
 
 SHIPPED = builtin_dir("lockfiles")
 
@@ -147,7 +147,7 @@ def test_installed_wheel_uses_the_shipped_locks_from_an_empty_folder(
         "import json, sys\n"
         "from provision.lock.locking import _builtin_profiles, check_lock\n"
         "from provision.directions import builtin_directions\n"
-        "from provision.directions_lock import check_direction_lock\n"
+        "from provision.directions.lock import check_direction_lock\n"
         "out = [check_lock(p, t) for p in _builtin_profiles() for t in p.tasks]\n"
         "out += [check_direction_lock(d) for d in builtin_directions()]\n"
         "print(json.dumps([[r.path.name, str(r.path), r.fresh] for r in out]))\n"
@@ -332,7 +332,7 @@ def test_direction_remove_relocks_with_the_lock_s_build_into_the_user_s_folder(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     from provision.directions import load_direction
-    from provision.directions_membership import relock_kwargs
+    from provision.directions.membership import relock_kwargs
 
     monkeypatch.setenv("PROVISION_DATA_DIR", str(tmp_path / "data"))
     monkeypatch.delenv("PROVISION_LOCK_DIR", raising=False)

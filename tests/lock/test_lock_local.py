@@ -14,7 +14,8 @@ from provision.errors import CheckFailed, ProvisionError
 from provision.lock.indexes import Index, read_pip_config
 from provision.lock.lockfile import read_lock, set_tool_section, tool_table
 from provision.lock.locking import check_lock, lock_profile
-from provision.lock.resolve import RequirementSet, Route, resolve, uv_binary
+from provision.lock.resolve import RequirementSet, Route, resolve
+from provision.uv import uv_bin
 from tests.cli_helpers import run_cli, run_json
 from tests.lock.conftest import TASKS, write_profile
 from tests.servers.pypi_index import sha256
@@ -102,7 +103,7 @@ def test_lock_round_trips_and_installs(lock_env, fake_index, tmp_path):
     assert again.to_dict() == pylock.to_dict()
     assert data["tool"]["provision"]["target"]["variant"] == "cu124"
 
-    uv = uv_binary()
+    uv = uv_bin()
     venv = tmp_path / "venv"
     env = {**os.environ, "UV_PYTHON_DOWNLOADS": "never", "NO_COLOR": "1"}
     subprocess.run(

@@ -12,9 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from provision.envs import uv_bin
 from provision.patches import base
 from provision.patches.group_beam_search_dtype import FIX
+from provision.uv import uv_bin
 
 pytestmark = pytest.mark.slow
 

@@ -16,10 +16,10 @@ from pathlib import Path
 
 import pytest
 
-from provision.envs import uv_bin
 from provision.errors import ProvisionError
 from provision.lock.lockfile import read_lock, set_tool_section, tool_table
 from provision.patches import CHANGED, apply_fixes, fix_status, revert_fixes
+from provision.uv import uv_bin
 from tests.cli_helpers import run_cli, run_json
 from tests.envs.helpers import run_in
 from tests.patches.conftest import TfEnv

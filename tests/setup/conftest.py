@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 import tomli_w
 
-from provision.envs import uv_bin
 from provision.resources import builtin_dir
+from provision.uv import uv_bin
 from tests.envs.helpers import torch_wheel_dir
 from tests.servers.hub import HubServer
 from tests.tinymodels import build_tiny_vlm

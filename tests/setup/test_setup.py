@@ -14,8 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from provision.envs import uv_bin
 from provision.lock.lockfile import read_lock, recorded_table, tool_table
+from provision.uv import uv_bin
 from tests.cli_helpers import run_cli, run_json
 from tests.envs.helpers import torch_wheel_dir
 from tests.setup.conftest import PROFILE, REPO, write_profile

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from provision.envs import uv_bin
+from provision.uv import uv_bin
 from tests.envs.helpers import torch_wheel_dir
 from tests.servers.hub import HubServer
 from tests.smoke.helpers import write_smoke_profile

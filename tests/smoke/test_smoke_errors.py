@@ -100,7 +100,7 @@ def test_sigterm_to_provision_also_stops_the_runner_s_group(absent_profile, tmp_
 def test_an_environment_without_torch_names_the_missing_package(
     absent_profile, tmp_path: Path
 ) -> None:
-    from provision.envs import uv_bin
+    from provision.uv import uv_bin
 
     env = tmp_path / "bare"
     subprocess.run([uv_bin(), "venv", "-q", "--python", sys.executable, str(env)], check=True)
@@ -248,7 +248,7 @@ def test_runner_imports_only_the_stdlib_and_the_target_env_s_libraries() -> None
 
 
 def test_the_wheel_ships_the_runner_the_image_and_the_table(tmp_path: Path) -> None:
-    from provision.envs import uv_bin
+    from provision.uv import uv_bin
 
     repo = Path(__file__).resolve().parents[2]
     subprocess.run(

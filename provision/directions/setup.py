@@ -18,21 +18,14 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from provision.check import CheckReport, run_check
-from provision.directions import Direction
-from provision.directions_lock import (
+from provision.directions.core import Direction
+from provision.directions.lock import (
     check_direction_lock,
     direction_lock_path,
     lock_direction,
 )
-from provision.directions_shared import (
-    EnvEntry,
-    SharedCache,
-    current_user,
-    prepare_shared,
-    record_use,
-    registry_path,
-    shared_umask,
-)
+from provision.directions.shared import SharedCache, prepare_shared, shared_umask
+from provision.env_registry import EnvEntry, current_user, record_use, registry_path
 from provision.errors import ProvisionError
 from provision.hardware.machine import Machine
 
@@ -296,7 +289,7 @@ def setup_direction(
 def _other_lock(registry: Path, env: Path, lock: Path) -> list[str]:
     """Say so when the shared env was last set up from another lockfile (someone else's
     checkout): this setup brings the env to this lock, which may change it under them."""
-    from provision.directions_shared import registered
+    from provision.env_registry import registered
 
     try:
         entry = next((e for e in registered(registry) if e.path == env), None)

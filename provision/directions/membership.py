@@ -16,14 +16,14 @@ from pathlib import Path
 from typing import Any
 
 from provision.atomic import file_lock
-from provision.directions import (
+from provision.directions.core import (
     editable_path,
     load_direction,
     with_member,
     without_member,
     write_direction,
 )
-from provision.directions_lock import DirectionLockResult, lock_direction
+from provision.directions.lock import DirectionLockResult, lock_direction
 
 
 @dataclass
@@ -111,7 +111,7 @@ def relock_kwargs(
     unless --variant, --torch-index or a planning target (--gpu...) says otherwise, and a lock
     that is shipped (or committed) never written over: the edited direction's lock then goes to
     the user's own folder (PROVISION_LOCK_DIR, else `<data dir>/lockfiles`)."""
-    from provision.directions_lock import find_direction_lock
+    from provision.directions.lock import find_direction_lock
     from provision.lock.lockfile import explicit_lock_dir, is_shipped, user_lock_dir
     from provision.setup import relock_variant
 

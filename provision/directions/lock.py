@@ -28,14 +28,14 @@ from pathlib import Path
 from typing import Any
 
 from provision import __version__
-from provision.directions import Direction, builtin_directions
-from provision.directions_conflict import (
+from provision.directions.conflict import (
     DIRECTION_PACKAGES,
     DirectionConflict,
     disagreements,
     member_pairs,
     suggest_split,
 )
+from provision.directions.core import Direction, builtin_directions
 from provision.errors import CheckFailed, ProvisionError
 from provision.hardware.driver import DriverFacts, driver_facts
 from provision.hardware.machine import Machine

@@ -1,0 +1,140 @@
+"""What several commands share beyond their options: the planning target built from the target
+options, and the printing of lock checks, lock runs and setup stages. Command modules import from
+here (and options.py, output.py), never from each other.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import typer
+
+from provision.cli.output import emit, use_json
+
+if TYPE_CHECKING:
+    from provision.setup import StageReport
+
+
+def planned_machine(gpu: str | None, gpu_mem: str | None, gpus: int | None, driver: str | None):  # noqa: ANN201
+    from provision.hardware.catalogue import target_machine
+
+    return target_machine(gpu=gpu, gpu_mem=gpu_mem, gpus=gpus, driver=driver)
+
+
+def lock_machine(gpu: str | None, gpu_mem: str | None, gpus: int | None, driver: str | None) -> Any:
+    """The machine a lock is planned for (None: this one). Shared with `direction lock`."""
+    if driver and gpu is None and gpu_mem is None:
+        # A driver alone is enough to choose a build: plan for it without sizing any GPU.
+        from provision.hardware.machine import Machine, cuda_for_driver
+
+        return Machine([], driver, cuda_for_driver(driver), source="target", planned=True)
+    return planned_machine(gpu, gpu_mem, gpus, driver)
+
+
+def emit_checks(
+    results: Sequence[Any], json_output: bool, label: Callable[[Any], str], what: str, hint: str
+) -> None:
+    """Print `--check` results (fresh or stale, and why); exit 1 when any is stale.
+    `label(item)` names what each lock is for; `what` says what was checked, `hint` the fix."""
+    from provision.errors import EXIT_FAILED, CheckFailed
+
+    def render(con: Any) -> None:
+        from rich.markup import escape
+
+        for item in results:
+            mark = "[green]fresh[/]" if item.fresh else "[red]stale[/]"
+            con.print(f"{mark} {escape(str(item.path))} ({label(item)})")
+            for reason in item.reasons:
+                con.print(f"    {escape(reason)}")
+
+    emit(results, render, json_output)
+    stale = [r for r in results if not r.fresh]
+    if stale:
+        if use_json(json_output):
+            raise typer.Exit(EXIT_FAILED)  # the JSON above already says which and why
+        raise CheckFailed(f"{len(stale)} of {len(results)} {what} stale.", hint)
+
+
+def emit_locked(
+    items: Sequence[Any], json_output: bool, label: Callable[[Any], str], what: str
+) -> None:
+    """Print `--all` lock results (locked or failed, and the summary); exit 1 when any failed."""
+    from provision.errors import EXIT_FAILED, CheckFailed
+
+    def render(con: Any) -> None:
+        from rich.markup import escape
+
+        for item in items:
+            mark = "[green]locked[/]" if item.ok else "[red]failed[/]"
+            con.print(f"{mark} {label(item)}: {escape(item.message)}")
+
+    emit(items, render, json_output)
+    failed = [i for i in items if not i.ok]
+    if failed:
+        if use_json(json_output):
+            raise typer.Exit(EXIT_FAILED)
+        raise CheckFailed(f"{len(failed)} of {len(items)} {what} failed (listed above).")
+
+
+def progress_printer(quiet: bool) -> Callable[[StageReport], None]:
+    """Setup's progress callback: one line a stage as it ends (nothing under --json)."""
+
+    def progress(report: StageReport) -> None:
+        if quiet:
+            return
+        from provision.cli.output import console
+
+        mark = {"done": "ok", "skipped": "--", "failed": "!!", "not run": "  "}[report.status]
+        console().print(f"[{mark}] {report.name}: {report.detail}", markup=False)
+
+    return progress
+
+
+def show_partial(exc: Exception, render_result: Callable[[Any], None], quiet: bool) -> None:
+    """A setup that failed part-way: print how far it got (the error follows), unless --json."""
+    partial = getattr(exc, "setup_result", None)
+    if partial is not None and not quiet:
+        render_result(partial)
+
+
+def stage_table(con: Any, title: str, stages: Any) -> None:
+    """The stages as a table: what each did and how long it took."""
+    from rich.markup import escape
+    from rich.table import Table
+
+    table = Table(title=title)
+    for col in ("stage", "status", "what it did", "seconds"):
+        table.add_column(col, justify="right" if col == "seconds" else "left")
+    for stage in stages:
+        # escaped: a detail such as "torch 2.13.0 [cpu]" is text, not rich markup
+        table.add_row(stage.name, stage.status, escape(stage.detail), f"{stage.seconds:.1f}")
+    con.print(table)
+
+
+@dataclass(frozen=True)
+class LockFlags:
+    """The lock options `lock`, `direction lock`, `direction add` and `direction remove` share:
+    the planning target, where torch comes from, and where locks live. One object, turned into
+    the keyword arguments the locking functions take."""
+
+    python: str | None = None
+    gpu: str | None = None
+    gpu_mem: str | None = None
+    gpus: int | None = None
+    driver: str | None = None
+    torch_index: str | None = None
+    variant: str | None = None
+    lock_dir: str | None = None
+    ignore_pip_config: bool = False
+
+    def kwargs(self) -> dict[str, Any]:
+        return {
+            "machine": lock_machine(self.gpu, self.gpu_mem, self.gpus, self.driver),
+            "python": self.python,
+            "torch_index": self.torch_index,
+            "variant": self.variant,
+            "lock_dir": self.lock_dir,
+            "use_pip_config": not self.ignore_pip_config,
+        }

@@ -1,0 +1,70 @@
+"""The test command a newcomer runs: one line, the same in docs/testing.md and .ci/run, and the
+script it starts installs exactly the system packages that are missing."""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+SCRIPT = REPO / "scripts" / "install-test-deps"
+
+
+def documented_command() -> str:
+    text = (REPO / "docs" / "testing.md").read_text(encoding="utf-8")
+    (block,) = re.findall(r"<!-- test-command -->\n```sh\n(.*?)\n```", text, re.DOTALL)
+    return block.strip()
+
+
+def test_ci_runs_exactly_the_documented_line():
+    line = documented_command()
+    assert "\n" not in line and line.startswith("scripts/install-test-deps && ")
+    assert line.endswith("python -m pytest -q")
+    ci_lines = (REPO / ".ci" / "run").read_text(encoding="utf-8").splitlines()
+    assert line in ci_lines
+
+
+def _fake_tools(tmp_path: Path, installed: set[str]) -> tuple[dict[str, str], Path]:
+    """dpkg-query that knows `installed`, apt-get that logs its arguments, sudo that runs."""
+    bin_dir, log = tmp_path / "bin", tmp_path / "apt.log"
+    bin_dir.mkdir()
+    known = " ".join(sorted(installed))
+    scripts = {
+        "dpkg-query": f'for p in {known}; do [ "$p" = "${{@: -1}}" ] && '
+        'printf "install ok installed" && exit 0; done; exit 1',
+        "apt-get": f'echo "$@" >> {log}',
+        "sudo": '"$@"',
+    }
+    for name, body in scripts.items():
+        path = bin_dir / name
+        path.write_text(f"#!/bin/bash\n{body}\n")
+        path.chmod(0o755)
+    return {**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}"}, log
+
+
+def listed_packages() -> list[str]:
+    lines = (REPO / "scripts" / "test-packages.txt").read_text(encoding="utf-8").splitlines()
+    return [ln.split("#")[0].strip() for ln in lines if ln.split("#")[0].strip()]
+
+
+def test_the_package_list_holds_what_the_docker_and_exfat_tests_need():
+    assert {"podman", "runc", "debootstrap", "docker-registry", "exfat-fuse", "exfatprogs"} <= set(
+        listed_packages()
+    )
+
+
+def test_install_script_installs_only_the_missing_packages(tmp_path):
+    env, log = _fake_tools(tmp_path, {"podman", "runc"})
+    subprocess.run([str(SCRIPT)], env=env, check=True, capture_output=True, text=True)
+    calls = log.read_text().splitlines()
+    assert calls[0] == "update -qq"
+    wanted = [p for p in listed_packages() if p not in ("podman", "runc")]
+    assert calls[1] == "install -y -qq " + " ".join(wanted)
+
+
+def test_install_script_does_nothing_when_all_are_there(tmp_path):
+    env, log = _fake_tools(tmp_path, set(listed_packages()))
+    subprocess.run([str(SCRIPT)], env=env, check=True, capture_output=True, text=True)
+    assert not log.exists()  # no apt-get update: a rerun costs nothing and needs no network
