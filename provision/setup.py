@@ -44,7 +44,7 @@ class SetupOptions:
     task: str = "infer"
     env: Path | None = None  # default: <data dir>/envs/<profile>
     from_lock: Path | None = None
-    lock_file: Path | None = None  # default: the profile's lock in ./lockfiles
+    lock_file: Path | None = None  # --lock: read and record into it (default: see choose_lock)
     source: str = "auto"
     torch_index: str | None = None
     wheelhouse: Path | None = None
@@ -148,9 +148,72 @@ class Plan:
     relock: Callable[[], tuple[str, dict[str, Any]]]  # makes the lock: (summary, json)
     lock_is_current: Callable[[], bool]
     given_lock: bool = False  # --from-lock: use as is
+    into_lock: bool = False  # --lock FILE: record into it (else this machine's record)
     # Several members share the lock: each one's model and smoke records go under
     # [tool.provision.<member_section>.<profile>] instead of [tool.provision.model/smoke].
     member_section: str | None = None
+
+
+@dataclass
+class DryRun:
+    """What `setup --dry-run` would do with the lock, without doing it."""
+
+    profile: str
+    task: str
+    env: Path
+    lock: Path
+    lock_action: str  # "use" (fresh, or given) or "relock"
+    relock_from: Path | None
+    variant: str | None  # the torch build a re-lock keeps (None: the machine decides)
+    records: str  # where the stages' records go
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "profile": self.profile,
+            "task": self.task,
+            "env": str(self.env),
+            "lock": str(self.lock),
+            "lock_action": self.lock_action,
+            "relock_from": str(self.relock_from) if self.relock_from else None,
+            "variant": self.variant,
+            "records": self.records,
+        }
+
+    def lines(self) -> list[str]:
+        if self.lock_action == "use":
+            what = f"Lock: {self.lock} (used as it is)"
+        else:
+            start = f", starting from {self.relock_from}" if self.relock_from else ""
+            build = f", keeping torch build {self.variant}" if self.variant else ""
+            what = f"Lock: re-lock into {self.lock}{start}{build}"
+        return [
+            f"setup {self.profile} ({self.task}) would make {self.env}",
+            what,
+            f"Records (weights, fixes, smoke): {self.records}",
+        ]
+
+
+def dry_run(profile_name: str, options: SetupOptions) -> DryRun:
+    """Which lock `run_setup` would use or make, and where it would record; nothing is run."""
+    plan, previous = _profile_plan(profile_name, options)
+    from provision.lock.lockfile import record_file
+
+    fresh = plan.given_lock or plan.lock_is_current()
+    variant = None if fresh else relock_variant(previous, options.torch_index)[0]
+    if plan.into_lock or not plan.lock.exists():
+        records = f"into {plan.lock}"
+    else:
+        records = f"this machine's record {record_file(plan.lock, options.data_dir)}"
+    return DryRun(
+        plan.name,
+        options.task,
+        plan.env,
+        plan.lock,
+        "use" if fresh else "relock",
+        None if fresh else previous,
+        variant,
+        records,
+    )
 
 
 def run_setup(
@@ -159,24 +222,54 @@ def run_setup(
     on_stage: Callable[[StageReport], None] | None = None,
 ) -> SetupResult:
     """Set up one profile; see `run_plan`."""
+    plan, _previous = _profile_plan(profile_name, options)
+    profile = plan.members[0][0]
+    try:
+        result = run_plan(plan, options, on_stage)
+    except ProvisionError as exc:
+        partial = getattr(exc, "setup_result", None)
+        if partial is not None:  # stages ran: the environment exists (or half of it)
+            failed = next((s.name for s in partial.stages if s.status == "failed"), "")
+            _register(options, partial, profile.name, f"failed: {failed}")
+        raise
+    _register(options, result, profile.name, "ok")
+    return result
+
+
+def _profile_plan(profile_name: str, options: SetupOptions) -> tuple[Plan, Path | None]:
+    """The plan for one profile and the lock a re-lock would start from."""
     from provision.lock.lockfile import lock_path
 
     profile = load_profile(profile_name, options.profiles_dir)
     env = options.env or default_env(profile.name, options.data_dir)
-    lock = options.from_lock or options.lock_file or lock_path(profile.name, task=options.task)
+    named = options.from_lock or options.lock_file
+    if named:
+        lock, previous = Path(named), Path(named)
+    else:
+
+        def fresh(path: Path) -> bool:
+            from provision.lock.locking import check_lock
+
+            return check_lock(profile, options.task, path).fresh
+
+        lock, previous = choose_lock(
+            lock_path(profile.name, ".", options.task).name, fresh, options.data_dir
+        )
     lock = Path(lock).expanduser().absolute()
 
     def relock() -> tuple[str, dict[str, Any]]:
         from provision.lock.locking import lock_profile
 
+        variant, note = relock_variant(previous, options.torch_index)
         locked = lock_profile(
             profile,
             options.task,
             output=lock,
             torch_index=options.torch_index,
+            variant=variant,
             profiles_dir=options.profiles_dir,
         )
-        return locked.summary(), locked.to_json()
+        return locked.summary() + note, locked.to_json()
 
     def current() -> bool:
         from provision.lock.locking import check_lock
@@ -191,17 +284,46 @@ def run_setup(
         relock=relock,
         lock_is_current=current,
         given_lock=options.from_lock is not None,
+        into_lock=options.lock_file is not None and options.from_lock is None,
     )
-    try:
-        result = run_plan(plan, options, on_stage)
-    except ProvisionError as exc:
-        partial = getattr(exc, "setup_result", None)
-        if partial is not None:  # stages ran: the environment exists (or half of it)
-            failed = next((s.name for s in partial.stages if s.status == "failed"), "")
-            _register(options, partial, profile.name, f"failed: {failed}")
-        raise
-    _register(options, result, profile.name, "ok")
-    return result
+    return plan, previous
+
+
+def choose_lock(
+    file_name: str, fresh: Callable[[Path], bool], data_dir: Path | None = None
+) -> tuple[Path, Path | None]:
+    """(the lock setup uses, the lock a re-lock starts from) when the user named none.
+
+    The first fresh lock where locks are looked for (lockfile.lock_candidates: ./lockfiles, the
+    data disk's, the shipped ones) is used as it is. When none is fresh, setup re-locks into the
+    user's own folder (PROVISION_LOCK_DIR, else `<data dir>/lockfiles`), never over a committed
+    or shipped lock, keeping the first existing lock's variant (`relock_variant`).
+    """
+    from provision.lock.lockfile import explicit_lock_dir, lock_candidates, user_lock_dir
+
+    found = [path for path in lock_candidates(file_name) if path.is_file()]
+    for path in found:
+        if fresh(path):
+            return path, path
+    folder = explicit_lock_dir() or user_lock_dir(data_dir)
+    return folder / file_name, (found[0] if found else None)
+
+
+def relock_variant(previous: Path | None, torch_index: str | None) -> tuple[str | None, str]:
+    """The variant a re-lock keeps and the note saying so: the previous lock's, unless
+    --torch-index asks for another build (then the machine decides, as a first lock does)."""
+    from provision.lock.locking import kept_variant
+
+    if torch_index is not None:
+        return None, ""
+    variant = kept_variant(previous)
+    if variant is None:
+        return None, ""
+    return variant, (
+        f" (kept {previous.name}'s torch build {variant}; --torch-index picks another)"
+        if previous is not None
+        else ""
+    )
 
 
 def _register(options: SetupOptions, result: SetupResult, name: str, status: str) -> None:
@@ -338,7 +460,7 @@ class _Runner:
             outputs[key] = report.to_json()
             machine, fit = report.machine, report.fit
             if not machine.gpus:
-                details.append(f"{profile.name}: no NVIDIA GPU, the environment is for CPU use")
+                details.append(f"{profile.name}: no NVIDIA GPU here; {self._build_note()}")
             elif not fit.fits:
                 first = fit.suggestions[0].text if fit.suggestions else ""
                 raise CheckFailed(
@@ -360,6 +482,23 @@ class _Runner:
         detail = "; ".join(details)
         self.state.mark("check", "done", detail=detail)
         return "done", detail
+
+    def _build_note(self) -> str:
+        """What a machine without a GPU gets from the lock: a CUDA build of torch installs from
+        a CUDA lock (and runs on the CPU); only a CPU lock makes a CPU environment."""
+        from provision.lock.lockfile import tool_table
+        from provision.lock.locking import read_previous
+
+        data = read_previous(self.lock) if self.lock.is_file() else None
+        variant = tool_table(data).get("target", {}).get("variant") if data else None
+        if not variant:
+            return "the lock is made for this machine"
+        if variant == "cpu":
+            return "the lock is a CPU build: the environment is for CPU use"
+        return (
+            f"the lock's torch is a CUDA build ({variant}): it installs as locked, and the "
+            "model runs on the CPU until a GPU is there"
+        )
 
     # -- lock --
     def lock_stage(self) -> tuple[str, str]:
@@ -459,6 +598,7 @@ class _Runner:
                 self.options.source,
                 lock_file=self.lock,
                 record_under=self._record_under(profile),
+                into_lock=self.plan.into_lock,
                 rehash="weights" in self.options.force,  # --force weights: hash every file
             )
             outputs[profile.name] = got.to_json()
@@ -487,7 +627,7 @@ class _Runner:
             self.state.mark("fixes", "done", detail="none listed")
             return "done", "the profiles list no fixes"
         assert self.python is not None
-        results = apply_fixes(self.python, wanted, self.lock)
+        results = apply_fixes(self.python, wanted, self.lock, into_lock=self.plan.into_lock)
         self.result.outputs["fixes"] = [r.to_json() for r in results]
         detail = "; ".join(f"{r.fix}: {r.state}" for r in results)
         self.state.mark("fixes", "done", detail=detail)
@@ -521,6 +661,7 @@ class _Runner:
                 lock_file=self.lock,
                 timeout=self.options.smoke_timeout,
                 record_under=self._record_under(profile),
+                into_lock=self.plan.into_lock,
             )
             outputs[profile.name] = outcome.to_json()
             if outcome.ok:

@@ -489,8 +489,9 @@ def torch_index(
             raise ProvisionError(
                 f"PyPI's torch {release.torch} is built with {release.pypi_variant}, "
                 f"not {variant}.",
-                f"Drop --torch-index pypi to take {variant} from the PyPI index, "
-                f"or plan for a machine that runs {release.pypi_variant}.",
+                f"Use --variant pypi (with --torch-index pypi or without) to take PyPI's own "
+                f"{release.pypi_variant} build, or drop --torch-index pypi to take {variant} "
+                "from the PyTorch index.",
             )
         return TorchIndex(default_index, PYPI, variant=variant)
     if choice in data.mirrors:

@@ -77,7 +77,8 @@ def hub_client_env(hub_server, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) 
     """This process and its children fetch from `hub_server`; caches and locks under tmp_path.
 
     Sets HF_ENDPOINT, MODELSCOPE_ENDPOINT, PROVISION_SOURCES (so `--source auto` finds only the
-    local hub), HF_HOME, MODELSCOPE_CACHE, PROVISION_LOCK_DIR, HF_HUB_DISABLE_TELEMETRY; removes
+    local hub), HF_HOME, MODELSCOPE_CACHE, PROVISION_LOCK_DIR, PROVISION_DATA_DIR,
+    HF_HUB_DISABLE_TELEMETRY; removes
     HF_TOKEN and HF_HUB_OFFLINE. Returns the variables set.
     """
     env = {
@@ -87,6 +88,8 @@ def hub_client_env(hub_server, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) 
         "HF_HOME": str(tmp_path / "hf"),
         "MODELSCOPE_CACHE": str(tmp_path / "ms"),
         "PROVISION_LOCK_DIR": str(tmp_path / "locks"),
+        # The machine-side lock records (provision.lock.lockfile.record) stay under tmp_path too.
+        "PROVISION_DATA_DIR": str(tmp_path / "data"),
         "HF_HUB_DISABLE_TELEMETRY": "1",
         "PROVISION_RETRY_WAIT": "0.05",
     }

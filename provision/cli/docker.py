@@ -187,7 +187,7 @@ def docker(
             con.print(f"  context staged in {result.context['path']}")
             con.print(f"  build: docker build -t {r.tag} {result.context['path']}")
         else:
-            con.print(f"  build it: provision docker {r.profile} --build  (tag {r.tag})")
+            con.print(f"  build it: {r.command('--build')}  (tag {r.tag})", markup=False)
         for pushed in result.pushed:
             con.print(f"[green]pushed[/] {pushed['tag']}")
 

@@ -67,7 +67,13 @@ def download(
             f"already here, in {result.seconds:.1f} s"
         )
         con.print(f"in {result.snapshot}", markup=False)
-        if result.lock_file:
+        if result.record_file and result.record_file != result.lock_file:
+            con.print(
+                f"recorded for {result.lock_file} in this machine's record {result.record_file} "
+                "(the lock is kept as it is; --lock FILE records into FILE)",
+                markup=False,
+            )
+        elif result.lock_file:
             con.print(f"recorded in {result.lock_file}", markup=False)
         for note in result.notes:
             con.print(note, markup=False)

@@ -20,7 +20,7 @@ from provision.cli.options import (
     UpgradeOpt,
     VariantOpt,
 )
-from provision.cli.output import JsonFlag, emit
+from provision.cli.output import JsonFlag, emit, use_json
 from provision.cli.shared import LockFlags, emit_checks, emit_locked
 
 
@@ -81,16 +81,37 @@ def lock(
         )
     from provision.lock.locking import lock_profile
 
-    result = lock_profile(
-        profile,
-        task,
-        output=output,
-        profiles_dir=profiles_dir,
-        upgrade=upgrade,
-        **LockFlags(
-            python, gpu, gpu_mem, gpus, driver, torch_index, variant, lock_dir, ignore_pip_config
-        ).kwargs(),
-    )
+    try:
+        result = lock_profile(
+            profile,
+            task,
+            output=output,
+            profiles_dir=profiles_dir,
+            upgrade=upgrade,
+            **LockFlags(
+                python,
+                gpu,
+                gpu_mem,
+                gpus,
+                driver,
+                torch_index,
+                variant,
+                lock_dir,
+                ignore_pip_config,
+            ).kwargs(),
+        )
+    except ProvisionError as exc:
+        # The error says "run with --explain": with --explain, what was decided comes first.
+        lines = getattr(exc, "explain_lines", None)
+        if explain and lines and not use_json(json_output):
+            from rich.markup import escape
+
+            from provision.cli.output import console
+
+            err = console(stderr=True)
+            for line in lines:
+                err.print(escape(line))
+        raise
 
     def render(con: Any) -> None:
         from rich.markup import escape

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import sys
 from collections.abc import Callable
 from typing import Annotated, Any
@@ -24,7 +25,21 @@ def use_json(local: bool = False) -> bool:
 def console(stderr: bool = False) -> Any:
     from rich.console import Console  # rich is imported only when something is printed
 
-    return Console(stderr=stderr, highlight=False)
+    stream = sys.stderr if stderr else sys.stdout
+    # Piped or redirected (not a terminal) and no COLUMNS: rich would cut tables at 80 columns
+    # and names with them ("gemma-3-1…"); a wide console leaves every line whole.
+    wide = not os.environ.get("COLUMNS") and not _is_terminal(stream)
+    return Console(stderr=stderr, highlight=False, width=PIPE_WIDTH if wide else None)
+
+
+PIPE_WIDTH = 1000
+
+
+def _is_terminal(stream: Any) -> bool:
+    try:
+        return bool(stream.isatty())
+    except (AttributeError, ValueError):  # a closed or replaced stream
+        return False
 
 
 def emit(payload: Any, render: Callable[[Any], None], as_json: bool = False) -> None:

@@ -104,7 +104,9 @@ def apply(
     from provision.patches import apply_fixes
 
     interpreter = python_for(env, python)
-    results = apply_fixes(interpreter, [fix] if fix else None, lock, verify_fixes=verify)
+    results = apply_fixes(
+        interpreter, [fix] if fix else None, lock, verify_fixes=verify, into_lock=True
+    )
     _finish(results, f"Library fixes applied in {interpreter}", json_output)
 
 
@@ -121,7 +123,7 @@ def revert(
     from provision.patches import revert_fixes
 
     interpreter = python_for(env, python)
-    results = revert_fixes(interpreter, [fix] if fix else None, lock)
+    results = revert_fixes(interpreter, [fix] if fix else None, lock, into_lock=True)
     _finish(results, f"Library fixes reverted in {interpreter}", json_output)
 
 

@@ -42,11 +42,16 @@ def setup(
     force: ForceOpt = None,
     skip_check: SkipCheckOpt = False,
     profiles_dir: ProfilesDir = None,
+    dry_run: Annotated[
+        bool,
+        typer.Option("--dry-run", help="Say which lock it would use or make, and stop."),
+    ] = False,
     json_output: JsonFlag = False,
 ) -> None:
     """Make this machine ready for PROFILE; a re-run continues where the last one stopped."""
     from provision.errors import ProvisionError
     from provision.setup import SetupOptions, run_setup
+    from provision.setup import dry_run as plan_only
 
     options = SetupOptions(
         task=task.value,
@@ -60,6 +65,10 @@ def setup(
         skip_check=skip_check,
         profiles_dir=profiles_dir,
     )
+    if dry_run:
+        planned = plan_only(profile, options)
+        emit(planned, lambda con: con.print("\n".join(planned.lines()), markup=False), json_output)
+        return
     quiet = use_json(json_output)
     try:
         result = run_setup(profile, options, progress_printer(quiet))

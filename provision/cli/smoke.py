@@ -93,8 +93,10 @@ def _render(result: Any) -> Any:
             )
         if result.next_step:
             con.print(f"next: {result.next_step}", markup=False)
-        if result.lock_file:
-            con.print(f"recorded in {result.lock_file}", markup=False)
+        if result.not_recorded:
+            con.print(result.not_recorded, markup=False)
+        elif result.lock_file:
+            con.print(f"recorded for {result.lock_file}", markup=False)
 
     return render
 
@@ -138,7 +140,7 @@ def smoke(
     json_output: JsonFlag = False,
 ) -> None:
     """Ask the model about a bundled photo in its environment; show and record the result."""
-    from provision.lock.lockfile import lock_path
+    from provision.lock.lockfile import find_lock
     from provision.profiles import load_profile
     from provision.smoke.run import run_smoke
 
@@ -148,8 +150,9 @@ def smoke(
         )
     loaded = load_profile(profile, profiles_dir)
     interpreter, target = _interpreter(loaded.name, env, python)
+    into_lock = lock is not None  # --lock FILE: record into FILE; else this machine's record
     if lock is None:
-        default_lock = lock_path(loaded.name)
+        default_lock = find_lock(loaded.name)
         lock = default_lock if default_lock.exists() else None
     if hf_home is None and not (os.environ.get("HF_HOME") or os.environ.get("HF_HUB_CACHE")):
         from provision.settings import hub_environment
@@ -164,6 +167,7 @@ def smoke(
         timeout=timeout,
         backend=backend,
         target=target,
+        into_lock=into_lock,
     )
     emit(result, _render(result), use_json(json_output))
     if not result.ok:

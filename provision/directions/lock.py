@@ -40,7 +40,13 @@ from provision.errors import CheckFailed, ProvisionError
 from provision.hardware.driver import DriverFacts, driver_facts
 from provision.hardware.machine import Machine
 from provision.lock.indexes import IndexConfig, index_config
-from provision.lock.lockfile import check_lock_name, lock_dir, lock_name, tool_table
+from provision.lock.lockfile import (
+    check_lock_name,
+    find_lock_file,
+    lock_dir,
+    lock_name,
+    tool_table,
+)
 from provision.lock.locking import (
     CheckResult,
     LockAllItem,
@@ -86,6 +92,12 @@ _OWN_SECTIONS = (
 def direction_lock_path(name: str, directory: str | os.PathLike[str] | None = None) -> Path:
     """`pylock.direction-<name>.toml` in --lock-dir / PROVISION_LOCK_DIR / ./lockfiles."""
     return lock_dir(directory) / f"pylock.direction-{lock_name(name)}.toml"
+
+
+def find_direction_lock(name: str, directory: str | os.PathLike[str] | None = None) -> Path:
+    """The direction's lock as read: the named folder's, else ./lockfiles, the data disk's
+    lockfiles/, the shipped ones (lockfile.lock_candidates); where a new one goes if none is."""
+    return find_lock_file(direction_lock_path(name, ".").name, directory)
 
 
 # --- what a lock is made from ---------------------------------------------------------------------
@@ -562,7 +574,7 @@ def check_direction_lock(
     lock_dir: str | os.PathLike[str] | None = None,
 ) -> CheckResult:
     """Is the direction's lock still what it asks for? Reads files only: no network, no uv."""
-    lock = Path(path) if path else direction_lock_path(direction.name, lock_dir)
+    lock = Path(path) if path else find_direction_lock(direction.name, lock_dir)
     reasons = stale_reasons(direction, direction.profiles(profiles_dir), lock)
     return CheckResult(direction.name, KIND, lock, not reasons, reasons)
 

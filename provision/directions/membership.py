@@ -85,7 +85,8 @@ def change_membership(
         changed = dataclasses.replace(changed, path=target, builtin=False)
         locked = None
         if relock:
-            locked = lock_direction(changed, profiles_dir=profiles_dir, **(lock_kwargs or {}))
+            kwargs = relock_kwargs(direction, lock_kwargs or {}, data_dir, notes)
+            locked = lock_direction(changed, profiles_dir=profiles_dir, **kwargs)
         written = write_direction(changed, target)
     member = written.member(profile)
     return MembershipChange(
@@ -98,3 +99,33 @@ def change_membership(
         lock=locked,
         notes=notes,
     )
+
+
+def relock_kwargs(
+    direction: Any,
+    lock_kwargs: dict[str, Any],
+    data_dir: str | os.PathLike[str] | None,
+    notes: list[str],
+) -> dict[str, Any]:
+    """`lock_kwargs` for re-locking after a membership change: the lock's torch build kept
+    unless --variant, --torch-index or a planning target (--gpu...) says otherwise, and a lock
+    that is shipped (or committed) never written over: the edited direction's lock then goes to
+    the user's own folder (PROVISION_LOCK_DIR, else `<data dir>/lockfiles`)."""
+    from provision.directions.lock import find_direction_lock
+    from provision.lock.lockfile import explicit_lock_dir, is_shipped, user_lock_dir
+    from provision.setup import relock_variant
+
+    kwargs = dict(lock_kwargs)
+    previous = find_direction_lock(direction.name, kwargs.get("lock_dir"))
+    told = kwargs.get("variant") or kwargs.get("torch_index") or kwargs.get("machine")
+    if not told and previous.is_file():
+        variant, note = relock_variant(previous, None)
+        if variant:
+            kwargs["variant"] = variant
+            notes.append(note.strip(" ()"))
+    if explicit_lock_dir(kwargs.get("lock_dir")) is None and (
+        is_shipped(previous) or direction.builtin
+    ):
+        kwargs["lock_dir"] = str(user_lock_dir(data_dir))
+        notes.append(f"the re-lock goes to {kwargs['lock_dir']}; the shipped lock stays as it is")
+    return kwargs

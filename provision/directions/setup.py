@@ -180,14 +180,22 @@ def setup_direction(
         keep_user_caches,
         resolve_data_dir,
     )
-    from provision.setup import Plan, run_plan
+    from provision.setup import Plan, choose_lock, relock_variant, run_plan
 
     lock_options = lock_options or LockOptions()
     data_dir = resolve_data_dir(options.data_dir)
     options.data_dir = data_dir  # the hub variables and the env default agree on one disk
     env = Path(options.env).expanduser().absolute() if options.env else None
     env = env or direction.env_location(data_dir)
-    lock = options.from_lock or options.lock_file or direction_lock_path(direction.name)
+    named = options.from_lock or options.lock_file
+    if named:
+        lock, previous = Path(named), Path(named)
+    else:
+        lock, previous = choose_lock(
+            direction_lock_path(direction.name, ".").name,
+            lambda path: check_direction_lock(direction, path, options.profiles_dir).fresh,
+            data_dir,
+        )
     lock = Path(lock).expanduser().absolute()
     if env.exists() and not env.is_dir():
         raise ProvisionError(
@@ -200,16 +208,20 @@ def setup_direction(
     user = current_user()
 
     def relock() -> tuple[str, dict[str, Any]]:
+        torch_index = lock_options.torch_index or options.torch_index
+        variant, note = lock_options.variant, ""
+        if variant is None:  # a re-lock keeps the lock's build unless told otherwise
+            variant, note = relock_variant(previous, torch_index)
         made = lock_direction(
             direction,
             python=lock_options.python,
-            torch_index=lock_options.torch_index or options.torch_index,
-            variant=lock_options.variant,
+            torch_index=torch_index,
+            variant=variant,
             use_pip_config=lock_options.use_pip_config,
             output=lock,
             profiles_dir=options.profiles_dir,
         )
-        return made.summary(), made.to_json()
+        return made.summary() + note, made.to_json()
 
     def current() -> bool:
         return check_direction_lock(direction, lock, options.profiles_dir).fresh
@@ -222,6 +234,7 @@ def setup_direction(
         relock=relock,
         lock_is_current=current,
         given_lock=options.from_lock is not None,
+        into_lock=options.lock_file is not None and options.from_lock is None,
         member_section="members",
     )
     with shared_umask(direction.shared):

@@ -46,10 +46,23 @@ class RenderResult:
     options: RenderOptions = field(repr=False)
     text: str = field(default="", repr=False)
     ignore_text: str = field(default="", repr=False)
+    task: str = "infer"
+    given_lock: Path | None = None  # --lock, when the user named one
 
     @property
     def warnings(self) -> list[str]:
         return list(self.base.warnings)
+
+    def command(self, *extra: str) -> str:
+        """The `provision docker` line that renders this again, with the flags given."""
+        parts = ["provision", "docker", self.profile]
+        if self.task != "infer":
+            parts += ["--task", self.task]
+        if self.bake_weights:
+            parts.append("--bake-weights")
+        if self.given_lock is not None:
+            parts += ["--lock", str(self.given_lock)]
+        return " ".join([*parts, *extra])
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -92,11 +105,16 @@ class DockerResult:
         }
 
 
-def dockerfile_paths(profile: str, out_dir: str | os.PathLike[str] | None) -> tuple[Path, Path]:
+def dockerfile_paths(
+    profile: str, out_dir: str | os.PathLike[str] | None, task: str = "infer"
+) -> tuple[Path, Path]:
+    """`<profile>.Dockerfile` for the infer task, `<profile>--<task>.Dockerfile` for the others
+    (named per task, as the locks are), each with its .dockerignore."""
     folder = Path(out_dir) if out_dir else Path(DOCKERFILES_DIR)
-    dockerfile = folder / f"{profile}.Dockerfile"
+    name = profile if task == "infer" else f"{profile}--{task}"
+    dockerfile = folder / f"{name}.Dockerfile"
     # Docker's per-Dockerfile ignore file (BuildKit reads <Dockerfile>.dockerignore beside it).
-    return dockerfile, folder / f"{profile}.Dockerfile.dockerignore"
+    return dockerfile, folder / f"{name}.Dockerfile.dockerignore"
 
 
 def _hf_endpoint(spec: ImageSpec, explicit: str | None) -> str:
@@ -131,7 +149,7 @@ def render_profile(
     is false (then `changed` says whether the files on disk are stale)."""
     from provision.atomic import atomic_write_text
 
-    spec = load_spec(profile, lock_file, task, profiles_dir, lock_dir)
+    spec = load_spec(profile, lock_file, task, profiles_dir, lock_dir, records=bake_weights)
     base = choose_base_image(spec.target, base_image)
     uv = uv_image or default_uv_image()
     parse_image_ref(uv, "--uv-image")
@@ -150,7 +168,7 @@ def render_profile(
     )
     text = render_dockerfile(spec, options)
     ignore = render_dockerignore(spec)
-    dockerfile, dockerignore = dockerfile_paths(profile, out_dir)
+    dockerfile, dockerignore = dockerfile_paths(profile, out_dir, task)
     changed = not (
         dockerfile.exists()
         and dockerignore.exists()
@@ -175,6 +193,8 @@ def render_profile(
         options=options,
         text=text,
         ignore_text=ignore,
+        task=task,
+        given_lock=Path(lock_file) if lock_file else None,
     )
 
 

@@ -18,7 +18,7 @@ from typing import Any
 from urllib.parse import unquote, urlparse
 
 from provision.errors import ProvisionError
-from provision.lock.lockfile import lock_path, read_lock, tool_table
+from provision.lock.lockfile import find_lock, read_lock, recorded_table, tool_table
 from provision.settings import public_env
 
 PYPI_SIMPLE = "https://pypi.org/simple"
@@ -187,9 +187,11 @@ def load_spec(
     task: str = "infer",
     profiles_dir: str | os.PathLike[str] | None = None,
     lock_dir: str | os.PathLike[str] | None = None,
+    records: bool = False,
 ) -> ImageSpec:
-    """Read `profile`'s lock (default: lock_path(profile, task)) into an ImageSpec."""
-    path = Path(lock_file) if lock_file else lock_path(profile, lock_dir, task)
+    """Read `profile`'s lock (default: find_lock(profile, task)) into an ImageSpec; with
+    `records`, what this machine recorded for it too (the weights' commit and hashes)."""
+    path = Path(lock_file) if lock_file else find_lock(profile, lock_dir, task)
     if not path.exists():
         raise ProvisionError(
             f"No lockfile for {profile} at {path}.",
@@ -197,7 +199,7 @@ def load_spec(
         )
     raw = path.read_bytes()
     data = read_lock(path)
-    table = tool_table(data)
+    table = recorded_table(path) if records else tool_table(data)
     recorded = table.get("profile", {}).get("name")
     if recorded and recorded != profile:
         raise ProvisionError(

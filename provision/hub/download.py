@@ -74,6 +74,7 @@ class DownloadResult:
     cache_dir: Path  # HF_HUB_CACHE or MODELSCOPE_CACHE
     snapshot: Path  # the folder holding the files (what from_pretrained reads)
     lock_file: Path | None = None
+    record_file: Path | None = None  # where the record went: the lock, or this machine's record
     seconds: float = 0.0
     probes: list[dict[str, Any]] = field(default_factory=list)
     fallbacks: list[dict[str, str]] = field(default_factory=list)  # sources that failed first
@@ -122,6 +123,7 @@ class DownloadResult:
             "cache_dir": str(self.cache_dir),
             "snapshot": str(self.snapshot),
             "lock_file": str(self.lock_file) if self.lock_file else None,
+            "record_file": str(self.record_file) if self.record_file else None,
             "seconds": round(self.seconds, 3),
             "probes": self.probes,
             "fallbacks": self.fallbacks,
@@ -135,11 +137,11 @@ class DownloadResult:
 def model_record(lock_file: Path, record_under: Sequence[str] = ()) -> dict[str, Any] | None:
     """`[tool.provision.model]` of a lockfile (`[tool.provision.<record_under...>.model]`: one
     member's in a direction's shared lock), or None when the file or the section is absent."""
-    from provision.lock.lockfile import read_lock, tool_table
+    from provision.lock.lockfile import recorded_table
 
     if not Path(lock_file).exists():
         return None
-    table: Any = tool_table(read_lock(lock_file))
+    table: Any = recorded_table(lock_file)
     for part in record_under:
         table = table.get(part, {}) if isinstance(table, dict) else {}
     record = table.get("model") if isinstance(table, dict) else None
@@ -180,22 +182,25 @@ def download_profile(
     ms_cache: Path | None = None,
     workers: int | None = None,
     record: bool = True,
-    record_under: Sequence[str] = (),
+    record_under: Sequence[str] | None = None,
+    into_lock: bool | None = None,
     rehash: bool = False,
 ) -> DownloadResult:
     """Fetch `profile`'s weights into the Hugging Face (or ModelScope) cache and record them.
 
     `source`: auto, hf, hf-mirror, modelscope, an HF-compatible URL, modelscope:URL, or a folder.
     The cache is HF_HUB_CACHE / HF_HOME/hub (MODELSCOPE_CACHE for ModelScope), else the data
-    disk's (see provision.settings). The record goes to `lock_file` (default: the profile's lock),
-    in `[tool.provision.model]`, or `[tool.provision.<record_under...>.model]` when several
-    profiles share the lock (a direction records each member under ("members", name)).
+    disk's (see provision.settings). The record is for `lock_file` (default: the profile's lock
+    as `find_lock` finds it), in `[tool.provision.model]`, or
+    `[tool.provision.<record_under...>.model]` when several profiles share the lock (default:
+    ("members", name) in a direction's lock). It goes into the lock itself when `into_lock`
+    (default: when `lock_file` was given), else into this machine's record (lockfile.record).
 
     A cached file is reused when its hash is right: checked cheaply against the size and mtime
     stamped when it was placed (see stamps.py), in full when those differ or with `rehash`; a
     file with wrong bytes is fetched again.
     """
-    from provision.lock.lockfile import check_lock_name, lock_path
+    from provision.lock.lockfile import check_lock_name, find_lock, member_path
     from provision.settings import autodl_notes, hf_hub_cache, modelscope_cache
 
     started = time.monotonic()
@@ -203,8 +208,12 @@ def download_profile(
         if asked:
             check_revision(asked)  # before any request: it becomes a file name in the cache
     includes, excludes = _patterns(include), _patterns(exclude)
-    lock = Path(lock_file) if lock_file else lock_path(profile.name)
+    lock = Path(lock_file) if lock_file else find_lock(profile.name)
     check_lock_name(lock)  # the record goes into it: a PEP 751 name, as `provision lock` writes
+    if into_lock is None:
+        into_lock = lock_file is not None
+    if record_under is None:
+        record_under = member_path(lock, profile.name)
     pinned = model_record(lock, record_under)
     if pinned and pinned["repo_id"] not in (profile.hf_repo, profile.modelscope_repo):
         pinned = None  # the profile moved to another repository: the old pin does not apply
@@ -274,7 +283,7 @@ def download_profile(
     result.include, result.exclude = includes, excludes
     result.notes.extend(autodl_notes())
     if record:
-        _record(lock, result.record(), record_under)
+        result.record_file = _record(lock, result.record(), record_under, into_lock)
         result.lock_file = lock
     result.seconds = time.monotonic() - started
     return result
@@ -284,9 +293,12 @@ def download_profile(
 RECORD_KEYS = ("source", "endpoint", "repo_id", "revision", "commit", "include", "exclude", "files")
 
 
-def _record(lock: Path, record: dict[str, Any], record_under: Sequence[str] = ()) -> None:
-    """Write the model record into the lock, atomically, keeping keys other stages put there."""
-    from provision.lock.lockfile import update_lock
+def _record(
+    lock: Path, record: dict[str, Any], record_under: Sequence[str] = (), into_lock: bool = False
+) -> Path:
+    """Write the model record for the lock (lockfile.record: into it, or this machine's record),
+    atomically, keeping keys other stages put there; returns the file written."""
+    from provision.lock.lockfile import record as record_into
 
     def change(data: dict[str, Any]) -> None:
         table = data.setdefault("tool", {}).setdefault("provision", {})
@@ -298,7 +310,7 @@ def _record(lock: Path, record: dict[str, Any], record_under: Sequence[str] = ()
         )
         table["model"] = {**kept, **record}
 
-    update_lock(lock, change)
+    return record_into(lock, change, into_lock=into_lock)
 
 
 def _pinned_revision(pinned: dict[str, Any] | None, kind: str) -> str | None:

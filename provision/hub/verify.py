@@ -84,7 +84,7 @@ def verify_profile(
     *,
     hf_cache: Path | None = None,
     ms_cache: Path | None = None,
-    record_under: tuple[str, ...] = (),
+    record_under: tuple[str, ...] | None = None,
     hashes: bool = True,
 ) -> VerifyResult:
     """Check every file the lock records: present, right size, right sha256 (read in full).
@@ -92,15 +92,17 @@ def verify_profile(
     `hashes=False` is the cheap check a re-run of setup makes before it trusts a download it
     finished earlier: a file unchanged (size and mtime) since provision stamped it with the
     recorded sha256 passes unread; any other file is hashed in full (see stamps.py)."""
-    from provision.lock.lockfile import lock_path
+    from provision.lock.lockfile import find_lock, member_path
     from provision.settings import hf_hub_cache, modelscope_cache
 
-    lock = Path(lock_file) if lock_file else lock_path(profile.name)
+    lock = Path(lock_file) if lock_file else find_lock(profile.name)
     if not lock.exists():
         raise ProvisionError(
             f"Lockfile {lock} does not exist.",
             f"Run `provision download {profile.name}` first, or pass --lock FILE.",
         )
+    if record_under is None:
+        record_under = member_path(lock, profile.name)
     record = model_record(lock, record_under)
     if record is None or not record.get("files"):
         raise ProvisionError(

@@ -28,7 +28,13 @@ from provision.errors import ProvisionError
 from provision.hardware.driver import DriverFacts, driver_facts
 from provision.hardware.machine import Machine
 from provision.lock.indexes import Index, IndexConfig, index_config
-from provision.lock.lockfile import LOCK_DIR_ENV, check_lock_name, lock_path, tool_table
+from provision.lock.lockfile import (
+    LOCK_DIR_ENV,
+    check_lock_name,
+    find_lock,
+    lock_path,
+    tool_table,
+)
 from provision.lock.resolve import (
     DEFAULT_PLATFORM,
     RequirementSet,
@@ -98,31 +104,7 @@ class LockResult:
 
     def explain(self) -> list[str]:
         """The whole decision, in the order it was taken."""
-        plan = self.plan
-        lines = ["Driver: " + self.facts.describe()]
-        if self.facts.looked_at:
-            lines.append("  looked at: " + ", ".join(self.facts.looked_at))
-        lines.append("Variant choice:")
-        lines += [f"  {step}" for step in plan.choice.steps]
-        rule = plan.choice.rule
-        label = f"rule {rule}" if rule.isdigit() else rule
-        lines.append(f"  chosen: {plan.variant} ({label}: {plan.choice.reason})")
-        for warning in plan.choice.warnings:
-            lines.append(f"  warning: {warning}")
-        for rewrite in plan.rewrites:
-            lines.append(f"  rewrite: {rewrite}")
-        lines.append(
-            f"torch family ({', '.join(plan.routed) or 'torch'}) only from "
-            f"{Index('t', plan.index.url, '').public_url} [{plan.index.route}]"
-        )
-        indexes = self.table["indexes"]
-        lines.append(f"Other packages: {indexes['default']} ({indexes['default_from']})")
-        for extra in indexes["extra"]:
-            lines.append(f"  extra index {extra['url']} ({extra['from']})")
-        for link in indexes["find_links"]:
-            lines.append(f"  find-links {link['location']} ({link['from']})")
-        lines.append(f"  index strategy: {indexes['strategy']}")
-        lines.append("Requirements: " + ", ".join(plan.requirements))
+        lines = decision_lines(self.facts, self.plan, self.table["indexes"])
         lines.append(f"Resolved by: {redact_text(' '.join(self.resolution.command))}")
         lines += [f"  {note}" for note in self.resolution.notes]
         target = self.table["target"]
@@ -139,6 +121,35 @@ class LockResult:
             lines.append("Kept from the previous lock: " + ", ".join(self.kept))
         lines.append(self.summary())
         return lines
+
+
+def decision_lines(facts: DriverFacts, plan: TorchPlan, indexes: Mapping[str, Any]) -> list[str]:
+    """What was decided before uv ran: driver, variant, indexes, requirements. `--explain`
+    prints these also when the resolution fails, since its error says to run --explain."""
+    lines = ["Driver: " + facts.describe()]
+    if facts.looked_at:
+        lines.append("  looked at: " + ", ".join(facts.looked_at))
+    lines.append("Variant choice:")
+    lines += [f"  {step}" for step in plan.choice.steps]
+    rule = plan.choice.rule
+    label = f"rule {rule}" if rule.isdigit() else rule
+    lines.append(f"  chosen: {plan.variant} ({label}: {plan.choice.reason})")
+    for warning in plan.choice.warnings:
+        lines.append(f"  warning: {warning}")
+    for rewrite in plan.rewrites:
+        lines.append(f"  rewrite: {rewrite}")
+    lines.append(
+        f"torch family ({', '.join(plan.routed) or 'torch'}) only from "
+        f"{Index('t', plan.index.url, '').public_url} [{plan.index.route}]"
+    )
+    lines.append(f"Other packages: {indexes['default']} ({indexes['default_from']})")
+    for extra in indexes["extra"]:
+        lines.append(f"  extra index {extra['url']} ({extra['from']})")
+    for link in indexes["find_links"]:
+        lines.append(f"  find-links {link['location']} ({link['from']})")
+    lines.append(f"  index strategy: {indexes['strategy']}")
+    lines.append("Requirements: " + ", ".join(plan.requirements))
+    return lines
 
 
 # --- building the [tool.provision] table (profile and direction locks alike) -----------------
@@ -408,14 +419,18 @@ def lock_profile(
     )
     path = Path(output) if output else lock_path(prof.name, lock_dir, task)
     check_lock_name(path)
-    resolution = resolve(
-        [rset],
-        python,
-        config,
-        [route],
-        platform=platform,
-        previous=None if upgrade else path,
-    )
+    try:
+        resolution = resolve(
+            [rset],
+            python,
+            config,
+            [route],
+            platform=platform,
+            previous=None if upgrade else path,
+        )
+    except ProvisionError as exc:
+        exc.explain_lines = decision_lines(facts, plan, indexes_table(plan, config))  # type: ignore[attr-defined]
+        raise
 
     table: dict[str, Any] = {
         "tool-version": __version__,
@@ -445,6 +460,19 @@ def lock_profile(
     return LockResult(
         path, prof.name, task, python, platform, facts, plan, config, resolution, table, kept
     )
+
+
+def kept_variant(lock: str | os.PathLike[str] | None) -> str | None:
+    """The torch build a re-lock of `lock` keeps unless told otherwise: "pypi" for a lock of
+    PyPI's build, else its recorded variant (cu124, cpu...); None without a readable lock."""
+    if lock is None or not Path(lock).is_file():
+        return None
+    previous = read_previous(Path(lock))
+    target = tool_table(previous).get("target", {}) if previous else {}
+    if target.get("route") == "pypi":
+        return "pypi"
+    variant = target.get("variant")
+    return str(variant) if variant else None
 
 
 def builtin_lock_dir(explicit: str | os.PathLike[str] | None = None) -> Path:
@@ -548,7 +576,7 @@ def check_lock(
 ) -> CheckResult:
     """Is the lock still what its profile asks for? Reads files only: no network, no uv."""
     prof = profile if isinstance(profile, Profile) else load_profile(profile, profiles_dir)
-    lock = Path(path) if path else lock_path(prof.name, lock_dir, task)
+    lock = Path(path) if path else find_lock(prof.name, lock_dir, task)
     reasons = stale_reasons(prof, task, lock)
     return CheckResult(prof.name, task, lock, not reasons, reasons)
 

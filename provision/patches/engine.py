@@ -66,9 +66,9 @@ def sha256_bytes(data: bytes) -> str:
 def _records(lock_file: Path | None) -> list[dict[str, Any]]:
     if lock_file is None:
         return []
-    from provision.lock.lockfile import read_lock, tool_table
+    from provision.lock.lockfile import recorded_table
 
-    return list(tool_table(read_lock(lock_file)).get("fixes", {}).get("files", []))
+    return list(recorded_table(lock_file).get("fixes", {}).get("files", []))
 
 
 def _record_for(fix: Fix, version: str, records: list[dict[str, Any]]) -> dict[str, Any] | None:
@@ -82,9 +82,12 @@ def _record_for(fix: Fix, version: str, records: list[dict[str, Any]]) -> dict[s
     return None
 
 
-def _store_record(lock_file: Path, fix: Fix, record: dict[str, Any] | None) -> None:
-    """Put (or, with None, drop) this fix's record; the lock is not rewritten if nothing changes."""
-    from provision.lock.lockfile import update_lock
+def _store_record(
+    lock_file: Path, fix: Fix, record: dict[str, Any] | None, into_lock: bool = False
+) -> None:
+    """Put (or, with None, drop) this fix's record; nothing is rewritten if nothing changes.
+    Into the lock with `into_lock`, else this machine's record (lockfile.record)."""
+    from provision.lock.lockfile import record as record_into
 
     current = [
         r for r in _records(lock_file) if r.get("fix") == fix.id and r.get("file") == fix.file
@@ -106,7 +109,7 @@ def _store_record(lock_file: Path, fix: Fix, record: dict[str, Any] | None) -> N
         else:
             fixes.pop("files", None)
 
-    update_lock(lock_file, change, create=False)
+    record_into(lock_file, change, into_lock=into_lock, create=False)
 
 
 # --- looking at one fix in one environment ---------------------------------------------------
@@ -269,21 +272,27 @@ def _writable(path: Path, doing: str) -> ProvisionError:
     )
 
 
-def _apply_one(fix: Fix, python: Path, lock_file: Path | None) -> FixResult:
+def _apply_one(
+    fix: Fix, python: Path, lock_file: Path | None, into_lock: bool = False
+) -> FixResult:
     try:
-        return _apply_locked(fix, python, lock_file)
+        return _apply_locked(fix, python, lock_file, into_lock)
     except PermissionError as exc:
         raise _writable(Path(exc.filename or fix.file), "patch") from exc
 
 
-def _revert_one(fix: Fix, python: Path, lock_file: Path | None) -> FixResult:
+def _revert_one(
+    fix: Fix, python: Path, lock_file: Path | None, into_lock: bool = False
+) -> FixResult:
     try:
-        return _revert_locked(fix, python, lock_file)
+        return _revert_locked(fix, python, lock_file, into_lock)
     except PermissionError as exc:
         raise _writable(Path(exc.filename or fix.file), "restore") from exc
 
 
-def _apply_locked(fix: Fix, python: Path, lock_file: Path | None) -> FixResult:
+def _apply_locked(
+    fix: Fix, python: Path, lock_file: Path | None, into_lock: bool = False
+) -> FixResult:
     records = _records(lock_file)
     seen = _look(fix, python, records)
     result = seen.result
@@ -322,12 +331,14 @@ def _apply_locked(fix: Fix, python: Path, lock_file: Path | None) -> FixResult:
         result.original_sha256 = sha256_bytes(original)
         result.patched_sha256 = sha256_bytes(current)
         if lock_file is not None:
-            _store_record(lock_file, fix, _record(fix, seen, original, current))
+            _store_record(lock_file, fix, _record(fix, seen, original, current), into_lock)
             result.recorded = True
     return result
 
 
-def _revert_locked(fix: Fix, python: Path, lock_file: Path | None) -> FixResult:
+def _revert_locked(
+    fix: Fix, python: Path, lock_file: Path | None, into_lock: bool = False
+) -> FixResult:
     records = _records(lock_file)
     seen = _look(fix, python, records)
     if seen.result.state == NOT_APPLICABLE:
@@ -372,7 +383,7 @@ def _revert_locked(fix: Fix, python: Path, lock_file: Path | None) -> FixResult:
             result.original_sha256 = result.sha256
             result.backup = None
         if lock_file is not None:
-            _store_record(lock_file, fix, None)
+            _store_record(lock_file, fix, None, into_lock)
         result.recorded = False
     return result
 
@@ -432,8 +443,10 @@ def apply_fixes(
     fix_ids: list[str] | None,
     lock_file: Path | None = None,
     verify_fixes: bool = False,
+    into_lock: bool = False,
 ) -> list[FixResult]:
-    """Apply each fix (idempotent); record the hashes in `lock_file` when given.
+    """Apply each fix (idempotent); record the hashes for `lock_file` when given (into it with
+    `into_lock`, else this machine's record: lockfile.record).
 
     A file that matches no known form raises ProvisionError naming the file, version and what was
     expected; fixes before it stay applied (each is complete on its own).
@@ -441,7 +454,7 @@ def apply_fixes(
     lock = Path(lock_file) if lock_file else None
     out = []
     for fix in _selected(fix_ids, lock):
-        result = _apply_one(fix, Path(python), lock)
+        result = _apply_one(fix, Path(python), lock, into_lock)
         if verify_fixes and result.state == PATCHED:
             result.check = verify(fix, Path(python))
         out.append(result)
@@ -449,8 +462,11 @@ def apply_fixes(
 
 
 def revert_fixes(
-    python: Path, fix_ids: list[str] | None, lock_file: Path | None = None
+    python: Path,
+    fix_ids: list[str] | None,
+    lock_file: Path | None = None,
+    into_lock: bool = False,
 ) -> list[FixResult]:
     """Put back the released files, byte for byte, and drop the lockfile's records."""
     lock = Path(lock_file) if lock_file else None
-    return [_revert_one(fix, Path(python), lock) for fix in _selected(fix_ids, lock)]
+    return [_revert_one(fix, Path(python), lock, into_lock) for fix in _selected(fix_ids, lock)]

@@ -111,6 +111,7 @@ class SmokeResult:
     at: str
     lock_file: Path | None = None
     log_tail: str = ""
+    not_recorded: str | None = None  # why the result was not recorded for lock_file
 
     @property
     def summary(self) -> str:
@@ -161,6 +162,7 @@ class SmokeResult:
             "wall_seconds": self.wall_seconds,
             "at": self.at,
             "lock_file": str(self.lock_file) if self.lock_file else None,
+            "not_recorded": self.not_recorded,
             "log_tail": self.log_tail,
         }
 
@@ -170,7 +172,16 @@ class SmokeResult:
             k: v
             for k, v in self.to_json().items()
             if k
-            not in ("python", "lock_file", "log_tail", "modes", "error", "profile", "next_step")
+            not in (
+                "python",
+                "lock_file",
+                "not_recorded",
+                "log_tail",
+                "modes",
+                "error",
+                "profile",
+                "next_step",
+            )
         }
         out["modes"] = {name: mode.record() for name, mode in self.modes.items()}
         if self.error:
@@ -232,6 +243,33 @@ def _locate(
         revision = record.get("commit") or record.get("revision")
         return {"repo_id": record["repo_id"], "revision": revision, "path": None}, "hf-cache"
     return {"repo_id": profile.hf_repo, "revision": profile.revision, "path": None}, "hf-cache"
+
+
+# Stacks whose own code the smoke runner cannot drive. The original LLaVA code (llava-torch)
+# loads its checkpoint with its own builder and fetches the CLIP tower at load time; the smoke
+# loads through transformers, which does not read that format. Value: the profile to smoke
+# instead (same weights, transformers format) and why.
+NO_SMOKE_BACKEND = {
+    "llava": (
+        "llava-1.5-7b-hf",
+        "the original LLaVA format (stack llava) needs the LLaVA code's own loader, and that "
+        "loader fetches the CLIP tower (openai/clip-vit-large-patch14-336) at load time, "
+        "outside the pinned download",
+    )
+}
+
+
+def _refuse_without_backend(profile: Profile) -> None:
+    try:
+        stack = profile.task("infer").stack
+    except ProvisionError:
+        return
+    if stack in NO_SMOKE_BACKEND:
+        instead, why = NO_SMOKE_BACKEND[stack]
+        raise ProvisionError(
+            f"{profile.name} has no smoke backend: {why}.",
+            f"Smoke the transformers conversion of the same weights: `provision smoke {instead}`.",
+        )
 
 
 def _backend(profile: Profile) -> str:
@@ -301,8 +339,9 @@ def run_smoke(
     modes: tuple[str, ...] = MODES,
     max_new_tokens: int | None = None,
     target: str | None = None,
-    record_under: Sequence[str] = (),
+    record_under: Sequence[str] | None = None,
     hub_cache: Path | None = None,
+    into_lock: bool = False,
 ) -> SmokeResult:
     """Run the profile's smoke inference with `python` (the target environment's interpreter).
 
@@ -315,9 +354,16 @@ def run_smoke(
     recorded in its [tool.provision.smoke] (`[tool.provision.<record_under...>.smoke]`, and the
     weights read from the model record there, for one member of a direction's shared lock).
     `target` is how the user named the environment (e.g. "--env /root/envs/x"), used in
-    next-step commands.
+    next-step commands. The record goes into the lock only with `into_lock`, else into this
+    machine's record (lockfile.record); a smoke from an environment whose packages are not the
+    lock's is not recorded at all (`not_recorded` says why).
     """
     python = _check_python(python)
+    _refuse_without_backend(profile)
+    if record_under is None:
+        from provision.lock.lockfile import member_path
+
+        record_under = member_path(lock_file, profile.name) if lock_file is not None else ()
     model, location = _locate(profile, lock_file, hf_home, record_under)
     smoke = profile.smoke
     request = {
@@ -358,18 +404,50 @@ def run_smoke(
     }
     result = _result(profile, python, model, location, request, report, context, wall, log_tail)
     if lock_file is not None:
-        record_smoke(Path(lock_file), profile.name, result.record(), record_under)
         result.lock_file = Path(lock_file)
+        result.not_recorded = not_the_locks_env(Path(lock_file), result.versions)
+        if result.not_recorded is None:
+            record_smoke(Path(lock_file), profile.name, result.record(), record_under, into_lock)
     return result
 
 
+def not_the_locks_env(lock_file: Path, versions: dict[str, str]) -> str | None:
+    """Why a smoke that saw `versions` (package -> version, from the environment) is not a
+    result for `lock_file`, or None when every package it saw is at the locked version."""
+    if not lock_file.exists():
+        return None
+    from provision.lock.reader import lock_info
+
+    try:
+        info = lock_info(lock_file)
+    except ProvisionError:
+        return None  # not a full lock yet (an empty one a stage created): nothing to compare
+    differ = []
+    for name, have in sorted(versions.items()):
+        locked = info.version_of(name)
+        if locked and have and locked.split("+", 1)[0] != str(have).split("+", 1)[0]:
+            differ.append(f"{name} {have} (locked {locked})")
+    if not differ:
+        return None
+    return (
+        f"not recorded for {lock_file.name}: the environment is not the lock's ("
+        + ", ".join(differ)
+        + ")"
+    )
+
+
 def record_smoke(
-    lock_file: Path, profile_name: str, record: dict[str, Any], record_under: Sequence[str] = ()
-) -> None:
+    lock_file: Path,
+    profile_name: str,
+    record: dict[str, Any],
+    record_under: Sequence[str] = (),
+    into_lock: bool = False,
+) -> Path:
     """`[tool.provision.smoke]` = the record; in a research direction's lock (whose profile
     section names the direction, not this model) `[tool.provision.smoke.<profile>]`, so each
-    member's result stays; with `record_under`, `[tool.provision.<record_under...>.smoke]`."""
-    from provision.lock.lockfile import update_lock
+    member's result stays; with `record_under`, `[tool.provision.<record_under...>.smoke]`.
+    Into the lock with `into_lock`, else this machine's record; returns the file written."""
+    from provision.lock.lockfile import record as record_into
 
     def change(data: dict[str, Any]) -> None:
         table = data.setdefault("tool", {}).setdefault("provision", {})
@@ -388,7 +466,7 @@ def record_smoke(
         else:
             table["smoke"] = record
 
-    update_lock(lock_file, change)
+    return record_into(lock_file, change, into_lock=into_lock)
 
 
 def _no_report(code: int | None, timeout: float, log_tail: str) -> dict[str, Any]:

@@ -183,8 +183,12 @@ def test_concurrent_setups_make_one_environment_and_both_smokes_pass(pair):
 
 
 def test_lock_records_each_members_weights_fixes_and_smoke(pair):
+    from provision.lock.lockfile import recorded_table
+
     lock = pair.dirs.locks / "pylock.direction-tiny-pair.toml"
-    table = tool(lock)
+    # The stages recorded into this machine's record (the lock is not rewritten): read with it.
+    assert all("commit" not in m.get("model", {}) for m in tool(lock)["members"].values())
+    table = recorded_table(lock, pair.dirs.data)
     for name, (repo_id, _kind, _extra) in PAIR_MEMBERS.items():
         member = table["members"][name]
         assert member["model"]["repo_id"] == repo_id

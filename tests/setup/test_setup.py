@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from provision.lock.lockfile import read_lock, tool_table
+from provision.lock.lockfile import read_lock, recorded_table, tool_table
 from provision.uv import uv_bin
 from tests.cli_helpers import run_cli, run_json
 from tests.envs.helpers import torch_wheel_dir
@@ -64,7 +64,10 @@ def test_setup_every_stage_then_rebuild_from_the_lock(setup_world):
     assert all(
         (w.get("hashes") or {}).get("sha256") for p in data["packages"] for w in p.get("wheels", [])
     )
-    table = tool_table(data)
+    # What the stages recorded is in this machine's record, seen with the lock; the lock
+    # itself keeps what the lock stage wrote (no commit, no smoke: nothing rewritten).
+    assert "commit" not in tool_table(data)["model"] and not tool_table(data)["smoke"]
+    table = recorded_table(lock)
     assert table["model"]["commit"] == setup_world["commit"]
     assert table["model"]["files"] and all(f["sha256"] for f in table["model"]["files"])
     assert table["smoke"]["ok"] is True

@@ -102,3 +102,10 @@ def _child_bytecode(monkeypatch: pytest.MonkeyPatch) -> None:
     # recompiles torch and transformers (~10 s). Kept outside the environments under test.
     monkeypatch.delenv("PYTHONDONTWRITEBYTECODE", raising=False)
     monkeypatch.setenv("PYTHONPYCACHEPREFIX", str(pycache_dir()))
+
+
+@pytest.fixture(autouse=True)
+def _records_in_tmp(tmp_path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """What a smoke records for an existing lock goes to this machine's record on the data
+    disk (provision.lock.lockfile.record): keep that disk under the test's tmp_path."""
+    monkeypatch.setenv("PROVISION_DATA_DIR", str(tmp_path / "data"))

@@ -274,8 +274,8 @@ def test_a_direction_lock_keeps_each_member_s_smoke(tmp_path: Path) -> None:
 
     lock = tmp_path / "pylock.grounding.toml"
     set_tool_section(lock, "profile", {"name": "grounding"})  # a direction, not one model
-    record_smoke(lock, "qwen2-vl-2b", {"ok": True, "answer": "a cat"})
-    record_smoke(lock, "llava-1.5-7b-hf", {"ok": False, "error": {"type": "X"}})
+    record_smoke(lock, "qwen2-vl-2b", {"ok": True, "answer": "a cat"}, into_lock=True)
+    record_smoke(lock, "llava-1.5-7b-hf", {"ok": False, "error": {"type": "X"}}, into_lock=True)
     smoke = tool_table(read_lock(lock))["smoke"]
     assert smoke == {
         "qwen2-vl-2b": {"ok": True, "answer": "a cat"},
@@ -283,8 +283,10 @@ def test_a_direction_lock_keeps_each_member_s_smoke(tmp_path: Path) -> None:
     }
     single = tmp_path / "pylock.qwen2-vl-2b.toml"
     set_tool_section(single, "profile", {"name": "qwen2-vl-2b"})
-    record_smoke(single, "qwen2-vl-2b", {"ok": True})
-    record_smoke(single, "qwen2-vl-2b", {"ok": False})  # a re-run replaces the result
+    record_smoke(single, "qwen2-vl-2b", {"ok": True}, into_lock=True)
+    record_smoke(
+        single, "qwen2-vl-2b", {"ok": False}, into_lock=True
+    )  # a re-run replaces the result
     assert tool_table(read_lock(single))["smoke"] == {"ok": False}
 
 
