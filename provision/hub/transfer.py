@@ -224,7 +224,10 @@ class Fetcher:
         with self._lock:
             folders, self.folders = sorted(self.folders), set()
         for folder in folders:
-            dir_fd = os.open(folder, os.O_RDONLY)
+            try:
+                dir_fd = os.open(folder, os.O_RDONLY)
+            except FileNotFoundError:
+                continue  # removed since (a cache cleared meanwhile): nothing left to make durable
             try:
                 os.fsync(dir_fd)
             finally:
