@@ -554,9 +554,20 @@ def _uv_error(stderr: str, lines: int = 8) -> str:
         for line in stderr.splitlines()
         if line.strip()
         and not line.startswith(("warning:", "Using Python", "Using CPython", "Resolved"))
+        and not line.strip().startswith(_PROGRESS)
     ]
-    text = " | ".join(keep[:lines])
+    # The error comes last: a disk that fills mid-install prints many "Downloading" lines first.
+    errors = [i for i, line in enumerate(keep) if line.startswith(("error:", "Caused by:"))]
+    start = errors[0] if errors else max(0, len(keep) - lines)
+    text = " | ".join(keep[start : start + lines])
     return text or "no output"
+
+
+# uv's progress lines: never the cause of a failure.
+_PROGRESS = (
+    "Downloading", "Downloaded", "Prepared", "Installed", "Uninstalled", "Audited", "Building",
+    "Built", "Checked", "Using cached",
+)  # fmt: skip
 
 
 def _explain_sync_failure(stderr: str, data: dict[str, Any], lock_file: Path) -> ProvisionError:
@@ -583,6 +594,12 @@ def _explain_sync_failure(stderr: str, data: dict[str, Any], lock_file: Path) ->
         pkg, ver = files.get(name, ("?", "?"))
         return ProvisionError(
             f"{pkg} {ver}: the lock points at {missing.group(1)}, which does not exist.", hint
+        )
+    if "No space left on device" in stderr or "Disk quota exceeded" in stderr:
+        return ProvisionError(
+            f"The disk filled up while uv installed {lock_file}: {_uv_error(stderr, 4)}",
+            "Free space where the environment and uv's cache live (UV_CACHE_DIR), or put them "
+            "on a bigger disk; what was installed so far is reused on the next run.",
         )
     failed = re.search(r"Failed to (?:download|fetch) `([^`]+)`", stderr)
     if any(sign in stderr for sign in ("Hash mismatch", "but the lockfile records", "Bad CRC")):
@@ -645,9 +662,15 @@ def _sync(
     folders = _local_folders(links)
     args = [*SYNC_ARGS, "--output-format", "json"]
     args += ["--python", str(python)]
-    for link in links:  # pip skips a missing folder with a warning; uv would stop, so skip it
-        if "://" in link and not link.startswith("file:") or Path(link).is_dir():
-            args += ["--find-links", link]
+    from provision.secrets import find_links_args
+
+    usable = [  # pip skips a missing folder with a warning; uv would stop, so skip it
+        link
+        for link in links
+        if "://" in link and not link.startswith("file:") or Path(link).is_dir()
+    ]
+    link_env: dict[str, str] = {}  # a password in a find-links URL goes to uv here, not in argv
+    args += find_links_args(usable, link_env)
     if offline:
         args.append("--offline")
     with tempfile.TemporaryDirectory(prefix="provision-lock-") as tmp:
@@ -665,7 +688,7 @@ def _sync(
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,
-            env={**os.environ, **_UV_ENV},
+            env={**os.environ, **_UV_ENV, **link_env},
             start_new_session=True,  # its own group: stopping it stops the builds it started
         )
         try:

@@ -209,18 +209,18 @@ def suggest(
 
     if have_gpu:
         if req.batch > 1:
-            for batch in range(req.batch - 1, 0, -1):
-                ok, need = fits(replace(asked, batch=batch))
-                if ok:
-                    out.append(
-                        Suggestion(
-                            "batch",
-                            f"--batch {batch} (largest batch that fits)",
-                            need,
-                            {"batch": batch},
-                        )
+            # Memory grows with the batch: a bisection, not a walk down from the batch asked.
+            found = _largest(lambda n: fits(replace(asked, batch=n)), 1, req.batch - 1)
+            if found:
+                batch, need = found
+                out.append(
+                    Suggestion(
+                        "batch",
+                        f"--batch {batch} (largest batch that fits)",
+                        need,
+                        {"batch": batch},
                     )
-                    break
+                )
         paged = stacks()[req.stack or "transformers"]["kind"] == "paged"
         if req.task == "infer" and paged and req.context:
             best = _largest(lambda n: fits(replace(asked, context=n)), 1024, req.context)

@@ -56,6 +56,15 @@ class FitRequest:
     attention: str = "sdpa"
     memory_fraction: float | None = None  # share of the card the stack may use
 
+    def __post_init__(self) -> None:
+        from provision.bounds import check_bound
+
+        for name in (
+            "batch", "seq", "images", "image_tokens", "context", "zero", "lora_rank",
+            "memory_fraction",
+        ):  # fmt: skip
+            check_bound(name, getattr(self, name))
+
     def to_json(self) -> dict[str, Any]:
         return dict(self.__dict__)
 

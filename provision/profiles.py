@@ -262,7 +262,15 @@ def _check_semantics(data: dict[str, Any], path: Path) -> None:
     dtype = data["weights"]["dtype"]
     if dtype not in DTYPE_BYTES:
         raise ProfileError(path, "weights.dtype", f"{dtype!r} is not one of {sorted(DTYPE_BYTES)}")
+    for key in ("bytes", "download_bytes"):  # 0 bytes of weights "fits" anything
+        if key in data["weights"] and data["weights"][key] <= 0:
+            raise ProfileError(path, f"weights.{key}", "must be positive")
     params = data["params"]
+    for key in ("total", "language"):
+        if params[key] <= 0:
+            raise ProfileError(path, f"params.{key}", "must be positive")
+    if params["vision"] < 0:
+        raise ProfileError(path, "params.vision", "must not be negative")
     if params["vision"] + params["language"] > params["total"] * 1.01:
         raise ProfileError(path, "params", "vision + language exceed total by more than 1%")
     text = data["text"]

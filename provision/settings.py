@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from provision.atomic import atomic_write_text, file_lock
+from provision.atomic import atomic_write_bytes, file_lock
 
 BLOCK_BEGIN = "# >>> provision hub environment >>>"
 BLOCK_END = "# <<< provision hub environment <<<"
@@ -178,8 +178,12 @@ def replace_block(text: str, block: str) -> str:
 def write_block(path: Path, env: dict[str, str], shell: str) -> Path:
     """Write `env` into `path`'s marked block, atomically and under a lock."""
     with file_lock(str(path) + ".provision.lock"):
-        old = path.read_text(encoding="utf-8") if path.exists() else ""
-        atomic_write_text(path, replace_block(old, render_exports(env, shell)))
+        # A symlinked rc file (a dotfiles checkout) is written through the link, not replaced by
+        # a regular file; bytes that are not UTF-8 (a Latin-1 comment) go back out unchanged.
+        target = Path(os.path.realpath(path))
+        old = target.read_bytes().decode("utf-8", "surrogateescape") if target.exists() else ""
+        new = replace_block(old, render_exports(env, shell))
+        atomic_write_bytes(target, new.encode("utf-8", "surrogateescape"))
     return path
 
 
@@ -214,7 +218,16 @@ def apply_environment(env: dict[str, str]) -> list[str]:
 
     huggingface_hub copies HF_HOME / HF_ENDPOINT into its constants at import: if it is loaded
     already with other values, the new ones take effect only in a new process.
+    An endpoint already set with credentials stays as it is when `env` names the same URL
+    without them (what is written down never holds them; this process still needs them).
     """
+    from provision.secrets import public
+
+    env = {
+        k: v
+        for k, v in env.items()
+        if not (k.endswith("_ENDPOINT") and os.environ.get(k) and public(os.environ[k]) == v)
+    }
     os.environ.update(env)
     warnings = []
     constants = sys.modules.get("huggingface_hub.constants")

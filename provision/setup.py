@@ -459,6 +459,7 @@ class _Runner:
                 self.options.source,
                 lock_file=self.lock,
                 record_under=self._record_under(profile),
+                rehash="weights" in self.options.force,  # --force weights: hash every file
             )
             outputs[profile.name] = got.to_json()
             details.append(

@@ -85,6 +85,9 @@ def _bad(tmp_path: Path, old: str, new: str) -> Path:
         ('dtype = "bfloat16"', 'dtype = "bf16"', "weights.dtype", "is not one of"),
         ('"torch==2.6.0",', '"torch>=2.6",', "tasks.infer.packages", "exact pin for torch"),
         ('stack = "transformers"', 'stack = "ollama"', "tasks.infer.stack", "is not one of"),
+        # issue 11: zero bytes of weights "fit" anything
+        ("bytes = 4417971200", "bytes = 0", "weights.bytes", "must be positive"),
+        ("total = 2208985600", "total = 0", "params.total", "must be positive"),
     ],
 )
 def test_bad_profile_names_file_key_and_reason(tmp_path, old, new, key, reason):

@@ -212,3 +212,23 @@ def test_secret_names_are_whole_words():
         assert SECRET_NAMES.search(name), name
     for name in ("TOKENIZERS_PARALLELISM", "AUTHOR", "OAUTHLIB_INSECURE", "HF_HOME", "SECRETARY"):
         assert not SECRET_NAMES.search(name), name
+
+
+def test_persist_writes_through_a_symlinked_rc_and_keeps_non_utf8_bytes(clean_env, tmp_path):
+    """Issue 11, item 9: a dotfiles ~/.bashrc link became a regular file; Latin-1 bytes crashed."""
+    home = tmp_path / "home"
+    dotfiles = tmp_path / "dotfiles"
+    dotfiles.mkdir()
+    original = b"# caf\xe9 (latin-1)\nalias ll='ls -l'\n"
+    (dotfiles / "bashrc").write_bytes(original)
+    (home / ".bashrc").symlink_to(dotfiles / "bashrc")
+    proc = run_cli("env", "--source", "hf-mirror", "--shell", "bash", "--persist")
+    assert proc.returncode == 0, proc.stderr
+    assert (home / ".bashrc").is_symlink()
+    written = (dotfiles / "bashrc").read_bytes()
+    assert written.startswith(original)
+    assert b"export HF_ENDPOINT=https://hf-mirror.com" in written
+    again = run_cli("env", "--source", "hf", "--shell", "bash", "--persist")
+    assert again.returncode == 0, again.stderr
+    assert (dotfiles / "bashrc").read_bytes().startswith(original)
+    assert (dotfiles / "bashrc").read_bytes().count(settings.BLOCK_BEGIN.encode()) == 1

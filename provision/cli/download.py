@@ -31,6 +31,12 @@ def download(
         list[str] | None, typer.Option("--exclude", help="Leave out files matching this glob.")
     ] = None,
     lock: LockOpt = None,
+    force: Annotated[
+        bool,
+        typer.Option(
+            "--force", help="Hash every cached file in full before reusing it (else: if changed)."
+        ),
+    ] = False,
     profiles_dir: ProfilesDir = None,
     json_output: JsonFlag = False,
 ) -> None:
@@ -48,6 +54,7 @@ def download(
         exclude=exclude,
         lock_file=lock,
         progress=not as_json,
+        rehash=force,
     )
 
     def render(con: Any) -> None:
@@ -92,6 +99,12 @@ def verify(
                 f"[green]ok[/]: {len(result.checks)} files, {fmt_bytes(total)} of "
                 f"{escape(result.repo_id)} match {escape(str(result.lock_file))}"
             )
+            if result.unverified:
+                con.print(
+                    f"[yellow]unverified[/]: {len(result.unverified)} of them match only what "
+                    "was downloaded: the source gave no sha256 to check them against "
+                    f"({escape(', '.join(c.path for c in result.unverified[:5]))})."
+                )
             return
         con.print(
             f"[red]{len(result.problems)} of {len(result.checks)} files[/] of "

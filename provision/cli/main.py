@@ -28,8 +28,27 @@ def main() -> None:
         print_error(error)
         sys.exit(error.exit_code)
     except KeyboardInterrupt:
-        sys.stderr.write("Interrupted.\n")
+        sys.stderr.write(INTERRUPTED)
         sys.exit(130)
+    except SystemExit as exc:
+        # typer turns Ctrl-C into a silent exit 130 (typer/core.py: `raise Exit(130) from e`).
+        if exc.code == 130 and _from_ctrl_c(exc):
+            sys.stderr.write(INTERRUPTED)
+        raise
+
+
+INTERRUPTED = "Interrupted. Partial downloads are kept: the same command again resumes them.\n"
+
+
+def _from_ctrl_c(exc: BaseException) -> bool:
+    seen: BaseException | None = exc
+    for _ in range(5):  # SystemExit <- typer's Exit <- KeyboardInterrupt
+        if seen is None:
+            return False
+        if isinstance(seen, KeyboardInterrupt):
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False
 
 
 def os_error(exc: OSError) -> ProvisionError:
@@ -44,6 +63,11 @@ def os_error(exc: OSError) -> ProvisionError:
 
 def print_error(exc: ProvisionError) -> None:
     from provision.cli.output import console, use_json
+    from provision.secrets import redact_text
+
+    # The last guard: a client's message may quote the URL it was given, credentials and all.
+    exc.message = redact_text(exc.message)
+    exc.hint = redact_text(exc.hint) if exc.hint else exc.hint
 
     if use_json():
         import json

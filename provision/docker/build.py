@@ -100,12 +100,16 @@ def dockerfile_paths(profile: str, out_dir: str | os.PathLike[str] | None) -> tu
 
 
 def _hf_endpoint(spec: ImageSpec, explicit: str | None) -> str:
+    """The image's HF_ENDPOINT: an ARG default and ENV, so `docker history` shows it; a
+    user:password in the URL is left out (provision.secrets)."""
+    from provision.secrets import public
+
     if explicit:
-        return explicit.rstrip("/")
+        return public(explicit.rstrip("/"))
     source = str(spec.model.get("source", ""))
     endpoint = spec.model.get("endpoint")
     if endpoint and not source.startswith(("modelscope", "local")):
-        return str(endpoint).rstrip("/")
+        return public(str(endpoint).rstrip("/"))
     return HF_ENDPOINT
 
 

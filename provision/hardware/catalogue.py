@@ -118,6 +118,9 @@ def target_machine(
         return None
     if gpus is not None and gpus < 1:
         raise ProvisionError(f"--gpus {gpus} must be at least 1.")
+    from provision.bounds import check_bound
+
+    check_bound("gpus", gpus)
     if driver is not None:
         from provision.hardware.driver import check_driver_version
 
@@ -129,6 +132,7 @@ def target_machine(
             count = gpus
         if count < 1:
             raise ProvisionError(f"--gpu {gpu!r}: the count must be at least 1.")
+        check_bound("gpus", count)
         entry = lookup(name)
         memory = parse_size(gpu_mem, "--gpu-mem") if gpu_mem else entry.memory_total
         if gpu_mem:  # e.g. a 48 GB modded 4090 that NVML names like the 24 GB card

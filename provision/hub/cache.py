@@ -33,7 +33,7 @@ from pathlib import Path
 
 from provision.atomic import atomic_write_text
 from provision.errors import ProvisionError
-from provision.hub.listing import RemoteFile
+from provision.hub.listing import RemoteFile, check_etag
 
 PARTIAL_SUFFIX = ".provision-partial"
 # What os.symlink raises on a file system without links (exFAT, FAT, some FUSE and SMB mounts).
@@ -85,14 +85,15 @@ class HfCache:
         self.folder_name = "models--" + repo_id.replace("/", "--")
         self.storage = self.cache / self.folder_name
 
+    # Every path built from an etag checks it first: it comes from a server's listing or a lock.
     def blob(self, etag: str) -> Path:
-        return self.storage / "blobs" / etag
+        return self.storage / "blobs" / check_etag(etag)
 
     def partial(self, etag: str) -> Path:
-        return self.storage / "blobs" / (etag + PARTIAL_SUFFIX)
+        return self.storage / "blobs" / (check_etag(etag) + PARTIAL_SUFFIX)
 
     def lock(self, etag: str) -> Path:
-        return self.cache / ".locks" / self.folder_name / f"{etag}.lock"
+        return self.cache / ".locks" / self.folder_name / f"{check_etag(etag)}.lock"
 
     def snapshot(self, commit: str) -> Path:
         check_revision(commit)  # from the hub's answer or a lock someone handed over
@@ -104,8 +105,8 @@ class HfCache:
 
     def leftovers(self, etag: str) -> list[Path]:
         """Partial files huggingface_hub left when it was killed (it never resumes them)."""
-        blobs = self.storage / "blobs"
-        return sorted(blobs.glob(f"{etag}.*incomplete")) if blobs.is_dir() else []
+        blobs, name = self.storage / "blobs", check_etag(etag)
+        return sorted(blobs.glob(f"{name}.*incomplete")) if blobs.is_dir() else []
 
     def all_leftovers(self) -> dict[str, list[Path]]:
         """`leftovers` for every blob, from one listing of the folder (etag -> its partials):

@@ -20,6 +20,7 @@ from typing import Any
 from provision.digest import file_sha256
 from provision.errors import ProvisionError
 from provision.hardware.disks import nearest_existing, require_usable
+from provision.hub import stamps
 from provision.hub.cache import HfCache, ModelScopeCache, check_revision
 from provision.hub.errors import SourceFailed, disk_full
 from provision.hub.listing import (
@@ -47,9 +48,15 @@ class FileRecord:
     path: str
     size: int
     sha256: str
+    # The source gave no hash to check the bytes against (a ModelScope listing without Sha256):
+    # `sha256` is only what arrived, and verify says "unverified", not "ok".
+    unverified: bool = False
 
     def to_json(self) -> dict[str, Any]:
-        return {"path": self.path, "size": self.size, "sha256": self.sha256}
+        out: dict[str, Any] = {"path": self.path, "size": self.size, "sha256": self.sha256}
+        if self.unverified:
+            out["unverified"] = True
+        return out
 
 
 @dataclass
@@ -175,6 +182,7 @@ def download_profile(
     workers: int | None = None,
     record: bool = True,
     record_under: Sequence[str] = (),
+    rehash: bool = False,
 ) -> DownloadResult:
     """Fetch `profile`'s weights into the Hugging Face (or ModelScope) cache and record them.
 
@@ -183,6 +191,10 @@ def download_profile(
     disk's (see provision.settings). The record goes to `lock_file` (default: the profile's lock),
     in `[tool.provision.model]`, or `[tool.provision.<record_under...>.model]` when several
     profiles share the lock (a direction records each member under ("members", name)).
+
+    A cached file is reused when its hash is right: checked cheaply against the size and mtime
+    stamped when it was placed (see stamps.py), in full when those differ or with `rehash`; a
+    file with wrong bytes is fetched again.
     """
     from provision.lock.lockfile import check_lock_name, lock_path
     from provision.settings import autodl_notes, hf_hub_cache, modelscope_cache
@@ -223,6 +235,7 @@ def download_profile(
         ms_cache=Path(ms_cache) if ms_cache else modelscope_cache(),
         workers=workers or int(os.environ.get(WORKERS_ENV) or DEFAULT_WORKERS),
         progress=progress,
+        rehash=rehash,
     )
     # Before any hub call: huggingface_hub itself reads HF_HOME/token and fails on a file there.
     require_usable(plan.hf_cache, "The download cache", CACHE_FIX, write=False)
@@ -303,6 +316,7 @@ class _Plan:
     ms_cache: Path
     workers: int
     progress: bool
+    rehash: bool = False
 
     def revisions(self, kind: str) -> tuple[str | None, str | None]:
         """(what to ask the source for, the branch or tag name to record).
@@ -362,12 +376,16 @@ class _Plan:
         for f in files:
             by_blob.setdefault(cache.blob(f.etag), []).append(f)
         leftovers = cache.all_leftovers()
+        pins = self.pinned_hashes(source.kind, repo_id)
         for f in files:
             blob = cache.blob(f.etag)
             if blob.exists() and blob.stat().st_size == f.size:
-                reused[f.path] = f.sha256 if f.lfs and f.sha256 else file_sha256(blob)
-                cache.link(commit, f.path, f.etag)
-                continue
+                sha = self._reusable(cache.cache, blob, f, pins)
+                if sha is not None:
+                    reused[f.path] = sha
+                    cache.link(commit, f.path, f.etag)
+                    continue
+                _discard(blob)  # wrong bytes under the right name: fetched again below
             jobs.append(
                 Job(
                     path=f.path,
@@ -395,6 +413,9 @@ class _Plan:
         headers = {"Authorization": f"Bearer {token}"} if token else {}
         blobs = cache.storage / "blobs"
         outcomes = self._fetch(source, repo_id, unique, headers, files, still_needed, placed, blobs)
+        for outcome in outcomes:
+            if outcome.sha256 and not outcome.placed_by_other:
+                stamps.record(cache.cache, outcome.job.target, outcome.sha256)
         hashes = dict(reused)
         for outcome in outcomes:
             sha = outcome.sha256 or file_sha256(outcome.job.target)
@@ -422,12 +443,14 @@ class _Plan:
         jobs = []
 
         def still_needed(job: Job) -> bool:
-            return not _verified(job.target, job.size, job.sha256)
+            return not _verified(job.target, job.size, job.sha256, cache.cache, self.rehash)
 
+        pins = self.pinned_hashes("modelscope", repo_id)
         for f in files:
             target = cache.file(revision, f.path)
-            if _verified(target, f.size, f.sha256):
-                reused[f.path] = f.sha256 or file_sha256(target)
+            want = f.sha256 or pins.get(f.path)  # no hash in the listing: the lock's, if any
+            if _verified(target, f.size, want, cache.cache, self.rehash):
+                reused[f.path] = want or file_sha256(target)
                 continue
             jobs.append(
                 Job(
@@ -436,7 +459,7 @@ class _Plan:
                     target=target,
                     partial=cache.partial(revision, f.path),
                     lock=cache.lock(f.path),
-                    sha256=f.sha256,
+                    sha256=want,
                     url=_modelscope_url(source, repo_id, revision, f.path),
                 )
             )
@@ -444,11 +467,37 @@ class _Plan:
         headers = {"Cookie": f"m_session_id={token}"} if token else {}
         snapshot = cache.snapshot(revision)
         outcomes = self._fetch(source, repo_id, jobs, headers, files, still_needed, None, snapshot)
+        for outcome in outcomes:
+            if outcome.sha256 and not outcome.placed_by_other:
+                stamps.record(cache.cache, outcome.job.target, outcome.sha256)
         hashes = dict(reused)
         for outcome in outcomes:
             hashes[outcome.job.path] = outcome.sha256 or file_sha256(outcome.job.target)
         self._check_pins("modelscope", repo_id, hashes)
         return self._result(source, listing, files, hashes, outcomes, self.ms_cache, snapshot)
+
+    def _unverified(self, f: RemoteFile) -> bool:
+        """No hash from the source (no sha256, no git blob id, not a local file) and none pinned
+        by the lock: nothing ever checked these bytes."""
+        if f.sha256 or f.blob_id or f.origin is not None:
+            return False
+        kind = "modelscope"  # the one source whose listing may lack hashes
+        return f.path not in self.pinned_hashes(kind, self.profile.modelscope_repo or "")
+
+    def _reusable(self, root: Path, blob: Path, f: RemoteFile, pins: dict[str, str]) -> str | None:
+        """The sha256 of a cached blob of the right size when its bytes are right, else None.
+
+        LFS blobs are named by their sha256; plain-git blobs by git's blob id (their sha256 is
+        what the lock pins). The stamp from placement spares reading the file again."""
+        want = f.sha256 if f.lfs else pins.get(f.path)
+        if want and not self.rehash and stamps.trusted(root, blob, want):
+            return want
+        digest = file_sha256(blob)
+        good = digest == f.sha256 if f.lfs else stamps.git_blob_id(blob) == f.blob_id
+        if not good:
+            return None
+        stamps.record(root, blob, digest)
+        return digest
 
     # --- shared ----------------------------------------------------------------------------------
     def _fetch(
@@ -520,7 +569,10 @@ class _Plan:
             repo_id=listing.repo_id,
             revision=listing.revision,
             commit=listing.commit,
-            files=[FileRecord(f.path, f.size, hashes[f.path]) for f in files],
+            files=[
+                FileRecord(f.path, f.size, hashes[f.path], unverified=self._unverified(f))
+                for f in files
+            ],
             bytes_fetched=sum(o.fetched for o in outcomes),
             bytes_reused=reused_bytes,
             files_fetched=len(fetched_paths),
@@ -535,23 +587,41 @@ def _resolve_url(source: Source, repo_id: str, commit: str, path: str) -> str | 
         return None
     from urllib.parse import quote
 
-    return f"{source.endpoint}/{repo_id}/resolve/{commit}/{quote(path)}"
+    return f"{source.request_url}/{repo_id}/resolve/{commit}/{quote(path)}"
 
 
 def _modelscope_url(source: Source, repo_id: str, revision: str, path: str) -> str:
     from urllib.parse import quote_plus
 
     return (
-        f"{source.endpoint}/api/v1/models/{repo_id}/repo"
+        f"{source.request_url}/api/v1/models/{repo_id}/repo"
         f"?Revision={quote_plus(revision)}&FilePath={quote_plus(path)}"
     )
 
 
-def _verified(path: Path, size: int, sha256: str | None) -> bool:
-    """A plain cached file (ModelScope's layout is named by path, not content) checked in full."""
+def _verified(
+    path: Path, size: int, sha256: str | None, root: Path | None = None, rehash: bool = False
+) -> bool:
+    """A plain cached file (ModelScope's layout is named by path, not content): its size, then
+    its sha256 (from the placement stamp when the file is unchanged since, else read in full)."""
     if not path.is_file() or path.stat().st_size != size:
         return False
-    return sha256 is None or file_sha256(path) == sha256
+    if sha256 is None:
+        return True
+    if root is not None and not rehash and stamps.trusted(root, path, sha256):
+        return True
+    digest = file_sha256(path)
+    if root is not None and digest == sha256:
+        stamps.record(root, path, digest)
+    return digest == sha256
+
+
+def _discard(path: Path) -> None:
+    """Remove a cached file whose bytes are wrong (it is fetched again)."""
+    import contextlib
+
+    with contextlib.suppress(FileNotFoundError):
+        path.unlink()
 
 
 CACHE_FIX = (

@@ -22,9 +22,20 @@ from provision.digest import file_sha256
 from provision.errors import ProvisionError
 from provision.hub.errors import SourceFailed, gated_message, unsafe_path
 from provision.hub.sources import Source
+from provision.secrets import redact_text
 
 COMMIT_RE = re.compile(r"^[0-9a-f]{40}$")
 SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
+# A blob's name in the Hugging Face cache: git's sha1 (plain-git files) or the LFS sha256.
+ETAG_RE = re.compile(r"^(?:[0-9a-f]{40}|[0-9a-f]{64})$")
+
+
+def check_etag(etag: object) -> str:
+    """`etag`, after checking it is 40 or 64 lower-case hex digits: it becomes a file name under
+    blobs/ and .locks/, so anything else (`../x`, `/etc/passwd`, empty) is refused."""
+    if not isinstance(etag, str) or not ETAG_RE.match(etag):
+        raise ValueError(f"{etag!r} is not a 40- or 64-hex blob id")
+    return etag
 
 
 @dataclass(frozen=True)
@@ -120,11 +131,45 @@ def _hf_errors(source: Source, repo_id: str, revision: str, token: str | None) -
         raise _not_a_hub(source, f"{status} {kind.split(';')[0]}") from exc
     except (httpx2.TimeoutException, httpx2.TransportError) as exc:
         raise SourceFailed(
-            f"Cannot reach {where}: {type(exc).__name__}: {exc}",
+            f"Cannot reach {where}: {type(exc).__name__}: {redact_text(str(exc))}",
             "Check the network or the URL, or pick another --source (auto tries them all).",
+        ) from exc
+    except httpx2.TooManyRedirects as exc:
+        raise ProvisionError(
+            f"{where} redirects in a loop for {repo_id} ({redact_text(str(exc))}).",
+            "The source is misconfigured: use another --source, or report it to the mirror.",
         ) from exc
     except ValueError as exc:  # a body that is not the JSON a hub sends
         raise _not_a_hub(source, "an answer that is not hub JSON") from exc
+    except (KeyError, TypeError, AttributeError) as exc:  # JSON, but not in a hub's shapes
+        raise _not_a_hub(source, f"a malformed answer: {type(exc).__name__}: {exc}") from exc
+
+
+def _bad_entry(source: Source, repo_id: str, path: object, what: str) -> ProvisionError:
+    return ProvisionError(
+        f"{source.endpoint} lists {repo_id} file {path!r} with {what}.",
+        "Nothing was downloaded and nothing was written. The source is malformed or hostile: "
+        "use another --source (hf, hf-mirror, modelscope), or report it to the mirror.",
+    )
+
+
+def _hf_file(source: Source, repo_id: str, entry: Any) -> RemoteFile:
+    """One tree entry, checked before anything is built from it: the blob ids become file names
+    in the cache, so only 40/64-hex ids pass, and an LFS file's etag is its listed sha256."""
+    path = entry.path
+    if not isinstance(path, str):
+        raise _bad_entry(source, repo_id, path, "a path that is not a string")
+    lfs = entry.lfs is not None
+    size = entry.lfs.size if lfs else entry.size
+    if isinstance(size, bool) or not isinstance(size, int) or size < 0:
+        raise _bad_entry(source, repo_id, path, f"size {size!r} (not a byte count)")
+    blob_id = entry.blob_id
+    if not isinstance(blob_id, str) or not ETAG_RE.match(blob_id):
+        raise _bad_entry(source, repo_id, path, f"oid {blob_id!r} (not a 40- or 64-hex blob id)")
+    sha256 = entry.lfs.sha256 if lfs else None
+    if lfs and (not isinstance(sha256, str) or not SHA256_RE.match(sha256)):
+        raise _bad_entry(source, repo_id, path, f"lfs.oid {sha256!r} (not a 64-hex sha256)")
+    return RemoteFile(path=path, size=size, sha256=sha256, blob_id=blob_id, lfs=lfs)
 
 
 def _not_a_hub(source: Source, what: str) -> ProvisionError:
@@ -141,7 +186,7 @@ def hf_listing(source: Source, repo_id: str, revision: str | None, token: str | 
 
     revision = revision or "main"
     api = HfApi(
-        endpoint=source.endpoint,
+        endpoint=source.request_url,
         token=token or False,  # False: never fall back to a token of the library's own choosing
         library_name="provision",
         library_version=__version__,
@@ -155,16 +200,7 @@ def hf_listing(source: Source, repo_id: str, revision: str | None, token: str | 
         for entry in api.list_repo_tree(repo_id, recursive=True, revision=commit):
             if not isinstance(entry, RepoFile):
                 continue
-            lfs = entry.lfs is not None
-            files.append(
-                RemoteFile(
-                    path=entry.path,
-                    size=entry.lfs.size if entry.lfs is not None else entry.size,
-                    sha256=entry.lfs.sha256 if entry.lfs is not None else None,
-                    blob_id=entry.blob_id,
-                    lfs=lfs,
-                )
-            )
+            files.append(_hf_file(source, repo_id, entry))
     return Listing(source, repo_id, revision, commit, files, gated=bool(info.gated))
 
 
@@ -176,7 +212,7 @@ def modelscope_listing(source: Source, repo_id: str, revision: str | None) -> Li
     from modelscope_hub.api import HubApi
 
     revision = revision or "master"
-    api = HubApi(endpoint=source.endpoint, token=modelscope_token())
+    api = HubApi(endpoint=source.request_url, token=modelscope_token())
     page = source.page(repo_id)
     try:
         entries = api.list_repo_files(repo_id, "model", revision=revision)
@@ -195,20 +231,39 @@ def modelscope_listing(source: Source, repo_id: str, revision: str | None) -> Li
     except (ms_errors.AuthenticationError, ms_errors.PermissionDeniedError) as exc:
         raise gated_message(repo_id, page, modelscope_token() is not None, "modelscope") from exc
     except (ms_errors.NetworkError, ms_errors.ServerError, ms_errors.RequestTimeoutError) as exc:
-        raise SourceFailed(f"ModelScope ({source.endpoint}) failed: {exc}") from exc
-    except (ms_errors.APIError, ValueError) as exc:
+        raise SourceFailed(
+            f"ModelScope ({source.endpoint}) failed: {redact_text(str(exc))}"
+        ) from exc
+    except (ms_errors.APIError, ValueError, KeyError, TypeError, AttributeError) as exc:
         raise ProvisionError(
-            f"{source.endpoint} does not answer like ModelScope ({exc}).",
+            f"{source.endpoint} does not answer like ModelScope ({redact_text(str(exc))}).",
             "Use modelscope, modelscope:URL with a ModelScope-compatible URL, or another source.",
         ) from exc
-    files = [
-        RemoteFile(path=e.path, size=int(e.size), sha256=(e.sha256 or None), lfs=True)
-        for e in entries
-        if not e.is_dir and e.path
-    ]
+    if not isinstance(entries, list):
+        raise ProvisionError(
+            f"{source.endpoint} does not answer like ModelScope (a file list that is a "
+            f"{type(entries).__name__}).",
+            "Use modelscope, modelscope:URL with a ModelScope-compatible URL, or another source.",
+        )
+    files = [_ms_file(source, repo_id, e) for e in entries if not e.is_dir and e.path]
     commit = _modelscope_commit(api, repo_id, revision)
     # The client found the token (MODELSCOPE_API_TOKEN or `modelscope login`): used, never kept.
     return Listing(source, repo_id, revision, commit, files, token=api.legacy.token or None)
+
+
+def _ms_file(source: Source, repo_id: str, entry: Any) -> RemoteFile:
+    """One ModelScope listing entry, checked: a string path, a byte count, a 64-hex sha256 or
+    none at all (then the file is recorded as unverified, see download.py)."""
+    path, size, sha256 = entry.path, entry.size, entry.sha256 or None
+    if not isinstance(path, str):
+        raise _bad_entry(source, repo_id, path, "a path that is not a string")
+    if isinstance(size, str) and size.isdigit():
+        size = int(size)  # some ModelScope answers give sizes as strings of digits
+    if isinstance(size, bool) or not isinstance(size, int) or size < 0:
+        raise _bad_entry(source, repo_id, path, f"size {size!r} (not a byte count)")
+    if sha256 is not None and (not isinstance(sha256, str) or not SHA256_RE.match(sha256)):
+        raise _bad_entry(source, repo_id, path, f"Sha256 {sha256!r} (not a 64-hex sha256)")
+    return RemoteFile(path=path, size=size, sha256=sha256, lfs=True)
 
 
 def _modelscope_commit(api: Any, repo_id: str, revision: str) -> str | None:

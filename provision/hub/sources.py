@@ -39,7 +39,14 @@ class Source:
 
     name: str  # what the user typed or the table's name: hf, hf-mirror, modelscope, a URL, a path
     kind: str
-    endpoint: str  # base URL without a trailing slash; the folder for a local source
+    endpoint: str  # base URL without a trailing slash or credentials; the folder for a local one
+    # The endpoint with the user:password@ it was given with: requests only, never written/shown.
+    secret_url: str | None = field(default=None, repr=False, compare=False)
+
+    @property
+    def request_url(self) -> str:
+        """The base URL requests go to (credentials included, when the user gave some)."""
+        return self.secret_url or self.endpoint
 
     @property
     def is_default_modelscope(self) -> bool:
@@ -72,6 +79,14 @@ def _looks_like_path(spec: str) -> bool:
     return spec.startswith(("/", "./", "../", "~")) or os.sep in spec or Path(spec).is_dir()
 
 
+def _url_source(name: str, kind: str, url: str) -> Source:
+    """A source from a URL: credentials in it are kept for requests only (provision.secrets)."""
+    from provision.secrets import has_credentials, public
+
+    bare = public(url)
+    return Source(name.format(bare), kind, bare, url if has_credentials(url) else None)
+
+
 def parse_source(spec: str) -> Source:
     """A source from what the user typed; a clear message for anything else."""
     spec = spec.strip()
@@ -82,6 +97,7 @@ def parse_source(spec: str) -> Source:
         endpoint = entry["endpoint"]
         if spec == "modelscope" and os.environ.get("MODELSCOPE_ENDPOINT"):
             endpoint = os.environ["MODELSCOPE_ENDPOINT"]  # the user's own ModelScope endpoint
+            return _url_source(spec, entry["kind"], endpoint.rstrip("/"))
         return Source(spec, entry["kind"], endpoint.rstrip("/"))
     if spec.startswith("modelscope:"):
         url = spec.split(":", 1)[1]
@@ -90,9 +106,9 @@ def parse_source(spec: str) -> Source:
                 f"Source {spec!r}: after 'modelscope:' comes the endpoint URL.",
                 "e.g. --source modelscope:https://www.modelscope.cn",
             )
-        return Source(spec, "modelscope", url.rstrip("/"))
+        return _url_source("modelscope:{}", "modelscope", url.rstrip("/"))
     if spec.startswith(("http://", "https://")):
-        return Source(spec.rstrip("/"), "hf", spec.rstrip("/"))
+        return _url_source("{}", "hf", spec.rstrip("/"))
     if _looks_like_path(spec):
         folder = Path(spec).expanduser()
         if not folder.is_dir():
@@ -182,7 +198,7 @@ def probe(
         path = f"/api/v1/models/{repo_id}" if repo_id else "/api/v1/models?PageSize=1"
     try:
         with http_client(timeout) as client:
-            response = client.get(source.endpoint + path)
+            response = client.get(source.request_url + path)
     except httpx2.TimeoutException:
         return Probe(source, False, f"timed out after {timeout:g} s", time.monotonic() - started)
     except httpx2.HTTPError as exc:

@@ -23,6 +23,7 @@ from provision.atomic import file_lock
 from provision.errors import ProvisionError
 from provision.hub.errors import HashMismatch, SourceFailed, gated_message
 from provision.hub.progress import Progress
+from provision.secrets import redact_text
 from provision.units import fmt_bytes
 
 CHUNK = 1024 * 1024
@@ -114,6 +115,10 @@ class _Partial:
 
 class _Retry(Exception):
     """A failure worth another try from where the bytes stopped."""
+
+
+class _Restart(_Retry):
+    """The source refused the resume point (416): the partial file is dropped, start over."""
 
 
 class Cancelled(Exception):
@@ -252,6 +257,10 @@ class Fetcher:
                         self._write(state, chunks, outcome, task)
                     if state.have < job.size:
                         raise _Retry(f"the connection closed at byte {state.have} of {job.size}")
+                except _Restart as exc:
+                    state.reset()  # the partial file goes, and what the run counted with it
+                    outcome.resumed = 0
+                    last_error = exc
                 except _Retry as exc:
                     last_error = exc
                 except OSError as exc:
@@ -261,6 +270,13 @@ class Fetcher:
                         raise
                     last_error = exc
                 except Exception as exc:
+                    if _redirect_loop(exc):
+                        raise ProvisionError(
+                            f"{job.path}: {self.describe} redirects in a loop "
+                            f"({redact_text(str(exc))}).",
+                            "The source is misconfigured: use another --source, or report it. "
+                            "Files already downloaded are kept.",
+                        ) from exc
                     if not _transient(exc):
                         raise
                     last_error = exc
@@ -271,8 +287,13 @@ class Fetcher:
                     raise SourceFailed(
                         f"{job.path}: the transfer from {self.describe} kept failing "
                         f"({_describe(last_error)}), {failures} tries without progress.",
-                        f"{fmt_bytes(state.have)} are kept in {job.partial.name}; running the "
-                        "command again resumes there, or try another --source.",
+                        (
+                            f"{fmt_bytes(state.have)} are kept in {job.partial.name}; running "
+                            "the command again resumes there, or try another --source."
+                            if state.have
+                            else "Nothing of it is kept; run the command again later, or try "
+                            "another --source."
+                        ),
                     )
                 self._sleep(min(8.0, self.wait * 2 ** max(0, failures - 1)))
         finally:
@@ -321,8 +342,7 @@ class Fetcher:
             elif status == 200:
                 yield 0, response.iter_raw()
             elif status == 416:
-                job.partial.unlink(missing_ok=True)
-                raise _Retry("the source refused the resume point (416)")
+                raise _Restart("the source refused the resume point (416)")
             elif status in (401, 403):
                 response.read()
                 code = response.headers.get("X-Error-Code", "")
@@ -366,6 +386,12 @@ def _range_start(header: str | None) -> int | None:
         return None
 
 
+def _redirect_loop(exc: BaseException) -> bool:
+    import httpx2
+
+    return isinstance(exc, httpx2.TooManyRedirects)
+
+
 def _transient(exc: BaseException) -> bool:
     try:
         import httpx2
@@ -379,7 +405,7 @@ def _transient(exc: BaseException) -> bool:
 def _describe(exc: BaseException | None) -> str:
     if exc is None:
         return "no answer"
-    text = str(exc) or type(exc).__name__
+    text = redact_text(str(exc)) or type(exc).__name__  # httpx names the URL it was given
     return f"{type(exc).__name__}: {text}" if not isinstance(exc, _Retry) else text
 
 
@@ -405,7 +431,17 @@ def run_jobs(
             futures = {pool.submit(fetcher.run, job, still_needed): job for job in ordered}
             pending = set(futures)
             while pending:
-                done, pending = wait(pending, return_when=FIRST_EXCEPTION)
+                try:
+                    done, pending = wait(pending, return_when=FIRST_EXCEPTION)
+                except BaseException:
+                    # Ctrl-C (KeyboardInterrupt) or SystemExit from SIGTERM/SIGHUP arrives here,
+                    # in the main thread; leaving the `with` would wait for every running
+                    # transfer to end. Stop them at their next block instead: their partial
+                    # files stay.
+                    fetcher.stop.set()
+                    for future in pending:
+                        future.cancel()
+                    raise
                 for future in done:
                     exc = future.exception()
                     if exc is None:

@@ -6,8 +6,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from provision.digest import file_sha256
 from provision.errors import ProvisionError
+from provision.hub import stamps
 from provision.hub.cache import HfCache, ModelScopeCache
 from provision.hub.download import _kind_of, model_record
 from provision.profiles import Profile
@@ -16,7 +16,7 @@ from provision.profiles import Profile
 @dataclass
 class FileCheck:
     path: str
-    status: str  # ok, missing, size, sha256
+    status: str  # ok, unverified (matches, but the source gave no hash), missing, size, sha256
     size: int
     sha256: str
     actual_size: int | None = None
@@ -48,11 +48,16 @@ class VerifyResult:
 
     @property
     def ok(self) -> bool:
-        return all(c.status == "ok" for c in self.checks)
+        """Every file is the one recorded (unverified ones too: their bytes match the lock)."""
+        return all(c.status in ("ok", "unverified") for c in self.checks)
 
     @property
     def problems(self) -> list[FileCheck]:
-        return [c for c in self.checks if c.status != "ok"]
+        return [c for c in self.checks if c.status not in ("ok", "unverified")]
+
+    @property
+    def unverified(self) -> list[FileCheck]:
+        return [c for c in self.checks if c.status == "unverified"]
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -68,6 +73,7 @@ class VerifyResult:
             "bytes": sum(c.size for c in self.checks),
             "missing": [c.path for c in self.checks if c.status == "missing"],
             "wrong": [c.path for c in self.checks if c.status in ("size", "sha256")],
+            "unverified": [c.path for c in self.unverified],
             "checks": [c.to_json() for c in self.checks],
         }
 
@@ -83,8 +89,9 @@ def verify_profile(
 ) -> VerifyResult:
     """Check every file the lock records: present, right size, right sha256 (read in full).
 
-    `hashes=False` checks presence and sizes only: what a re-run of setup does before it trusts
-    a download it finished earlier (the files were hashed when they were placed)."""
+    `hashes=False` is the cheap check a re-run of setup makes before it trusts a download it
+    finished earlier: a file unchanged (size and mtime) since provision stamped it with the
+    recorded sha256 passes unread; any other file is hashed in full (see stamps.py)."""
     from provision.lock.lockfile import lock_path
     from provision.settings import hf_hub_cache, modelscope_cache
 
@@ -107,6 +114,7 @@ def verify_profile(
     if kind == "modelscope":
         ms = ModelScopeCache(Path(ms_cache) if ms_cache else modelscope_cache(), repo_id)
         snapshot = ms.snapshot(revision or "master")
+        root = ms.cache
 
         def locate(path: str) -> Path:
             return ms.file(revision or "master", path)
@@ -115,6 +123,7 @@ def verify_profile(
             raise ProvisionError(f"{lock}: the model record has no commit.")
         hf = HfCache(Path(hf_cache) if hf_cache else hf_hub_cache(), repo_id)
         snapshot = hf.snapshot(commit)
+        root = hf.cache
 
         def locate(path: str) -> Path:
             return hf.pointer(commit, path)
@@ -138,9 +147,11 @@ def verify_profile(
             check.actual_size = where.stat().st_size
             if check.actual_size != size:
                 check.status = "size"
-            elif hashes:
-                check.actual_sha256 = file_sha256(where)
+            elif hashes or not stamps.trusted(root, where, sha):
+                check.actual_sha256 = stamps.hash_and_record(root, where)
                 if check.actual_sha256 != sha:
                     check.status = "sha256"
+        if check.status == "ok" and entry.get("unverified"):
+            check.status = "unverified"
         result.checks.append(check)
     return result

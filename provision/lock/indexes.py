@@ -19,9 +19,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
 
 from provision.errors import ProvisionError
+from provision.secrets import redact as _redact
 
 PYPI_URL = "https://pypi.org/simple"
 _KEYS = ("index-url", "extra-index-url", "find-links", "no-index")
@@ -72,15 +72,7 @@ class IndexConfig:
         }
 
 
-def redact(url: str) -> str:
-    """https://user:secret@host/simple -> https://***@host/simple (never write credentials)."""
-    parts = urlsplit(url)
-    if parts.username or parts.password:
-        host = parts.hostname or ""
-        if parts.port:
-            host += f":{parts.port}"
-        return urlunsplit((parts.scheme, f"***@{host}", parts.path, parts.query, parts.fragment))
-    return url
+redact = _redact  # https://user:secret@host/simple -> https://***@host/simple (provision.secrets)
 
 
 def pip_config_files(env: Mapping[str, str] | None = None) -> list[Path]:

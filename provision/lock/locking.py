@@ -39,6 +39,7 @@ from provision.lock.resolve import (
 )
 from provision.profiles import Profile, load_profile, load_profile_file
 from provision.resources import builtin_dir
+from provision.secrets import redact_text
 from provision.settings import public_env
 from provision.torch_select import TorchPlan, cc_text, plan_torch, variant_info
 
@@ -122,7 +123,7 @@ class LockResult:
             lines.append(f"  find-links {link['location']} ({link['from']})")
         lines.append(f"  index strategy: {indexes['strategy']}")
         lines.append("Requirements: " + ", ".join(plan.requirements))
-        lines.append(f"Resolved by: {' '.join(self.resolution.command)}")
+        lines.append(f"Resolved by: {redact_text(' '.join(self.resolution.command))}")
         lines += [f"  {note}" for note in self.resolution.notes]
         target = self.table["target"]
         lines.append(

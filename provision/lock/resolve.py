@@ -30,6 +30,7 @@ from urllib.parse import urlsplit, urlunsplit
 from provision.errors import CheckFailed, ProvisionError
 from provision.lock.indexes import Index, IndexConfig, redact
 from provision.resources import load_table
+from provision.secrets import redact_text
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -98,7 +99,7 @@ class Resolution:
     def to_json(self) -> dict[str, Any]:
         return {
             "packages": len(self.packages),
-            "command": " ".join(self.command),
+            "command": redact_text(" ".join(self.command)),
             "uv_version": self.uv_version,
             "seconds": round(self.seconds, 3),
             "install_env": dict(self.install_env),
@@ -287,8 +288,9 @@ def compile_command(
     for extra in indexes.extras:
         command += ["--index", f"{extra.name}={_bare(extra, secrets)}"]
     command += ["--default-index", f"{indexes.default.name}={_bare(indexes.default, secrets)}"]
-    for location, _origin in indexes.find_links:
-        command += ["--find-links", location]
+    from provision.secrets import find_links_args
+
+    command += find_links_args([loc for loc, _origin in indexes.find_links], secrets)
     return command
 
 

@@ -472,3 +472,16 @@ def test_context_holds_only_what_the_dockerfile_copies(tmp_path: Path, profiles:
     with pytest.raises(ProvisionError, match="not made by provision"):
         stage_context(foreign, spec, result.text, result.ignore_text, {})
     assert (foreign / "notes.txt").read_text() == "keep"
+
+
+def test_hf_endpoint_with_a_password_stays_out_of_the_dockerfile(tmp_path: Path, profiles: Path):
+    """ARG/ENV values are visible in `docker history` and the image config (issue 11, item 3)."""
+    secret = "pw-n0t-f0r-images"
+    lock = write_lock(tmp_path)
+    result = render(tmp_path, lock, hf_endpoint=f"https://alice:{secret}@mirror.example/")
+    text = result.dockerfile.read_text()
+    assert "ARG HF_ENDPOINT=https://mirror.example\n" in text
+    assert secret not in text
+    assert all(
+        secret not in p.read_text(errors="replace") for p in tmp_path.rglob("*") if p.is_file()
+    )

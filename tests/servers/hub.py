@@ -41,6 +41,7 @@ import socket
 import sys
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -98,6 +99,11 @@ class Fault:
 
     Status faults (`fail_first`, `fail_for`) answer `status` to any method on any route;
     body faults (`cut_after`, `corrupt`, `throttle`) act on file-content GETs only.
+    Answer faults change what a JSON route says: `answer` replaces the whole JSON body, `edit`
+    (in-process only) is called with the parsed body and returns the one to send (hostile or
+    malformed listings: an etag that is a path, a size that is a string, a tree that is no list).
+    `redirect` answers 302 to that location (a path on this server, or a URL): pointing a route
+    at itself makes a redirect loop.
     `times` limits how many requests a body fault touches (None: all of them); `skip` lets the
     first matching requests through untouched (e.g. fail only after a first partial transfer).
     """
@@ -109,6 +115,9 @@ class Fault:
     status: int = 503
     corrupt: bool = False  # flip one byte in the middle of the body
     throttle: int | None = None  # bytes per second
+    answer: Any = None  # the JSON body sent instead of the real one
+    edit: Callable[[Any], Any] | None = None  # the real JSON body in, the one to send out
+    redirect: str | None = None  # answer 302 with this Location
     times: int | None = None
     skip: int = 0
     hits: int = 0
@@ -119,6 +128,8 @@ class Fault:
         return any(fnmatch.fnmatchcase(key, self.pattern) for key in keys if key)
 
     def status_now(self) -> bool:
+        if self.redirect is not None:
+            return self.times is None or self.hits < self.times
         if self.fail_first is not None and self.hits < self.fail_first:
             return True
         return self.fail_for is not None and time.monotonic() - self.created < self.fail_for
@@ -126,6 +137,10 @@ class Fault:
     @property
     def body_fault(self) -> bool:
         return self.cut_after is not None or self.corrupt or self.throttle is not None
+
+    @property
+    def answer_fault(self) -> bool:
+        return self.answer is not None or self.edit is not None
 
     def body_active(self) -> bool:
         return self.body_fault and (self.times is None or self.hits < self.times)
@@ -353,7 +368,7 @@ class HubServer:
     def _status_fault(self, keys: tuple[str, ...]) -> Fault | None:
         with self._lock:
             for fault in self.faults:
-                if fault.body_fault or not fault.matches(keys):
+                if fault.body_fault or fault.answer_fault or not fault.matches(keys):
                     continue
                 fault.seen += 1
                 if fault.seen > fault.skip and fault.status_now():
@@ -372,6 +387,17 @@ class HubServer:
                     fault.hits += 1
                     found.append(fault)
         return found
+
+    def _answer_fault(self, keys: tuple[str, ...]) -> Fault | None:
+        with self._lock:
+            for fault in self.faults:
+                if not fault.answer_fault or not fault.matches(keys):
+                    continue
+                fault.seen += 1
+                if fault.seen > fault.skip and (fault.times is None or fault.hits < fault.times):
+                    fault.hits += 1
+                    return fault
+        return None
 
     def _allowed(self, repo: HubRepo, token: str | None) -> int:
         """200 when the gate lets the request through, else 401 (no token) or 403."""
@@ -406,6 +432,7 @@ class _Handler(BaseHTTPRequestHandler):
         self.query = {k: v[-1] for k, v in parse_qs(split.query).items()}
         self.segments = [unquote(s) for s in split.path.split("/")[1:]]
         self.record = RequestRecord(method, self.path, range=self.headers.get("Range"))
+        self.keys: tuple[str, ...] = ()
         self.method = method
         self.hub._record(self.record)  # counted while it streams, not only once it ends
         try:
@@ -427,7 +454,15 @@ class _Handler(BaseHTTPRequestHandler):
                 f"{seg[3]}/{seg[4]}/{self.query.get('FilePath', '')}" if len(seg) > 5 else None
             )
         keys = (unquote(raw_path), file_key or "", file_key.split("/", 2)[2] if file_key else "")
+        self.keys = keys
         fault = self.hub._status_fault(keys)
+        if fault is not None and fault.redirect is not None:
+            self.record.status = 302
+            self.send_response(302)
+            self.send_header("Location", fault.redirect)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+            return None
         if fault is not None:
             self.record.file = file_key
             return self._send_json(fault.status, {"error": "injected failure"})
@@ -454,6 +489,9 @@ class _Handler(BaseHTTPRequestHandler):
         return None
 
     def _send_json(self, status: int, payload: Any, headers: dict[str, str] | None = None) -> None:
+        fault = self.hub._answer_fault(self.keys) if status == 200 and self.keys else None
+        if fault is not None:
+            payload = fault.answer if fault.edit is None else fault.edit(payload)
         body = json.dumps(payload).encode()
         self.record.status = status
         self.send_response(status)
