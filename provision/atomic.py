@@ -9,11 +9,15 @@ from collections.abc import Iterator
 from pathlib import Path
 
 
-def atomic_write_bytes(path: str | os.PathLike[str], data: bytes, mode: int | None = None) -> None:
+def atomic_write_bytes(
+    path: str | os.PathLike[str], data: bytes, mode: int | None = None, durable: bool = True
+) -> None:
     """Write `data` to a temporary file beside `path`, fsync it, then rename it over `path`.
 
     If anything fails before the rename, the old file is untouched and the temporary is removed.
-    The new file keeps the old file's permission bits unless `mode` is given.
+    The new file keeps the old file's permission bits unless `mode` is given. `durable=False`
+    skips both fsyncs (the file's and its folder's): for files whose loss in a power cut costs
+    only work redone (a cache hint), written once per file of a download.
     """
     target = Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)
@@ -27,7 +31,8 @@ def atomic_write_bytes(path: str | os.PathLike[str], data: bytes, mode: int | No
         with os.fdopen(fd, "wb") as handle:
             handle.write(data)
             handle.flush()
-            os.fsync(handle.fileno())
+            if durable:
+                os.fsync(handle.fileno())
         if mode is not None:
             os.chmod(tmp, mode)
         os.replace(tmp, target)
@@ -41,11 +46,14 @@ def atomic_write_bytes(path: str | os.PathLike[str], data: bytes, mode: int | No
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
         raise
-    _fsync_dir(target.parent)
+    if durable:
+        _fsync_dir(target.parent)
 
 
-def atomic_write_text(path: str | os.PathLike[str], text: str, mode: int | None = None) -> None:
-    atomic_write_bytes(path, text.encode("utf-8"), mode=mode)
+def atomic_write_text(
+    path: str | os.PathLike[str], text: str, mode: int | None = None, durable: bool = True
+) -> None:
+    atomic_write_bytes(path, text.encode("utf-8"), mode=mode, durable=durable)
 
 
 def _fsync_dir(directory: Path) -> None:

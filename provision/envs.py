@@ -687,6 +687,39 @@ def _sync(
     return plan, moved, [str(f) for f in folders]
 
 
+def _uv_cache_dir() -> Path | None:
+    """uv's cache folder (UV_CACHE_DIR, else uv's answer), None when uv uses no lasting cache."""
+    if os.environ.get("UV_NO_CACHE", "").lower() in ("1", "true", "yes", "on"):
+        return None
+    if os.environ.get("UV_CACHE_DIR"):
+        return Path(os.environ["UV_CACHE_DIR"])
+    try:
+        proc = run_uv(["cache", "dir"], 60)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    text = proc.stdout.strip()
+    return Path(text) if proc.returncode == 0 and text else None
+
+
+def unpacked_archives(cache: Path | None) -> set[str] | None:
+    """The entries of uv's archive-v0 (one per unpacked wheel): one listing of one folder."""
+    if cache is None:
+        return None
+    try:
+        return set(os.listdir(cache / "archive-v0"))
+    except OSError:
+        return set()
+
+
+def prune_needed(before: set[str] | None, after: set[str] | None) -> bool:
+    """Whether the install unpacked wheels into uv's cache (the copies a prune is for): an
+    install from local wheel files, or one that reused what uv had, left nothing to prune, and
+    the prune's walk over the whole cache (seconds on a cache of GBs) is skipped."""
+    if before is None or after is None:
+        return False
+    return bool(after - before)
+
+
 def prune_uv_cache(wait_s: int = 10) -> str:
     """`uv cache prune` after an install; returns uv's summary ("Removed N files (X GiB)") or "".
 
@@ -793,6 +826,8 @@ def ensure_env(
             interpreter = env_python(root)
             created = True
             mark = lap("create", mark)
+        cache = _uv_cache_dir()
+        archives_before = unpacked_archives(cache)
         try:
             # A fresh env is checked while uv already installs (it is removed if the lock does
             # not fit); an existing one is checked before uv touches it.
@@ -812,7 +847,10 @@ def ensure_env(
             )
         mark = lap("verify", mark)
         added, gone = _changes(plan)
-        pruned = prune_uv_cache() if added else ""
+        # The prune runs only when it has something to remove: packages were added and uv
+        # unpacked wheels into its cache for them (see prune_uv_cache).
+        unpacked = added and prune_needed(archives_before, unpacked_archives(cache))
+        pruned = prune_uv_cache() if unpacked else ""
         lap("prune", mark)
     version, count = _env_facts(root)
     result = EnvResult(

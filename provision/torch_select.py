@@ -550,7 +550,62 @@ def _pinned(version: str, variant: str, index: TorchIndex) -> str:
     return f"{version}+{variant}" if index.local_label else version
 
 
+# The common form of a profile's line, `name[extras]` and comma-separated clauses with PEP 440
+# versions, no marker, no URL: parsed here without importing packaging.requirements (it compiles
+# its grammar at import, tens of ms of every `provision lock`). Anything else, invalid lines
+# included, goes to packaging, which gives the answer and the error message.
+_PEP440 = (
+    r"\d+(?:\.\d+)*(?:(?:a|b|rc)\d+)?(?:\.post\d+)?(?:\.dev\d+)?"
+    r"(?:\+[a-z0-9]+(?:\.[a-z0-9]+)*)?"
+)
+_NAME = r"[A-Za-z0-9](?:[A-Za-z0-9._-]*[A-Za-z0-9])?"
+_CLAUSE = re.compile(rf"\s*(===|==|!=|~=|<=|>=|<|>)\s*({_PEP440}(?:\.\*)?)\s*", re.IGNORECASE)
+_SIMPLE = re.compile(rf"\s*({_NAME})\s*(?:\[\s*({_NAME}(?:\s*,\s*{_NAME})*)?\s*\])?([^\[\];@]*)$")
+
+
+@dataclass(frozen=True)
+class _Clause:
+    operator: str
+    version: str
+
+
+@dataclass(frozen=True)
+class _SimpleRequirement:
+    """What plan_torch reads of packaging's Requirement: name, extras, specifier, marker."""
+
+    name: str
+    extras: frozenset[str]
+    specifier: tuple[_Clause, ...]
+    marker: None = None
+
+
+def _parse_simple(requirement: str) -> _SimpleRequirement | None:
+    match = _SIMPLE.match(requirement)
+    if not match:
+        return None
+    name, extras, rest = match.groups()
+    clauses: list[_Clause] = []
+    if rest.strip():
+        for part in rest.split(","):
+            clause = _CLAUSE.fullmatch(part)
+            if not clause:
+                return None
+            operator, version = clause.groups()
+            if version.endswith(".*") and operator not in ("==", "!="):
+                return None  # packaging refuses it: let it say so
+            if "+" in version and operator not in ("==", "===", "!="):
+                return None
+            if operator == "~=" and "." not in version.split("+")[0]:
+                return None  # ~= needs two release parts
+            clauses.append(_Clause(operator, version))
+    names = frozenset(e.strip() for e in extras.split(",")) if extras else frozenset()
+    return _SimpleRequirement(name, names, tuple(clauses))
+
+
 def _parse(requirement: str) -> Any:
+    simple = _parse_simple(requirement)
+    if simple is not None:
+        return simple
     from packaging.requirements import InvalidRequirement, Requirement
 
     try:

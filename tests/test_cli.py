@@ -19,9 +19,11 @@ HEAVY = (
 def test_help_lists_every_command_with_an_example():
     proc = run_cli("--help")
     assert proc.returncode == 0
-    from provision.cli.app import EXAMPLES, app
+    from provision.cli.app import COMMANDS, EXAMPLES, build_commands
 
-    names = {c.name for c in app.registered_commands} | {g.name for g in app.registered_groups}
+    # Every command each module really defines (built the way the app builds the invoked one).
+    names = {name for module in set(COMMANDS.values()) for name in build_commands(module)}
+    assert names == set(COMMANDS)
     for name in names:
         assert f"  {name} " in proc.stdout, f"{name} missing from --help"
     examples = dict(EXAMPLES)
@@ -58,6 +60,42 @@ def test_start_up_imports_nothing_heavy():
         other = code.replace("'check', 'qwen2.5-vl-7b', '--gpu', 'RTX 4090', '--json'", argv)
         proc = subprocess.run([sys.executable, "-c", other], capture_output=True, text=True)
         assert "HEAVY []" in proc.stdout, (argv, proc.stdout[-500:])
+
+
+def _modules_after(*argv: str) -> set[str]:
+    """The modules a `provision ARGV` process has imported when it ends."""
+    code = (
+        "import sys, runpy\n"
+        f"sys.argv = ['provision', *{list(argv)!r}]\n"
+        "try:\n    runpy.run_module('provision', run_name='__main__')\n"
+        "except SystemExit:\n    pass\n"
+        "sys.__stdout__.write('\\nMODULES ' + ' '.join(sorted(sys.modules)) + '\\n')\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    return set(proc.stdout.rsplit("MODULES ", 1)[1].split())
+
+
+def test_only_the_invoked_command_is_built_and_rich_only_when_it_prints():
+    """Issue 17: start-up builds the one command that runs; --help imports no command module."""
+    from provision.cli.app import COMMANDS
+
+    commands = {f"provision.cli.{m}" for m in COMMANDS.values()}
+    loaded = _modules_after("check", "qwen2.5-vl-7b", "--gpu", "RTX 4090", "--json")
+    # (cli.check takes its --profiles-dir declaration from cli.profiles, a small module)
+    assert loaded & commands - {"provision.cli.profiles"} == {"provision.cli.check"}
+    assert not any(m == "rich" or m.startswith("rich.") for m in loaded)  # JSON: no rich
+    shown = _modules_after("check", "qwen2.5-vl-7b", "--gpu", "RTX 4090")
+    assert "rich.console" in shown  # the report is rich's table
+    helped = _modules_after("--help")
+    assert helped & commands == set() and "rich" not in helped
+    built = _modules_after("gpus", "--help") & commands
+    assert built - {"provision.cli.profiles"} == {"provision.cli.gpus"}
+
+
+def test_a_mistyped_command_gets_a_suggestion_from_the_commands_not_yet_built():
+    proc = run_cli("chek")
+    assert proc.returncode == 2
+    assert "No such command 'chek'. Did you mean 'check'?" in proc.stderr
 
 
 def test_check_on_this_machine_reports_and_sets_the_exit_code():

@@ -1,32 +1,41 @@
 """The `provision` command: global options and the list of commands.
 
-Every command module exposes `register(app)`. Modules here are imported at start-up, so they stay
-light: torch, transformers, modelscope, docker and huggingface_hub are imported inside the
-functions that need them, never at module level.
+Every command module exposes `register(app)`. Only the invoked command's module is imported and
+only its commands are built (`LazyGroup`): `provision check` does not pay for the other eleven,
+and `provision --help` lists them from `SUMMARIES` without importing any. Command modules stay
+light all the same: torch, transformers, modelscope, docker and huggingface_hub are imported
+inside the functions that need them, never at module level; rich only when something is printed.
 """
 
 from __future__ import annotations
 
-from typing import Annotated
+import importlib
+from difflib import get_close_matches
+from typing import Annotated, Any
 
 import typer
+from typer.core import TyperGroup
 
 from provision import __version__
-from provision.cli import (
-    check,
-    cluster,
-    direction,
-    docker,
-    download,
-    env,
-    gpus,
-    lock,
-    patch,
-    profiles,
-    setup,
-    smoke,
-)
 from provision.cli.output import use_json
+
+# Command name -> the module under provision.cli whose register(app) defines it, in the order
+# `provision --help` lists them.
+COMMANDS = {
+    "check": "check",
+    "profiles": "profiles",
+    "gpus": "gpus",
+    "download": "download",
+    "verify": "download",
+    "env": "env",
+    "patch": "patch",
+    "lock": "lock",
+    "docker": "docker",
+    "smoke": "smoke",
+    "setup": "setup",
+    "direction": "direction",
+    "cluster": "cluster",
+}
 
 # One example per command, shown under `provision --help` (the single place they are listed).
 EXAMPLES = [
@@ -63,8 +72,53 @@ SUMMARIES = {
     "cluster": "Provision every node of a Slurm job from the same lock.",
 }
 
+
+def build_commands(module_name: str) -> dict[str, Any]:
+    """The click commands one command module defines (name -> command), built through typer
+    exactly as a full app would build them, each with its example and one-line summary."""
+    module = importlib.import_module(f"provision.cli.{module_name}")
+    part = typer.Typer(rich_markup_mode=None, add_completion=False)
+    module.register(part)
+    for info in [*part.registered_commands, *part.registered_groups]:
+        example = dict(EXAMPLES).get(info.name or "")
+        if example and not info.epilog:
+            info.epilog = f"\b\nExample:\n  {example}"
+        info.short_help = SUMMARIES.get(info.name or "", info.short_help)
+    return dict(typer.main.get_group(part).commands)
+
+
+class LazyGroup(TyperGroup):
+    """The top-level group: a command is built when it is asked for, not at start-up."""
+
+    def list_commands(self, ctx: Any) -> list[str]:
+        return list(COMMANDS)
+
+    def get_command(self, ctx: Any, cmd_name: str) -> Any:
+        if cmd_name not in self.commands and cmd_name in COMMANDS:
+            for name, command in build_commands(COMMANDS[cmd_name]).items():
+                self.commands.setdefault(name, command)
+        return self.commands.get(cmd_name)
+
+    def resolve_command(self, ctx: Any, args: list[str]) -> Any:
+        try:
+            return super().resolve_command(ctx, args)
+        except Exception as exc:  # click's UsageError: suggest from all names, built or not
+            message = getattr(exc, "message", None)
+            matches = get_close_matches(args[0], list(COMMANDS)) if args else []
+            if isinstance(message, str) and matches and "Did you mean" not in message:
+                names = ", ".join(f"{m!r}" for m in matches)
+                exc.message = f"{message.rstrip('.')}. Did you mean {names}?"  # type: ignore[attr-defined]
+            raise
+
+    def format_commands(self, ctx: Any, formatter: Any) -> None:
+        # The one-line summaries are data here: listing them imports no command module.
+        with formatter.section("Commands"):
+            formatter.write_dl([(name, SUMMARIES[name]) for name in COMMANDS])
+
+
 app = typer.Typer(
     name="provision",
+    cls=LazyGroup,
     help="Make a GPU machine ready to run or fine-tune a multimodal LLM, reproducibly.",
     # "\b" keeps click from re-wrapping the block: one example per line.
     epilog="\b\nExamples:\n" + "\n".join(f"  {cmd:9} {ex}" for cmd, ex in EXAMPLES),
@@ -93,27 +147,3 @@ def _global(
     ] = False,
 ) -> None:
     use_json(json_output)
-
-
-for module in (
-    check,
-    profiles,
-    gpus,
-    download,
-    env,
-    patch,
-    lock,
-    docker,
-    smoke,
-    setup,
-    direction,
-    cluster,
-):
-    module.register(app)
-
-# Each command's own --help ends with its example too.
-for info in [*app.registered_commands, *app.registered_groups]:
-    example = dict(EXAMPLES).get(info.name or "")
-    if example and not info.epilog:
-        info.epilog = f"\b\nExample:\n  {example}"
-    info.short_help = SUMMARIES.get(info.name or "", info.short_help)

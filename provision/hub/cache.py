@@ -108,6 +108,19 @@ class HfCache:
         blobs, name = self.storage / "blobs", check_etag(etag)
         return sorted(blobs.glob(f"{name}.*incomplete")) if blobs.is_dir() else []
 
+    def all_leftovers(self) -> dict[str, list[Path]]:
+        """`leftovers` for every blob, from one listing of the folder (etag -> its partials):
+        a download asks once, not once per file, so its cost stays linear in the file count."""
+        blobs = self.storage / "blobs"
+        found: dict[str, list[Path]] = {}
+        if not blobs.is_dir():
+            return found
+        for name in sorted(os.listdir(blobs)):
+            etag, dot, rest = name.partition(".")
+            if dot and name.endswith("incomplete") and not name.endswith(PARTIAL_SUFFIX):
+                found.setdefault(etag, []).append(blobs / name)
+        return found
+
     def link(self, commit: str, path: str, etag: str) -> Path:
         """Point snapshots/{commit}/{path} at the blob, atomically (a relative symlink); where
         the cache's file system has no symlinks (HF_HUB_DISABLE_SYMLINKS=1, or the link fails)

@@ -386,6 +386,13 @@ class _Plan:
 
         reused: dict[str, str] = {}  # path -> sha256 of files already in the cache
         jobs: list[Job] = []
+        # Bookkeeping per file, built once: each blob's paths, and what killed runs of
+        # huggingface_hub left (one listing of the folder). Asking per finished file instead
+        # scanned every file of the repo each time: quadratic in the file count.
+        by_blob: dict[Path, list[RemoteFile]] = {}
+        for f in files:
+            by_blob.setdefault(cache.blob(f.etag), []).append(f)
+        leftovers = cache.all_leftovers()
         pins = self.pinned_hashes(source.kind, repo_id)
         for f in files:
             blob = cache.blob(f.etag)
@@ -407,7 +414,7 @@ class _Plan:
                     git_oid=None if f.lfs else f.blob_id,
                     url=_resolve_url(source, repo_id, commit, f.path),
                     origin=f.origin,
-                    leftovers=tuple(cache.leftovers(f.etag)),
+                    leftovers=tuple(leftovers.get(f.etag, ())),
                 )
             )
         # One job per blob: two paths with the same content share it.
@@ -417,9 +424,8 @@ class _Plan:
             return not (job.target.exists() and job.target.stat().st_size == job.size)
 
         def placed(outcome: Outcome) -> None:
-            for f in files:
-                if cache.blob(f.etag) == outcome.job.target:
-                    cache.link(commit, f.path, f.etag)
+            for f in by_blob[outcome.job.target]:
+                cache.link(commit, f.path, f.etag)
 
         headers = {"Authorization": f"Bearer {token}"} if token else {}
         blobs = cache.storage / "blobs"
@@ -429,9 +435,9 @@ class _Plan:
                 stamps.record(cache.cache, outcome.job.target, outcome.sha256)
         hashes = dict(reused)
         for outcome in outcomes:
-            for f in files:
-                if cache.blob(f.etag) == outcome.job.target:
-                    hashes[f.path] = outcome.sha256 or file_sha256(outcome.job.target)
+            sha = outcome.sha256 or file_sha256(outcome.job.target)
+            for f in by_blob[outcome.job.target]:
+                hashes[f.path] = sha
         for f in files:  # same blob as another path in this run
             if f.path not in hashes:
                 hashes[f.path] = f.sha256 if f.lfs and f.sha256 else file_sha256(cache.blob(f.etag))

@@ -33,7 +33,10 @@ def record(root: Path, target: Path, sha256: str) -> None:
     with contextlib.suppress(OSError):
         st = os.stat(target)
         text = json.dumps({"size": st.st_size, "mtime_ns": st.st_mtime_ns, "sha256": sha256})
-        atomic_write_text(_stamp(root, target), text)
+        # No fsync: a stamp lost or left empty by a power cut only means the file is hashed
+        # again next run (`trusted` wants valid JSON matching size, mtime and hash), while two
+        # fsyncs per placed file made a 1000-file download 1.45x-1.85x `hf download` (issue 17).
+        atomic_write_text(_stamp(root, target), text, durable=False)
 
 
 def trusted(root: Path, target: Path, sha256: str) -> bool:

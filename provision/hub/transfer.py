@@ -167,6 +167,8 @@ class Fetcher:
         self.gated_page = gated_page
         self.hub = hub
         self.retries, self.wait = _settings()
+        self.folders: set[Path] = set()  # where files were renamed into place (sync_folders)
+        self._lock = threading.Lock()
 
     # --- one job -----------------------------------------------------------------------------
     def run(self, job: Job, still_needed: Any = None) -> Outcome:
@@ -209,18 +211,37 @@ class Fetcher:
                     other.unlink(missing_ok=True)
 
     def _place(self, job: Job) -> None:
+        # Durability costs two kinds of fsync, and each is paid where it buys something:
+        # - the file, before its rename, every time: otherwise a power cut can leave the new
+        #   name pointing at a file whose bytes never reached the disk (zero-filled or short),
+        #   and the next run would reuse it as complete (it checks the size, not the hash);
+        # - its folder, once per folder per run (`sync_folders`, after the last file): that
+        #   makes the renames themselves durable, and one fsync of a folder covers every
+        #   rename into it. Syncing the folder after each file bought nothing more (a rename
+        #   lost in a crash only means that file is fetched again) and cost one fsync per file.
         fd = os.open(job.partial, os.O_RDONLY)
         try:
-            os.fsync(fd)  # the rename must not outlive the bytes after a power cut
+            os.fsync(fd)
         finally:
             os.close(fd)
         os.chmod(job.partial, 0o644)
         os.replace(job.partial, job.target)
-        dir_fd = os.open(job.target.parent, os.O_RDONLY)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
+        with self._lock:
+            self.folders.add(job.target.parent)
+
+    def sync_folders(self) -> None:
+        """fsync each folder a file was renamed into during this run, once (see `_place`)."""
+        with self._lock:
+            folders, self.folders = sorted(self.folders), set()
+        for folder in folders:
+            try:
+                dir_fd = os.open(folder, os.O_RDONLY)
+            except FileNotFoundError:
+                continue  # removed since (a cache cleared meanwhile): nothing left to make durable
+            try:
+                os.fsync(dir_fd)
+            finally:
+                os.close(dir_fd)
 
     def _fetch(self, job: Job) -> Outcome:
         state = _Partial(job)
@@ -409,31 +430,35 @@ def run_jobs(
     outcomes: list[Outcome] = []
     # Biggest first: the long transfers start early and the small ones fill the gaps.
     ordered = sorted(jobs, key=lambda j: -j.size)
-    with ThreadPoolExecutor(max_workers=max(1, min(workers, len(jobs)))) as pool:
-        futures = {pool.submit(fetcher.run, job, still_needed): job for job in ordered}
-        pending = set(futures)
-        error: BaseException | None = None
-        while pending:
-            try:
-                done, pending = wait(pending, return_when=FIRST_EXCEPTION)
-            except BaseException:
-                # Ctrl-C (KeyboardInterrupt) or SystemExit from SIGTERM/SIGHUP arrives here, in
-                # the main thread; leaving the `with` would wait for every running transfer to
-                # end. Stop them at their next block instead: their partial files stay.
-                fetcher.stop.set()
-                for future in pending:
-                    future.cancel()
-                raise
-            for future in done:
-                exc = future.exception()
-                if exc is None:
-                    outcome = future.result()
-                    outcomes.append(outcome)
-                    if on_done is not None:
-                        on_done(outcome)
-                elif not isinstance(exc, Cancelled) and error is None:
-                    error = exc
+    error: BaseException | None = None
+    try:
+        with ThreadPoolExecutor(max_workers=max(1, min(workers, len(jobs)))) as pool:
+            futures = {pool.submit(fetcher.run, job, still_needed): job for job in ordered}
+            pending = set(futures)
+            while pending:
+                try:
+                    done, pending = wait(pending, return_when=FIRST_EXCEPTION)
+                except BaseException:
+                    # Ctrl-C (KeyboardInterrupt) or SystemExit from SIGTERM/SIGHUP arrives here,
+                    # in the main thread; leaving the `with` would wait for every running
+                    # transfer to end. Stop them at their next block instead: their partial
+                    # files stay.
                     fetcher.stop.set()
-        if error is not None:
-            raise error
+                    for future in pending:
+                        future.cancel()
+                    raise
+                for future in done:
+                    exc = future.exception()
+                    if exc is None:
+                        outcome = future.result()
+                        outcomes.append(outcome)
+                        if on_done is not None:
+                            on_done(outcome)
+                    elif not isinstance(exc, Cancelled) and error is None:
+                        error = exc
+                        fetcher.stop.set()
+    finally:
+        fetcher.sync_folders()  # the files placed before a failure are kept durably too
+    if error is not None:
+        raise error
     return outcomes

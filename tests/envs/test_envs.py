@@ -315,3 +315,29 @@ def test_envs_built_from_a_pypi_lock_leave_no_unreachable_copies_in_uv_s_cache(
         assert got.stdout.strip() == "1.17.0"  # the envs keep their files (hard links)
     again = ensure_env(tmp_path / "env0", lock)
     assert again.action == "unchanged" and again.cache_pruned == ""  # nothing installed
+
+
+def test_the_prune_is_skipped_when_the_install_unpacked_nothing_into_uv_s_cache(
+    tmp_path: Path, private_uv_cache: Path, lock: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Issue 17: a lock of local wheel files is unpacked into uv's cache once and reused after;
+    a second environment from it adds packages but nothing to the cache, so no prune (its walk
+    over the whole cache costs seconds on a cache of GBs)."""
+    calls: list[str] = []
+    real = envs.prune_uv_cache
+
+    def counted(*args: object, **kwargs: object) -> str:
+        said = real(*args, **kwargs)  # type: ignore[arg-type]
+        calls.append(said)
+        return said
+
+    monkeypatch.setattr(envs, "prune_uv_cache", counted)
+    first = ensure_env(tmp_path / "env0", lock)
+    archives = sorted((private_uv_cache / "archive-v0").iterdir())
+    assert first.installed and archives  # uv unpacked the two wheels the first time
+    first_calls = len(calls)
+    second = ensure_env(tmp_path / "env1", lock)
+    assert second.action == "created" and sorted(second.installed) == sorted(first.installed)
+    assert sorted((private_uv_cache / "archive-v0").iterdir()) == archives
+    assert len(calls) == first_calls and second.cache_pruned == ""  # no prune this time
+    assert installed_packages(second.env) == {"demo-a": "1.0", "demo-b": "1.0"}

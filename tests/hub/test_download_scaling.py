@@ -1,0 +1,91 @@
+"""Issue 17: a download's bookkeeping is per file (no rescans of the repo) and its fsyncs are the
+file's, then each folder's once. Run against the local hub with the real clients; the only
+thing wrapped is os.fsync / HfCache.blob, to count calls (each still does its real work)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from provision.hub import cache as cache_module
+from provision.hub import download_profile
+from provision.hub import transfer as transfer_module
+from provision.profiles import load_profile
+from tests.hub import helpers
+from tests.servers.hub import HubServer
+
+FILES = 60
+
+
+@pytest.fixture
+def many(hub: HubServer, hub_env: dict[str, str], tmp_path: Path) -> tuple[str, int]:
+    """org/many: FILES small files (plus the three make_repo adds), profile `many`."""
+    shards = {f"tile-{i:04d}.bin": 1000 + i for i in range(FILES)}
+    folder = helpers.make_repo(tmp_path / "src" / "many", shards)
+    hub.add_repo("org/many", folder)
+    helpers.write_profile(tmp_path / "profiles", "many", "org/many")
+    return "many", FILES + 3
+
+
+def _download(hub: HubServer, name: str):
+    return download_profile(load_profile(name), source=hub.url, progress=False)
+
+
+def test_bookkeeping_is_linear_in_the_file_count(hub, many, monkeypatch):
+    name, count = many
+    calls = {"blob": 0}
+    real_blob = cache_module.HfCache.blob
+
+    def counting_blob(self, etag):
+        calls["blob"] += 1
+        return real_blob(self, etag)
+
+    monkeypatch.setattr(cache_module.HfCache, "blob", counting_blob)
+    result = _download(hub, name)
+    assert result.files_fetched == count
+    # Per file: the plan, the job and its link each build the path once. The old code rebuilt
+    # every file's path for every finished file (count * count = 3969 here).
+    assert calls["blob"] <= 4 * count, calls
+    snapshot = result.snapshot
+    assert all((snapshot / f.path).is_symlink() for f in result.files)
+    assert {f.path for f in result.files} >= {f"tile-{i:04d}.bin" for i in range(FILES)}
+
+
+def test_each_file_is_synced_and_its_folder_once(hub, many, monkeypatch):
+    name, count = many
+    synced: list[str] = []
+    real_fsync = os.fsync
+
+    def recording_fsync(fd):
+        synced.append(os.readlink(f"/proc/self/fd/{fd}"))
+        return real_fsync(fd)
+
+    monkeypatch.setattr(transfer_module.os, "fsync", recording_fsync)
+    result = _download(hub, name)
+    blobs = result.snapshot.parent.parent / "blobs"
+    folder_syncs = [p for p in synced if Path(p) == blobs]
+    file_syncs = [p for p in synced if Path(p).parent == blobs]
+    assert len(folder_syncs) == 1, folder_syncs  # was one per file (63)
+    # Every blob's bytes were synced before its rename (under its partial name).
+    assert len(file_syncs) == count
+    assert all(p.endswith(cache_module.PARTIAL_SUFFIX) for p in file_syncs)
+    # And nothing else per file: the stamps beside the cache are hints, written without fsync
+    # (the lock, ref and tree files add a few).
+    assert len(synced) <= count + 10, len(synced)
+    placed = sorted(p.name for p in blobs.iterdir())
+    assert len(placed) == count and not any(n.endswith(cache_module.PARTIAL_SUFFIX) for n in placed)
+
+
+def test_leftovers_of_a_killed_hf_download_are_found_from_one_listing(tmp_path):
+    cache = cache_module.HfCache(tmp_path / "hub", "org/x")
+    blobs = cache.storage / "blobs"
+    blobs.mkdir(parents=True)
+    a, b, c = "a" * 40, "b" * 40, "c" * 64  # blob ids as the hub gives them
+    for name in (f"{a}.incomplete", f"{a}.1a2b.incomplete", b, f"{c}.provision-partial"):
+        (blobs / name).write_bytes(b"x")
+    found = cache.all_leftovers()
+    assert found == {a: [blobs / f"{a}.1a2b.incomplete", blobs / f"{a}.incomplete"]}
+    assert found[a] == cache.leftovers(a)  # the same answer as asking per blob
+    assert cache_module.HfCache(tmp_path / "none", "org/x").all_leftovers() == {}
