@@ -13,14 +13,14 @@ from provision.cli.options import (
     GpuMemOpt,
     GpuOpt,
     GpusOpt,
+    OfflineOpt,
     ProfilesDir,
     QuantOpt,
     StackOpt,
     TaskOpt,
 )
 from provision.cli.output import JsonFlag, emit
-from provision.cli.profiles import OfflineOpt, apply_offline
-from provision.cli.shared import planned_machine
+from provision.cli.shared import apply_offline, planned_machine
 from provision.errors import EXIT_FAILED
 
 

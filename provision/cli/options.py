@@ -106,3 +106,13 @@ SkipCheckOpt = Annotated[
 SetupLockOpt = Annotated[
     Path | None, typer.Option("--lock", help="Lockfile to write and record into.")
 ]
+
+
+OfflineOpt = Annotated[
+    bool,
+    typer.Option(
+        "--offline",
+        envvar="PROVISION_OFFLINE",
+        help="For a repo id: use the metadata cache only, never the network.",
+    ),
+]

@@ -6,26 +6,9 @@ from typing import Annotated, Any
 
 import typer
 
-from provision.cli.options import ProfilesDir
+from provision.cli.options import OfflineOpt, ProfilesDir
 from provision.cli.output import JsonFlag, emit
-
-OfflineOpt = Annotated[
-    bool,
-    typer.Option(
-        "--offline",
-        envvar="PROVISION_OFFLINE",
-        help="For a repo id: use the metadata cache only, never the network.",
-    ),
-]
-
-
-def apply_offline(offline: bool) -> None:
-    """--offline reaches the derivation through PROVISION_OFFLINE (what the library reads)."""
-    if offline:
-        import os
-
-        os.environ["PROVISION_OFFLINE"] = "1"
-
+from provision.cli.shared import apply_offline
 
 group = typer.Typer(
     help="List model profiles, or show one.",
@@ -127,7 +110,7 @@ def add(
 ) -> None:
     """Derive a profile from the repository's metadata and write it as an editable TOML into
     your profile folder (--profiles-dir, PROVISION_PROFILES_DIR or ~/.config/provision/profiles)."""
-    from provision.derive import add_profile
+    from provision.derive.add import add_profile
     from provision.profiles import load_profile_file
 
     apply_offline(offline)

@@ -138,3 +138,11 @@ class LockFlags:
             "lock_dir": self.lock_dir,
             "use_pip_config": not self.ignore_pip_config,
         }
+
+
+def apply_offline(offline: bool) -> None:
+    """--offline reaches the derivation through PROVISION_OFFLINE (what the library reads)."""
+    if offline:
+        import os
+
+        os.environ["PROVISION_OFFLINE"] = "1"
