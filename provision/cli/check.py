@@ -6,7 +6,25 @@ from typing import Annotated, Any
 
 import typer
 
-from provision.cli.options import DriverOpt, GpuMemOpt, GpuOpt, GpusOpt
+from provision.cli.options import (
+    BatchOpt,
+    CacheMaxEntryOpt,
+    DriverOpt,
+    EmitOpt,
+    EnforceEagerOpt,
+    FramesOpt,
+    GpuMemOpt,
+    GpuOpt,
+    GpusOpt,
+    LimitMmOpt,
+    MaxBatchedTokensOpt,
+    MaxNumSeqsOpt,
+    MaxPixelsOpt,
+    MaxTilesOpt,
+    SeqOpt,
+    TaskOpt,
+    parse_limit_mm,
+)
 from provision.cli.output import JsonFlag, emit
 from provision.cli.profiles import ProfilesDir
 from provision.errors import EXIT_FAILED
@@ -20,18 +38,19 @@ def planned_machine(gpu: str | None, gpu_mem: str | None, gpus: int | None, driv
 
 def check(
     profile: Annotated[str, typer.Argument(help="Profile name, e.g. qwen2.5-vl-7b.")],
-    task: Annotated[str, typer.Option(help="infer, lora, qlora or full.")] = "infer",
+    task: TaskOpt = "infer",
     quant: Annotated[
         str | None, typer.Option(help="bf16, fp16, fp8, int8 or int4 (default bf16; qlora int4).")
     ] = None,
-    batch: Annotated[int, typer.Option(help="Samples per GPU per step.")] = 1,
-    seq: Annotated[
-        int | None, typer.Option(help="Tokens per sample, image tokens included (default by task).")
-    ] = None,
+    batch: BatchOpt = 1,
+    seq: SeqOpt = None,
     images: Annotated[int, typer.Option(help="Images per sample.")] = 1,
     image_tokens: Annotated[
         int | None, typer.Option(help="Tokens per image (default: the profile's resolution).")
     ] = None,
+    max_pixels: MaxPixelsOpt = None,
+    max_tiles: MaxTilesOpt = None,
+    frames: FramesOpt = None,
     context: Annotated[
         int | None,
         typer.Option(help="Serving engines: tokens of KV cache reserved (default: model context)."),
@@ -51,6 +70,12 @@ def check(
         float | None,
         typer.Option(help="Share of GPU memory the stack may use (vLLM --gpu-memory-utilization)."),
     ] = None,
+    max_num_seqs: MaxNumSeqsOpt = None,
+    enforce_eager: EnforceEagerOpt = False,
+    max_batched_tokens: MaxBatchedTokensOpt = None,
+    limit_mm: LimitMmOpt = None,
+    cache_max_entry_count: CacheMaxEntryOpt = None,
+    emit_launch: EmitOpt = False,
     gpu: GpuOpt = None,
     gpu_mem: GpuMemOpt = None,
     gpus: GpusOpt = None,
@@ -62,6 +87,7 @@ def check(
     from provision.check import run_check
     from provision.fit import FitRequest
 
+    limit_images, limit_videos = parse_limit_mm(limit_mm)
     request = FitRequest(
         task=task,
         quant=quant,
@@ -75,9 +101,18 @@ def check(
         context=context,
         attention=attention,
         memory_fraction=memory_fraction,
+        max_num_seqs=max_num_seqs,
+        enforce_eager=enforce_eager,
+        max_batched_tokens=max_batched_tokens,
+        limit_images=limit_images,
+        limit_videos=limit_videos,
+        cache_max_entry_count=cache_max_entry_count,
+        max_pixels=max_pixels,
+        max_tiles=max_tiles,
+        frames=frames,
     )
     machine = planned_machine(gpu, gpu_mem, gpus, driver)
-    report = run_check(profile, request, machine, profiles_dir)
+    report = run_check(profile, request, machine, profiles_dir, emit=emit_launch)
     emit(report, lambda con: render(con, report), json_output)
     if not report.ok:
         raise typer.Exit(EXIT_FAILED)
@@ -137,6 +172,15 @@ def render(con: Any, report: Any) -> None:
         )
     else:
         con.print(f"Data disk: [red]{disk.note}[/]")
+    if report.launch is not None:
+        from rich.markup import escape
+
+        applies = f" (with {report.launch_note})" if report.launch_note else ""
+        con.print(
+            f"Launch{applies}, flags as of {report.launch.stack} {report.launch.version}:",
+            highlight=False,
+        )
+        con.print(escape(report.launch.line), highlight=False, soft_wrap=True)
 
 
 def register(app: typer.Typer) -> None:
