@@ -451,7 +451,7 @@ def _engine(
     kv += cross_kv_bytes(profile, req.image_tokens, req.images, req.batch)
     width = act["infer_hidden"] * t["hidden"] + act["infer_intermediate"] * t["intermediate"]
     item_tokens = req.largest_image_tokens or req.image_tokens
-    seqs = req.max_num_seqs or eng["max_num_seqs"]
+    seqs = req.max_num_seqs or eng.get("max_num_seqs", eng.get("max_batch_size", 1))
     limit = req.limit_images if req.limit_images is not None else max(req.images, 1)
     if req.images == 0:
         limit = 0
