@@ -345,6 +345,11 @@ def resolve_request(profile: Profile, req: FitRequest) -> FitRequest:
     info = stacks()[stack]
     quant = req.quant or ("int4" if req.task == "qlora" else "bf16")
     from_setting = image_tokens_for(profile, req)
+    stack_tiles = info.get("default_max_tiles")
+    tiled = "tokens_per_tile" in vision_family(profile)
+    if from_setting is None and req.image_tokens is None and stack_tiles and tiled:
+        # The stack's own default resolution (XTuner: the model's max_dynamic_patch).
+        from_setting = image_tokens_for(profile, replace(req, max_tiles=stack_tiles))
     if req.image_tokens is not None and from_setting is not None:
         raise ProvisionError(
             "Give --image-tokens or a resolution setting (--max-pixels, --max-tiles), not both."
@@ -534,7 +539,8 @@ def _inference(
     assert req.seq and req.image_tokens and req.quant and req.context
     batch, seq = req.batch, req.seq
     paged = info["kind"] == "paged"
-    weights = weight_bytes(profile, req.quant)
+    copies = info.get("infer_weights_copies", 1)  # the stack's own way of loading
+    weights = weight_bytes(profile, req.quant) * copies
     # Inference splits weights and KV over the GPUs (tensor parallel, or device_map="auto").
     strategy = "one GPU" if gpus == 1 else f"weights and KV cache split over {gpus} GPUs"
     kv_tokens = req.context if paged else seq
@@ -547,7 +553,12 @@ def _inference(
     logits = logit_rows * t["vocab"] * (2 if logit_rows > batch else act["infer_logit_bytes"])
     vision = vision_bytes(profile, req, batch, train=False) if req.images else 0.0
     parts = [
-        Component("weights", weights / gpus, f"{req.quant}, {weights / GIB:.1f} GiB in all"),
+        Component(
+            "weights",
+            weights / gpus,
+            f"{req.quant}, {weights / GIB:.1f} GiB in all"
+            + (f": the stack loads the model {copies} times ({req.stack})" if copies > 1 else ""),
+        ),
         Component(
             "kv cache",
             kv / gpus,

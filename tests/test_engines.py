@@ -4,6 +4,7 @@ flags, context overflow, rounded suggestions and the --emit launch line."""
 
 from __future__ import annotations
 
+import json
 from dataclasses import replace
 
 import pytest
@@ -251,3 +252,50 @@ def test_bad_engine_flags_exit_2_with_one_message(args, message):
     out = result.stdout + result.stderr
     assert result.returncode == 2, out
     assert message in " ".join(out.split()) and "Traceback" not in out
+
+
+def test_xtuner_uses_the_models_max_dynamic_patch_by_default():
+    """XTuner's InternVL configs take max_dynamic_patch 12 (+ thumbnail): 3328 image tokens."""
+    internvl2 = load_profile("internvl2-2b")
+    xtuner = resolve_request(internvl2, FitRequest(task="lora", stack="xtuner"))
+    assert xtuner.image_tokens == 3328
+    swift = resolve_request(internvl2, FitRequest(task="lora", stack="ms-swift"))
+    assert swift.image_tokens == internvl2.image["tokens"]
+
+
+def test_llava_quick_start_loads_the_model_twice():
+    """LLaVA's README quick-start loads the weights twice: on an RTX 3090 it does not fit (seed
+    004); run_llava.py alone (--stack llava-run) loads once and fits."""
+    twice = _check(LLAVA, FitRequest(), "RTX 3090")
+    once = _check(LLAVA, FitRequest(stack="llava-run"), "RTX 3090")
+    assert twice.verdict == "does not fit"
+    assert once.verdict == "fits"
+    assert twice.estimate.part("weights") == pytest.approx(2 * once.estimate.part("weights"))
+    assert "loads the model 2 times" in twice.estimate.components[0].detail
+
+
+def test_lora_rank_and_direction_check_take_the_run_shape():
+    rc, data = run_json(
+        "check", "internvl2-2b", "--task", "lora", "--lora-rank", "128", "--gpu", "A100-80GB"
+    )
+    assert data["fit"]["request"]["lora_rank"] == 128
+    rc, small = run_json(
+        "direction", "check", "internvl2-lmdeploy-xtuner", "--task", "lora", "--gpu", "A100-80GB"
+    )
+    rc, big = run_json(
+        "direction",
+        "check",
+        "internvl2-lmdeploy-xtuner",
+        "--task",
+        "lora",
+        "--batch",
+        "4",
+        "--seq",
+        "4096",
+        "--gpu",
+        "A100-80GB",
+    )
+    text = json.dumps(big)
+    assert '"batch": 4' in text and '"seq": 4096' in text
+    assert '"task": "infer"' not in text  # only the task asked for
+    assert json.dumps(small) != text

@@ -17,6 +17,7 @@ from provision.cli.options import (
     GpuOpt,
     GpusOpt,
     LimitMmOpt,
+    LoraRankOpt,
     MaxBatchedTokensOpt,
     MaxNumSeqsOpt,
     MaxPixelsOpt,
@@ -60,6 +61,7 @@ def check(
         typer.Option(help="transformers, vllm, lmdeploy, ms-swift... (default: profile)"),
     ] = None,
     zero: Annotated[int | None, typer.Option(help="DeepSpeed ZeRO stage for tuning.")] = None,
+    lora_rank: LoraRankOpt = None,
     gradient_checkpointing: Annotated[
         bool, typer.Option("--gradient-checkpointing/--no-gradient-checkpointing")
     ] = True,
@@ -98,6 +100,7 @@ def check(
         gradient_checkpointing=gradient_checkpointing,
         stack=stack,
         zero=zero,
+        lora_rank=lora_rank,
         context=context,
         attention=attention,
         memory_fraction=memory_fraction,

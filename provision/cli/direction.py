@@ -10,6 +10,7 @@ import typer
 from provision.cli.check import planned_machine
 from provision.cli.lock import emit_checks, emit_locked, lock_machine
 from provision.cli.options import (
+    BatchOpt,
     DriverOpt,
     ForceOpt,
     GpuMemOpt,
@@ -17,6 +18,8 @@ from provision.cli.options import (
     GpusOpt,
     IgnorePipOpt,
     LockDirOpt,
+    MemberTaskOpt,
+    SeqOpt,
     SetupLockOpt,
     SkipCheckOpt,
     SourceOpt,
@@ -199,6 +202,9 @@ def show(
 @group.command("check")
 def check(
     name: NameArg,
+    task: MemberTaskOpt = None,
+    batch: BatchOpt = 1,
+    seq: SeqOpt = None,
     gpu: GpuOpt = None,
     gpu_mem: GpuMemOpt = None,
     gpus: GpusOpt = None,
@@ -212,7 +218,9 @@ def check(
     from provision.errors import EXIT_FAILED
 
     direction = _load(name, directions_dir, profiles_dir)
-    report = check_direction(direction, planned_machine(gpu, gpu_mem, gpus, driver), profiles_dir)
+    report = check_direction(
+        direction, planned_machine(gpu, gpu_mem, gpus, driver), profiles_dir, task, batch, seq
+    )
 
     def render(con: Any) -> None:
         from rich.markup import escape

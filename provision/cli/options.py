@@ -83,10 +83,17 @@ SetupLockOpt = Annotated[
 # The run to size: check and direction check (issue 12). Engine flags are named as the engines
 # name them (vLLM 0.8.5, LMDeploy 0.7.3: provision/data/stacks.toml [stack.*.launch]).
 TaskOpt = Annotated[str, typer.Option("--task", help="infer, lora, qlora or full.")]
+MemberTaskOpt = Annotated[
+    str | None,
+    typer.Option("--task", help="infer, lora, qlora or full (default: each member's tasks)."),
+]
 BatchOpt = Annotated[int, typer.Option("--batch", help="Samples per GPU per step.")]
 SeqOpt = Annotated[
     int | None,
     typer.Option("--seq", help="Tokens per sample, image tokens included (default by task)."),
+]
+LoraRankOpt = Annotated[
+    int | None, typer.Option("--lora-rank", help="LoRA rank (default 8, as ms-swift and PEFT).")
 ]
 MaxNumSeqsOpt = Annotated[
     int | None,
