@@ -21,6 +21,7 @@ from provision.units import GIB
 TASKS = ("infer", "lora", "qlora", "full")
 QUANTS = ("bf16", "fp16", "fp8", "int8", "int4")
 ATTENTION = ("sdpa", "flash_attention_2", "eager")
+DTYPES = ("fp32", "fp16", "bf16")
 
 
 @cache
@@ -109,6 +110,7 @@ class FitRequest:
     max_pixels: int | None = None
     max_tiles: int | None = None
     frames: int | None = None  # video frames per sample
+    dtype: str | None = None  # the loaded weights' dtype: fp32 doubles the 16-bit weights
     # The largest image an engine's start-up profiles with: the user's bound, else the model's max.
     largest_image_tokens: int | None = None
 
@@ -117,7 +119,7 @@ class FitRequest:
 
 
 def validate_request(req: FitRequest) -> None:
-    choices = {"task": TASKS, "quant": QUANTS, "attention": ATTENTION}
+    choices = {"task": TASKS, "quant": QUANTS, "attention": ATTENTION, "dtype": DTYPES}
     for name, allowed in choices.items():
         value = getattr(req, name)
         if value is not None and value not in allowed:
@@ -218,6 +220,19 @@ def language_linear_params(profile: Profile) -> int:
     """Parameters in the language model's linear layers: what quantisation shrinks."""
     embed, head = embedding_params(profile)
     return max(profile.params["language"] - embed - head, 0)
+
+
+def loaded_weight_bytes(profile: Profile, req: FitRequest, lora_base: float | None = None) -> float:
+    """weight_bytes as the request loads them: `--dtype fp32` (torch_dtype=float32, or a script
+    that passes no torch_dtype) holds 4 bytes where the checkpoint has 2; quantised linears stay
+    packed."""
+    quant = req.quant or "bf16"
+    weights = weight_bytes(profile, quant, lora_base)
+    if req.dtype != "fp32" or lora_base is not None:
+        return weights
+    if quant in ("bf16", "fp16"):
+        return 2 * weights
+    return weights + (profile.params["total"] - language_linear_params(profile)) * 2.0
 
 
 def weight_bytes(profile: Profile, quant: str, lora_base_bytes: float | None = None) -> float:
@@ -451,7 +466,7 @@ def _engine(
     act, t, eng = c["activations"], profile.text, info["engine"]
     fam = vision_family(profile)
     assert req.seq and req.image_tokens and req.quant and req.context
-    weights = weight_bytes(profile, req.quant)
+    weights = loaded_weight_bytes(profile, req)
     kv = kv_bytes(profile, req.context, req.batch)
     kv += cross_kv_bytes(profile, req.image_tokens, req.images, req.batch)
     width = act["infer_hidden"] * t["hidden"] + act["infer_intermediate"] * t["intermediate"]
@@ -540,7 +555,7 @@ def _inference(
     batch, seq = req.batch, req.seq
     paged = info["kind"] == "paged"
     copies = info.get("infer_weights_copies", 1)  # the stack's own way of loading
-    weights = weight_bytes(profile, req.quant) * copies
+    weights = loaded_weight_bytes(profile, req) * copies
     # Inference splits weights and KV over the GPUs (tensor parallel, or device_map="auto").
     strategy = "one GPU" if gpus == 1 else f"weights and KV cache split over {gpus} GPUs"
     kv_tokens = req.context if paged else seq
@@ -583,7 +598,7 @@ def _training(
     assert req.seq and req.quant
     zero = req.zero or 0
     lora_base = info.get("lora_base_bytes") if req.task == "lora" else None
-    weights = weight_bytes(profile, req.quant, lora_base)
+    weights = loaded_weight_bytes(profile, req, lora_base)
     shard_weights = gpus if (req.task == "full" and zero == 3) else 1
     parts = [Component("weights", weights / shard_weights, f"{req.quant} base model")]
     if req.task in ("lora", "qlora"):

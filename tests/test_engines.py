@@ -299,3 +299,14 @@ def test_lora_rank_and_direction_check_take_the_run_shape():
     assert '"batch": 4' in text and '"seq": 4096' in text
     assert '"task": "infer"' not in text  # only the task asked for
     assert json.dumps(small) != text
+
+
+def test_an_fp32_load_doubles_the_16_bit_weights():
+    bf16 = estimate(LLAVA, FitRequest(stack="llava-run"))
+    fp32 = estimate(LLAVA, FitRequest(stack="llava-run", dtype="fp32"))
+    assert fp32.part("weights") == pytest.approx(2 * bf16.part("weights"))
+    int4 = estimate(LLAVA, FitRequest(stack="llava-run", quant="int4"))
+    int4_fp32 = estimate(LLAVA, FitRequest(stack="llava-run", quant="int4", dtype="fp32"))
+    assert int4.part("weights") < int4_fp32.part("weights") < fp32.part("weights")
+    with pytest.raises(ProvisionError, match="Unknown --dtype 'fp64'"):
+        estimate(LLAVA, FitRequest(dtype="fp64"))

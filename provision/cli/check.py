@@ -10,6 +10,7 @@ from provision.cli.options import (
     BatchOpt,
     CacheMaxEntryOpt,
     DriverOpt,
+    DtypeOpt,
     EmitOpt,
     EnforceEagerOpt,
     FramesOpt,
@@ -62,6 +63,7 @@ def check(
     ] = None,
     zero: Annotated[int | None, typer.Option(help="DeepSpeed ZeRO stage for tuning.")] = None,
     lora_rank: LoraRankOpt = None,
+    dtype: DtypeOpt = None,
     gradient_checkpointing: Annotated[
         bool, typer.Option("--gradient-checkpointing/--no-gradient-checkpointing")
     ] = True,
@@ -101,6 +103,7 @@ def check(
         stack=stack,
         zero=zero,
         lora_rank=lora_rank,
+        dtype=dtype,
         context=context,
         attention=attention,
         memory_fraction=memory_fraction,

@@ -95,6 +95,12 @@ SeqOpt = Annotated[
 LoraRankOpt = Annotated[
     int | None, typer.Option("--lora-rank", help="LoRA rank (default 8, as ms-swift and PEFT).")
 ]
+DtypeOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--dtype", help="Dtype of the loaded weights: fp32, fp16 or bf16 (fp32 doubles them)."
+    ),
+]
 MaxNumSeqsOpt = Annotated[
     int | None,
     typer.Option(
