@@ -34,7 +34,15 @@ _REQUEST_KEYS = (
     "context",
     "attention",
     "memory_fraction",
-)
+    "max_num_seqs",
+    "enforce_eager",
+    "max_batched_tokens",
+    "limit_images",
+    "limit_videos",
+    "cache_max_entry_count",
+    "max_pixels",
+    "max_tiles",
+)  # `frames` stays descriptive: those rows give image_tokens per video already
 
 
 @dataclass
@@ -137,7 +145,7 @@ def compare(obs: dict[str, Any]) -> Comparison:
         fields.setdefault("seq", obs.get("context"))
     request = FitRequest(task=obs["task"], quant=quant, stack=stack, **fields)
     machine = _machine(obs)
-    est, _ = judge(profile, request, machine)
+    est, gpu_verdicts = judge(profile, request, machine)
     need = est.per_gpu
     note = ""
     if obs.get("measure") in ("allocated", "reserved"):
@@ -150,6 +158,8 @@ def compare(obs: dict[str, Any]) -> Comparison:
     verdict = None  # without a named card only the figure can be compared
     if "gpu" in obs or "gpu_mem_gib" in obs:
         verdict = verdict_for(need, machine.gpus[0].memory_total * est.memory_fraction)
+        if est.engine is not None:  # the engine's own start-up decides (fit.engine_check)
+            verdict = gpu_verdicts[0].verdict
     return Comparison(**base, estimate_gib=need / GIB, verdict=verdict, modelled=True, note=note)
 
 

@@ -36,6 +36,8 @@ class CheckReport:
     fit: FitResult
     disk: DiskCheck
     cluster: Any = None  # provision.cluster.plan.ClusterPlan under `check --nodes`
+    launch: Any = None  # provision.launch.Launch with --emit
+    launch_note: str = ""  # which suggestion the launch line applies, when it does not fit as is
 
     @property
     def ok(self) -> bool:
@@ -53,6 +55,9 @@ class CheckReport:
             "disk": self.disk.to_json(),
             "ok": self.ok,
             **({"cluster": self.cluster.to_json()} if self.cluster is not None else {}),
+            "launch": None
+            if self.launch is None
+            else self.launch.to_json() | {"applies": self.launch_note or None},
         }
 
 
@@ -73,6 +78,7 @@ def run_check(
     request: FitRequest,
     machine: Machine | None = None,
     profiles_dir: str | os.PathLike[str] | None = None,
+    emit: bool = False,
 ) -> CheckReport:
     """Load the profile, probe this machine unless a planned one is given, and judge the fit."""
     profile = load_profile(profile_name, profiles_dir)
@@ -87,4 +93,29 @@ def run_check(
         except ProvisionError:
             continue
     fit = check_fit(profile, request, machine, siblings)
-    return CheckReport(profile=profile, machine=machine, fit=fit, disk=check_disk(profile))
+    report = CheckReport(profile=profile, machine=machine, fit=fit, disk=check_disk(profile))
+    if emit:
+        report.launch, report.launch_note = plan_launch(profile, request, fit, machine)
+    return report
+
+
+def plan_launch(
+    profile: Profile, request: FitRequest, fit: FitResult, machine: Machine
+) -> tuple[Any, str]:
+    """The launch command for the request if it fits, else for the first suggestion that changes
+    only the request or the GPU count (the numbers that make it fit)."""
+    from dataclasses import fields, replace
+
+    from provision.launch import launch_for
+    from provision.memory import resolve_request
+
+    gpus = max(machine.gpu_count, 1)
+    if fit.fits:
+        return launch_for(profile, fit.request, gpus), ""
+    names = {f.name for f in fields(FitRequest)}
+    for s in fit.suggestions:
+        if s.change and set(s.change) <= names | {"gpus"}:
+            change = {k: v for k, v in s.change.items() if k != "gpus"}
+            req = resolve_request(profile, replace(request, **change))
+            return launch_for(profile, req, s.change.get("gpus", gpus)), s.text
+    return launch_for(profile, fit.request, gpus), "nothing listed makes it fit on this machine"

@@ -39,9 +39,11 @@ class GpuVerdict:
     need: float
     verdict: str
     free: int | None = None
+    engine_error: str | None = None  # what the serving engine would print when it refuses
 
     def to_json(self) -> dict[str, Any]:
         return {
+            "engine_error": self.engine_error,
             "index": self.index,
             "name": self.name,
             "total_gib": round(self.total / GIB, 2),
@@ -109,18 +111,68 @@ def judge(profile: Profile, req: FitRequest, machine: Machine) -> tuple[Estimate
     verdicts = []
     for gpu in machine.gpus:
         usable = gpu.memory_total * est.memory_fraction
+        need, error = est.per_gpu, None
+        if est.engine is not None:
+            need, usable, error = engine_check(est, gpu.memory_total)
+        verdict = verdict_for(need, usable)
+        if error is not None:
+            verdict = "does not fit"
         verdicts.append(
             GpuVerdict(
                 index=gpu.index,
                 name=gpu.name,
                 total=gpu.memory_total,
                 usable=usable,
-                need=est.per_gpu,
-                verdict=verdict_for(est.per_gpu, usable),
+                need=need,
+                verdict=verdict,
                 free=gpu.memory_free,
+                engine_error=error,
             )
         )
     return est, verdicts
+
+
+def engine_check(est: Estimate, total: int) -> tuple[float, float, str | None]:
+    """(need, usable, the engine's refusal or None) on a card of `total` bytes, as the engine
+    itself decides at start-up (stacks.toml: versions and the messages quoted)."""
+    eng = est.engine
+    assert eng is not None
+    kv = eng["kv_bytes"]
+    non_kv = est.per_gpu - kv
+    info = stacks()[est.request.stack or ""]
+    if eng["name"] == "lmdeploy":
+        # The cache takes its share of what is free once the weights and the context are in.
+        loaded = eng["weights_bytes"] + coefficients()["overhead"]["context_gib"] * GIB
+        pool = eng["cache_max_entry_count"] * max(total - loaded, 0)
+        need = non_kv + pool
+        if kv > pool:
+            tokens = int(pool // max(eng["kv_bytes_per_token"], 1))
+            share = eng["cache_max_entry_count"]
+            return (
+                non_kv + kv,
+                float(total),
+                f"LMDeploy's KV cache ({share} x the free memory = {pool / GIB:.2f} GiB) holds "
+                f"{tokens} tokens, fewer than --session-len {eng['session_len']} needs "
+                f"({kv / GIB:.2f} GiB)",
+            )
+        return need, float(total), None
+    usable = total * est.memory_fraction
+    errors = info["errors"]
+    available = usable - non_kv
+    if non_kv > total:
+        return est.per_gpu, usable, errors["profile_oom"]
+    if available <= 0:
+        return est.per_gpu, usable, errors["no_blocks"]
+    if kv > available:
+        per_token = max(eng["kv_bytes_per_token"], 1)
+        text = errors["v0" if eng.get("runner", "").startswith("V0") else "v1"].format(
+            max_model_len=est.request.context,
+            needed_gib=kv / GIB,
+            available_gib=available / GIB,
+            kv_tokens=int(available // per_token) // 16 * 16,
+        )
+        return est.per_gpu, usable, text
+    return est.per_gpu, usable, None
 
 
 def _overall(verdicts: list[GpuVerdict]) -> str:
@@ -147,6 +199,13 @@ def check_fit(
         reason = f"needs {_b(worst.need)} per GPU; {worst.name} has {_b(worst.usable)} usable" + (
             f" ({est.memory_fraction:.0%} of {_b(worst.total)})" if est.memory_fraction < 1 else ""
         )
+        refused = next((v for v in verdicts if v.engine_error), None)
+        if refused is not None:
+            name = est.engine["name"] if est.engine else "the engine"
+            reason += f"; {name} would refuse to start: {refused.engine_error}"
+        tp_note = tp_problem(profile, resolved.stack, machine.gpu_count)
+        if tp_note:
+            notes.append(tp_note)
         for v in verdicts:
             if v.free is not None and v.free < v.need <= v.usable:
                 notes.append(
@@ -225,7 +284,8 @@ def suggest(
         if req.task == "infer" and paged and req.context:
             best = _largest(lambda n: fits(replace(asked, context=n)), 1024, req.context)
             if best:
-                n, need = best
+                n = round_down(best[0], 1024)
+                need = fits(replace(asked, context=n))[1]
                 out.append(
                     Suggestion(
                         "context",
@@ -235,6 +295,29 @@ def suggest(
                         {"context": n},
                     )
                 )
+        engine = (stacks()[req.stack or "transformers"].get("engine") or {}).get("name")
+        if req.task == "infer" and engine == "vllm":
+            seqs = req.max_num_seqs or stacks()["vllm"]["engine"]["max_num_seqs"]
+            for eager in (False, True):
+                n = seqs // 2
+                while n >= 1:
+                    change = {"max_num_seqs": n} | ({"enforce_eager": True} if eager else {})
+                    ok, need = fits(replace(asked, **change))
+                    if ok:
+                        flags = f"--max-num-seqs {n}" + " --enforce-eager" * eager
+                        out.append(
+                            Suggestion(
+                                "max-num-seqs",
+                                f"{flags}: fewer dummy requests (and their images) in vLLM's "
+                                "start-up profile run",
+                                need,
+                                change,
+                            )
+                        )
+                        break
+                    n //= 2
+                if n >= 1:
+                    break
         if req.image_tokens and req.images and req.image_tokens > 64:
             best = _largest(
                 lambda n: fits(replace(asked, image_tokens=n)), 64, req.image_tokens - 1
@@ -254,6 +337,8 @@ def suggest(
         if req.task != "infer" and req.seq and req.seq > shortest:
             best = _largest(lambda n: fits(replace(asked, seq=n)), shortest, req.seq - 1)
             if best:
+                n = round_down(best[0], shortest)
+                best = (n, fits(replace(asked, seq=n))[1])
                 out.append(
                     Suggestion(
                         "seq", f"--seq {best[0]} (shorter samples)", best[1], {"seq": best[0]}
@@ -272,6 +357,8 @@ def suggest(
                 )
         if req.task == "infer" or (req.task == "full" and req.zero == 3):
             for count in range(machine.gpu_count + 1, 17):
+                if req.task == "infer" and not valid_tp(profile, req.stack, count):
+                    continue  # the engine would refuse this tensor-parallel size
                 ok, need = fits(asked, _with_count(machine, count))
                 if ok:
                     out.append(
@@ -334,6 +421,42 @@ def suggest(
                 break
     out.extend(_catalogue_suggestions(profile, asked, machine))
     return out
+
+
+def round_down(n: int, low: int = 1) -> int:
+    """A value a person would type at or below n: 2^k or 1.5 x 2^k (65536, 98304, 1536), not an
+    exact threshold such as 90401; never below `low` (itself a round value)."""
+    if n <= low:
+        return n
+    k = max(n.bit_length() - 1, 0)
+    best = 1 << k
+    if k >= 1 and (3 << (k - 1)) <= n:
+        best = 3 << (k - 1)
+    return max(best, low)
+
+
+def valid_tp(profile: Profile, stack: str | None, count: int) -> bool:
+    """Whether the stack's engine accepts `count` GPUs of tensor parallelism for this model: the
+    counts it must divide are data (stacks.toml [stack.*.engine] tp_divides)."""
+    eng = (stacks().get(stack or "") or {}).get("engine")
+    if eng is None or count <= 1:
+        return True
+    return all(profile.text[key] % count == 0 for key in eng.get("tp_divides", ()))
+
+
+def tp_problem(profile: Profile, stack: str | None, count: int) -> str | None:
+    """A note when the engine would refuse this many GPUs as its tensor-parallel size."""
+    if valid_tp(profile, stack, count):
+        return None
+    eng = stacks()[stack or ""]["engine"]
+    what = " and ".join(f"{profile.text[k]} {k.replace('_', ' ')}" for k in eng["tp_divides"])
+    nxt = next((n for n in range(count + 1, 65) if valid_tp(profile, stack, n)), None)
+    pp = stacks()[stack or ""].get("launch", {}).get("pp")
+    alt = f", or {count} GPUs with {pp} {count}" if pp else ""
+    return (
+        f"{eng['name']} refuses tensor parallel size {count}: {profile.name} has {what}, which "
+        f"{count} does not divide ({eng['tp_source'].split(':')[0]}). Use {nxt} GPUs{alt}."
+    )
 
 
 def _largest(test: Any, low: int, high: int) -> tuple[int, float] | None:

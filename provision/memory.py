@@ -19,6 +19,8 @@ from provision.profiles import DTYPE_BYTES, Profile
 from provision.resources import load_table
 from provision.units import GIB
 
+DTYPES = ("fp32", "fp16", "bf16")
+
 
 @cache
 def _table(name: str) -> dict[str, Any]:
@@ -27,6 +29,49 @@ def _table(name: str) -> dict[str, Any]:
 
 def coefficients() -> dict[str, Any]:
     return _table("fit.toml")
+
+
+def vision_family(profile: Profile) -> dict[str, Any]:
+    """The family's vision encoder facts (provision/data/vision.toml); {} for an unknown family."""
+    return _table("vision.toml")["family"].get(profile.data.get("family", ""), {})
+
+
+def engine_of(stack: str | None) -> dict[str, Any] | None:
+    """The serving engine's start-up facts, for stacks that have them (vLLM, LMDeploy)."""
+    return stacks().get(stack or "", {}).get("engine")
+
+
+def image_tokens_for(profile: Profile, req: FitRequest) -> int | None:
+    """Tokens per image (per video with --frames) from --max-pixels / --max-tiles by the family's
+    rule; None when the request names neither (the profile's default applies)."""
+    fam = vision_family(profile)
+    family = profile.data.get("family", profile.name)
+    tokens = None
+    if req.max_tiles is not None:
+        if "tokens_per_tile" not in fam:
+            raise ProvisionError(
+                f"--max-tiles does not apply to {family}: its images are not cut into tiles.",
+                "Use --max-pixels or --image-tokens.",
+            )
+        cap = fam.get("max_tiles")
+        if cap is not None and req.max_tiles > cap:
+            raise ProvisionError(f"--max-tiles {req.max_tiles}: {family} takes at most {cap}.")
+        thumb = 1 if fam.get("thumbnail") and req.max_tiles > 1 else 0
+        tokens = fam["tokens_per_tile"] * (req.max_tiles + thumb)
+    if req.max_pixels is not None:
+        if "pixels_per_token" not in fam:
+            raise ProvisionError(
+                f"--max-pixels does not apply to {family}: it has no pixel budget.",
+                "Use --max-tiles for tiled models, or --image-tokens.",
+            )
+        if tokens is not None:
+            raise ProvisionError("Give --max-pixels or --max-tiles, not both.")
+        tokens = max(req.max_pixels // fam["pixels_per_token"], 4)
+    if req.frames is not None:
+        per_frame = tokens or profile.image["tokens"]
+        step = fam.get("temporal_patch_size", 1)
+        tokens = per_frame * -(-req.frames // step)
+    return tokens
 
 
 @dataclass(frozen=True)
@@ -48,6 +93,20 @@ class FitRequest:
     context: int | None = None  # serving engines: tokens of KV reserved (max_model_len)
     attention: str = "sdpa"
     memory_fraction: float | None = None  # share of the card the stack may use
+    # Serving engines as they start (stacks.toml [stack.*.engine]); None = the engine's default.
+    max_num_seqs: int | None = None  # vLLM --max-num-seqs (LMDeploy --max-batch-size)
+    enforce_eager: bool = False  # vLLM --enforce-eager: no CUDA graphs
+    max_batched_tokens: int | None = None  # vLLM --max-num-batched-tokens
+    limit_images: int | None = None  # vLLM --limit-mm-per-prompt image=N
+    limit_videos: int | None = None  # vLLM --limit-mm-per-prompt video=M
+    cache_max_entry_count: float | None = None  # LMDeploy's KV share of the free memory
+    # Resolution settings turned into image tokens by the family's rule (vision.toml).
+    max_pixels: int | None = None
+    max_tiles: int | None = None
+    frames: int | None = None  # video frames per sample
+    dtype: str | None = None  # the loaded weights' dtype: fp32 doubles the 16-bit weights
+    # The largest image an engine's start-up profiles with: the user's bound, else the model's max.
+    largest_image_tokens: int | None = None
 
     def __post_init__(self) -> None:
         from provision.bounds import check_bound
@@ -63,7 +122,7 @@ class FitRequest:
 
 
 def validate_request(req: FitRequest) -> None:
-    choices = {"task": TASKS, "quant": QUANTS, "attention": ATTENTION}
+    choices = {"task": TASKS, "quant": QUANTS, "attention": ATTENTION, "dtype": DTYPES}
     for name, allowed in choices.items():
         value = getattr(req, name)
         if value is not None and value not in allowed:
@@ -77,10 +136,32 @@ def validate_request(req: FitRequest) -> None:
     if req.task in ("lora", "full") and req.quant in ("int8", "int4", "fp8"):
         hint = "Use --task qlora for a 4-bit base, or drop --quant." if req.task == "lora" else ""
         raise ProvisionError(f"--task {req.task} trains on a 16-bit base, not {req.quant}.", hint)
-    for name in ("batch", "images", "seq", "image_tokens", "lora_rank", "context"):
+    for name in (
+        "batch",
+        "images",
+        "seq",
+        "image_tokens",
+        "lora_rank",
+        "context",
+        "max_num_seqs",
+        "max_batched_tokens",
+        "max_pixels",
+        "max_tiles",
+        "frames",
+    ):
         value = getattr(req, name)
         if value is not None and value < (0 if name == "images" else 1):
             raise ProvisionError(f"--{name.replace('_', '-')} {value} is out of range.")
+    for name in ("limit_images", "limit_videos"):
+        value = getattr(req, name)
+        if value is not None and value < 0:
+            raise ProvisionError(f"--limit-mm {name[6:-1]}={value} is out of range.")
+    cme = req.cache_max_entry_count
+    if cme is not None and not 0 < cme < 1:
+        raise ProvisionError(
+            f"--cache-max-entry-count {cme} must be in (0, 1).",
+            "It is LMDeploy's share of the memory left after the weights load (default 0.8).",
+        )
     if req.zero is not None and req.zero not in (0, 1, 2, 3):
         raise ProvisionError(f"--zero {req.zero} must be 0, 1, 2 or 3.")
     if req.memory_fraction is not None and not 0 < req.memory_fraction <= 1:
@@ -106,6 +187,9 @@ class Estimate:
     gpus: int
     strategy: str
     memory_fraction: float  # share of a GPU's memory the stack can use
+    # A serving engine's start-up, as the verdict needs it: name, the KV bytes per GPU that one
+    # request of the context needs, and the engine's own settings as resolved (see _engine()).
+    engine: dict[str, Any] | None = None
 
     @property
     def per_gpu(self) -> float:
@@ -121,6 +205,7 @@ class Estimate:
             "strategy": self.strategy,
             "memory_fraction": self.memory_fraction,
             "components": [c.to_json() for c in self.components],
+            "engine": self.engine,
         }
 
 
@@ -138,6 +223,19 @@ def language_linear_params(profile: Profile) -> int:
     """Parameters in the language model's linear layers: what quantisation shrinks."""
     embed, head = embedding_params(profile)
     return max(profile.params["language"] - embed - head, 0)
+
+
+def loaded_weight_bytes(profile: Profile, req: FitRequest, lora_base: float | None = None) -> float:
+    """weight_bytes as the request loads them: `--dtype fp32` (torch_dtype=float32, or a script
+    that passes no torch_dtype) holds 4 bytes where the checkpoint has 2; quantised linears stay
+    packed."""
+    quant = req.quant or "bf16"
+    weights = weight_bytes(profile, quant, lora_base)
+    if req.dtype != "fp32" or lora_base is not None:
+        return weights
+    if quant in ("bf16", "fp16"):
+        return 2 * weights
+    return weights + (profile.params["total"] - language_linear_params(profile)) * 2.0
 
 
 def weight_bytes(profile: Profile, quant: str, lora_base_bytes: float | None = None) -> float:
@@ -191,16 +289,28 @@ def _attention_scores_bytes(heads: int, pairs: float, attention: str) -> float:
     return heads * pairs * (2 + 2 + 4 + 2) if attention == "eager" else 0.0
 
 
-def vision_bytes(profile: Profile, req: FitRequest, samples: int, train: bool) -> float:
-    """The vision tower's peak for `samples` samples of `req.images` images each.
+def vision_bytes(
+    profile: Profile,
+    req: FitRequest,
+    samples: int,
+    train: bool,
+    n_images: int | None = None,
+    memory_efficient: bool = False,
+) -> float:
+    """The vision tower's peak for `samples` samples of `req.images` images each (or `n_images`
+    images in one encoder batch, as an engine's start-up profile run pushes them).
 
-    Encoders with a dense mask (Qwen2-VL family) attend over all patches of the batch at once:
-    an S x S mask (bool with sdpa, bf16 with eager) plus, with eager, per-head S x S scores.
+    How far attention reaches is the family's (vision.toml): per tile (InternVL, SmolVLM), per
+    image (Mllama, with its dense per-image mask; LLaVA, Gemma), or over all patches of the batch
+    (Qwen2-VL family in transformers: a dense S x S mask, profiles' `encoder_dense_mask`).
+    `memory_efficient`: the engine's own kernels (vLLM) build no S x S mask.
     """
     image = profile.image
+    fam = vision_family(profile)
     assert req.image_tokens is not None
     per_image = req.image_tokens * image.get("encoder_tokens_per_image_token", 1)
-    n_images = max(req.images, 1) * samples
+    if n_images is None:
+        n_images = max(req.images, 1) * samples
     patches = per_image * n_images
     hidden = image.get("encoder_hidden", 1024)
     layers = image.get("encoder_layers", 24)
@@ -215,13 +325,23 @@ def vision_bytes(profile: Profile, req: FitRequest, samples: int, train: bool) -
         linear = patches * hidden * 2 * layers + per_layer
     else:
         linear = per_layer
-    if image.get("encoder_dense_mask"):
+    scope = fam.get("scope", "batch" if image.get("encoder_dense_mask") else "image")
+    if image.get("encoder_dense_mask") and not memory_efficient:
         pairs = float(patches) ** 2
         mask = pairs * (2 if req.attention == "eager" else 1)
         attn = mask + (_attention_scores_bytes(heads, pairs, req.attention))
+    elif scope == "tile":
+        tiles = -(-per_image // fam["tile_patches"]) * n_images
+        scores = _attention_scores_bytes(heads, float(fam["tile_patches"]) ** 2, req.attention)
+        attn = scores * tiles
+    elif scope == "window" and memory_efficient:
+        attn = 0.0
     else:
-        attn = _attention_scores_bytes(heads, float(per_image) ** 2, req.attention) * n_images
-    if req.attention == "flash_attention_2":
+        pairs = float(per_image) ** 2
+        attn = _attention_scores_bytes(heads, pairs, req.attention) * n_images
+        if fam.get("mask") == "image":  # an additive bf16 mask per image, whatever the kernel
+            attn += pairs * 2 * n_images
+    if req.attention == "flash_attention_2" and fam.get("mask") != "image":
         attn = 0.0
     return linear + attn
 
@@ -242,7 +362,19 @@ def resolve_request(profile: Profile, req: FitRequest) -> FitRequest:
     stack = req.stack or default_stack(profile, req.task)
     info = stacks()[stack]
     quant = req.quant or ("int4" if req.task == "qlora" else "bf16")
-    image_tokens = req.image_tokens or profile.image["tokens"]
+    from_setting = image_tokens_for(profile, req)
+    stack_tiles = info.get("default_max_tiles")
+    tiled = "tokens_per_tile" in vision_family(profile)
+    if from_setting is None and req.image_tokens is None and stack_tiles and tiled:
+        # The stack's own default resolution (XTuner: the model's max_dynamic_patch).
+        from_setting = image_tokens_for(profile, replace(req, max_tiles=stack_tiles))
+    if req.image_tokens is not None and from_setting is not None:
+        raise ProvisionError(
+            "Give --image-tokens or a resolution setting (--max-pixels, --max-tiles), not both."
+        )
+    image_tokens = req.image_tokens or from_setting or profile.image["tokens"]
+    # An engine's dummy image is the model's largest unless the user bounds the size.
+    largest = req.image_tokens or from_setting or profile.image.get("max_tokens", image_tokens)
     in_seq = profile.image.get("in_text_sequence", True)
     image_total = image_tokens * req.images if in_seq else 0
     if req.seq is not None:
@@ -256,6 +388,7 @@ def resolve_request(profile: Profile, req: FitRequest) -> FitRequest:
         zero = profile.task(req.task).zero if req.task in profile.data["tasks"] else 0
     paged = info["kind"] == "paged"
     context = req.context or (profile.text["max_context"] if paged else seq)
+    _check_context(profile, req, seq, context, image_total, paged)
     fraction = req.memory_fraction or info.get("memory_fraction", 1.0)
     return replace(
         req,
@@ -266,8 +399,32 @@ def resolve_request(profile: Profile, req: FitRequest) -> FitRequest:
         zero=zero,
         lora_rank=req.lora_rank or d["lora_rank"],
         context=context,
+        largest_image_tokens=req.largest_image_tokens or largest,
         memory_fraction=fraction,
     )
+
+
+def _check_context(
+    profile: Profile, req: FitRequest, seq: int, context: int, image_total: int, paged: bool
+) -> None:
+    """A sample longer than the model's context is an input error, never a silent "fits"."""
+    limit = profile.text["max_context"]
+    if seq > limit:
+        parts = f" ({req.images} image(s) x {image_total // max(req.images, 1)} tokens)" * bool(
+            image_total and req.seq is None
+        )
+        raise ProvisionError(
+            f"{seq} tokens per sample{parts} is longer than {profile.name}'s {limit}-token "
+            "context.",
+            "Use fewer --images, fewer tokens per image (--image-tokens, --max-pixels, "
+            f"--max-tiles) or --seq {limit} or less.",
+        )
+    if paged and context > limit:
+        raise ProvisionError(
+            f"--context {context} is longer than {profile.name}'s {limit}-token context; the "
+            "engine refuses a max_model_len above the model's.",
+            f"Use --context {limit} or less.",
+        )
 
 
 def estimate(profile: Profile, req: FitRequest, gpus: int = 1) -> Estimate:
@@ -276,14 +433,17 @@ def estimate(profile: Profile, req: FitRequest, gpus: int = 1) -> Estimate:
     assert req.seq and req.image_tokens and req.quant and req.stack and req.context
     gpus = max(gpus, 1)
     info = stacks()[req.stack]
-    if req.task == "infer":
+    engine = None
+    if req.task == "infer" and "engine" in info:
+        parts, strategy, engine = _engine(profile, req, gpus, info)
+    elif req.task == "infer":
         parts, strategy = _inference(profile, req, gpus, info)
     else:
         parts, strategy = _training(profile, req, gpus, info)
     ovh = coefficients()["overhead"]
-    transient = sum(p.bytes for p in parts if p.name in ("activations", "logits"))
+    transient = sum(p.bytes for p in parts if p.name in ("activations", "logits", "sampler"))
     overhead = ovh["context_gib"] * GIB + ovh["fragmentation"] * transient
-    if info["kind"] == "paged":
+    if info["kind"] == "paged" and engine is None:
         overhead += ovh["engine_gib"] * GIB
     parts.append(Component("overhead", overhead, "CUDA context, workspaces, fragmentation"))
     if req.task != "infer":
@@ -295,7 +455,98 @@ def estimate(profile: Profile, req: FitRequest, gpus: int = 1) -> Estimate:
             )
         )
     fraction = req.memory_fraction if req.memory_fraction is not None else 1.0
-    return Estimate(req, parts, gpus, strategy, fraction)
+    if engine is not None and engine["name"] == "lmdeploy":
+        fraction = 1.0  # LMDeploy sizes its cache from the free memory, not a share of the card
+    return Estimate(req, parts, gpus, strategy, fraction, engine)
+
+
+def _engine(
+    profile: Profile, req: FitRequest, gpus: int, info: dict[str, Any]
+) -> tuple[list[Component], str, dict[str, Any]]:
+    """A serving engine as it starts (vLLM's profile run, LMDeploy's cache share), then one
+    request of `req.context` tokens in the KV cache. Facts and versions: stacks.toml."""
+    c = coefficients()
+    act, t, eng = c["activations"], profile.text, info["engine"]
+    fam = vision_family(profile)
+    assert req.seq and req.image_tokens and req.quant and req.context
+    weights = loaded_weight_bytes(profile, req)
+    kv = kv_bytes(profile, req.context, req.batch)
+    kv += cross_kv_bytes(profile, req.image_tokens, req.images, req.batch)
+    width = act["infer_hidden"] * t["hidden"] + act["infer_intermediate"] * t["intermediate"]
+    item_tokens = req.largest_image_tokens or req.image_tokens
+    seqs = req.max_num_seqs or eng.get("max_num_seqs", eng.get("max_batch_size", 1))
+    limit = req.limit_images if req.limit_images is not None else max(req.images, 1)
+    if req.images == 0:
+        limit = 0
+    out: dict[str, Any] = {"name": eng["name"], "version": eng["version"], "max_num_seqs": seqs}
+    parts = [Component("weights", weights / gpus, f"{req.quant}, {weights / GIB:.1f} GiB in all")]
+    if eng["name"] == "vllm":
+        v0 = fam.get("vllm_profile") == "encoder-decoder"
+        batched = req.max_batched_tokens or (
+            max(req.context, eng["v0_min_batched_tokens"]) if v0 else eng["max_num_batched_tokens"]
+        )
+        if v0:  # every dummy sequence carries its own largest image (enc_dec_model_runner)
+            items = seqs * limit
+        else:  # V1: the encoder budget's worth of the largest item, capped by the decoder's
+            budget = max(batched, item_tokens)
+            items = min(-(-budget // item_tokens), seqs * limit) if limit else 0
+        probe = replace(req, image_tokens=item_tokens)
+        vision = vision_bytes(profile, probe, 1, False, n_images=items, memory_efficient=True)
+        cross = 0.0
+        if t.get("cross_attention_layers") and items:  # one layer's cross K/V for every image
+            cross = 2.0 * t["kv_heads"] * t["head_dim"] * 2 * item_tokens * items / gpus
+        lm = batched * width * 2 / gpus
+        sampler = seqs * t["vocab"] * eng["sampler_bytes_per_logit"]
+        graphs = 0.0 if req.enforce_eager else eng["cuda_graph_gib"] * GIB
+        out.update(
+            runner="V0 encoder-decoder" if v0 else "V1",
+            max_num_batched_tokens=batched,
+            profile_images=items,
+            image_tokens_each=item_tokens,
+            enforce_eager=req.enforce_eager,
+            gpu_memory_utilization=req.memory_fraction,
+        )
+        parts += [
+            Component(
+                "kv cache",
+                kv / gpus,
+                f"one request of max_model_len {req.context}" + f" x {req.batch}" * (req.batch > 1),
+            ),
+            Component(
+                "activations",
+                lm + vision + cross,
+                f"start-up profile run: {batched} tokens, {items} image(s) of {item_tokens} "
+                f"tokens through the encoder ({seqs} seqs)",
+            ),
+            Component("sampler", sampler, f"{seqs} rows x vocab {t['vocab']} in fp32"),
+            Component(
+                "cuda graphs",
+                graphs,
+                "--enforce-eager: none" if req.enforce_eager else "captured after the KV cache",
+            ),
+        ]
+    else:  # LMDeploy: the vision model takes `vision_batch` images at a time
+        share = req.cache_max_entry_count or eng["cache_max_entry_count"]
+        tokens = min(req.seq * req.batch, c["overhead"]["engine_profile_tokens"])
+        vision = 0.0
+        if limit:
+            probe = replace(req, image_tokens=req.image_tokens)
+            vision = vision_bytes(profile, probe, 1, False, n_images=eng["vision_batch"])
+        out.update(cache_max_entry_count=share, session_len=req.context)
+        parts += [
+            Component("kv cache", kv / gpus, f"session_len {req.context} x batch {req.batch}"),
+            Component(
+                "activations",
+                tokens * width * 2 / gpus + vision,
+                f"prefill of {tokens} tokens + {eng['vision_batch']} image(s) in the vision model",
+            ),
+            Component("logits", req.batch * t["vocab"] * 4.0, f"{req.batch} rows x vocab"),
+        ]
+    out["kv_bytes"] = kv / gpus
+    out["kv_bytes_per_token"] = kv_bytes(profile, 1, 1) / gpus
+    out["weights_bytes"] = weights / gpus
+    strategy = "one GPU" if gpus == 1 else f"tensor parallel over {gpus} GPUs"
+    return parts, strategy, out
 
 
 def _inference(
@@ -306,7 +557,8 @@ def _inference(
     assert req.seq and req.image_tokens and req.quant and req.context
     batch, seq = req.batch, req.seq
     paged = info["kind"] == "paged"
-    weights = weight_bytes(profile, req.quant)
+    copies = info.get("infer_weights_copies", 1)  # the stack's own way of loading
+    weights = loaded_weight_bytes(profile, req) * copies
     # Inference splits weights and KV over the GPUs (tensor parallel, or device_map="auto").
     strategy = "one GPU" if gpus == 1 else f"weights and KV cache split over {gpus} GPUs"
     kv_tokens = req.context if paged else seq
@@ -319,7 +571,12 @@ def _inference(
     logits = logit_rows * t["vocab"] * (2 if logit_rows > batch else act["infer_logit_bytes"])
     vision = vision_bytes(profile, req, batch, train=False) if req.images else 0.0
     parts = [
-        Component("weights", weights / gpus, f"{req.quant}, {weights / GIB:.1f} GiB in all"),
+        Component(
+            "weights",
+            weights / gpus,
+            f"{req.quant}, {weights / GIB:.1f} GiB in all"
+            + (f": the stack loads the model {copies} times ({req.stack})" if copies > 1 else ""),
+        ),
         Component(
             "kv cache",
             kv / gpus,
@@ -344,7 +601,7 @@ def _training(
     assert req.seq and req.quant
     zero = req.zero or 0
     lora_base = info.get("lora_base_bytes") if req.task == "lora" else None
-    weights = weight_bytes(profile, req.quant, lora_base)
+    weights = loaded_weight_bytes(profile, req, lora_base)
     shard_weights = gpus if (req.task == "full" and zero == 3) else 1
     parts = [Component("weights", weights / shard_weights, f"{req.quant} base model")]
     if req.task in ("lora", "qlora"):

@@ -9,15 +9,29 @@ import typer
 from provision.choices import Attention, Task, value
 from provision.cli.options import (
     AttentionOpt,
+    BatchOpt,
+    CacheMaxEntryOpt,
     DriverOpt,
+    DtypeOpt,
+    EmitOpt,
+    EnforceEagerOpt,
+    FramesOpt,
     GpuMemOpt,
     GpuOpt,
     GpusOpt,
+    LimitMmOpt,
+    LoraRankOpt,
+    MaxBatchedTokensOpt,
+    MaxNumSeqsOpt,
+    MaxPixelsOpt,
+    MaxTilesOpt,
     OfflineOpt,
     ProfilesDir,
     QuantOpt,
+    SeqOpt,
     StackOpt,
     TaskOpt,
+    parse_limit_mm,
 )
 from provision.cli.output import JsonFlag, emit
 from provision.cli.shared import apply_offline, planned_machine
@@ -33,20 +47,23 @@ def check(
     ],
     task: TaskOpt = Task.infer,
     quant: QuantOpt = None,
-    batch: Annotated[int, typer.Option(help="Samples per GPU per step.")] = 1,
-    seq: Annotated[
-        int | None, typer.Option(help="Tokens per sample, image tokens included (default by task).")
-    ] = None,
+    batch: BatchOpt = 1,
+    seq: SeqOpt = None,
     images: Annotated[int, typer.Option(help="Images per sample.")] = 1,
     image_tokens: Annotated[
         int | None, typer.Option(help="Tokens per image (default: the profile's resolution).")
     ] = None,
+    max_pixels: MaxPixelsOpt = None,
+    max_tiles: MaxTilesOpt = None,
+    frames: FramesOpt = None,
     context: Annotated[
         int | None,
         typer.Option(help="Serving engines: tokens of KV cache reserved (default: model context)."),
     ] = None,
     stack: StackOpt = None,
     zero: Annotated[int | None, typer.Option(help="DeepSpeed ZeRO stage for tuning.")] = None,
+    lora_rank: LoraRankOpt = None,
+    dtype: DtypeOpt = None,
     gradient_checkpointing: Annotated[
         bool, typer.Option("--gradient-checkpointing/--no-gradient-checkpointing")
     ] = True,
@@ -55,6 +72,12 @@ def check(
         float | None,
         typer.Option(help="Share of GPU memory the stack may use (vLLM --gpu-memory-utilization)."),
     ] = None,
+    max_num_seqs: MaxNumSeqsOpt = None,
+    enforce_eager: EnforceEagerOpt = False,
+    max_batched_tokens: MaxBatchedTokensOpt = None,
+    limit_mm: LimitMmOpt = None,
+    cache_max_entry_count: CacheMaxEntryOpt = None,
+    emit_launch: EmitOpt = False,
     gpu: GpuOpt = None,
     gpu_mem: GpuMemOpt = None,
     gpus: GpusOpt = None,
@@ -72,6 +95,7 @@ def check(
     from provision.fit import FitRequest
 
     apply_offline(offline)
+    limit_images, limit_videos = parse_limit_mm(limit_mm)
     request = FitRequest(
         task=task.value,
         quant=value(quant),
@@ -82,9 +106,20 @@ def check(
         gradient_checkpointing=gradient_checkpointing,
         stack=value(stack),
         zero=zero,
+        lora_rank=lora_rank,
+        dtype=dtype,
         context=context,
         attention=attention.value,
         memory_fraction=memory_fraction,
+        max_num_seqs=max_num_seqs,
+        enforce_eager=enforce_eager,
+        max_batched_tokens=max_batched_tokens,
+        limit_images=limit_images,
+        limit_videos=limit_videos,
+        cache_max_entry_count=cache_max_entry_count,
+        max_pixels=max_pixels,
+        max_tiles=max_tiles,
+        frames=frames,
     )
     machine = planned_machine(gpu, gpu_mem, gpus, driver)
     if nodes is not None:
@@ -92,7 +127,7 @@ def check(
 
         report = check_nodes(profile, request, machine, nodes, profiles_dir)
     else:
-        report = run_check(profile, request, machine, profiles_dir)
+        report = run_check(profile, request, machine, profiles_dir, emit=emit_launch)
     emit(report, lambda con: render(con, report), json_output)
     if not report.ok:
         raise typer.Exit(EXIT_FAILED)
@@ -168,6 +203,15 @@ def render(con: Any, report: Any) -> None:
         )
     else:
         con.print(f"Data disk: [red]{disk.note}[/]")
+    if report.launch is not None:
+        from rich.markup import escape
+
+        applies = f" (with {report.launch_note})" if report.launch_note else ""
+        con.print(
+            f"Launch{applies}, flags as of {report.launch.stack} {report.launch.version}:",
+            highlight=False,
+        )
+        con.print(escape(report.launch.line), highlight=False, soft_wrap=True)
 
 
 def register(app: typer.Typer) -> None:

@@ -7,7 +7,9 @@ from typing import Annotated, Any
 
 import typer
 
+from provision.choices import value
 from provision.cli.options import (
+    BatchOpt,
     DriverOpt,
     ForceOpt,
     GpuMemOpt,
@@ -15,7 +17,9 @@ from provision.cli.options import (
     GpusOpt,
     IgnorePipOpt,
     LockDirOpt,
+    MemberTaskOpt,
     ProfilesDir,
+    SeqOpt,
     SetupLockOpt,
     SkipCheckOpt,
     SourceOpt,
@@ -206,6 +210,9 @@ def show(
 @group.command("check")
 def check(
     name: NameArg,
+    task: MemberTaskOpt = None,
+    batch: BatchOpt = 1,
+    seq: SeqOpt = None,
     gpu: GpuOpt = None,
     gpu_mem: GpuMemOpt = None,
     gpus: GpusOpt = None,
@@ -219,7 +226,14 @@ def check(
     from provision.errors import EXIT_FAILED
 
     direction = _load(name, directions_dir, profiles_dir)
-    report = check_direction(direction, planned_machine(gpu, gpu_mem, gpus, driver), profiles_dir)
+    report = check_direction(
+        direction,
+        planned_machine(gpu, gpu_mem, gpus, driver),
+        profiles_dir,
+        value(task),
+        batch,
+        seq,
+    )
 
     def render(con: Any) -> None:
         from rich.markup import escape

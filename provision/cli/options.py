@@ -116,3 +116,93 @@ OfflineOpt = Annotated[
         help="For a repo id: use the metadata cache only, never the network.",
     ),
 ]
+
+# The run to size: check and direction check (issue 12). Engine flags are named as the engines
+# name them (vLLM 0.8.5, LMDeploy 0.7.3: provision/data/stacks.toml [stack.*.launch]).
+MemberTaskOpt = Annotated[
+    Task | None,
+    typer.Option("--task", help="infer, lora, qlora or full (default: each member's tasks)."),
+]
+BatchOpt = Annotated[int, typer.Option("--batch", help="Samples per GPU per step.")]
+SeqOpt = Annotated[
+    int | None,
+    typer.Option("--seq", help="Tokens per sample, image tokens included (default by task)."),
+]
+LoraRankOpt = Annotated[
+    int | None, typer.Option("--lora-rank", help="LoRA rank (default 8, as ms-swift and PEFT).")
+]
+DtypeOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--dtype", help="Dtype of the loaded weights: fp32, fp16 or bf16 (fp32 doubles them)."
+    ),
+]
+MaxNumSeqsOpt = Annotated[
+    int | None,
+    typer.Option(
+        "--max-num-seqs",
+        help="vLLM --max-num-seqs: requests at once, and dummy requests in its start-up profile "
+        "run (default 256).",
+    ),
+]
+EnforceEagerOpt = Annotated[
+    bool,
+    typer.Option("--enforce-eager", help="vLLM --enforce-eager: no CUDA graphs (saves ~1 GiB)."),
+]
+MaxBatchedTokensOpt = Annotated[
+    int | None,
+    typer.Option(
+        "--max-batched-tokens",
+        help="vLLM --max-num-batched-tokens: tokens per step and in the profile run.",
+    ),
+]
+LimitMmOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--limit-mm",
+        help="vLLM --limit-mm-per-prompt: image=N[,video=M] (default image=1).",
+    ),
+]
+CacheMaxEntryOpt = Annotated[
+    float | None,
+    typer.Option(
+        "--cache-max-entry-count",
+        help="LMDeploy: share of the memory free after the weights given to the KV cache (0.8).",
+    ),
+]
+MaxPixelsOpt = Annotated[
+    int | None,
+    typer.Option(
+        "--max-pixels", help="Qwen-VL family: pixels per image, e.g. 1003520 (1280*28*28)."
+    ),
+]
+MaxTilesOpt = Annotated[
+    int | None,
+    typer.Option(
+        "--max-tiles", help="Tiled models (InternVL max_dynamic_patch, SmolVLM, Mllama): tiles."
+    ),
+]
+FramesOpt = Annotated[int | None, typer.Option("--frames", help="Video frames per sample.")]
+EmitOpt = Annotated[
+    bool,
+    typer.Option(
+        "--emit", help="Print the stack's own launch command with the numbers that make it fit."
+    ),
+]
+
+
+def parse_limit_mm(value: str | None) -> tuple[int | None, int | None]:
+    """'image=N[,video=M]' -> (N, M); a clear error naming the flag otherwise."""
+    from provision.errors import ProvisionError
+
+    if value is None:
+        return None, None
+    found: dict[str, int] = {}
+    for part in value.split(","):
+        key, sep, number = part.strip().partition("=")
+        if not sep or key not in ("image", "video") or not number.isdigit() or key in found:
+            raise ProvisionError(
+                f"--limit-mm '{value}' is not image=N[,video=M].", "Example: --limit-mm image=2"
+            )
+        found[key] = int(number)
+    return found.get("image"), found.get("video")

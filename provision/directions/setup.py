@@ -92,8 +92,12 @@ def check_direction(
     direction: Direction,
     machine: Machine | None = None,
     profiles_dir: str | os.PathLike[str] | None = None,
+    task: str | None = None,
+    batch: int = 1,
+    seq: int | None = None,
 ) -> DirectionCheck:
-    """The fit of every member's every task on `machine` (a planned one, or None: this one)."""
+    """The fit of every member's every task on `machine` (a planned one, or None: this one);
+    with `task`, that task for every member, at `batch` and `seq` as `provision check` has them."""
     from provision.fit import FitRequest
 
     if machine is None:
@@ -103,9 +107,10 @@ def check_direction(
     profiles = direction.profiles(profiles_dir)
     fits = []
     for profile, member in zip(profiles, direction.members, strict=True):
-        for task in member.tasks:
-            report = run_check(str(profile.path), FitRequest(task=task), machine, profiles_dir)
-            fits.append(MemberFit(profile.name, task, report))
+        for each in [task] if task else member.tasks:
+            request = FitRequest(task=each, batch=batch, seq=seq)
+            report = run_check(str(profile.path), request, machine, profiles_dir)
+            fits.append(MemberFit(profile.name, each, report))
     need = sum(p.download_bytes for p in profiles)
     free, where = None, "no data directory found"
     try:

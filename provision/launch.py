@@ -1,0 +1,120 @@
+"""The stack's own launch command with the numbers the check chose (`provision check --emit`).
+
+Flag names are data: provision/data/stacks.toml [stack.*.launch], each table with the version and
+the source file its names were read from. Training stacks get their own argument names.
+"""
+
+from __future__ import annotations
+
+import shlex
+from dataclasses import dataclass
+from typing import Any
+
+from provision.memory import FitRequest, stacks, vision_family
+from provision.profiles import Profile
+
+
+@dataclass
+class Launch:
+    stack: str
+    argv: list[str]  # the command as argv; `line` joins it for a shell
+    version: str
+    source: str
+
+    @property
+    def line(self) -> str:
+        return shlex.join(self.argv)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "stack": self.stack,
+            "argv": self.argv,
+            "line": self.line,
+            "version": self.version,
+            "source": self.source,
+        }
+
+
+def launch_for(profile: Profile, req: FitRequest, gpus: int) -> Launch | None:
+    """The launch command for the resolved request on `gpus` GPUs; None for a stack without a
+    launch table (transformers scripts are the user's own)."""
+    stack = req.stack or ""
+    table = stacks().get(stack, {}).get("launch")
+    if table is None:
+        return None
+    argv = shlex.split(table["command"].format(repo=profile.hf_repo))
+    values = _values(profile, req, gpus, stack)
+
+    env: list[str] = []
+
+    def add(key: str, value: Any) -> None:
+        flag = table.get(key)
+        if flag is None or value is None or value is False:
+            return
+        if key == "train_type" and value == "qlora" and "qlora" in table:
+            argv.extend(table["qlora"])
+        elif flag.startswith("env:"):  # a setting the stack reads from the environment
+            env.append(f"{flag[4:]}={value}")
+        elif key == "zero":
+            argv.extend([flag, table.get("zero_format", "{n}").format(n=value)])
+        elif value is True:
+            argv.append(flag)
+        elif isinstance(value, dict):  # key=value pairs in one flag (vLLM's JSON form)
+            argv.extend([flag, _kv(value, table.get("pairs", "json"))])
+        else:
+            argv.extend([flag, str(value)])
+
+    for key, value in values.items():
+        add(key, value)
+    return Launch(stack, env + argv, table["version"], table["source"])
+
+
+def _kv(pairs: dict[str, Any], style: str) -> str:
+    if style == "json":
+        return "{" + ", ".join(f'"{k}": {v}' for k, v in pairs.items()) + "}"
+    return ",".join(f"{k}={v}" for k, v in pairs.items())
+
+
+def _values(profile: Profile, req: FitRequest, gpus: int, stack: str) -> dict[str, Any]:
+    """What each launch key is set to for this request."""
+    from provision.fit import valid_tp
+
+    info = stacks()[stack]
+    eng = info.get("engine") or {}
+    tp_ok = valid_tp(profile, stack, gpus)
+    out: dict[str, Any] = {}
+    if req.task == "infer":
+        out["max_model_len"] = req.context
+        out["max_num_seqs"] = req.max_num_seqs
+        out["max_batched_tokens"] = req.max_batched_tokens
+        limits = {}
+        if req.limit_images is not None or req.images > 1:
+            limits["image"] = req.limit_images if req.limit_images is not None else req.images
+        if req.limit_videos is not None:
+            limits["video"] = req.limit_videos
+        out["limit_mm"] = limits or None
+        if eng.get("name") == "vllm":
+            out["memory_fraction"] = req.memory_fraction
+        out["cache_max_entry_count"] = req.cache_max_entry_count
+        out["tp"] = gpus if gpus > 1 and tp_ok else None
+        out["pp"] = gpus if gpus > 1 and not tp_ok else None
+        out["enforce_eager"] = req.enforce_eager
+        if req.quant == "fp8":
+            out["quant"] = "fp8"
+        out["trust_remote_code"] = bool(profile.data["source"].get("trust_remote_code"))
+    else:
+        out["train_type"] = req.task
+        out["batch"] = req.batch
+        out["max_length"] = req.seq
+        out["lora_rank"] = req.lora_rank if req.task in ("lora", "qlora") else None
+        out["gradient_checkpointing"] = str(req.gradient_checkpointing).lower()
+        fam = vision_family(profile)
+        if req.max_pixels is not None or "pixels_per_token" in fam:
+            out["max_pixels"] = req.max_pixels or (req.image_tokens or 0) * fam.get(
+                "pixels_per_token", 0
+            )
+        if req.max_tiles is not None:
+            out["max_tiles"] = req.max_tiles
+        out["zero"] = req.zero or None
+        out["nproc"] = gpus if gpus > 1 else None
+    return {k: v for k, v in out.items() if v not in (None, {}, 0) or v is False}

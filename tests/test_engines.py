@@ -1,0 +1,312 @@
+"""Serving engines as they start (issue 12): vLLM's profile run and KV check, LMDeploy's cache
+share, tensor-parallel sizes the engine accepts, vision attention scope per family, resolution
+flags, context overflow, rounded suggestions and the --emit launch line."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import replace
+
+import pytest
+
+from provision.errors import ProvisionError
+from provision.fit import check_fit, round_down, tp_problem, valid_tp
+from provision.hardware.catalogue import target_machine
+from provision.memory import FitRequest, estimate, resolve_request, stacks, vision_bytes
+from provision.profiles import load_profile
+from provision.units import GIB
+from tests.cli_helpers import run_cli, run_json
+
+MLLAMA = load_profile("llama-3.2-11b-vision")
+QWEN7 = load_profile("qwen2.5-vl-7b")
+INTERNVL1 = load_profile("internvl2-1b")
+LLAVA = load_profile("llava-v1.5-7b")
+
+
+def _check(profile, req, gpu):
+    return check_fit(profile, req, target_machine(gpu=gpu))
+
+
+def test_vllm_profile_run_with_default_max_num_seqs_does_not_fit_the_issue_case():
+    """vllm serve Llama-3.2-11B-Vision --max-model-len 1024 on an A100-80GB runs out of memory:
+    256 dummy sequences each carry a 4-tile image through the encoder (V0 encoder-decoder)."""
+    result = _check(MLLAMA, FitRequest(stack="vllm", context=1024), "A100-80GB")
+    assert result.verdict == "does not fit"
+    assert result.estimate.engine["runner"] == "V0 encoder-decoder"
+    assert result.estimate.engine["profile_images"] == 256
+    assert "OutOfMemoryError" in result.reason
+    kinds = {s.kind for s in result.suggestions}
+    assert "max-num-seqs" in kinds
+    eased = _check(
+        MLLAMA,
+        FitRequest(stack="vllm", context=1024, max_num_seqs=32, enforce_eager=True),
+        "A100-80GB",
+    )
+    assert eased.verdict == "fits"
+    assert eased.estimate.part("cuda graphs") == 0
+
+
+def test_enforce_eager_drops_the_cuda_graph_memory():
+    base = estimate(QWEN7, FitRequest(stack="vllm", context=8192))
+    eager = estimate(QWEN7, FitRequest(stack="vllm", context=8192, enforce_eager=True))
+    graphs = stacks()["vllm"]["engine"]["cuda_graph_gib"] * GIB
+    assert base.part("cuda graphs") == pytest.approx(graphs)
+    assert base.per_gpu - eager.per_gpu == pytest.approx(graphs)
+
+
+def test_v1_encoder_budget_caps_the_profile_images():
+    """V1 profiles min(cdiv(budget, tokens per item), max_num_seqs x limit) items of the largest
+    image; a bigger --max-batched-tokens pushes more images, --limit-mm image=0 none."""
+    req = FitRequest(stack="vllm", context=8192, max_pixels=1280 * 28 * 28)
+    one = estimate(QWEN7, req).engine
+    assert one["runner"] == "V1" and one["image_tokens_each"] == 1280
+    assert one["profile_images"] == -(-8192 // 1280)  # 7
+    more = estimate(QWEN7, replace(req, max_batched_tokens=32768)).engine
+    assert more["profile_images"] == -(-32768 // 1280)
+    few = estimate(QWEN7, replace(req, max_num_seqs=2)).engine
+    assert few["profile_images"] == 2
+    none = estimate(QWEN7, replace(req, limit_images=0, images=0)).engine
+    assert none["profile_images"] == 0
+
+
+def test_vllm_kv_check_quotes_vllms_error_and_suggests_a_round_context():
+    result = _check(QWEN7, FitRequest(stack="vllm"), "RTX 4090")
+    assert result.verdict == "does not fit"
+    assert "To serve at least one request with the models's max seq len (32768)" in result.reason
+    assert "Try increasing `gpu_memory_utilization` or decreasing `max_model_len`" in result.reason
+    gemma = _check(load_profile("gemma-3-12b-it"), FitRequest(stack="vllm"), "A100-40GB")
+    context = [s for s in gemma.suggestions if s.kind == "context"]
+    n = context[0].change["context"] if context else 0
+    assert n >= 1024 and (n & (n - 1) == 0 or (n // 3) & (n // 3 - 1) == 0 and n % 3 == 0)
+
+
+def test_v0_error_names_the_tokens_that_fit():
+    result = _check(MLLAMA, FitRequest(stack="vllm", max_num_seqs=4, enforce_eager=True), "L40S")
+    assert result.verdict == "does not fit"
+    assert "The model's max seq len (131072) is larger than the maximum number of tokens" in (
+        result.reason
+    )
+
+
+def test_lmdeploy_cache_share_of_the_free_memory():
+    """LMDeploy gives cache_max_entry_count of what is free after the weights to the KV cache: a
+    larger share holds a longer session on the same card."""
+    req = FitRequest(stack="lmdeploy", context=8192)
+    est = estimate(INTERNVL1, req)
+    assert est.engine["cache_max_entry_count"] == 0.8
+    assert est.memory_fraction == 1.0
+    small = _check(load_profile("internvl2-8b"), req, "RTX 4090")
+    tiny_share = _check(
+        load_profile("internvl2-8b"), replace(req, cache_max_entry_count=0.01), "RTX 4090"
+    )
+    assert small.verdict != "does not fit"
+    assert tiny_share.verdict == "does not fit" and "session-len 8192" in tiny_share.reason
+    with pytest.raises(ProvisionError, match="cache-max-entry-count"):
+        estimate(INTERNVL1, replace(req, cache_max_entry_count=1.5))
+
+
+def test_tensor_parallel_sizes_divide_the_heads():
+    """Llama-3.2-11B has 32 heads: vLLM refuses 3 GPUs, so 3 is never suggested."""
+    assert not valid_tp(MLLAMA, "vllm", 3) and valid_tp(MLLAMA, "vllm", 4)
+    assert valid_tp(MLLAMA, "transformers", 3)  # device_map="auto" splits by layers
+    note = tp_problem(MLLAMA, "vllm", 3)
+    assert note and "32 heads" in note and "Use 4 GPUs" in note
+    assert "--pipeline-parallel-size 3" in note
+    req = FitRequest(stack="vllm", context=8192, max_num_seqs=16, enforce_eager=True)
+    result = _check(MLLAMA, req, "RTX 4080")
+    three_fit = check_fit(MLLAMA, req, target_machine(gpu="RTX 4080", gpus=3))
+    assert three_fit.verdict == "fits"  # by memory alone, 3 would do
+    counts = [s.change["gpus"] for s in result.suggestions if s.kind == "gpus"]
+    assert counts == [4]
+    three = check_fit(MLLAMA, FitRequest(stack="vllm"), target_machine(gpu="RTX 3090", gpus=3))
+    assert any("refuses tensor parallel size 3" in n for n in three.notes)
+
+
+def test_internvl_attends_per_tile_not_across_tiles():
+    """InternViT attends within each 448 px tile: eager attention over 7 tiles costs 7 tiles of
+    1025^2 scores, not (7 x 1025)^2."""
+    req = resolve_request(INTERNVL1, FitRequest(attention="eager", stack="transformers"))
+    eager = vision_bytes(INTERNVL1, req, 1, False)
+    sdpa = vision_bytes(INTERNVL1, replace(req, attention="sdpa"), 1, False)
+    heads = INTERNVL1.image["encoder_heads"]
+    tiles = -(-req.image_tokens * 4 // 1025)
+    assert eager - sdpa == pytest.approx(heads * 1025**2 * 10 * tiles)
+    assert eager < 2 * GIB
+
+
+def test_mllama_builds_a_dense_mask_per_image():
+    req = resolve_request(MLLAMA, FitRequest(stack="transformers", attention="sdpa"))
+    one = vision_bytes(MLLAMA, req, 1, False, n_images=1)
+    two = vision_bytes(MLLAMA, req, 1, False, n_images=2)
+    assert two - one >= 6404**2 * 2  # the per-image bf16 mask
+
+
+def test_resolution_flags_become_tokens_by_the_family_rule():
+    assert resolve_request(QWEN7, FitRequest(max_pixels=1003520)).image_tokens == 1280
+    assert resolve_request(INTERNVL1, FitRequest(max_tiles=12)).image_tokens == 256 * 13
+    assert resolve_request(INTERNVL1, FitRequest(max_tiles=1)).image_tokens == 256
+    video = resolve_request(QWEN7, FitRequest(max_pixels=100352, frames=12, task="lora"))
+    assert video.image_tokens == 128 * 6  # two frames per temporal patch
+    with pytest.raises(ProvisionError, match="--max-pixels does not apply"):
+        resolve_request(INTERNVL1, FitRequest(max_pixels=1003520))
+    with pytest.raises(ProvisionError, match="--max-tiles does not apply"):
+        resolve_request(QWEN7, FitRequest(max_tiles=4))
+    with pytest.raises(ProvisionError, match="at most 4"):
+        resolve_request(MLLAMA, FitRequest(max_tiles=6))
+
+
+def test_a_sample_longer_than_the_context_is_an_error():
+    with pytest.raises(ProvisionError, match="longer than llava-v1.5-7b's 4096-token context"):
+        resolve_request(LLAVA, FitRequest(images=15))
+    with pytest.raises(ProvisionError, match="4096-token context"):
+        resolve_request(LLAVA, FitRequest(task="lora", seq=10000))
+    with pytest.raises(ProvisionError, match="max_model_len above"):
+        resolve_request(QWEN7, FitRequest(stack="vllm", context=65536))
+
+
+@pytest.mark.parametrize(
+    ("n", "low", "want"),
+    [(90401, 1024, 65536), (2013, 512, 1536), (98304, 1, 98304), (700, 1024, 700), (5, 1, 4)],
+)
+def test_round_down_gives_values_people_type(n, low, want):
+    assert round_down(n, low) == want
+
+
+def test_check_cli_new_flags_and_emit_json():
+    rc, data = run_json(
+        *[
+            "check",
+            "llama-3.2-11b-vision",
+            "--gpu",
+            "A100-80GB",
+            "--stack",
+            "vllm",
+            "--context",
+            "1024",
+            "--max-num-seqs",
+            "32",
+            "--enforce-eager",
+            "--limit-mm",
+            "image=1",
+            "--emit",
+        ]
+    )
+    assert rc == 0, data
+    assert data["fit"]["verdict"] == "fits"
+    launch = data["launch"]
+    assert launch["version"] == "0.8.5" and launch["stack"] == "vllm"
+    argv = launch["argv"]
+    assert argv[:3] == ["vllm", "serve", "meta-llama/Llama-3.2-11B-Vision-Instruct"]
+    for flag, value in (
+        ("--max-model-len", "1024"),
+        ("--max-num-seqs", "32"),
+        ("--gpu-memory-utilization", "0.9"),
+        ("--limit-mm-per-prompt", '{"image": 1}'),
+    ):
+        assert argv[argv.index(flag) + 1] == value
+    assert "--enforce-eager" in argv
+
+
+def test_emit_applies_the_suggestion_that_makes_it_fit():
+    rc, data = run_json(
+        *[
+            "check",
+            "llama-3.2-11b-vision",
+            "--gpu",
+            "A100-80GB",
+            "--stack",
+            "vllm",
+            "--context",
+            "1024",
+            "--emit",
+        ]
+    )
+    assert rc == 1
+    argv = data["launch"]["argv"]
+    first = data["fit"]["suggestions"][0]
+    assert first["kind"] == "max-num-seqs" and data["launch"]["applies"] == first["text"]
+    assert argv[argv.index("--max-num-seqs") + 1] == str(first["change"]["max_num_seqs"])
+
+
+def test_lmdeploy_and_ms_swift_launch_lines():
+    _, out = run_json("check", "internvl2-1b", "--gpu", "RTX 4090", "--emit")
+    argv = out["launch"]["argv"]
+    assert argv[:4] == ["lmdeploy", "serve", "api_server", "OpenGVLab/InternVL2-1B"]
+    assert argv[argv.index("--session-len") + 1] == "8192"
+    _, swift = run_json("check", "qwen2.5-vl-7b", "--task", "lora", "--gpu", "A100-80GB", "--emit")
+    argv = swift["launch"]["argv"]
+    assert argv[0] == "MAX_PIXELS=1003520" and argv[1:3] == ["swift", "sft"]
+    assert argv[argv.index("--train_type") + 1] == "lora"
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--limit-mm", "images=2"], "--limit-mm 'images=2' is not image=N"),
+        (["--max-num-seqs", "0"], "--max-num-seqs 0 is out of range"),
+        (["--images", "15"], "4096-token context"),
+    ],
+)
+def test_bad_engine_flags_exit_2_with_one_message(args, message):
+    result = run_cli("check", "llava-v1.5-7b", "--gpu", "RTX 3090", *args)
+    out = result.stdout + result.stderr
+    assert result.returncode == 2, out
+    assert message in " ".join(out.split()) and "Traceback" not in out
+
+
+def test_xtuner_uses_the_models_max_dynamic_patch_by_default():
+    """XTuner's InternVL configs take max_dynamic_patch 12 (+ thumbnail): 3328 image tokens."""
+    internvl2 = load_profile("internvl2-2b")
+    xtuner = resolve_request(internvl2, FitRequest(task="lora", stack="xtuner"))
+    assert xtuner.image_tokens == 3328
+    swift = resolve_request(internvl2, FitRequest(task="lora", stack="ms-swift"))
+    assert swift.image_tokens == internvl2.image["tokens"]
+
+
+def test_llava_quick_start_loads_the_model_twice():
+    """LLaVA's README quick-start loads the weights twice: on an RTX 3090 it does not fit (seed
+    004); run_llava.py alone (--stack llava-run) loads once and fits."""
+    twice = _check(LLAVA, FitRequest(), "RTX 3090")
+    once = _check(LLAVA, FitRequest(stack="llava-run"), "RTX 3090")
+    assert twice.verdict == "does not fit"
+    assert once.verdict == "fits"
+    assert twice.estimate.part("weights") == pytest.approx(2 * once.estimate.part("weights"))
+    assert "loads the model 2 times" in twice.estimate.components[0].detail
+
+
+def test_lora_rank_and_direction_check_take_the_run_shape():
+    rc, data = run_json(
+        "check", "internvl2-2b", "--task", "lora", "--lora-rank", "128", "--gpu", "A100-80GB"
+    )
+    assert data["fit"]["request"]["lora_rank"] == 128
+    rc, small = run_json(
+        "direction", "check", "internvl2-lmdeploy-xtuner", "--task", "lora", "--gpu", "A100-80GB"
+    )
+    rc, big = run_json(
+        "direction",
+        "check",
+        "internvl2-lmdeploy-xtuner",
+        "--task",
+        "lora",
+        "--batch",
+        "4",
+        "--seq",
+        "4096",
+        "--gpu",
+        "A100-80GB",
+    )
+    text = json.dumps(big)
+    assert '"batch": 4' in text and '"seq": 4096' in text
+    assert '"task": "infer"' not in text  # only the task asked for
+    assert json.dumps(small) != text
+
+
+def test_an_fp32_load_doubles_the_16_bit_weights():
+    bf16 = estimate(LLAVA, FitRequest(stack="llava-run"))
+    fp32 = estimate(LLAVA, FitRequest(stack="llava-run", dtype="fp32"))
+    assert fp32.part("weights") == pytest.approx(2 * bf16.part("weights"))
+    int4 = estimate(LLAVA, FitRequest(stack="llava-run", quant="int4"))
+    int4_fp32 = estimate(LLAVA, FitRequest(stack="llava-run", quant="int4", dtype="fp32"))
+    assert int4.part("weights") < int4_fp32.part("weights") < fp32.part("weights")
+    with pytest.raises(ProvisionError, match="Unknown --dtype 'fp64'"):
+        estimate(LLAVA, FitRequest(dtype="fp64"))
