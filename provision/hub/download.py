@@ -504,15 +504,14 @@ class _Plan:
 
         LFS blobs are named by their sha256; plain-git blobs by git's blob id (their sha256 is
         what the lock pins). The stamp from placement spares reading the file again."""
-        want = f.sha256 if f.lfs else pins.get(f.path)
+        if f.lfs:
+            return f.sha256 if stamps.matches(root, blob, f.sha256, self.rehash) else None
+        want = pins.get(f.path)
         if want and not self.rehash and stamps.trusted(root, blob, want):
             return want
-        digest = file_sha256(blob)
-        good = digest == f.sha256 if f.lfs else stamps.git_blob_id(blob) == f.blob_id
-        if not good:
+        if stamps.git_blob_id(blob) != f.blob_id:
             return None
-        stamps.record(root, blob, digest)
-        return digest
+        return stamps.hash_and_record(root, blob)
 
     # --- shared ----------------------------------------------------------------------------------
     def _fetch(
@@ -628,14 +627,7 @@ def _verified(path: Path, size: int, sha256: str | None, root: Path, rehash: boo
     its sha256 (from the placement stamp when the file is unchanged since, else read in full)."""
     if not path.is_file() or path.stat().st_size != size:
         return False
-    if sha256 is None:
-        return True
-    if not rehash and stamps.trusted(root, path, sha256):
-        return True
-    digest = file_sha256(path)
-    if digest == sha256:
-        stamps.record(root, path, digest)
-    return digest == sha256
+    return sha256 is None or stamps.matches(root, path, sha256, rehash)
 
 
 def _discard(path: Path) -> None:
