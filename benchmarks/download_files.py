@@ -27,7 +27,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.download import _env, _hf_cli  # noqa: E402
+from benchmarks.download import _commands, _env  # noqa: E402
 from tests.hub.helpers import write_profile  # noqa: E402
 from tests.servers.hub import HubServer  # noqa: E402
 
@@ -62,11 +62,7 @@ def measure(work: Path, hub: HubServer, count: int, file_bytes: int, rounds: int
     _make_repo(work / "src" / profile, count, file_bytes, seed=count)
     hub.add_repo(repo, work / "src" / profile)
     write_profile(work / "profiles", profile, repo)
-    commands = {
-        "provision": [sys.executable, "-m", "provision", "--json", "download", profile,
-                      "--source", hub.url],
-        "hf": [_hf_cli(), "download", repo],
-    }  # fmt: skip
+    commands = _commands(hub, profile, repo)
     wall: dict[str, list[float]] = {"provision": [], "hf": []}
     cpu: dict[str, list[float]] = {"provision": [], "hf": []}
     for round_no in range(rounds):

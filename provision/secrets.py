@@ -10,7 +10,7 @@ which every local user can read with `ps`.
 from __future__ import annotations
 
 import re
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import unquote, urlsplit, urlunsplit
 
 # scheme://userinfo@ anywhere in a text (an error message a client built from its URL).
 _USERINFO = re.compile(r"(?P<scheme>[A-Za-z][A-Za-z0-9+.-]*://)(?P<userinfo>[^/@\s'\"]+)@")
@@ -24,36 +24,30 @@ def has_credentials(url: str) -> bool:
         return bool(_USERINFO.search(url))
 
 
-def _host(url: str) -> tuple[tuple[str, str, str, str, str], str]:
-    parts = urlsplit(url)
-    host = parts.hostname or ""
-    if ":" in host:
-        host = f"[{host}]"  # an IPv6 literal
-    if parts.port:
-        host += f":{parts.port}"
-    return (parts.scheme, parts.netloc, parts.path, parts.query, parts.fragment), host
+def _rebuild(url: str, userinfo: str) -> str:
+    """`url` with its `user:password@` replaced by `userinfo` ("" drops it)."""
+    if not has_credentials(url):
+        return url
+    try:
+        parts = urlsplit(url)
+        host = parts.hostname or ""
+        if ":" in host:
+            host = f"[{host}]"  # an IPv6 literal
+        if parts.port:
+            host += f":{parts.port}"
+    except ValueError:
+        return redact_text(url)
+    return urlunsplit((parts.scheme, userinfo + host, parts.path, parts.query, parts.fragment))
 
 
 def public(url: str) -> str:
     """The URL without its credentials: https://user:secret@host/x -> https://host/x."""
-    if not has_credentials(url):
-        return url
-    try:
-        (scheme, _, path, query, fragment), host = _host(url)
-    except ValueError:
-        return redact_text(url)
-    return urlunsplit((scheme, host, path, query, fragment))
+    return _rebuild(url, "")
 
 
 def redact(url: str) -> str:
     """The URL with its credentials marked: https://user:secret@host/x -> https://***@host/x."""
-    if not has_credentials(url):
-        return url
-    try:
-        (scheme, _, path, query, fragment), host = _host(url)
-    except ValueError:
-        return redact_text(url)
-    return urlunsplit((scheme, f"***@{host}", path, query, fragment))
+    return _rebuild(url, "***@")
 
 
 def redact_text(text: str) -> str:
@@ -63,8 +57,6 @@ def redact_text(text: str) -> str:
 
 def credentials(url: str) -> tuple[str, str] | None:
     """(user, password) a URL carries, percent-decoded; None without."""
-    from urllib.parse import unquote
-
     parts = urlsplit(url)
     if not (parts.username or parts.password):
         return None

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 # --- tiny models (tests/tinymodels.py) -------------------------------------------------------
+import contextlib
 import os
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -118,26 +119,38 @@ def offline(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(subprocess, "Popen", refuse)
 
 
-@pytest.fixture
-def tmpfs_volume(tmp_path: Path):
-    """A 64 MiB tmpfs of its own, for tests that make a volume read-only (`remount_read_only`).
+@contextlib.contextmanager
+def mounted_tmpfs(mount: Path, size: str) -> Iterator[Path]:
+    """A tmpfs of `size` (e.g. "64m") mounted on the new folder `mount`, unmounted afterwards.
 
-    Needs root (CI runs as root); fails, never skips, without: permission bits alone do not
-    stop root, so only a real read-only mount shows what a user on one sees.
+    Needs root (CI runs as root); fails, never skips, without. A fixture built on it is listed
+    in NEEDS below, so `-m "not root"` leaves its tests out.
     """
     import subprocess
 
-    mount = tmp_path / "volume"
     mount.mkdir()
-    subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", "size=64m", "tmpfs", str(mount)],
-        check=True,
+    done = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(mount)],
         capture_output=True,
+        text=True,
+    )
+    assert done.returncode == 0, (
+        f"mounting a {size} tmpfs failed ({done.stderr.strip()}): these tests need root "
+        "(CI runs them as root)"
     )
     try:
         yield mount
     finally:
-        subprocess.run(["umount", str(mount)], check=False)
+        subprocess.run(["umount", "-l", str(mount)], check=False)
+
+
+@pytest.fixture
+def tmpfs_volume(tmp_path: Path):
+    """A 64 MiB tmpfs of its own, for tests that make a volume read-only (`remount_read_only`):
+    permission bits alone do not stop root, so only a real read-only mount shows what a user on
+    one sees."""
+    with mounted_tmpfs(tmp_path / "volume", "64m") as mount:
+        yield mount
 
 
 def remount_read_only(mount: Path) -> None:
@@ -161,6 +174,8 @@ NEEDS = {
     "engine": ("podman", "slow"),  # the podman service and a base image: a minute or more
     "exfat_dir": ("exfat", "root"),
     "tmpfs_volume": ("root",),
+    "full_disk": ("root",),  # tests/test_write_errors.py, on mounted_tmpfs
+    "small_disk": ("root",),  # tests/hub/test_disk_full.py, on mounted_tmpfs
     # Building tiny models with transformers and loading them in child processes (30-140 s a
     # test on the shared 2-core machine), and a real direction lock with uv: not the fast loop.
     "tiny_vlm_factory": ("slow",),

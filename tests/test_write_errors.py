@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import errno
 import os
-import subprocess
 from pathlib import Path
 
 import pytest
@@ -13,19 +12,12 @@ import pytest
 from provision.atomic import atomic_write_text
 from provision.cli.main import os_error
 from provision.envs import _explain_sync_failure
+from tests.conftest import mounted_tmpfs
 
 
 @pytest.fixture
 def full_disk(tmp_path: Path):
-    mount = tmp_path / "tiny-disk"
-    mount.mkdir()
-    done = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(mount)],
-        capture_output=True,
-        text=True,
-    )
-    assert done.returncode == 0, f"mounting a tmpfs needs root: {done.stderr.strip()}"
-    try:
+    with mounted_tmpfs(tmp_path / "tiny-disk", "1m") as mount:
         target = mount / "pylock.toml"
         target.write_text("old = true\n")
         filler = mount / "filler"
@@ -38,8 +30,6 @@ def full_disk(tmp_path: Path):
         finally:
             os.close(fd)
         yield target
-    finally:
-        subprocess.run(["umount", "-l", str(mount)], check=False)
 
 
 def test_enospc_on_an_atomic_write_names_the_file_and_keeps_the_old_one(full_disk: Path):

@@ -103,14 +103,10 @@ class HfCache:
         snapshot = self.snapshot(commit)
         return _inside(snapshot, snapshot / Path(*path.split("/")))
 
-    def leftovers(self, etag: str) -> list[Path]:
-        """Partial files huggingface_hub left when it was killed (it never resumes them)."""
-        blobs, name = self.storage / "blobs", check_etag(etag)
-        return sorted(blobs.glob(f"{name}.*incomplete")) if blobs.is_dir() else []
-
     def all_leftovers(self) -> dict[str, list[Path]]:
-        """`leftovers` for every blob, from one listing of the folder (etag -> its partials):
-        a download asks once, not once per file, so its cost stays linear in the file count."""
+        """Partial files huggingface_hub left when it was killed (it never resumes them), for
+        every blob from one listing of the folder (etag -> its partials): a download asks once,
+        not once per file, so its cost stays linear in the file count."""
         blobs = self.storage / "blobs"
         found: dict[str, list[Path]] = {}
         if not blobs.is_dir():

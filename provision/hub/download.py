@@ -429,10 +429,9 @@ class _Plan:
 
         headers = {"Authorization": f"Bearer {token}"} if token else {}
         blobs = cache.storage / "blobs"
-        outcomes = self._fetch(source, repo_id, unique, headers, files, still_needed, placed, blobs)
-        for outcome in outcomes:
-            if outcome.sha256 and not outcome.placed_by_other:
-                stamps.record(cache.cache, outcome.job.target, outcome.sha256)
+        outcomes = self._fetch(
+            source, repo_id, unique, headers, files, still_needed, placed, blobs, cache.cache
+        )
         hashes = dict(reused)
         for outcome in outcomes:
             sha = outcome.sha256 or file_sha256(outcome.job.target)
@@ -483,38 +482,36 @@ class _Plan:
         token = listing.token or modelscope_token()
         headers = {"Cookie": f"m_session_id={token}"} if token else {}
         snapshot = cache.snapshot(revision)
-        outcomes = self._fetch(source, repo_id, jobs, headers, files, still_needed, None, snapshot)
-        for outcome in outcomes:
-            if outcome.sha256 and not outcome.placed_by_other:
-                stamps.record(cache.cache, outcome.job.target, outcome.sha256)
+        outcomes = self._fetch(
+            source, repo_id, jobs, headers, files, still_needed, None, snapshot, cache.cache
+        )
         hashes = dict(reused)
         for outcome in outcomes:
             hashes[outcome.job.path] = outcome.sha256 or file_sha256(outcome.job.target)
         self._check_pins("modelscope", repo_id, hashes)
         return self._result(source, listing, files, hashes, outcomes, self.ms_cache, snapshot)
 
-    def _unverified(self, f: RemoteFile) -> bool:
+    @staticmethod
+    def _unverified(f: RemoteFile, pins: dict[str, str]) -> bool:
         """No hash from the source (no sha256, no git blob id, not a local file) and none pinned
-        by the lock: nothing ever checked these bytes."""
+        by the lock (`pins`): nothing ever checked these bytes."""
         if f.sha256 or f.blob_id or f.origin is not None:
             return False
-        kind = "modelscope"  # the one source whose listing may lack hashes
-        return f.path not in self.pinned_hashes(kind, self.profile.modelscope_repo or "")
+        return f.path not in pins
 
     def _reusable(self, root: Path, blob: Path, f: RemoteFile, pins: dict[str, str]) -> str | None:
         """The sha256 of a cached blob of the right size when its bytes are right, else None.
 
         LFS blobs are named by their sha256; plain-git blobs by git's blob id (their sha256 is
         what the lock pins). The stamp from placement spares reading the file again."""
-        want = f.sha256 if f.lfs else pins.get(f.path)
+        if f.lfs:
+            return f.sha256 if stamps.matches(root, blob, f.sha256, self.rehash) else None
+        want = pins.get(f.path)
         if want and not self.rehash and stamps.trusted(root, blob, want):
             return want
-        digest = file_sha256(blob)
-        good = digest == f.sha256 if f.lfs else stamps.git_blob_id(blob) == f.blob_id
-        if not good:
+        if stamps.git_blob_id(blob) != f.blob_id:
             return None
-        stamps.record(root, blob, digest)
-        return digest
+        return stamps.hash_and_record(root, blob)
 
     # --- shared ----------------------------------------------------------------------------------
     def _fetch(
@@ -527,7 +524,10 @@ class _Plan:
         still_needed: Any,
         placed: Any,
         where: Path,
+        root: Path,
     ) -> list[Outcome]:
+        """Run the transfers into `where`; every file placed here gets its stamp under `root`
+        (the cache), so the next run trusts it unread (stamps.py)."""
         total = sum(f.size for f in files)
         have = sum(j.partial.stat().st_size for j in jobs if j.partial.exists())
         need = sum(j.size for j in jobs) - have
@@ -542,18 +542,22 @@ class _Plan:
             client,
             headers,
             display,
-            describe=f"{source.name}" if source.name == source.endpoint else source.name,
+            describe=source.name,
             repo_id=repo_id,
             gated_page=source.license_page(repo_id),
             hub="modelscope" if source.kind == "modelscope" else "huggingface",
         )
         display.start(f"{repo_id} from {source.name}", total, total - need)
         try:
-            return run_jobs(fetcher, jobs, self.workers, still_needed, placed)
+            outcomes = run_jobs(fetcher, jobs, self.workers, still_needed, placed)
         finally:
             display.stop()
             if client is not None:
                 client.close()
+        for outcome in outcomes:
+            if outcome.sha256 and not outcome.placed_by_other:
+                stamps.record(root, outcome.job.target, outcome.sha256)
+        return outcomes
 
     def _check_pins(self, kind: str, repo_id: str, hashes: dict[str, str | None]) -> None:
         expected = self.pinned_hashes(kind, repo_id)
@@ -579,6 +583,8 @@ class _Plan:
         fetched_paths = {o.job.path for o in outcomes if not o.placed_by_other}
         reused_bytes = sum(f.size for f in files if f.path not in fetched_paths)
         reused_bytes += sum(o.resumed for o in outcomes)
+        # ModelScope: the one source whose listing may lack hashes. Built once, not per file.
+        pins = self.pinned_hashes("modelscope", self.profile.modelscope_repo or "")
         return DownloadResult(
             profile=self.profile.name,
             source=source,
@@ -587,7 +593,7 @@ class _Plan:
             revision=listing.revision,
             commit=listing.commit,
             files=[
-                FileRecord(f.path, f.size, hashes[f.path], unverified=self._unverified(f))
+                FileRecord(f.path, f.size, hashes[f.path], unverified=self._unverified(f, pins))
                 for f in files
             ],
             bytes_fetched=sum(o.fetched for o in outcomes),
@@ -616,21 +622,12 @@ def _modelscope_url(source: Source, repo_id: str, revision: str, path: str) -> s
     )
 
 
-def _verified(
-    path: Path, size: int, sha256: str | None, root: Path | None = None, rehash: bool = False
-) -> bool:
+def _verified(path: Path, size: int, sha256: str | None, root: Path, rehash: bool) -> bool:
     """A plain cached file (ModelScope's layout is named by path, not content): its size, then
     its sha256 (from the placement stamp when the file is unchanged since, else read in full)."""
     if not path.is_file() or path.stat().st_size != size:
         return False
-    if sha256 is None:
-        return True
-    if root is not None and not rehash and stamps.trusted(root, path, sha256):
-        return True
-    digest = file_sha256(path)
-    if root is not None and digest == sha256:
-        stamps.record(root, path, digest)
-    return digest == sha256
+    return sha256 is None or stamps.matches(root, path, sha256, rehash)
 
 
 def _discard(path: Path) -> None:

@@ -61,6 +61,14 @@ def hash_and_record(root: Path, target: Path) -> str:
     return digest
 
 
+def matches(root: Path, target: Path, sha256: str | None, rehash: bool = False) -> bool:
+    """True when `target` hashes to `sha256`: from its stamp when unchanged since (not with
+    `rehash`), else read in full (and stamped with what it hashes to)."""
+    if sha256 and not rehash and trusted(root, target, sha256):
+        return True
+    return hash_and_record(root, target) == sha256
+
+
 def git_blob_id(path: Path) -> str:
     """git's blob id for the file (sha1 over "blob <size>\\0" + content)."""
     size = os.path.getsize(path)

@@ -19,27 +19,15 @@ import pytest
 from provision.hub import verify_profile
 from provision.profiles import load_profile
 from tests.cli_helpers import run_cli, run_json
+from tests.conftest import mounted_tmpfs
 from tests.hub import helpers
 
 
 @pytest.fixture
 def small_disk(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, hub_env):
-    mount = tmp_path / "small-disk"
-    mount.mkdir()
-    done = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", "size=20m", "tmpfs", str(mount)],
-        capture_output=True,
-        text=True,
-    )
-    assert done.returncode == 0, (
-        f"mounting a 20 MiB tmpfs failed ({done.stderr.strip()}): these tests need root "
-        "(CI runs them as root)"
-    )
-    monkeypatch.setenv("HF_HOME", str(mount / "hf"))
-    try:
+    with mounted_tmpfs(tmp_path / "small-disk", "20m") as mount:
+        monkeypatch.setenv("HF_HOME", str(mount / "hf"))
         yield mount
-    finally:
-        subprocess.run(["umount", "-l", str(mount)], check=False)
 
 
 def _free(path: Path) -> int:
