@@ -687,9 +687,14 @@ def _sync(
     return plan, moved, [str(f) for f in folders]
 
 
+def _uv_no_cache() -> bool:
+    """Whether UV_NO_CACHE makes uv use a temporary cache (nothing lasting to find or prune)."""
+    return os.environ.get("UV_NO_CACHE", "").lower() in ("1", "true", "yes", "on")
+
+
 def _uv_cache_dir() -> Path | None:
     """uv's cache folder (UV_CACHE_DIR, else uv's answer), None when uv uses no lasting cache."""
-    if os.environ.get("UV_NO_CACHE", "").lower() in ("1", "true", "yes", "on"):
+    if _uv_no_cache():
         return None
     if os.environ.get("UV_CACHE_DIR"):
         return Path(os.environ["UV_CACHE_DIR"])
@@ -732,7 +737,7 @@ def prune_uv_cache(wait_s: int = 10) -> str:
     cache; after `wait_s` the prune is left to the next install, as it is when it fails: that
     costs space, never the environment.
     """
-    if os.environ.get("UV_NO_CACHE", "").lower() in ("1", "true", "yes", "on"):
+    if _uv_no_cache():
         return ""  # uv used a temporary cache, gone already
     try:
         proc = run_uv(["cache", "prune"], wait_s + 300, {"UV_LOCK_TIMEOUT": str(wait_s)})

@@ -486,11 +486,9 @@ class _Runner:
     def _build_note(self) -> str:
         """What a machine without a GPU gets from the lock: a CUDA build of torch installs from
         a CUDA lock (and runs on the CPU); only a CPU lock makes a CPU environment."""
-        from provision.lock.lockfile import tool_table
-        from provision.lock.locking import read_previous
+        from provision.lock.locking import lock_target
 
-        data = read_previous(self.lock) if self.lock.is_file() else None
-        variant = tool_table(data).get("target", {}).get("variant") if data else None
+        variant = lock_target(self.lock).get("variant")
         if not variant:
             return "the lock is made for this machine"
         if variant == "cpu":

@@ -41,7 +41,6 @@ def uv_bin() -> str:
 
 
 @lru_cache(maxsize=1)
-@lru_cache(maxsize=1)
 def uv_version() -> str:
     """The version of the `uv` package whose binary resolves (asked once per run, then cached).
 

@@ -81,15 +81,13 @@ def test_only_the_invoked_command_is_built_and_rich_only_when_it_prints():
 
     commands = {f"provision.cli.{m}" for m in COMMANDS.values()}
     loaded = _modules_after("check", "qwen2.5-vl-7b", "--gpu", "RTX 4090", "--json")
-    # (cli.check takes its --profiles-dir declaration from cli.profiles, a small module)
-    assert loaded & commands - {"provision.cli.profiles"} == {"provision.cli.check"}
+    assert loaded & commands == {"provision.cli.check"}
     assert not any(m == "rich" or m.startswith("rich.") for m in loaded)  # JSON: no rich
     shown = _modules_after("check", "qwen2.5-vl-7b", "--gpu", "RTX 4090")
     assert "rich.console" in shown  # the report is rich's table
     helped = _modules_after("--help")
     assert helped & commands == set() and "rich" not in helped
-    built = _modules_after("gpus", "--help") & commands
-    assert built - {"provision.cli.profiles"} == {"provision.cli.gpus"}
+    assert _modules_after("gpus", "--help") & commands == {"provision.cli.gpus"}
 
 
 def test_a_mistyped_command_gets_a_suggestion_from_the_commands_not_yet_built():

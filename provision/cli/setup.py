@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import Annotated, Any
 
 import typer
 
@@ -20,9 +20,6 @@ from provision.cli.options import (
 )
 from provision.cli.output import JsonFlag, emit, use_json
 from provision.cli.shared import progress_printer, show_partial, stage_table
-
-if TYPE_CHECKING:
-    pass
 
 
 def setup(

@@ -462,13 +462,18 @@ def lock_profile(
     )
 
 
+def lock_target(lock: str | os.PathLike[str] | None) -> dict[str, Any]:
+    """The [tool.provision.target] table of the lock at `lock`; {} without a readable lock."""
+    if lock is None or not Path(lock).is_file():
+        return {}
+    previous = read_previous(Path(lock))
+    return tool_table(previous).get("target", {}) if previous else {}
+
+
 def kept_variant(lock: str | os.PathLike[str] | None) -> str | None:
     """The torch build a re-lock of `lock` keeps unless told otherwise: "pypi" for a lock of
     PyPI's build, else its recorded variant (cu124, cpu...); None without a readable lock."""
-    if lock is None or not Path(lock).is_file():
-        return None
-    previous = read_previous(Path(lock))
-    target = tool_table(previous).get("target", {}) if previous else {}
+    target = lock_target(lock)
     if target.get("route") == "pypi":
         return "pypi"
     variant = target.get("variant")

@@ -259,11 +259,16 @@ NO_SMOKE_BACKEND = {
 }
 
 
-def _refuse_without_backend(profile: Profile) -> None:
+def _infer_stack(profile: Profile) -> str | None:
+    """The stack of the profile's infer task; None when it has no infer task."""
     try:
-        stack = profile.task("infer").stack
+        return profile.task("infer").stack
     except ProvisionError:
-        return
+        return None
+
+
+def _refuse_without_backend(profile: Profile) -> None:
+    stack = _infer_stack(profile)
     if stack in NO_SMOKE_BACKEND:
         instead, why = NO_SMOKE_BACKEND[stack]
         raise ProvisionError(
@@ -273,10 +278,7 @@ def _refuse_without_backend(profile: Profile) -> None:
 
 
 def _backend(profile: Profile) -> str:
-    try:
-        stack = profile.task("infer").stack
-    except ProvisionError:
-        return "transformers"
+    stack = _infer_stack(profile)
     return stack if stack in SERVING_STACKS else "transformers"
 
 

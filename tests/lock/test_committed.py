@@ -68,3 +68,15 @@ def test_committed_lock_is_pep751_pypi_route(profile, task, path):
     sdist_only = [d.name for d in info.packages if d.sdist_only]
     if "deepspeed" in sdist_only:
         assert info.env["DS_BUILD_OPS"] == "0"
+
+
+def test_lock_target_reads_the_target_table_and_nothing_without_a_lock(tmp_path) -> None:
+    from provision.lock.locking import kept_variant, lock_target
+
+    shipped = builtin_lock_dir() / "pylock.qwen2-vl-2b.toml"
+    assert lock_target(shipped) == lock_info(shipped).target
+    assert lock_target(shipped)["route"] == "pypi" and kept_variant(shipped) == "pypi"
+    broken = tmp_path / "pylock.broken.toml"
+    broken.write_text("not [toml", encoding="utf-8")
+    assert lock_target(broken) == {} and lock_target(tmp_path / "absent.toml") == {}
+    assert lock_target(None) == {} and kept_variant(broken) is None
