@@ -12,6 +12,7 @@ from provision.memory import (
     Estimate,
     FitRequest,
     coefficients,
+    engine_of,
     estimate,
     resolve_request,
     stacks,
@@ -295,7 +296,7 @@ def suggest(
                         {"context": n},
                     )
                 )
-        engine = (stacks()[req.stack or "transformers"].get("engine") or {}).get("name")
+        engine = (engine_of(req.stack) or {}).get("name")
         if req.task == "infer" and engine == "vllm":
             seqs = req.max_num_seqs or stacks()["vllm"]["engine"]["max_num_seqs"]
             for eager in (False, True):
@@ -438,7 +439,7 @@ def round_down(n: int, low: int = 1) -> int:
 def valid_tp(profile: Profile, stack: str | None, count: int) -> bool:
     """Whether the stack's engine accepts `count` GPUs of tensor parallelism for this model: the
     counts it must divide are data (stacks.toml [stack.*.engine] tp_divides)."""
-    eng = (stacks().get(stack or "") or {}).get("engine")
+    eng = engine_of(stack)
     if eng is None or count <= 1:
         return True
     return all(profile.text[key] % count == 0 for key in eng.get("tp_divides", ()))
