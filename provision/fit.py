@@ -241,7 +241,7 @@ def _fits_on(profile: Profile, req: FitRequest, machine: Machine) -> tuple[bool,
     return bool(verdicts) and _overall(verdicts) == "fits", est.per_gpu
 
 
-def _with_count(machine: Machine, count: int) -> Machine:
+def with_gpu_count(machine: Machine, count: int) -> Machine:
     template = machine.gpus[0]
     gpus = [replace(template, index=i, memory_free=None) for i in range(count)]
     return replace(machine, gpus=gpus, planned=True)
@@ -360,7 +360,7 @@ def suggest(
             for count in range(machine.gpu_count + 1, 17):
                 if req.task == "infer" and not valid_tp(profile, req.stack, count):
                     continue  # the engine would refuse this tensor-parallel size
-                ok, need = fits(asked, _with_count(machine, count))
+                ok, need = fits(asked, with_gpu_count(machine, count))
                 if ok:
                     out.append(
                         Suggestion(
@@ -373,7 +373,7 @@ def suggest(
                     break
         elif req.task == "full":
             for count in range(max(machine.gpu_count, 1) + 1, 17):
-                ok, need = fits(replace(asked, zero=3), _with_count(machine, count))
+                ok, need = fits(replace(asked, zero=3), with_gpu_count(machine, count))
                 if ok:
                     out.append(
                         Suggestion(
