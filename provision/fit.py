@@ -283,10 +283,9 @@ def suggest(
                 )
         paged = stacks()[req.stack or "transformers"]["kind"] == "paged"
         if req.task == "infer" and paged and req.context:
-            best = _largest(lambda n: fits(replace(asked, context=n)), 1024, req.context)
+            best = _largest_round(lambda n: fits(replace(asked, context=n)), 1024, req.context)
             if best:
-                n = round_down(best[0], 1024)
-                need = fits(replace(asked, context=n))[1]
+                n, need = best
                 out.append(
                     Suggestion(
                         "context",
@@ -336,10 +335,8 @@ def suggest(
         in_text = profile.image.get("in_text_sequence", True)
         shortest = max(512, (req.image_tokens or 0) * req.images * in_text + 128)
         if req.task != "infer" and req.seq and req.seq > shortest:
-            best = _largest(lambda n: fits(replace(asked, seq=n)), shortest, req.seq - 1)
+            best = _largest_round(lambda n: fits(replace(asked, seq=n)), shortest, req.seq - 1)
             if best:
-                n = round_down(best[0], shortest)
-                best = (n, fits(replace(asked, seq=n))[1])
                 out.append(
                     Suggestion(
                         "seq", f"--seq {best[0]} (shorter samples)", best[1], {"seq": best[0]}
@@ -474,6 +471,15 @@ def _largest(test: Any, low: int, high: int) -> tuple[int, float] | None:
         else:
             high = mid - 1
     return best
+
+
+def _largest_round(test: Any, low: int, high: int) -> tuple[int, float] | None:
+    """_largest, rounded down to a value people type (round_down), with that value's need."""
+    best = _largest(test, low, high)
+    if best is None:
+        return None
+    n = round_down(best[0], low)
+    return n, test(n)[1]
 
 
 def _pixels_hint(profile: Profile, tokens: int) -> str:
