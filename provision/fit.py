@@ -12,6 +12,7 @@ from provision.memory import (
     Estimate,
     FitRequest,
     coefficients,
+    engine_of,
     estimate,
     resolve_request,
     stacks,
@@ -240,7 +241,7 @@ def _fits_on(profile: Profile, req: FitRequest, machine: Machine) -> tuple[bool,
     return bool(verdicts) and _overall(verdicts) == "fits", est.per_gpu
 
 
-def _with_count(machine: Machine, count: int) -> Machine:
+def with_gpu_count(machine: Machine, count: int) -> Machine:
     template = machine.gpus[0]
     gpus = [replace(template, index=i, memory_free=None) for i in range(count)]
     return replace(machine, gpus=gpus, planned=True)
@@ -282,10 +283,9 @@ def suggest(
                 )
         paged = stacks()[req.stack or "transformers"]["kind"] == "paged"
         if req.task == "infer" and paged and req.context:
-            best = _largest(lambda n: fits(replace(asked, context=n)), 1024, req.context)
+            best = _largest_round(lambda n: fits(replace(asked, context=n)), 1024, req.context)
             if best:
-                n = round_down(best[0], 1024)
-                need = fits(replace(asked, context=n))[1]
+                n, need = best
                 out.append(
                     Suggestion(
                         "context",
@@ -295,7 +295,7 @@ def suggest(
                         {"context": n},
                     )
                 )
-        engine = (stacks()[req.stack or "transformers"].get("engine") or {}).get("name")
+        engine = (engine_of(req.stack) or {}).get("name")
         if req.task == "infer" and engine == "vllm":
             seqs = req.max_num_seqs or stacks()["vllm"]["engine"]["max_num_seqs"]
             for eager in (False, True):
@@ -335,10 +335,8 @@ def suggest(
         in_text = profile.image.get("in_text_sequence", True)
         shortest = max(512, (req.image_tokens or 0) * req.images * in_text + 128)
         if req.task != "infer" and req.seq and req.seq > shortest:
-            best = _largest(lambda n: fits(replace(asked, seq=n)), shortest, req.seq - 1)
+            best = _largest_round(lambda n: fits(replace(asked, seq=n)), shortest, req.seq - 1)
             if best:
-                n = round_down(best[0], shortest)
-                best = (n, fits(replace(asked, seq=n))[1])
                 out.append(
                     Suggestion(
                         "seq", f"--seq {best[0]} (shorter samples)", best[1], {"seq": best[0]}
@@ -359,7 +357,7 @@ def suggest(
             for count in range(machine.gpu_count + 1, 17):
                 if req.task == "infer" and not valid_tp(profile, req.stack, count):
                     continue  # the engine would refuse this tensor-parallel size
-                ok, need = fits(asked, _with_count(machine, count))
+                ok, need = fits(asked, with_gpu_count(machine, count))
                 if ok:
                     out.append(
                         Suggestion(
@@ -372,7 +370,7 @@ def suggest(
                     break
         elif req.task == "full":
             for count in range(max(machine.gpu_count, 1) + 1, 17):
-                ok, need = fits(replace(asked, zero=3), _with_count(machine, count))
+                ok, need = fits(replace(asked, zero=3), with_gpu_count(machine, count))
                 if ok:
                     out.append(
                         Suggestion(
@@ -438,7 +436,7 @@ def round_down(n: int, low: int = 1) -> int:
 def valid_tp(profile: Profile, stack: str | None, count: int) -> bool:
     """Whether the stack's engine accepts `count` GPUs of tensor parallelism for this model: the
     counts it must divide are data (stacks.toml [stack.*.engine] tp_divides)."""
-    eng = (stacks().get(stack or "") or {}).get("engine")
+    eng = engine_of(stack)
     if eng is None or count <= 1:
         return True
     return all(profile.text[key] % count == 0 for key in eng.get("tp_divides", ()))
@@ -473,6 +471,15 @@ def _largest(test: Any, low: int, high: int) -> tuple[int, float] | None:
         else:
             high = mid - 1
     return best
+
+
+def _largest_round(test: Any, low: int, high: int) -> tuple[int, float] | None:
+    """_largest, rounded down to a value people type (round_down), with that value's need."""
+    best = _largest(test, low, high)
+    if best is None:
+        return None
+    n = round_down(best[0], low)
+    return n, test(n)[1]
 
 
 def _pixels_hint(profile: Profile, tokens: int) -> str:

@@ -10,7 +10,7 @@ import shlex
 from dataclasses import dataclass
 from typing import Any
 
-from provision.memory import FitRequest, stacks, vision_family
+from provision.memory import FitRequest, engine_of, stacks, vision_family
 from provision.profiles import Profile
 
 
@@ -79,8 +79,7 @@ def _values(profile: Profile, req: FitRequest, gpus: int, stack: str) -> dict[st
     """What each launch key is set to for this request."""
     from provision.fit import valid_tp
 
-    info = stacks()[stack]
-    eng = info.get("engine") or {}
+    eng = engine_of(stack) or {}
     tp_ok = valid_tp(profile, stack, gpus)
     out: dict[str, Any] = {}
     if req.task == "infer":

@@ -530,8 +530,7 @@ def _engine(
         tokens = min(req.seq * req.batch, c["overhead"]["engine_profile_tokens"])
         vision = 0.0
         if limit:
-            probe = replace(req, image_tokens=req.image_tokens)
-            vision = vision_bytes(profile, probe, 1, False, n_images=eng["vision_batch"])
+            vision = vision_bytes(profile, req, 1, False, n_images=eng["vision_batch"])
         out.update(cache_max_entry_count=share, session_len=req.context)
         parts += [
             Component("kv cache", kv / gpus, f"session_len {req.context} x batch {req.batch}"),

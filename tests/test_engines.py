@@ -172,24 +172,17 @@ def test_round_down_gives_values_people_type(n, low, want):
     assert round_down(n, low) == want
 
 
+# The case: vllm serve Llama-3.2-11B-Vision --max-model-len 1024 on an A100-80GB.
+MLLAMA_VLLM_CHECK = (
+    *("check", "llama-3.2-11b-vision", "--gpu", "A100-80GB"),
+    *("--stack", "vllm", "--context", "1024"),
+)
+
+
 def test_check_cli_new_flags_and_emit_json():
     rc, data = run_json(
-        *[
-            "check",
-            "llama-3.2-11b-vision",
-            "--gpu",
-            "A100-80GB",
-            "--stack",
-            "vllm",
-            "--context",
-            "1024",
-            "--max-num-seqs",
-            "32",
-            "--enforce-eager",
-            "--limit-mm",
-            "image=1",
-            "--emit",
-        ]
+        *MLLAMA_VLLM_CHECK,
+        *("--max-num-seqs", "32", "--enforce-eager", "--limit-mm", "image=1", "--emit"),
     )
     assert rc == 0, data
     assert data["fit"]["verdict"] == "fits"
@@ -208,19 +201,7 @@ def test_check_cli_new_flags_and_emit_json():
 
 
 def test_emit_applies_the_suggestion_that_makes_it_fit():
-    rc, data = run_json(
-        *[
-            "check",
-            "llama-3.2-11b-vision",
-            "--gpu",
-            "A100-80GB",
-            "--stack",
-            "vllm",
-            "--context",
-            "1024",
-            "--emit",
-        ]
-    )
+    rc, data = run_json(*MLLAMA_VLLM_CHECK, "--emit")
     assert rc == 1
     argv = data["launch"]["argv"]
     first = data["fit"]["suggestions"][0]

@@ -46,13 +46,6 @@ class ClusterPlan:
         }
 
 
-def _gpus(machine: Machine, count: int) -> Machine:
-    template = machine.gpus[0]
-    return replace(
-        machine, gpus=[replace(template, index=i, memory_free=None) for i in range(count)]
-    )
-
-
 def layout(task: str, zero: int, nodes: int, per_node: int) -> ClusterPlan:
     if task == "infer":
         return ClusterPlan(nodes, per_node, data_parallel=nodes, tensor_parallel=per_node,
@@ -72,7 +65,7 @@ def check_nodes(
     """`run_check` for `nodes` nodes of `node_machine` (a planned node: --gpu); the report
     carries the layout in `.cluster` and node-count suggestions first."""
     from provision.check import run_check
-    from provision.fit import Suggestion, check_fit
+    from provision.fit import Suggestion, _fits_on, with_gpu_count
     from provision.memory import resolve_request
     from provision.profiles import load_profile
 
@@ -90,7 +83,7 @@ def check_nodes(
 
     def machine_for(n: int) -> Machine:
         count = per_node if resolved.task == "infer" else n * per_node
-        return _gpus(node_machine, count)
+        return with_gpu_count(node_machine, count)
 
     report = run_check(profile_name, request, machine_for(nodes), profiles_dir)
     plan = layout(resolved.task, zero, nodes, per_node)
@@ -113,15 +106,12 @@ def check_nodes(
         for stage in ([zero] if zero else []) + [z for z in (2, 3) if z > zero]:
             req = replace(request, zero=stage)
             for n in range(nodes + 1, MAX_NODES + 1):
-                trial = check_fit(profile, req, machine_for(n))
-                if trial.verdict == "fits":
+                # Only the verdict is read: no suggestions are worked out for each count tried.
+                ok, need = _fits_on(profile, req, machine_for(n))
+                if ok:
                     text = f"use {n} nodes of {per_node} x {node_machine.gpus[0].name}"
                     text += f" with ZeRO-{stage} over {n * per_node} GPUs"
-                    extra.append(
-                        Suggestion(
-                            "nodes", text, trial.estimate.per_gpu, {"nodes": n, "zero": stage}
-                        )  # fmt: skip
-                    )
+                    extra.append(Suggestion("nodes", text, need, {"nodes": n, "zero": stage}))
                     break
             if extra:
                 break

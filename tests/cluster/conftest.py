@@ -9,12 +9,11 @@ import pytest
 
 from tests.cli_helpers import run_json
 from tests.envs.helpers import torch_wheel_dir
-from tests.servers.hub import HubServer
 from tests.servers.slurm_cluster import SlurmCluster
 from tests.setup.conftest import (  # noqa: F401 - fixtures used here
     PROFILE,
-    REPO,
     builder_python,
+    setup_world,
     tiny_llava_folder,
     write_profile,
 )
@@ -28,38 +27,24 @@ def slurm_cluster(tmp_path_factory: pytest.TempPathFactory):
 
 
 @pytest.fixture
-def cluster_world(tmp_path: Path, tiny_llava_folder: Path, slurm_cluster, monkeypatch):  # noqa: F811
-    """A hub serving the tiny model, its profile, its lock (made as a user would on the login
-    node), a shared dir, and the variables the submitting shell has (sbatch exports them)."""
-    with HubServer(tmp_path / "hub") as hub:
-        commit = hub.add_repo(REPO, tiny_llava_folder)
-        write_profile(tmp_path / "profiles")
-        env = {
-            "SLURM_CONF": str(slurm_cluster.conf),
-            "PROVISION_PROFILES_DIR": str(tmp_path / "profiles"),
-            "PROVISION_LOCK_DIR": str(tmp_path / "locks"),
-            "PROVISION_DATA_DIR": str(tmp_path / "login-data"),
-            "PROVISION_SOURCES": hub.url,
-            "HF_ENDPOINT": hub.url,
-            "HF_HUB_DISABLE_TELEMETRY": "1",
-            "PROVISION_RETRY_WAIT": "0.05",
-            "PYTHONPYCACHEPREFIX": str(tmp_path / "pycache"),
-        }
-        for key, value in env.items():
-            monkeypatch.setenv(key, value)
-        for key in ("HF_HOME", "HF_HUB_CACHE", "HF_TOKEN", "HF_HUB_OFFLINE"):
-            monkeypatch.delenv(key, raising=False)
-        lock = tmp_path / "pylock.tiny.toml"
-        rc, made = run_json(
-            "lock", PROFILE, "-o", str(lock), "--torch-index", str(torch_wheel_dir()), timeout=900
-        )
-        assert rc == 0, made
-        yield {
-            "hub": hub,
-            "commit": commit,
-            "root": tmp_path,
-            "lock": lock,
-            "shared": tmp_path / "shared",
-            "cluster": slurm_cluster,
-            "model_bytes": sum(p.stat().st_size for p in tiny_llava_folder.glob("*.safetensors")),
-        }
+def cluster_world(setup_world, slurm_cluster, tiny_llava_folder: Path, monkeypatch):  # noqa: F811
+    """setup_world (a hub serving the tiny model, its profile, the user's variables) seen from a
+    cluster's login node: SLURM_CONF for the Slurm commands, the lock made as a user would on the
+    login node, and a shared dir (sbatch exports these variables to the nodes)."""
+    tmp_path, hub, commit = setup_world["root"], setup_world["hub"], setup_world["commit"]
+    monkeypatch.setenv("SLURM_CONF", str(slurm_cluster.conf))
+    monkeypatch.setenv("PROVISION_DATA_DIR", str(tmp_path / "login-data"))
+    lock = tmp_path / "pylock.tiny.toml"
+    rc, made = run_json(
+        "lock", PROFILE, "-o", str(lock), "--torch-index", str(torch_wheel_dir()), timeout=900
+    )
+    assert rc == 0, made
+    yield {
+        "hub": hub,
+        "commit": commit,
+        "root": tmp_path,
+        "lock": lock,
+        "shared": tmp_path / "shared",
+        "cluster": slurm_cluster,
+        "model_bytes": sum(p.stat().st_size for p in tiny_llava_folder.glob("*.safetensors")),
+    }
