@@ -21,6 +21,7 @@ from typing import Any
 from urllib.parse import quote
 
 from provision.errors import ProvisionError
+from provision.secrets import credentials, public
 
 TIMEOUT = 15.0
 SMALL_FILE_LIMIT = 20 * 1024 * 1024  # a config or index larger than this is refused
@@ -132,30 +133,23 @@ class HfRepo(Repo):
 
     def __init__(self, repo_id: str, revision: str, endpoint: str, where: str, token: str | None):
         super().__init__(repo_id, revision, where)
-        self.endpoint, basic = _split_userinfo(endpoint.rstrip("/"))
+        self.endpoint = public(endpoint.rstrip("/"))
         self.token = token
-        auth = f"Bearer {token}" if token else basic
+        auth = f"Bearer {token}" if token else _basic_auth(endpoint)
         self.http = _Http(self, {"Authorization": auth} if auth else {})
 
     def _error(self, answer: Any, path: str | None) -> ProvisionError:
         code = answer.headers.get("X-Error-Code", "")
         status = answer.status if hasattr(answer, "status") else answer.code
         if code == "GatedRepo" or (path and status in (401, 403) and code != "RepoNotFound"):
+            from provision.hub.errors import gated_message
             from provision.hub.sources import parse_source
 
             try:
                 page = parse_source(self.where).license_page(self.repo_id)
             except ProvisionError:
                 page = f"{self.endpoint}/{self.repo_id}"
-            if self.token:
-                return ProvisionError(
-                    f"{self.repo_id} is gated and the token in HF_TOKEN has no access to it.",
-                    f"Accept the license at {page} with the account that token belongs to.",
-                )
-            return ProvisionError(
-                f"{self.repo_id} is gated: its files need an accepted license and a token.",
-                f"Accept the license at {page}, then set HF_TOKEN (or run `hf auth login`).",
-            )
+            return gated_message(self.repo_id, page, self.token is not None)
         if code == "RevisionNotFound":
             return ProvisionError(
                 f"{self.repo_id} has no revision '{self.revision}' on {self.where}.",
@@ -365,29 +359,18 @@ class LocalRepo(Repo):
             return handle.read(end - start + 1), os.fstat(handle.fileno()).st_size
 
 
-def _split_userinfo(endpoint: str) -> tuple[str, str | None]:
-    """An endpoint URL without user:password, and those as a Basic Authorization value."""
-    from urllib.parse import unquote, urlsplit, urlunsplit
-
-    parts = urlsplit(endpoint)
-    if parts.username is None:
-        return endpoint, None
+def _basic_auth(url: str) -> str | None:
+    """The user:password a URL carries as a Basic Authorization value; None without."""
+    pair = credentials(url)
+    if pair is None:
+        return None
     import base64
 
-    pair = f"{unquote(parts.username)}:{unquote(parts.password or '')}".encode()
-    host = parts.hostname or ""
-    netloc = host + (f":{parts.port}" if parts.port else "")
-    clean = urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
-    return clean, "Basic " + base64.b64encode(pair).decode()
+    return "Basic " + base64.b64encode(":".join(pair).encode()).decode()
 
 
 class UnreachableError(ProvisionError):
     """The source did not answer at all (the next source may)."""
-
-
-def redact(text: str) -> str:
-    """A URL without its user:password part (what messages and files may show)."""
-    return re.sub(r"(https?://)[^/@\s]*@", r"\1", text)
 
 
 def hub_repos(repo_id: str, revision: str | None, source: str | None) -> list[Repo]:
@@ -402,20 +385,16 @@ def hub_repos(repo_id: str, revision: str | None, source: str | None) -> list[Re
 def hub_repo(repo_id: str, revision: str | None, source: str | None) -> Repo:
     """A Repo for `repo_id` on `source` (a source name, URL or `modelscope:URL`; None: the first
     of HF_ENDPOINT / PROVISION_SOURCES / the table's order)."""
-    from provision.hub.listing import modelscope_token
+    from provision.hub.listing import hf_token, modelscope_token
     from provision.hub.sources import auto_candidates, parse_source
 
     chosen = parse_source(source) if source else auto_candidates()[0]
     if chosen.kind == "local":
         return LocalRepo(Path(chosen.endpoint))
-    where = redact(chosen.name)
     if chosen.kind == "modelscope":
         return ModelScopeRepo(
-            repo_id, revision or "master", chosen.endpoint, where, modelscope_token()
+            repo_id, revision or "master", chosen.endpoint, chosen.name, modelscope_token()
         )
-    token = os.environ.get("HF_TOKEN", "").strip() or None
-    if token is None:
-        from provision.hub.listing import hf_token
-
-        token = hf_token()
-    return HfRepo(repo_id, revision or "main", chosen.endpoint, where, token)
+    # Source.name is already without credentials; request_url keeps them for Basic auth.
+    token = hf_token() or None
+    return HfRepo(repo_id, revision or "main", chosen.request_url, chosen.name, token)
