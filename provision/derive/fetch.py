@@ -127,7 +127,39 @@ def _total_from(answer: Any) -> int | None:
     return None
 
 
-class HfRepo(Repo):
+class _HttpRepo(Repo):
+    """What the two hub protocols share: a file's URL, a message for an answer, Range reads."""
+
+    http: _Http
+
+    def _url(self, path: str) -> str:
+        raise NotImplementedError
+
+    def _error(self, answer: Any, path: str | None) -> ProvisionError:
+        status = answer.status if hasattr(answer, "status") else answer.code
+        return ProvisionError(
+            f"{self.where} answered {status} for {self.repo_id}"
+            + (f" {path}" if path else "")
+            + ".",
+            "Try again later or use another source.",
+        )
+
+    def read_range(self, path: str, start: int, end: int) -> tuple[bytes, int | None]:
+        answer = self.http.open(self._url(path), {"Range": f"bytes={start}-{end}"})
+        known = self.files.get(path)  # the listing's size, where it gives one (ModelScope)
+        if answer.status == 416:  # the file is shorter than `start`
+            return b"", known
+        if answer.status not in (200, 206):
+            raise self._error(answer, path)
+        total = _total_from(answer) or known
+        if answer.status == 200:  # no Range support: read only what was asked for
+            data = answer.read(end + 1)[start:]
+            answer.close()
+            return data, total
+        return _read_limited(answer, end - start + 1, f"A range of {path}"), total
+
+
+class HfRepo(_HttpRepo):
     """The Hugging Face protocol: /api/models/{repo}/revision/{rev} and
     /{repo}/resolve/{commit}/{path}."""
 
@@ -160,12 +192,7 @@ class HfRepo(Repo):
                 f"No repository {self.repo_id} on {self.where}.",
                 "Check the spelling (org/name); a private repository needs HF_TOKEN.",
             )
-        return ProvisionError(
-            f"{self.where} answered {status} for {self.repo_id}"
-            + (f" {path}" if path else "")
-            + ".",
-            "Try again later or use another source.",
-        )
+        return super()._error(answer, path)
 
     def list_files(self) -> dict[str, int | None]:
         url = f"{self.endpoint}/api/models/{self.repo_id}/revision/{quote(self.revision, safe='')}"
@@ -211,21 +238,8 @@ class HfRepo(Repo):
             raise self._error(answer, path)
         return _read_limited(answer, SMALL_FILE_LIMIT, f"{path} in {self.repo_id}")
 
-    def read_range(self, path: str, start: int, end: int) -> tuple[bytes, int | None]:
-        answer = self.http.open(self._url(path), {"Range": f"bytes={start}-{end}"})
-        if answer.status == 416:  # the file is shorter than `start`
-            return b"", None
-        if answer.status not in (200, 206):
-            raise self._error(answer, path)
-        total = _total_from(answer)
-        if answer.status == 200:  # no Range support: read only what was asked for
-            data = answer.read(end + 1)[start:]
-            answer.close()
-            return data, total
-        return _read_limited(answer, end - start + 1, f"A range of {path}"), total
 
-
-class ModelScopeRepo(Repo):
+class ModelScopeRepo(_HttpRepo):
     """ModelScope's /api/v1/models/{repo}/repo/files and /repo?FilePath= (Range answered 206)."""
 
     def __init__(self, repo_id: str, revision: str, endpoint: str, where: str, token: str | None):
@@ -246,12 +260,7 @@ class ModelScopeRepo(Repo):
                 f"No repository {self.repo_id} (revision {self.revision}) on {self.where}.",
                 "Check the spelling (org/name) and the revision.",
             )
-        return ProvisionError(
-            f"{self.where} answered {status} for {self.repo_id}"
-            + (f" {path}" if path else "")
-            + ".",
-            "Try again later or use another source.",
-        )
+        return super()._error(answer, path)
 
     def list_files(self) -> dict[str, int | None]:
         url = (
@@ -307,19 +316,6 @@ class ModelScopeRepo(Repo):
         if answer.status != 200:
             raise self._error(answer, path)
         return _read_limited(answer, SMALL_FILE_LIMIT, f"{path} in {self.repo_id}")
-
-    def read_range(self, path: str, start: int, end: int) -> tuple[bytes, int | None]:
-        answer = self.http.open(self._url(path), {"Range": f"bytes={start}-{end}"})
-        if answer.status == 416:
-            return b"", self.files.get(path)
-        if answer.status not in (200, 206):
-            raise self._error(answer, path)
-        total = _total_from(answer) or self.files.get(path)
-        if answer.status == 200:
-            data = answer.read(end + 1)[start:]
-            answer.close()
-            return data, total
-        return _read_limited(answer, end - start + 1, f"A range of {path}"), total
 
 
 class LocalRepo(Repo):
