@@ -347,17 +347,23 @@ def load_profile_file(path: Path, builtin: bool = False) -> Profile:
     )
 
 
+def user_profiles_dir(profiles_dir: str | os.PathLike[str] | None = None) -> Path:
+    """--profiles-dir, PROVISION_PROFILES_DIR, else $XDG_CONFIG_HOME/provision/profiles (where
+    `provision profiles add` writes when no folder is named)."""
+    chosen = profiles_dir or os.environ.get("PROVISION_PROFILES_DIR")
+    if chosen:
+        return Path(chosen).expanduser()
+    base = os.environ.get("XDG_CONFIG_HOME") or str(Path.home() / ".config")
+    return Path(base) / "provision" / "profiles"
+
+
 def profile_dirs(profiles_dir: str | os.PathLike[str] | None = None) -> list[tuple[Path, bool]]:
     """Search order: the user's folder (flag, then PROVISION_PROFILES_DIR, then
     $XDG_CONFIG_HOME/provision/profiles if it exists), then the built-ins."""
     dirs: list[tuple[Path, bool]] = []
-    user = profiles_dir or os.environ.get("PROVISION_PROFILES_DIR")
-    if not user:  # where `provision profiles add` writes when no folder is named
-        base = os.environ.get("XDG_CONFIG_HOME") or str(Path.home() / ".config")
-        default = Path(base) / "provision" / "profiles"
-        user = str(default) if default.is_dir() else None
-    if user:
-        user_path = Path(user).expanduser()
+    named = bool(profiles_dir or os.environ.get("PROVISION_PROFILES_DIR"))
+    user_path = user_profiles_dir(profiles_dir)
+    if named or user_path.is_dir():
         if not user_path.is_dir():
             raise ProvisionError(
                 f"Profiles folder {user_path} does not exist.",

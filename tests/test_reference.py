@@ -17,11 +17,14 @@ from provision.cli import reference
 REPO = Path(__file__).resolve().parents[1]
 
 
-@pytest.mark.parametrize("page", sorted(reference.pages()))
+PAGES = reference.pages()  # made once: each page's test compares against these
+
+
+@pytest.mark.parametrize("page", sorted(PAGES))
 def test_checked_in_page_is_what_the_generator_makes(page):
     path = REPO / page
     assert path.is_file(), f"{page} is missing: run `{reference.REGENERATE}`"
-    assert path.read_text(encoding="utf-8") == reference.pages()[page], (
+    assert path.read_text(encoding="utf-8") == PAGES[page], (
         f"{page} is out of date with the code: run `{reference.REGENERATE}` and commit it."
     )
 

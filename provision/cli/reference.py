@@ -193,26 +193,30 @@ def calibration_page(root: Path = REPO_DIR) -> str:
 # --- the command ---------------------------------------------------------------------------------
 
 
-def stale(root: Path = REPO_DIR) -> list[str]:
-    """The generated pages under `root` that are missing or differ from what is made now."""
-    found = []
+def _out_of_date(root: Path) -> dict[str, str]:
+    """The generated pages under `root` that are missing or differ, with the text made now."""
+    found = {}
     for rel, text in pages(root).items():
         path = root / rel
         if not path.is_file() or path.read_text(encoding="utf-8") != text:
-            found.append(rel)
+            found[rel] = text
     return found
+
+
+def stale(root: Path = REPO_DIR) -> list[str]:
+    """The generated pages under `root` that are missing or differ from what is made now."""
+    return list(_out_of_date(root))
 
 
 def write(root: Path = REPO_DIR) -> list[str]:
     """Write every generated page under `root` (atomically); returns the ones that changed."""
     from provision.atomic import atomic_write_text
 
-    changed = stale(root)
-    for rel, text in pages(root).items():
-        if rel in changed:
-            (root / rel).parent.mkdir(parents=True, exist_ok=True)
-            atomic_write_text(root / rel, text)
-    return changed
+    changed = _out_of_date(root)  # the pages are made once: rendering the CLI walks the app
+    for rel, text in changed.items():
+        (root / rel).parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(root / rel, text)
+    return list(changed)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -206,7 +206,7 @@ def derive(ref: Ref) -> Derived:
         raise ProvisionError(f"No source answered for {ref.text}.")
     from provision.derive.assemble import assemble
 
-    name = profile_name_for(_hub_id(ref, meta.config))
+    name = profile_name_for(ref.repo_id)  # a folder's name for a folder
     data = assemble(meta, ref, repo, facts, name)
     metadata = {
         "repo": ref.repo_id,
@@ -221,10 +221,6 @@ def derive(ref: Ref) -> Derived:
         "requests": repo.requests,
     }
     return Derived(name, repo.commit, data, metadata, repo.requests)
-
-
-def _hub_id(ref: Ref, config: dict[str, Any]) -> str:
-    return ref.repo_id  # a folder's name for a folder
 
 
 def read_metadata(repo: Any) -> tuple[Any, list[str]]:
@@ -327,15 +323,3 @@ def write_cache(ref: Ref, result: Derived) -> Path:
         ref_file.parent.mkdir(parents=True, exist_ok=True)
         atomic_write_text(ref_file, result.commit + "\n")
     return path
-
-
-# --- profiles add ------------------------------------------------------------------------------
-
-
-def user_profiles_dir(profiles_dir: str | os.PathLike[str] | None = None) -> Path:
-    """--profiles-dir, PROVISION_PROFILES_DIR, else $XDG_CONFIG_HOME/provision/profiles."""
-    chosen = profiles_dir or os.environ.get("PROVISION_PROFILES_DIR")
-    if chosen:
-        return Path(chosen).expanduser()
-    base = os.environ.get("XDG_CONFIG_HOME") or str(Path.home() / ".config")
-    return Path(base) / "provision" / "profiles"

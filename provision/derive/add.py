@@ -9,7 +9,7 @@ import os
 import re
 from pathlib import Path
 
-from provision.derive import load_derived, parse_ref, user_profiles_dir
+from provision.derive import load_derived, parse_ref
 from provision.errors import ProvisionError
 
 
@@ -23,7 +23,7 @@ def add_profile(
     """Derive (or read from the cache) the profile of `text` and write it, editable, into the
     user's profile folder as NAME.toml (default: the repository's name). Returns the file."""
     from provision.atomic import atomic_write_text
-    from provision.profiles import NAME_RE, load_profile_file
+    from provision.profiles import NAME_RE, load_profile_file, user_profiles_dir
 
     ref = parse_ref(text)
     if ref is None:

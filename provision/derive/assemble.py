@@ -41,9 +41,7 @@ def assemble(meta: Metadata, ref: Any, repo: Any, facts: list[str], name: str) -
     dtype, dtype_guessed = build.profile_dtype(config, meta.tensors)
     if dtype_guessed:
         approximate.append("weights.dtype not stated: bfloat16 assumed")
-    per_param = (
-        build.DTYPE_BITS[{"bfloat16": "BF16", "float16": "F16", "float32": "F32"}[dtype]] // 8
-    )
+    per_param = build.DTYPE_BYTES[dtype]
     where = f"{ref.text} @ {repo.commit}"
     active = None
     if meta.tensors is not None:

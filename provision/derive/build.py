@@ -13,9 +13,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from provision.derive.safetensors import DTYPE_BITS, Tensor
+from provision.profiles import DTYPE_BYTES  # the dtypes a profile may name
 from provision.resources import load_table
 
-PROFILE_DTYPES = {"bfloat16", "float16", "float32"}
 LAYER_RE = re.compile(r"(?:^|\.)(?:layers|h|blocks)\.(\d+)\.")
 
 
@@ -405,7 +405,7 @@ def profile_dtype(config: dict[str, Any], tensors: list[Tensor] | None) -> tuple
     """(dtype, guessed?) of the model's 16/32-bit weights."""
     for section in (config, text_section(config)):
         value = _first(section, "torch_dtype", "dtype")
-        if isinstance(value, str) and value.replace("torch.", "") in PROFILE_DTYPES:
+        if isinstance(value, str) and value.replace("torch.", "") in DTYPE_BYTES:
             return value.replace("torch.", ""), False
     if tensors:
         counts: dict[str, int] = {}

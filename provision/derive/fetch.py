@@ -21,6 +21,7 @@ from typing import Any
 from urllib.parse import quote
 
 from provision.errors import ProvisionError
+from provision.secrets import credentials, public
 
 TIMEOUT = 15.0
 SMALL_FILE_LIMIT = 20 * 1024 * 1024  # a config or index larger than this is refused
@@ -126,36 +127,61 @@ def _total_from(answer: Any) -> int | None:
     return None
 
 
-class HfRepo(Repo):
+class _HttpRepo(Repo):
+    """What the two hub protocols share: a file's URL, a message for an answer, Range reads."""
+
+    http: _Http
+
+    def _url(self, path: str) -> str:
+        raise NotImplementedError
+
+    def _error(self, answer: Any, path: str | None) -> ProvisionError:
+        status = answer.status if hasattr(answer, "status") else answer.code
+        return ProvisionError(
+            f"{self.where} answered {status} for {self.repo_id}"
+            + (f" {path}" if path else "")
+            + ".",
+            "Try again later or use another source.",
+        )
+
+    def read_range(self, path: str, start: int, end: int) -> tuple[bytes, int | None]:
+        answer = self.http.open(self._url(path), {"Range": f"bytes={start}-{end}"})
+        known = self.files.get(path)  # the listing's size, where it gives one (ModelScope)
+        if answer.status == 416:  # the file is shorter than `start`
+            return b"", known
+        if answer.status not in (200, 206):
+            raise self._error(answer, path)
+        total = _total_from(answer) or known
+        if answer.status == 200:  # no Range support: read only what was asked for
+            data = answer.read(end + 1)[start:]
+            answer.close()
+            return data, total
+        return _read_limited(answer, end - start + 1, f"A range of {path}"), total
+
+
+class HfRepo(_HttpRepo):
     """The Hugging Face protocol: /api/models/{repo}/revision/{rev} and
     /{repo}/resolve/{commit}/{path}."""
 
     def __init__(self, repo_id: str, revision: str, endpoint: str, where: str, token: str | None):
         super().__init__(repo_id, revision, where)
-        self.endpoint, basic = _split_userinfo(endpoint.rstrip("/"))
+        self.endpoint = public(endpoint.rstrip("/"))
         self.token = token
-        auth = f"Bearer {token}" if token else basic
+        auth = f"Bearer {token}" if token else _basic_auth(endpoint)
         self.http = _Http(self, {"Authorization": auth} if auth else {})
 
     def _error(self, answer: Any, path: str | None) -> ProvisionError:
         code = answer.headers.get("X-Error-Code", "")
         status = answer.status if hasattr(answer, "status") else answer.code
         if code == "GatedRepo" or (path and status in (401, 403) and code != "RepoNotFound"):
+            from provision.hub.errors import gated_message
             from provision.hub.sources import parse_source
 
             try:
                 page = parse_source(self.where).license_page(self.repo_id)
             except ProvisionError:
                 page = f"{self.endpoint}/{self.repo_id}"
-            if self.token:
-                return ProvisionError(
-                    f"{self.repo_id} is gated and the token in HF_TOKEN has no access to it.",
-                    f"Accept the license at {page} with the account that token belongs to.",
-                )
-            return ProvisionError(
-                f"{self.repo_id} is gated: its files need an accepted license and a token.",
-                f"Accept the license at {page}, then set HF_TOKEN (or run `hf auth login`).",
-            )
+            return gated_message(self.repo_id, page, self.token is not None)
         if code == "RevisionNotFound":
             return ProvisionError(
                 f"{self.repo_id} has no revision '{self.revision}' on {self.where}.",
@@ -166,12 +192,7 @@ class HfRepo(Repo):
                 f"No repository {self.repo_id} on {self.where}.",
                 "Check the spelling (org/name); a private repository needs HF_TOKEN.",
             )
-        return ProvisionError(
-            f"{self.where} answered {status} for {self.repo_id}"
-            + (f" {path}" if path else "")
-            + ".",
-            "Try again later or use another source.",
-        )
+        return super()._error(answer, path)
 
     def list_files(self) -> dict[str, int | None]:
         url = f"{self.endpoint}/api/models/{self.repo_id}/revision/{quote(self.revision, safe='')}"
@@ -217,21 +238,8 @@ class HfRepo(Repo):
             raise self._error(answer, path)
         return _read_limited(answer, SMALL_FILE_LIMIT, f"{path} in {self.repo_id}")
 
-    def read_range(self, path: str, start: int, end: int) -> tuple[bytes, int | None]:
-        answer = self.http.open(self._url(path), {"Range": f"bytes={start}-{end}"})
-        if answer.status == 416:  # the file is shorter than `start`
-            return b"", None
-        if answer.status not in (200, 206):
-            raise self._error(answer, path)
-        total = _total_from(answer)
-        if answer.status == 200:  # no Range support: read only what was asked for
-            data = answer.read(end + 1)[start:]
-            answer.close()
-            return data, total
-        return _read_limited(answer, end - start + 1, f"A range of {path}"), total
 
-
-class ModelScopeRepo(Repo):
+class ModelScopeRepo(_HttpRepo):
     """ModelScope's /api/v1/models/{repo}/repo/files and /repo?FilePath= (Range answered 206)."""
 
     def __init__(self, repo_id: str, revision: str, endpoint: str, where: str, token: str | None):
@@ -252,12 +260,7 @@ class ModelScopeRepo(Repo):
                 f"No repository {self.repo_id} (revision {self.revision}) on {self.where}.",
                 "Check the spelling (org/name) and the revision.",
             )
-        return ProvisionError(
-            f"{self.where} answered {status} for {self.repo_id}"
-            + (f" {path}" if path else "")
-            + ".",
-            "Try again later or use another source.",
-        )
+        return super()._error(answer, path)
 
     def list_files(self) -> dict[str, int | None]:
         url = (
@@ -314,19 +317,6 @@ class ModelScopeRepo(Repo):
             raise self._error(answer, path)
         return _read_limited(answer, SMALL_FILE_LIMIT, f"{path} in {self.repo_id}")
 
-    def read_range(self, path: str, start: int, end: int) -> tuple[bytes, int | None]:
-        answer = self.http.open(self._url(path), {"Range": f"bytes={start}-{end}"})
-        if answer.status == 416:
-            return b"", self.files.get(path)
-        if answer.status not in (200, 206):
-            raise self._error(answer, path)
-        total = _total_from(answer) or self.files.get(path)
-        if answer.status == 200:
-            data = answer.read(end + 1)[start:]
-            answer.close()
-            return data, total
-        return _read_limited(answer, end - start + 1, f"A range of {path}"), total
-
 
 class LocalRepo(Repo):
     """A model folder on disk (a save_pretrained folder or a hub snapshot)."""
@@ -365,29 +355,18 @@ class LocalRepo(Repo):
             return handle.read(end - start + 1), os.fstat(handle.fileno()).st_size
 
 
-def _split_userinfo(endpoint: str) -> tuple[str, str | None]:
-    """An endpoint URL without user:password, and those as a Basic Authorization value."""
-    from urllib.parse import unquote, urlsplit, urlunsplit
-
-    parts = urlsplit(endpoint)
-    if parts.username is None:
-        return endpoint, None
+def _basic_auth(url: str) -> str | None:
+    """The user:password a URL carries as a Basic Authorization value; None without."""
+    pair = credentials(url)
+    if pair is None:
+        return None
     import base64
 
-    pair = f"{unquote(parts.username)}:{unquote(parts.password or '')}".encode()
-    host = parts.hostname or ""
-    netloc = host + (f":{parts.port}" if parts.port else "")
-    clean = urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
-    return clean, "Basic " + base64.b64encode(pair).decode()
+    return "Basic " + base64.b64encode(":".join(pair).encode()).decode()
 
 
 class UnreachableError(ProvisionError):
     """The source did not answer at all (the next source may)."""
-
-
-def redact(text: str) -> str:
-    """A URL without its user:password part (what messages and files may show)."""
-    return re.sub(r"(https?://)[^/@\s]*@", r"\1", text)
 
 
 def hub_repos(repo_id: str, revision: str | None, source: str | None) -> list[Repo]:
@@ -402,20 +381,16 @@ def hub_repos(repo_id: str, revision: str | None, source: str | None) -> list[Re
 def hub_repo(repo_id: str, revision: str | None, source: str | None) -> Repo:
     """A Repo for `repo_id` on `source` (a source name, URL or `modelscope:URL`; None: the first
     of HF_ENDPOINT / PROVISION_SOURCES / the table's order)."""
-    from provision.hub.listing import modelscope_token
+    from provision.hub.listing import hf_token, modelscope_token
     from provision.hub.sources import auto_candidates, parse_source
 
     chosen = parse_source(source) if source else auto_candidates()[0]
     if chosen.kind == "local":
         return LocalRepo(Path(chosen.endpoint))
-    where = redact(chosen.name)
     if chosen.kind == "modelscope":
         return ModelScopeRepo(
-            repo_id, revision or "master", chosen.endpoint, where, modelscope_token()
+            repo_id, revision or "master", chosen.endpoint, chosen.name, modelscope_token()
         )
-    token = os.environ.get("HF_TOKEN", "").strip() or None
-    if token is None:
-        from provision.hub.listing import hf_token
-
-        token = hf_token()
-    return HfRepo(repo_id, revision or "main", chosen.endpoint, where, token)
+    # Source.name is already without credentials; request_url keeps them for Basic auth.
+    token = hf_token() or None
+    return HfRepo(repo_id, revision or "main", chosen.request_url, chosen.name, token)

@@ -30,13 +30,15 @@ def test_a_warm_check_imports_no_hub_client_torch_or_transformers(derive_env) ->
         "import sys\n"
         "from provision.cli.main import main\n"
         "sys.argv = ['provision', 'check', {!r}, '--gpu', 'RTX 4090', '--offline']\n"
-        "try:\n    main()\nexcept SystemExit:\n    pass\n"
+        "code = 0\n"
+        "try:\n    main()\nexcept SystemExit as exc:\n    code = exc.code\n"
         "heavy = [m for m in ('torch', 'transformers', 'huggingface_hub', 'modelscope', "
         "'urllib.request') if m in sys.modules]\n"
-        "print('HEAVY', heavy)\n"
+        "print('EXIT', code or 0, 'HEAVY', heavy)\n"
     ).format(f"{REPO}@main")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True).stdout
-    assert "HEAVY []" in out, out
+    # EXIT 0: the check really ran (a check that stopped early would import nothing either)
+    assert "EXIT 0 HEAVY []" in out, out
 
 
 def test_profiles_add_writes_an_editable_profile_and_show_says_derived(

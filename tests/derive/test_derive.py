@@ -141,7 +141,9 @@ def test_a_builtin_profiles_repo_id_is_that_profile(offline, tmp_path, monkeypat
     assert load_profile("qwen/qwen2-vl-2b-instruct").name == "qwen2-vl-2b"
 
 
-def test_a_gated_repo_without_a_token_gets_one_message(derive_env, derive_hub, tmp_path) -> None:
+def test_a_gated_repo_without_a_token_gets_one_message(
+    derive_env, derive_hub, tmp_path, monkeypatch
+) -> None:
     folder = copy_configs(FIXTURES / "HuggingFaceTB--SmolVLM-256M-Instruct", tmp_path / "g")
     shutil.copy(
         derive_hub.repos["HuggingFaceTB/SmolVLM-256M-Instruct"]
@@ -156,13 +158,8 @@ def test_a_gated_repo_without_a_token_gets_one_message(derive_env, derive_hub, t
         load_profile("gated-org/smol")
     assert "gated" in str(err.value) and "HF_TOKEN" in err.value.hint
     derive_hub.grant("hf_secret_token_value", "gated-org/smol")
-    import os
-
-    os.environ["HF_TOKEN"] = "hf_secret_token_value"
-    try:
-        profile = load_profile("gated-org/smol")
-    finally:
-        del os.environ["HF_TOKEN"]
+    monkeypatch.setenv("HF_TOKEN", "hf_secret_token_value")
+    profile = load_profile("gated-org/smol")
     assert profile.gated  # the listing said so
     assert "hf_secret_token_value" not in profile.path.read_text()
     assert profile.params["total"] == 256484928
@@ -399,6 +396,43 @@ def test_a_password_in_the_source_url_is_written_nowhere(derive_env, derive_hub,
         assert "s3cret" not in str(path)
         if path.is_file():
             assert b"s3cret" not in path.read_bytes(), path
+
+
+def test_a_password_in_the_source_url_is_sent_as_basic_auth(derive_env, derive_hub, monkeypatch):
+    # The local hub ignores Basic auth, so a proxy in front of it records what arrives.
+    import base64
+    import http.server
+    import threading
+    import urllib.request
+
+    seen: list[str] = []
+
+    class Proxy(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            seen.append(self.headers.get("Authorization", ""))
+            with urllib.request.urlopen(derive_hub.url + self.path) as answer:
+                body = answer.read()
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Proxy)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        from provision.derive.fetch import hub_repo
+
+        url = f"http://alice:s3cret-pass@127.0.0.1:{server.server_port}"
+        repo = hub_repo("HuggingFaceTB/SmolVLM-256M-Instruct", "main", url)
+        assert "s3cret" not in repo.where
+        assert "config.json" in repo.list_files()
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert seen == ["Basic " + base64.b64encode(b"alice:s3cret-pass").decode()]
 
 
 def test_a_source_that_does_not_answer_hands_over_to_the_next(derive_env, derive_hub, monkeypatch):
