@@ -33,9 +33,9 @@ from provision.cli.options import (
     TaskOpt,
     parse_limit_mm,
 )
-from provision.cli.output import JsonFlag, emit
+from provision.cli.output import JsonFlag, emit_result
 from provision.cli.shared import apply_offline, planned_machine
-from provision.errors import EXIT_FAILED
+from provision.errors import CheckFailed
 
 
 def check(
@@ -128,9 +128,16 @@ def check(
         report = check_nodes(profile, request, machine, nodes, profiles_dir)
     else:
         report = run_check(profile, request, machine, profiles_dir, emit=emit_launch)
-    emit(report, lambda con: render(con, report), json_output)
-    if not report.ok:
-        raise typer.Exit(EXIT_FAILED)
+    error = None if report.ok else CheckFailed(_not_ok(report))
+    emit_result(report, lambda con: render(con, report), json_output, error)
+
+
+def _not_ok(report: Any) -> str:
+    """Why a check fails, in one line (the result has the numbers and the suggestions)."""
+    where = report.machine.describe()
+    if not report.fit.fits:
+        return f"{report.profile.name} {report.fit.verdict} on {where}."
+    return f"Not enough disk for {report.profile.name}'s weights on {where}."
 
 
 _STYLE = {"fits": "bold green", "tight": "bold yellow", "does not fit": "bold red"}

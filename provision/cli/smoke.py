@@ -9,8 +9,8 @@ from typing import Annotated, Any
 import typer
 
 from provision.cli.options import ProfilesDir
-from provision.cli.output import JsonFlag, emit, use_json
-from provision.errors import EXIT_FAILED, ProvisionError
+from provision.cli.output import JsonFlag, emit_result, use_json
+from provision.errors import CheckFailed, ProvisionError
 
 
 def _interpreter(profile: str, env: Path | None, python: Path | None) -> tuple[Path, str]:
@@ -169,9 +169,8 @@ def smoke(
         target=target,
         into_lock=into_lock,
     )
-    emit(result, _render(result), use_json(json_output))
-    if not result.ok:
-        raise typer.Exit(EXIT_FAILED)
+    failure = None if result.ok else CheckFailed(f"The smoke test of {loaded.name} failed.")
+    emit_result(result, _render(result), use_json(json_output), failure)
 
 
 def register(app: typer.Typer) -> None:

@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 import subprocess
 import sys
 import threading
 from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
@@ -17,7 +17,7 @@ from provision.errors import ProvisionError
 from provision.hub import download_profile, model_record, verify_profile
 from provision.hub.errors import SourceFailed
 from provision.profiles import load_profile
-from tests.cli_helpers import run_cli, run_json
+from tests.cli_helpers import result_of, run_cli, run_json
 from tests.conftest import remount_read_only
 from tests.hub import helpers
 from tests.servers.hub import HubServer
@@ -183,7 +183,7 @@ def test_two_processes_downloading_one_repo_cooperate(hub, tiny, tmp_path):
     ]
     results = [p.communicate(timeout=120) for p in procs]
     assert [p.returncode for p in procs] == [0, 0], results
-    outs = [json.loads(stdout) for stdout, _ in results]
+    outs = [result_of(SimpleNamespace(stdout=out, returncode=0)) for out, _ in results]
     # Each file crossed the wire once in total, whichever process fetched it.
     assert hub.bytes_sent == tiny.size
     assert sum(o["bytes_fetched"] for o in outs) == tiny.size
