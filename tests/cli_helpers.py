@@ -63,6 +63,13 @@ def invoke_envelope(*args: str, env: dict[str, str] | None = None) -> tuple[int,
     return proc.returncode, envelope_of(proc)
 
 
+def invoke_json(*args: str, env: dict[str, str] | None = None) -> tuple[int, Any]:
+    """`provision --json ARGS` in this process: (exit code, the envelope's result). For tests
+    of what a command computes and prints; `run_json` keeps the start-up path."""
+    code, doc = invoke_envelope(*args, env=env)
+    return code, doc["result"]
+
+
 def invoke(*args: str, env: dict[str, str] | None = None):
     """`provision ARGS` in this process, through the same entry point as the console script
     (errors become one message and an exit code): a CompletedProcess-like result.
@@ -76,7 +83,8 @@ def invoke(*args: str, env: dict[str, str] | None = None):
 
     out, err = io.StringIO(), io.StringIO()
     overlay = {"COLUMNS": "200", **(env or {})}
-    saved_env = {k: os.environ.get(k) for k in overlay}
+    # the whole environment: a command may set variables (--offline sets PROVISION_OFFLINE)
+    saved_env = dict(os.environ)
     saved_argv, saved_state = sys.argv, dict(output._STATE)
     code = 0
     try:
@@ -91,9 +99,6 @@ def invoke(*args: str, env: dict[str, str] | None = None):
         sys.argv = saved_argv
         output._STATE.clear()
         output._STATE.update(saved_state)
-        for key, value in saved_env.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
+        os.environ.clear()
+        os.environ.update(saved_env)
     return subprocess.CompletedProcess(["provision", *args], code, out.getvalue(), err.getvalue())
