@@ -89,9 +89,15 @@ def _store_record(
     Into the lock with `into_lock`, else this machine's record (lockfile.record)."""
     from provision.lock.lockfile import record as record_into
 
-    current = [
-        r for r in _records(lock_file) if r.get("fix") == fix.id and r.get("file") == fix.file
-    ]
+    # Compare with the table the record goes into: with --lock that is the lock's own table, not
+    # this machine's record of it (which can already hold the same entry and would skip the write).
+    from provision.lock.lockfile import is_shipped, read_lock, tool_table
+
+    if into_lock and lock_file.exists() and not is_shipped(lock_file):
+        target = list(tool_table(read_lock(lock_file)).get("fixes", {}).get("files", []))
+    else:
+        target = _records(lock_file)
+    current = [r for r in target if r.get("fix") == fix.id and r.get("file") == fix.file]
     if (record is None and not current) or (record is not None and current == [record]):
         return
 
