@@ -87,11 +87,10 @@ def _store_record(
 ) -> None:
     """Put (or, with None, drop) this fix's record; nothing is rewritten if nothing changes.
     Into the lock with `into_lock`, else this machine's record (lockfile.record)."""
-    from provision.lock.lockfile import record as record_into
-
     # Compare with the table the record goes into: with --lock that is the lock's own table, not
     # this machine's record of it (which can already hold the same entry and would skip the write).
     from provision.lock.lockfile import is_shipped, read_lock, tool_table
+    from provision.lock.lockfile import record as record_into
 
     if into_lock and lock_file.exists() and not is_shipped(lock_file):
         target = list(tool_table(read_lock(lock_file)).get("fixes", {}).get("files", []))
