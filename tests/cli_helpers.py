@@ -90,6 +90,7 @@ def invoke(*args: str, env: dict[str, str] | None = None):
     try:
         os.environ.update(overlay)
         sys.argv = ["provision", *args]
+        output._STATE.update(json=False, command=None)  # as a new process starts
         with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
             try:
                 main()

@@ -22,6 +22,18 @@ def _session_pycache(tmp_path_factory: pytest.TempPathFactory) -> None:
         os.environ["PROVISION_TEST_PYCACHE"] = str(tmp_path_factory.mktemp("pycache"))
 
 
+@pytest.fixture(autouse=True)
+def _cli_output_state() -> Iterator[None]:
+    """The CLI's --json state, as it was before the test: a test that runs the app in-process
+    (typer's CliRunner) leaves --json on for every later one otherwise."""
+    from provision.cli import output
+
+    saved = dict(output._STATE)
+    yield
+    output._STATE.clear()
+    output._STATE.update(saved)
+
+
 @pytest.fixture(scope="session", autouse=True)
 def _session_data_dir(tmp_path_factory: pytest.TempPathFactory) -> None:
     """provision's data dir (records, registry, caches) in this session's basetemp: without it

@@ -103,7 +103,7 @@ def test_the_end_to_end_test_of_a_command_is_still_there(command: str) -> None:
     assert f"def {name}(" in source
     verb = command.split()[-1]
     assert f'"{verb}"' in source, f"{path} no longer runs `{command}`"
-    helpers = ("run_json(", "run_envelope(", "result_of(")
+    helpers = ("run_json(", "run_envelope(", "result_of(", "invoke_json(", "invoke_envelope(")
     assert any(h in source for h in helpers), f"{path} reads JSON past the checked helpers"
 
 
