@@ -72,7 +72,7 @@ def print_error(exc: ProvisionError) -> None:
     if use_json():
         from provision.cli.output import emit_error
 
-        emit_error(exc)  # the envelope, ok false; a failed setup has put its stages in it
+        emit_error(exc)  # the envelope, ok false (a failed setup prints its own, stages and all)
         return
     from rich.markup import escape
 
