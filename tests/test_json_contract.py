@@ -236,3 +236,28 @@ def test_the_envelope_through_the_console_script_start_up() -> None:
     proc = run_cli("--json", "gpus")
     doc = envelope_of(proc)
     assert doc["command"] == "gpus" and isinstance(doc["result"], list) and doc["result"]
+
+
+def test_a_failed_setup_carries_its_stages_as_the_result(world: Path) -> None:
+    """A setup that stops at a stage: the stages (done, failed, not run) are the envelope's
+    result with ok false and the stage's error, as the table people see; no error.partial."""
+    args = ["setup", "tiny-a", "--profiles-dir", str(world / "profiles")]
+    args += ["--env", str(world / "env"), "--torch-index", str(world / "no-wheels")]
+    env = {"PROVISION_LOCK_DIR": str(world / "locks")}
+    proc = invoke("--json", *args, env=env)
+    doc = envelope_of(proc)
+    assert proc.returncode == 2 and doc["command"] == "setup" and doc["ok"] is False
+    stages = {s["stage"]: s["status"] for s in doc["result"]["stages"]}
+    assert stages == {
+        "check": "done",
+        "lock": "failed",
+        "env": "not run",
+        "weights": "not run",
+        "fixes": "not run",
+        "smoke": "not run",
+    }
+    assert "--torch-index" in doc["error"]["message"] and doc["error"]["code"] == "input"
+    # people get the same table, then the message on stderr
+    human = invoke(*args, env=env)
+    assert human.returncode == 2 and "stopped at lock" in human.stdout
+    assert "--torch-index" in human.stderr and "Traceback" not in human.stdout + human.stderr
