@@ -90,3 +90,23 @@ def test_internvl2_direction_installs_lmdeploy_s_gradio_demo_and_deepspeed():
     deepspeed = next(p for p in data["packages"] if p["name"] == "deepspeed")
     assert "sdist" in deepspeed and not deepspeed.get("wheels")
     assert data["tool"]["provision"]["env"]["DS_BUILD_OPS"] == "0"
+
+
+def test_okvqa_direction_installs_flash_attn_from_its_release_wheel_and_deepspeed():
+    """ms-swift's --attn_impl flash_attn and --deepspeed, as the OK-VQA seeds ran them: flash-attn
+    is the release wheel for the lock's torch (PyPI's 2.6.0 = cu124, pre-C++11 ABI) and Python,
+    never PyPI's source archive; DeepSpeed is its sdist, built at install with DS_BUILD_OPS=0."""
+    path = direction_lock_path("okvqa-vllm-swift", builtin_lock_dir())
+    data = read_toml(path)
+    names = {p["name"] for p in data["packages"]}
+    assert "flash-attn" not in names and "einops" in names
+    attention = data["tool"]["provision"]["attention"]
+    assert attention["implementation"] == "flash_attention_2"
+    assert attention["requested"] == "flash-attn==2.7.4.post1"
+    wheel = "flash_attn-2.7.4.post1+cu12torch2.6cxx11abiFALSE-cp311-cp311-linux_x86_64.whl"
+    assert attention["wheel"] == wheel
+    assert attention["url"] == (
+        f"https://github.com/Dao-AILab/flash-attention/releases/download/v2.7.4.post1/{wheel}"
+    )
+    assert lock_info(path).version_of("deepspeed") == "0.16.7"
+    assert data["tool"]["provision"]["env"]["DS_BUILD_OPS"] == "0"
