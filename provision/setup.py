@@ -531,8 +531,23 @@ class _Runner:
         made = ensure_env(self.env, self.lock, self.options.wheelhouse)
         self.python = made.python
         self.result.outputs["env"] = made.to_json()
+        if made.attention.get("action") in ("installed", "fallback"):
+            self._record_attention(made.attention)
         self.state.mark("env", "done", fingerprint, made.message)
         return "done", made.message
+
+    def _record_attention(self, attention: dict[str, Any]) -> None:
+        """What the env got for the lock's flash-attn (its wheel, or sdpa and why), under
+        [tool.provision.attention.installed] of the record (or the lock named with --lock)."""
+        from provision.lock.lockfile import record
+
+        installed = {k: v for k, v in attention.items() if k != "note"}
+
+        def change(data: dict[str, Any]) -> None:
+            table = data.setdefault("tool", {}).setdefault("provision", {})
+            table.setdefault("attention", {})["installed"] = installed
+
+        record(self.lock, change, into_lock=self.plan.into_lock)
 
     # -- weights --
     def _hub_environment(self, source: Any = None) -> dict[str, str]:
