@@ -216,3 +216,23 @@ def test_the_lock_s_build_settings_reach_the_sdist_build_and_nothing_else(tmp_pa
     code = "import dsprobe; print(dsprobe.DS_BUILD_OPS, dsprobe.UNLISTED)"
     out = subprocess.run([str(env / "bin" / "python"), "-c", code], capture_output=True, text=True)
     assert out.stdout.split() == ["0", "None"], out.stderr
+
+
+def test_setup_records_what_the_env_got_beside_the_lock_not_in_it(tmp_path, monkeypatch):
+    """The env stage's outcome goes to this machine's record of the lock; the lock keeps its
+    bytes (docs/lock-contract.md), and a reader of the record sees both pick and outcome."""
+    from types import SimpleNamespace
+
+    from provision.lock.lockfile import recorded_table
+    from provision.setup import _Runner
+
+    monkeypatch.setenv("PROVISION_DATA_DIR", str(tmp_path / "data"))
+    lock = _lock(tmp_path, _attention("http://127.0.0.1:9"))
+    before = lock.read_bytes()
+    outcome = {"implementation": "sdpa", "action": "fallback", "reason": "r", "note": "n"}
+    runner = SimpleNamespace(lock=lock, plan=SimpleNamespace(into_lock=False))
+    _Runner._record_attention(runner, outcome)  # type: ignore[arg-type]
+    assert lock.read_bytes() == before
+    attention = recorded_table(lock)["attention"]
+    assert attention["wheel"] == FA_WHEEL  # the lock's pick ...
+    assert attention["installed"] == {"implementation": "sdpa", "action": "fallback", "reason": "r"}
