@@ -25,7 +25,6 @@ from provision.hardware.machine import FLASH_ATTN2_MIN_CC
 from provision.resources import load_table
 
 FLASH_ATTENTION_2 = "flash_attention_2"
-_PIN = re.compile(r"^\s*flash[-_.]attn\s*(?:\[[^\]]*\])?\s*(?:==\s*([A-Za-z0-9.+!-]+))?\s*$", re.I)
 
 
 @lru_cache(maxsize=1)
@@ -50,29 +49,41 @@ def is_flash_attn(requirement: str) -> bool:
     return re.sub(r"[-_.]+", "-", name).lower() == wheel_table()["package"]
 
 
-def requested_version(requirement: str) -> str | None:
-    """The version a flash-attn requirement pins (None: any release in the table).
+def requested_versions(requirement: str) -> list[str]:
+    """The table's flash-attn releases `requirement` accepts, newest first.
 
-    Only `flash-attn` and `flash-attn==X` are accepted: a range would leave the wheel to whatever
-    the table's newest release is, which a lock must not do silently.
+    `flash-attn`, `flash-attn==X` and ranges (`flash-attn>=2.6`, as repositories' requirement
+    files write it) are accepted; the lock records the release it picked. A direct URL or an
+    environment marker is refused: the wheel is chosen here, for the locked torch.
     """
-    match = _PIN.match(requirement)
-    if not match:
+    from packaging.requirements import InvalidRequirement, Requirement
+
+    hint = (
+        'Write "flash-attn==X" (a release listed in provision/data/flash_attn_wheels.toml), a '
+        'range such as "flash-attn>=2.6", or just "flash-attn" for the newest release with a '
+        "wheel for the locked torch."
+    )
+    try:
+        req = Requirement(requirement)
+    except InvalidRequirement as exc:
+        raise ProvisionError(f"Cannot read the requirement {requirement!r} ({exc}).", hint) from exc
+    if req.url or req.marker:
         raise ProvisionError(
-            f"Cannot use the requirement {requirement!r}: flash-attn is installed from a release "
-            "wheel picked by exact version.",
-            'Write "flash-attn==X" (a release listed in provision/data/flash_attn_wheels.toml) '
-            'or just "flash-attn" for the newest one with a wheel for this torch.',
+            f"Cannot use the requirement {requirement!r}: flash-attn is installed from the "
+            "release wheel the lock picks for its torch, by version only.",
+            hint + " A wheel of your own goes in a --wheelhouse folder under its release name.",
         )
-    version = match.group(1)
-    if version and version not in {r["version"] for r in wheel_table()["release"]}:
-        known = ", ".join(r["version"] for r in wheel_table()["release"])
+    releases = sorted(wheel_table()["release"], key=lambda r: _key(r["version"]), reverse=True)
+    fitting = [r["version"] for r in releases if req.specifier.contains(r["version"], True)]
+    if not fitting:
+        known = ", ".join(r["version"] for r in releases)
         raise ProvisionError(
-            f"flash-attn {version} is not a release whose wheels provision knows (known: {known}).",
-            "Pin one of those, or add the release's build matrix to "
+            f"No flash-attn release whose wheels provision knows satisfies {requirement!r} "
+            f"(known: {known}).",
+            "Ask for one of those, or add the release's build matrix to "
             "provision/data/flash_attn_wheels.toml with its source.",
         )
-    return version
+    return fitting
 
 
 def torch_cxx11_abi(torch: str, variant: str | None) -> bool:
@@ -158,15 +169,19 @@ def pick_flash_attn(
     """The flash-attn wheel for torch `torch` (its `variant`, e.g. cu124; `cuda` = that variant's
     CUDA version, e.g. "12.4") on `python`, or the named fallback with the reason none fits.
 
-    `requirement` is "flash-attn" (the newest release with a fitting wheel) or "flash-attn==X".
+    `requirement` is "flash-attn", "flash-attn==X" or a range: the newest release it accepts
+    that has a fitting wheel.
     `min_cc` is the lowest compute capability of the GPUs planned for, when known: FlashAttention-2
     needs Ampere (8.0) or newer.
     """
     table = wheel_table()
-    version = requested_version(requirement)
-    releases = sorted(table["release"], key=lambda r: _key(r["version"]), reverse=True)
-    if version:
-        releases = [r for r in releases if r["version"] == version]
+    wanted = requested_versions(requirement)
+    releases = sorted(
+        (r for r in table["release"] if r["version"] in wanted),
+        key=lambda r: _key(r["version"]),
+        reverse=True,
+    )
+    version = wanted[0] if len(wanted) == 1 else None
     if torch is None:
         return _fallback(requirement, "the lock holds no torch", version)
     if not platform.startswith("x86_64") and platform != "linux":
@@ -211,7 +226,7 @@ def pick_flash_attn(
             requires=tuple(table["requires"]),
             source=release["source"],
         )
-    which = f"flash-attn {version} has no" if version else "no flash-attn release has a"
+    which = f"flash-attn {version} has no" if version else "no flash-attn release it accepts has a"
     return _fallback(
         requirement,
         f"{which} release wheel for torch {torch_minor} with CUDA {cuda_major}, "

@@ -14,7 +14,7 @@ from provision.attention import (
     FLASH_ATTENTION_2,
     is_flash_attn,
     pick_flash_attn,
-    requested_version,
+    requested_versions,
     torch_cxx11_abi,
     wheel_table,
 )
@@ -103,13 +103,25 @@ def test_cpu_torch_other_platforms_old_gpus_and_no_torch_fall_back_by_name():
 def test_requirement_forms():
     assert is_flash_attn("flash-attn==2.7.4.post1") and is_flash_attn("Flash_Attn")
     assert not is_flash_attn("flash-attn-triton") and not is_flash_attn("flashinfer")
-    assert requested_version("flash-attn") is None
-    assert requested_version("flash_attn == 2.6.3") == "2.6.3"
-    with pytest.raises(ProvisionError, match="exact version"):
-        requested_version("flash-attn>=2.6")
-    with pytest.raises(ProvisionError, match="2.5.0 is not a release") as err:
-        requested_version("flash-attn==2.5.0")
+    newest_first = requested_versions("flash-attn")
+    assert newest_first[0] == "2.8.3.post1" and newest_first[-1] == "2.5.9.post1"
+    assert requested_versions("flash_attn == 2.6.3") == ["2.6.3"]
+    assert requested_versions("flash-attn>=2.7.4,<2.8") == ["2.7.4.post1"]
+    with pytest.raises(ProvisionError, match="by version only"):
+        requested_versions("flash-attn @ https://example.org/flash_attn-2.7.4.post1.whl")
+    with pytest.raises(ProvisionError, match="by version only"):
+        requested_versions("flash-attn==2.7.4.post1; sys_platform == 'linux'")
+    with pytest.raises(ProvisionError, match="satisfies 'flash-attn==2.5.0'") as err:
+        requested_versions("flash-attn==2.5.0")
     assert "flash_attn_wheels.toml" in err.value.hint
+
+
+def test_a_range_takes_the_newest_release_in_it_with_a_fitting_wheel():
+    pick = _pick("flash-attn>=2.6,<2.8", "2.6.0", "cu124", "3.11")
+    assert pick.version == "2.7.4.post1" and not pick.fallback
+    # 2.7.0.post2 .. 2.7.3 have no torch 2.6 (only a 2.6 nightly, left out): the range is searched
+    older = _pick("flash-attn>=2.7,<2.7.4", "2.6.0", "cu124", "3.11")
+    assert older.fallback and "no flash-attn release it accepts" in older.reason
 
 
 def test_torch_abi_rules():

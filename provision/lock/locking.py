@@ -639,14 +639,20 @@ def pin_reasons(requirements: Sequence[str], data: Mapping[str, Any], pinned_by:
 
 def _flash_attn_reasons(requirement: str, attention: Any, pinned_by: str) -> list[str]:
     """Why the lock's [tool.provision.attention] does not answer a flash-attn requirement."""
-    match = PIN.match(requirement)
+    from provision.attention import requested_versions
+
     if not isinstance(attention, dict) or not attention.get("implementation"):
         return ["flash-attn is not in the lock (no [tool.provision.attention] table)"]
-    if match and attention.get("version") != match.group(3):
-        return [
-            f"flash-attn is locked at {attention.get('version')}, {pinned_by} pins {match.group(3)}"
-        ]
-    return []
+    try:
+        wanted = requested_versions(requirement)
+    except ProvisionError as exc:
+        return [exc.message]
+    have = attention.get("version")
+    if have in wanted or (have is None and attention.get("requested") == requirement):
+        return []
+    match = PIN.match(requirement)
+    asks = f"pins {match.group(3)}" if match else f"asks for {requirement}"
+    return [f"flash-attn is locked at {have}, {pinned_by} {asks}"]
 
 
 def stale_reasons(profile: Profile, task: str, lock: Path) -> list[str]:

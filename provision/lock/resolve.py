@@ -31,7 +31,7 @@ from provision.attention import (
     AttentionPick,
     is_flash_attn,
     pick_flash_attn,
-    requested_version,
+    requested_versions,
     wheel_table,
 )
 from provision.errors import CheckFailed, ProvisionError
@@ -187,7 +187,7 @@ def split_flash_attn(
         kept = []
         for req in rset.requirements:
             if is_flash_attn(req):
-                requested_version(req)  # only "flash-attn" or "flash-attn==X": before uv runs
+                requested_versions(req)  # a release the table knows, or exit 2 before uv runs
                 asked = asked if asked and "==" in asked else req.strip()
                 kept += [r for r in wheel_table()["requires"] if r not in kept]
             else:

@@ -79,9 +79,20 @@ def test_a_lock_without_flash_attn_has_no_attention_table_and_drops_an_old_one(
     assert "attention" not in tool_table(read_lock(lock_env["locks"] / "pylock.tiny-vl.toml"))
 
 
-def test_a_flash_attn_range_is_one_message_before_uv_runs(lock_env, fake_index):
-    _with_flash_attn(lock_env, "flash-attn>=2.6")
+def test_a_range_is_locked_to_the_newest_release_in_it_and_checked_against_it(lock_env, fake_index):
+    _with_flash_attn(lock_env, "flash-attn>=2.6,<2.8")
+    lock_profile("tiny-vl", variant="pypi")
+    table = tool_table(read_lock(lock_env["locks"] / "pylock.tiny-vl.toml"))
+    assert table["attention"]["version"] == "2.7.4.post1"
+    assert check_lock("tiny-vl").fresh
+    _with_flash_attn(lock_env, "flash-attn>=2.8")
+    reasons = check_lock("tiny-vl").reasons
+    assert "flash-attn is locked at 2.7.4.post1, the profile asks for flash-attn>=2.8" in reasons
+
+
+def test_an_unknown_flash_attn_release_is_one_message_before_uv_runs(lock_env, fake_index):
+    _with_flash_attn(lock_env, "flash-attn==2.5.0")
     proc = run_cli("lock", "tiny-vl", "--variant", "pypi")
     assert proc.returncode == 2
-    assert "flash-attn is installed from a release wheel picked by exact version" in proc.stderr
-    assert "Traceback" not in proc.stderr
+    assert "No flash-attn release whose wheels provision knows satisfies" in proc.stderr
+    assert "Traceback" not in proc.stderr and "uv" not in proc.stderr.split("\n")[0]
