@@ -147,9 +147,15 @@ class _HttpRepo(Repo):
         except ProvisionError:
             return False
         status = answer.status if hasattr(answer, "status") else answer.code
+        body: Any = None
+        with contextlib.suppress(Exception):
+            if status == 200:
+                body = json.loads(answer.read(64 * 1024 + 1)[: 64 * 1024].decode("utf-8"))
         with contextlib.suppress(Exception):
             answer.close()
-        return status == 200
+        # The hub's own answer for a dataset: Hugging Face's info has its id and commit,
+        # ModelScope's envelope says Success (it may answer 200 with Success false).
+        return isinstance(body, dict) and (body.get("Success") is True or "sha" in body)
 
     def _url(self, path: str) -> str:
         raise NotImplementedError

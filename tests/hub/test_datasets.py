@@ -164,6 +164,12 @@ def test_a_dataset_id_given_as_a_profile_points_at_dataset(hub, vqa):
     assert "org/tiny-vqa is a dataset" in proc.stderr
     assert "provision download --dataset org/tiny-vqa" in proc.stderr
     assert "Traceback" not in proc.stderr
+    proc = run_cli("check", "modelscope:org/tiny-vqa")  # ModelScope's dataset route, too
+    assert proc.returncode == 2 and "org/tiny-vqa is a dataset" in proc.stderr, proc.stderr
+    assert "provision download --dataset modelscope:org/tiny-vqa" in proc.stderr
+    proc = run_cli("download", "org/nothing-at-all")  # neither: the usual message, with a hint
+    assert proc.returncode == 2 and "No repository org/nothing-at-all" in proc.stderr
+    assert "--dataset" in proc.stderr
 
 
 def test_unknown_dataset_and_bad_ids_are_one_message(hub, vqa):
