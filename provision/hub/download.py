@@ -263,11 +263,12 @@ def fetch_with_fallback(plan: _Plan, source: str) -> DownloadResult:
     else:
         chosen = parse_source(source)
         if chosen.kind == "modelscope" and not target.modelscope_repo:
-            where = f"Add source.modelscope to {target.path}" if target.path else "Name it"
-            raise ProvisionError(
-                f"{what} {target.name} names no ModelScope repository.",
-                f"{where} (modelscope:ORG/NAME), or use another --source.",
+            fix = (
+                f"Add source.modelscope to {target.path}, or use another --source."
+                if target.path
+                else "Give it as modelscope:ORG/NAME (its ModelScope id), or use another --source."
             )
+            raise ProvisionError(f"{what} {target.name} names no ModelScope repository.", fix)
         order, reason = [chosen], f"{chosen.name}: chosen with --source"
     # Before any hub call: huggingface_hub itself reads HF_HOME/token and fails on a file there.
     require_usable(plan.hf_cache, "The download cache", CACHE_FIX, write=False)

@@ -182,6 +182,9 @@ def test_unknown_dataset_and_bad_ids_are_one_message(hub, vqa):
         assert proc.returncode == 2 and "Traceback" not in proc.stderr, bad
     proc = run_cli("download")
     assert proc.returncode == 2 and "--dataset" in proc.stderr
+    proc = run_cli("download", "--dataset", "org/tiny-vqa", "--source", "modelscope")
+    assert proc.returncode == 2 and "names no ModelScope repository" in proc.stderr
+    assert "modelscope:ORG/NAME" in proc.stderr
 
 
 def test_a_dataset_file_name_that_escapes_the_cache_is_refused(hub, vqa, tmp_path):
