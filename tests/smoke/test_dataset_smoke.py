@@ -154,3 +154,80 @@ def test_an_image_path_in_a_record_cannot_leave_the_dataset(tmp_path: Path) -> N
             row_image(hostile, data_file, str(base))
     with pytest.raises(ValueError):
         row_image(None, data_file, str(base))
+
+
+PARQUET_WRITER = r"""
+import io, sys
+import pyarrow as pa, pyarrow.parquet as pq
+from PIL import Image
+
+def png(colour):
+    buffer = io.BytesIO()
+    Image.new("RGB", (6, 6), colour).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+# lmms-lab/OK-VQA's columns (its card's dataset_info): the image as datasets' Image struct.
+image = pa.struct([("bytes", pa.binary()), ("path", pa.string())])
+table = pa.table({
+    "question_id": pa.array(["10", "11", "12"]),
+    "image": pa.array([{"bytes": png((255, 0, 0)), "path": None},
+                       {"bytes": png((0, 255, 0)), "path": "x.png"},
+                       {"bytes": None, "path": "images/local.png"}], type=image),
+    "question": pa.array(["What colour?", "And this?", "Local file?"]),
+    "answers": pa.array([["red"] * 10, ["green", "lime"], ["yes"]], type=pa.list_(pa.string())),
+})
+pq.write_table(table, sys.argv[1], row_group_size=2)
+"""
+
+PARQUET_READER = r"""
+import json, sys
+sys.path.insert(0, sys.argv[3])
+import runner
+spec = {"files": [sys.argv[1]], "format": "parquet", "n": int(sys.argv[4])}
+rows = runner.read_rows(spec, spec["n"])
+out = []
+for data_file, row in rows:
+    img = runner.row_image(row["image"], data_file, sys.argv[2])
+    out.append({"id": row["question_id"], "question": row["question"],
+                "answers": runner.answer_list(row["answers"]), "pixel": list(img.getpixel((0, 0)))})
+print(json.dumps(out))
+"""
+
+
+def test_parquet_rows_as_ok_vqa_stores_them_are_read_by_the_runner(tmp_path: Path) -> None:
+    """The parquet path needs pyarrow, which the test venv lacks (provision does not depend on
+    it): a throwaway uv env with pyarrow and pillow writes OK-VQA-shaped parquet and runs the
+    runner's own reader on it, as the provisioned env (with `datasets`) would."""
+    import subprocess
+
+    from PIL import Image
+
+    from provision.smoke.run import RUNNER
+    from provision.uv import uv_bin
+
+    env = tmp_path / "pa-env"
+    uv = uv_bin()
+    subprocess.run([uv, "venv", "--quiet", "--no-project", "--python", sys.executable, str(env)],
+                   check=True)  # fmt: skip
+    python = env / "bin" / "python"
+    subprocess.run([uv, "pip", "install", "--quiet", "--python", str(python), "pyarrow", "pillow"],
+                   check=True)  # fmt: skip
+    base = tmp_path / "snapshot"
+    (base / "images").mkdir(parents=True)
+    (base / "data").mkdir()
+    Image.new("RGB", (6, 6), (0, 0, 255)).save(base / "images" / "local.png")
+    data = base / "data" / "val2014-00000-of-00001.parquet"
+    subprocess.run([str(python), "-c", PARQUET_WRITER, str(data)], check=True)
+    read = subprocess.run(
+        [str(python), "-c", PARQUET_READER, str(data), str(base), str(RUNNER.parent), "3"],
+        check=True, capture_output=True, text=True,
+    )  # fmt: skip
+    rows = json.loads(read.stdout)
+    assert [r["id"] for r in rows] == ["10", "11", "12"]  # across the two row groups
+    assert rows[0]["answers"] == ["red"] * 10 and rows[1]["answers"] == ["green", "lime"]
+    assert [r["pixel"] for r in rows] == [[255, 0, 0], [0, 255, 0], [0, 0, 255]]
+    two = subprocess.run(
+        [str(python), "-c", PARQUET_READER, str(data), str(base), str(RUNNER.parent), "2"],
+        check=True, capture_output=True, text=True,
+    )  # fmt: skip
+    assert [r["id"] for r in json.loads(two.stdout)] == ["10", "11"]  # --n stops the reading
