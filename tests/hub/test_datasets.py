@@ -213,3 +213,26 @@ def test_a_hostile_lock_record_is_refused_before_any_transfer(hub, vqa, tmp_path
     with pytest.raises(ProvisionError, match="not a branch, tag or commit"):
         download_dataset(parse_dataset("org/tiny-vqa"), lock_file=lock, progress=False)
     assert not [r for r in hub.requests if r.file]
+
+
+def test_a_relock_keeps_pinned_datasets_and_drops_a_dataset_smoke_of_other_packages():
+    """A re-lock carries [tool.provision.datasets] over (the pin does not depend on the
+    packages) and the dataset smoke's result only while the packages are the same."""
+    from provision.lock.locking import _merge_previous
+    from provision.profiles import load_profile
+
+    profile = load_profile("qwen2-vl-2b")
+    pinned = {"org/tiny-vqa": {"repo_id": "org/tiny-vqa", "commit": "a" * 40, "files": []}}
+    scored = {"org/tiny-vqa": {"ok": True, "correct": 3}}
+    old = {"tool": {"provision": {"datasets": pinned, "dataset_smoke": scored}}}
+
+    def fresh() -> dict:
+        return {"model": {"repo_id": profile.hf_repo, "revision": "main"}, "env": {}, "fixes": {}}
+
+    other = fresh()
+    kept = _merge_previous(other, old, False, profile)
+    assert other["datasets"] == pinned and "dataset_smoke" not in other
+    assert "datasets" in kept and "dataset_smoke" not in kept
+    same = fresh()
+    _merge_previous(same, old, True, profile)
+    assert same["datasets"] == pinned and same["dataset_smoke"] == scored
