@@ -594,6 +594,7 @@ class _Runner:
             parse_dataset,
             verify_dataset,
         )
+        from provision.hub.errors import AccessRefused
 
         self._hub_environment()
         details, outputs = [], {}
@@ -614,6 +615,12 @@ class _Runner:
                     into_lock=self.plan.into_lock,
                     rehash=force,
                 )
+            except AccessRefused as exc:
+                # A gated evaluation set (FoodieQA) must not stop the environment: said, and
+                # tried again by the next setup.
+                outputs[ref.key] = {"fetched": False, "error": exc.message, "hint": exc.hint}
+                details.append(f"{ref.key} NOT fetched: {exc.message} {exc.hint or ''}".strip())
+                continue
             except ProvisionError as exc:
                 raise ProvisionError(
                     f"Dataset {ref.key}: {exc.message}",

@@ -107,7 +107,8 @@ def _hf_errors(
     try:
         yield
     except GatedRepoError as exc:
-        raise gated_message(repo_id, source.license_page(repo_id), token is not None) from exc
+        page = source.license_page(repo_id, repo_type)
+        raise gated_message(repo_id, page, token is not None) from exc
     except RevisionNotFoundError as exc:
         raise ProvisionError(
             f"Revision {revision!r} of {repo_id} does not exist on {where}.",

@@ -34,6 +34,7 @@ from tests.tinymodels import build_tiny_vlm
 
 pytestmark = pytest.mark.slow
 DATASET = "org/tiny-vqa"
+GATED = "org/gated-vqa"  # FoodieQA-like: setup goes on without it and says so
 
 
 @dataclass
@@ -72,7 +73,7 @@ def pair(tiny_pair: TinyPair, tmp_path_factory: pytest.TempPathFactory):
     tiny_pair.copy_into(dirs)
     # The direction lists a dataset: setup fetches and pins it with the weights (issue 16).
     direction = dirs.directions / "tiny-pair.toml"
-    direction.write_text(f"datasets = [{DATASET!r}]\n" + direction.read_text())
+    direction.write_text(f"datasets = [{DATASET!r}, {GATED!r}]\n" + direction.read_text())
     dataset = make_vqa_dataset(root / "datasets" / "tiny-vqa")
     lock = dirs.locks / "pylock.direction-tiny-pair.toml"
     # The tiny models are written by the transformers that will load them: an env from the
@@ -89,6 +90,7 @@ def pair(tiny_pair: TinyPair, tmp_path_factory: pytest.TempPathFactory):
     with HubServer(root / "hub") as hub:
         commits = {repo_id: hub.add_repo(repo_id, folder) for repo_id, folder in folders.items()}
         hub.add_repo(DATASET, dataset, repo_type="dataset")
+        hub.add_repo(GATED, dataset, repo_type="dataset", gated=True)  # no token: refused
         runs = _concurrent_setups(hub.url, dirs, ["alice", "bob"])
         yield Pair(dirs, hub, commits, runs, relocked, dirs.data / "envs" / "direction-tiny-pair")
 
@@ -241,6 +243,9 @@ def test_setup_fetches_and_pins_the_directions_dataset_once(pair):
         if s["stage"] == "weights"
     ]
     assert any(f"{DATASET}@{commit[:12]}" in d for d in details), details
+    # The gated one is named, with the fix, in every run; the setups still succeeded.
+    assert all(f"{GATED} NOT fetched" in d and "is gated" in d for d in details), details
+    assert GATED not in recorded_table(lock, pair.dirs.data)["datasets"]
 
 
 def test_registry_knows_the_environment_its_direction_and_both_users(pair):

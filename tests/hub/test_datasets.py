@@ -236,3 +236,18 @@ def test_a_relock_keeps_pinned_datasets_and_drops_a_dataset_smoke_of_other_packa
     same = fresh()
     _merge_previous(same, old, True, profile)
     assert same["datasets"] == pinned and same["dataset_smoke"] == scored
+
+
+def test_a_gated_dataset_names_its_dataset_page_and_the_token(hub, vqa, tmp_path):
+    folder, _ = vqa
+    hub.add_repo("org/gated-vqa", folder, repo_type="dataset", gated=True)
+    proc = run_cli("download", "--dataset", "org/gated-vqa")
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert "org/gated-vqa is gated" in proc.stderr and "HF_TOKEN" in proc.stderr
+    assert f"{hub.url}/datasets/org/gated-vqa" in proc.stderr  # the dataset's page, not a model's
+    hub.grant("hf_granted_token")  # every gated repository lets this token through
+    rc, out = run_json(
+        "download", "--dataset", "org/gated-vqa", env={"HF_TOKEN": "hf_granted_token"}
+    )
+    assert rc == 0, out
+    assert "hf_granted_token" not in (tmp_path / "locks" / LOCK).read_text()
