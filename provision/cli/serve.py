@@ -30,7 +30,7 @@ def _render_plan(plan: Any) -> Any:
             markup=False,
         )
         con.print(f"{plan.repo_id} @ {plan.commit or 'unpinned'}", markup=False)
-        for key, val in plan.env_vars.items():
+        for key, val in plan.shown_env().items():
             con.print(f"  {key}={val}", markup=False)
         con.print(plan.line, markup=False, soft_wrap=True)
         for note in plan.notes:

@@ -68,6 +68,12 @@ class ServePlan:
         shown = {k: v for k, v in self.env_vars.items() if k.endswith("OFFLINE")}
         return shlex.join([f"{k}={v}" for k, v in shown.items()] + self.argv)
 
+    def shown_env(self) -> dict[str, str]:
+        """The variables as they may be shown: a URL's password (HF_ENDPOINT) masked."""
+        from provision.secrets import redact_text
+
+        return {k: redact_text(v) for k, v in self.env_vars.items()}
+
     def curl(self) -> str:
         """A ready-to-paste chat request with an image."""
         image = "data:image/jpeg;base64,@IMAGE@"
@@ -97,7 +103,7 @@ class ServePlan:
             "stack": self.stack,
             "argv": self.argv,
             "line": self.line,
-            "env": self.env_vars,
+            "env": self.shown_env(),
             "environment": str(self.environment) if self.environment else None,
             "lock_file": str(self.lock_file) if self.lock_file else None,
             "repo_id": self.repo_id,
@@ -164,6 +170,8 @@ def _child_env(verified: bool) -> dict[str, str]:
     from provision.settings import hub_environment, keep_user_caches
 
     env = keep_user_caches(hub_environment(None, "auto"))
+    if os.environ.get("HF_ENDPOINT"):  # as set, with any credentials (shown masked)
+        env["HF_ENDPOINT"] = os.environ["HF_ENDPOINT"]
     if verified:
         env["HF_HUB_OFFLINE"] = "1"
         env["TRANSFORMERS_OFFLINE"] = "1"

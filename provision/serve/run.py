@@ -48,7 +48,10 @@ class Server:
             data = self.log_path.read_bytes()[-64_000:]
         except OSError:
             return ""
-        kept = [line for line in data.decode("utf-8", "replace").splitlines() if line.strip()]
+        from provision.secrets import redact_text
+
+        text = redact_text(data.decode("utf-8", "replace"))
+        kept = [line for line in text.splitlines() if line.strip()]
         return "\n".join(kept[-lines:])
 
     def stop(self) -> None:

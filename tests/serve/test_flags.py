@@ -156,3 +156,20 @@ def test_bad_stack_and_gpu_engine_without_a_gpu_are_one_message_each():
         plan_serve("qwen2-vl-2b", stack="vllm")
     proc = run_cli("serve", "qwen2-vl-2b", "--stack", "vllm", "--port", "70000", "--print")
     assert proc.returncode == 2 and "--port 70000" in proc.stderr
+
+
+def test_no_secret_in_the_shown_command_or_variables():
+    """A token stays in the environment the server inherits; a mirror's URL password is masked."""
+    secret_env = {
+        "HF_TOKEN": "hf_SeRvEsEcReT123",
+        "HF_ENDPOINT": "https://alice:pAsSw0rd@mirror.example.com",
+    }
+    proc = run_cli("--json", "serve", "qwen2-vl-2b", "--stack", "vllm", "--print", env=secret_env)
+    assert proc.returncode == 0, proc.stderr
+    out = proc.stdout + proc.stderr
+    assert "hf_SeRvEsEcReT123" not in out and "pAsSw0rd" not in out
+    plan = json.loads(proc.stdout)
+    assert plan["env"]["HF_ENDPOINT"] == "https://***@mirror.example.com"
+    assert not any("SeRvEsEcReT" in a or "pAsSw0rd" in a for a in plan["argv"])
+    proc = run_cli("serve", "qwen2-vl-2b", "--stack", "vllm", "--print", env=secret_env)
+    assert "pAsSw0rd" not in proc.stdout + proc.stderr and "mirror.example.com" in proc.stdout
