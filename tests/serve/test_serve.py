@@ -232,3 +232,20 @@ def test_a_server_that_dies_while_loading_is_one_message_with_its_log(served_wor
     assert "No module named 'torch'" in err  # the server's own last log lines
     assert "Traceback" in err.split("log lines", 1)[1]  # it is the server's, not provision's
     assert err.count("provision/cli") == 0
+
+
+def test_served_gives_other_stages_a_base_url_and_stops_the_group(served_world, tmp_path):
+    """provision.serve.served: what a dataset smoke "served" uses."""
+    from provision.serve import served
+
+    with served(PROFILE, stack="transformers", log_path=tmp_path / "s.log") as server:
+        assert server.base_url.startswith("http://127.0.0.1:")
+        answer = post(
+            f"{server.base_url}/chat/completions",
+            {"max_tokens": 3, "messages": [{"role": "user", "content": "Say hi"}]},
+        )
+        assert answer["model"] == REPO and answer["usage"]["completion_tokens"] >= 1
+        pid = server.proc.pid
+        assert group_members(pid)
+    assert group_members(pid) == []
+    assert "loaded" in (tmp_path / "s.log").read_text()
