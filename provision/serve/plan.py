@@ -245,7 +245,11 @@ def plan_serve(
     repo_id, commit, model_path, verified = _weights(profile, located.lock, notes, print_only)
 
     report = _fit(profile, stack, overrides or {}, machine)
-    if report.launch_note:
+    verdict = report.fit.verdict
+    if machine.gpu_count == 0 and stack == "transformers":
+        verdict = "on the CPU"  # the GPU memory check has nothing to judge here
+        notes.append("no GPU here (NVML sees none): the model is served on the CPU")
+    elif report.launch_note:
         notes.append(f"limits from the check: {report.launch_note}")
     argv, version, source = _command(profile, stack, report, model_path, python, repo_id)
     argv += [server["host"], host, server["port"], str(port), server["served_name"], repo_id]
@@ -265,7 +269,7 @@ def plan_serve(
         health=server["health"],
         version=version,
         source=source,
-        fit_verdict=report.fit.verdict,
+        fit_verdict=verdict,
         notes=notes,
     )
 

@@ -108,6 +108,7 @@ def test_serve_answers_a_chat_request_with_an_image_then_stops_clean(served_worl
         assert ready["verified"] is True and ready["commit"] == served_world["commit"]
         assert f"/snapshots/{served_world['commit']}" in ready["model_path"]
         assert ready["env"]["HF_HUB_OFFLINE"] == "1"
+        assert ready["fit"] == "on the CPU"
         assert "curl" in ready["curl"] and f":{port}/v1/chat/completions" in ready["curl"]
         # The server: the provisioned env's python, our server script, the lock's snapshot,
         # offline, in a process group of its own.
@@ -249,3 +250,18 @@ def test_served_gives_other_stages_a_base_url_and_stops_the_group(served_world, 
         assert group_members(pid)
     assert group_members(pid) == []
     assert "loaded" in (tmp_path / "s.log").read_text()
+
+
+def test_weights_that_are_not_the_lock_s_are_refused_before_anything_starts(served_world):
+    snapshot = next((served_world["root"] / "data" / "huggingface" / "hub").glob("models--*"))
+    weights = next(snapshot.glob(f"snapshots/{served_world['commit']}/*.safetensors"))
+    size = weights.stat().st_size
+    with open(weights, "ab") as handle:  # one byte more: size and sha256 differ from the lock
+        handle.write(b"\0")
+    try:
+        proc = run_cli("serve", PROFILE, "--stack", "transformers", "--port", str(free_port()))
+    finally:
+        os.truncate(weights, size)
+    assert proc.returncode == 2, proc.stderr
+    assert f"{weights.name} (size)" in proc.stderr and "provision download" in proc.stderr
+    assert "Traceback" not in proc.stderr
