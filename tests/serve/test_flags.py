@@ -15,6 +15,7 @@ from provision.profiles import list_profiles
 from provision.resources import load_table
 from provision.serve.plan import plan_serve, servers
 from tests.cli_helpers import run_cli, run_json
+from tests.serve.helpers import result_of
 
 FLAGS = load_table("engine_flags.toml")["engine"]
 ENGINES = ("vllm", "lmdeploy")
@@ -113,6 +114,7 @@ def test_print_shows_the_vllm_command_with_the_fit_s_limits_and_starts_nothing()
         "8123",
     )
     assert rc == 0, plan
+    plan = result_of(plan)
     argv = plan["argv"]
     assert argv[0].endswith("/bin/vllm") and argv[1] == "serve"
     assert argv[argv.index("--max-model-len") + 1] == "8192"
@@ -168,7 +170,7 @@ def test_no_secret_in_the_shown_command_or_variables():
     assert proc.returncode == 0, proc.stderr
     out = proc.stdout + proc.stderr
     assert "hf_SeRvEsEcReT123" not in out and "pAsSw0rd" not in out
-    plan = json.loads(proc.stdout)
+    plan = result_of(json.loads(proc.stdout))
     assert plan["env"]["HF_ENDPOINT"] == "https://***@mirror.example.com"
     assert not any("SeRvEsEcReT" in a or "pAsSw0rd" in a for a in plan["argv"])
     proc = run_cli("serve", "qwen2-vl-2b", "--stack", "vllm", "--print", env=secret_env)

@@ -20,6 +20,7 @@ import pytest
 from provision.smoke.run import IMAGE
 from tests.cli_helpers import run_cli
 from tests.serve.conftest import PROFILE, REPO
+from tests.serve.helpers import result_of
 
 pytestmark = pytest.mark.slow
 
@@ -92,7 +93,7 @@ def read_ready(proc: subprocess.Popen[str], timeout: float = 600) -> dict:
             raise AssertionError(f"serve ended (rc={proc.wait()}): {proc.stderr.read()}")
         lines.append(line)
         try:
-            return json.loads("".join(lines))
+            return result_of(json.loads("".join(lines)))
         except json.JSONDecodeError:
             continue
     raise AssertionError("serve did not say it was ready")
