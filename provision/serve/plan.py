@@ -156,12 +156,32 @@ def _environment(profile: str, env: Path | None, lock: Path | None) -> _Env:
     return _Env(where, lock, note)
 
 
-def _fit(profile: Any, stack: str, overrides: dict[str, Any], machine: Any) -> Any:
+def _default_stack(profile: Any) -> str:
+    """The profile's infer stack where it is a server's; transformers for the stacks that load
+    through transformers; a message for a format only its own code loads (original LLaVA)."""
+    from provision.smoke.run import NO_SMOKE_BACKEND
+
+    try:
+        stack = profile.task("infer").stack or "transformers"
+    except ProvisionError:
+        return "transformers"
+    if stack in NO_SMOKE_BACKEND:
+        instead, why = NO_SMOKE_BACKEND[stack]
+        raise ProvisionError(
+            f"{profile.name} cannot be served: {why}.",
+            f"Serve the transformers conversion of the same weights: `provision serve {instead}`.",
+        )
+    return stack if stack in STACKS else "transformers"
+
+
+def _fit(
+    profile: Any, stack: str, overrides: dict[str, Any], machine: Any, profiles_dir: Any
+) -> Any:
     from provision.check import run_check
     from provision.fit import FitRequest
 
     request = FitRequest(task="infer", stack=stack, **overrides)
-    return run_check(profile.name, request, machine, emit=True)
+    return run_check(profile.name, request, machine, profiles_dir, emit=True)
 
 
 def _child_env(verified: bool) -> dict[str, str]:
@@ -209,10 +229,7 @@ def plan_serve(
 
     profile = load_profile(name, profiles_dir)
     if stack is None:
-        try:
-            stack = profile.task("infer").stack or "transformers"
-        except ProvisionError:
-            stack = "transformers"
+        stack = _default_stack(profile)
     if stack not in STACKS:
         raise ProvisionError(f"Unknown stack {stack!r}.", f"Use one of {', '.join(STACKS)}.")
     server = servers()[stack]
@@ -244,14 +261,14 @@ def plan_serve(
 
     repo_id, commit, model_path, verified = _weights(profile, located.lock, notes, print_only)
 
-    report = _fit(profile, stack, overrides or {}, machine)
+    report = _fit(profile, stack, overrides or {}, machine, profiles_dir)
     verdict = report.fit.verdict
     if machine.gpu_count == 0 and stack == "transformers":
         verdict = "on the CPU"  # the GPU memory check has nothing to judge here
         notes.append("no GPU here (NVML sees none): the model is served on the CPU")
     elif report.launch_note:
         notes.append(f"limits from the check: {report.launch_note}")
-    argv, version, source = _command(profile, stack, report, model_path, python, repo_id)
+    argv, version, source = _command(profile, stack, report, model_path, python)
     argv += [server["host"], host, server["port"], str(port), server["served_name"], repo_id]
     return ServePlan(
         profile=profile.name,
@@ -304,7 +321,7 @@ def _weights(
 
 
 def _command(
-    profile: Any, stack: str, report: Any, model_path: str, python: Path | None, repo_id: str
+    profile: Any, stack: str, report: Any, model_path: str, python: Path | None
 ) -> tuple[list[str], str, str]:
     """argv (without host, port and name), the stack version its flags are from, and the
     source of those flags."""

@@ -175,3 +175,12 @@ def test_no_secret_in_the_shown_command_or_variables():
     assert not any("SeRvEsEcReT" in a or "pAsSw0rd" in a for a in plan["argv"])
     proc = run_cli("serve", "qwen2-vl-2b", "--stack", "vllm", "--print", env=secret_env)
     assert "pAsSw0rd" not in proc.stdout + proc.stderr and "mirror.example.com" in proc.stdout
+
+
+def test_the_default_stack_is_the_profile_s_and_original_llava_is_pointed_elsewhere():
+    assert plan_serve("internvl2-2b", print_only=True).stack == "lmdeploy"
+    assert plan_serve("qwen2.5-vl-7b", print_only=True).stack == "vllm"
+    assert plan_serve("smolvlm-256m", print_only=True).stack == "transformers"
+    proc = run_cli("serve", "llava-v1.5-7b", "--print")
+    assert proc.returncode == 2 and "provision serve llava-1.5-7b-hf" in proc.stderr
+    assert "Traceback" not in proc.stderr
