@@ -153,9 +153,14 @@ def _wait_ready(server: Server, timeout: float) -> None:
         time.sleep(0.25)
 
 
+# The server is local: a proxy from the environment (AutoDL's network_turbo sets http_proxy)
+# must not carry the health check away.
+_DIRECT = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+
+
 def _healthy(url: str) -> bool:
     try:
-        with urllib.request.urlopen(url, timeout=2) as response:  # noqa: S310 - our own URL
+        with _DIRECT.open(url, timeout=2) as response:
             return bool(response.status == 200)
     except (urllib.error.URLError, OSError, ValueError):
         return False

@@ -73,9 +73,10 @@ def children(pid: int) -> list[int]:
     return out
 
 
-def start_serve(*args: str) -> subprocess.Popen[str]:
+def start_serve(*args: str, env: dict[str, str] | None = None) -> subprocess.Popen[str]:
     return subprocess.Popen(
         [sys.executable, "-m", "provision", "--json", "serve", PROFILE, *args],
+        env={**os.environ, **(env or {})},
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
@@ -189,9 +190,11 @@ def test_serve_answers_a_chat_request_with_an_image_then_stops_clean(served_worl
         sock.bind(("127.0.0.1", port))
 
 
-def test_ctrl_c_stops_the_server_too(served_world):
+def test_ctrl_c_stops_the_server_too_and_a_proxy_does_not_take_the_health_check(served_world):
     port = free_port()
-    proc = start_serve("--stack", "transformers", "--port", str(port))
+    dead = f"http://127.0.0.1:{free_port()}"  # a proxy that is not there (AutoDL sets one)
+    proxies = {"http_proxy": dead, "HTTP_PROXY": dead, "no_proxy": "", "NO_PROXY": ""}
+    proc = start_serve("--stack", "transformers", "--port", str(port), env=proxies)
     ready = read_ready(proc)
     (server,) = children(proc.pid)
     assert get(ready["health_url"])["status"] == "ok"
