@@ -44,7 +44,7 @@ def _render_ready(server: Any) -> Any:
         plan = server.plan
         con.print(f"ready: {plan.base_url}  (model {plan.repo_id})", markup=False)
         con.print(f"log: {server.log_path}", markup=False)
-        con.print("try:", markup=False)
+        con.print("try it (photo.jpg: any image of yours):", markup=False)
         con.print(plan.curl(), markup=False, soft_wrap=True)
         con.print("Ctrl-C stops the server.", markup=False)
 
