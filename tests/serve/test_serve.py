@@ -178,6 +178,14 @@ def test_serve_answers_a_chat_request_with_an_image_then_stops_clean(served_worl
                 },
             )
         assert bad.value.code == 400 and b"data: URI" in bad.value.read()
+        # The fit's max model length holds: a prompt plus max_tokens over it is refused.
+        limit = int(argv[argv.index(b"--max-model-len") + 1])
+        with pytest.raises(urllib.error.HTTPError) as long:
+            post(
+                f"{base}/chat/completions",
+                {"max_tokens": limit, "messages": [{"role": "user", "content": "Hi"}]},
+            )
+        assert long.value.code == 400 and b"max model length" in long.value.read()
         assert get(f"{base.removesuffix('/v1')}/health")["status"] == "ok"
     finally:
         os.kill(proc.pid, signal.SIGTERM)  # provision alone: it must stop the server's group
@@ -269,3 +277,15 @@ def test_weights_that_are_not_the_lock_s_are_refused_before_anything_starts(serv
     assert proc.returncode == 2, proc.stderr
     assert f"{weights.name} (size)" in proc.stderr and "provision download" in proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+def test_a_server_that_dies_after_it_was_ready_ends_serve_with_its_log(served_world):
+    proc = start_serve("--stack", "transformers", "--port", str(free_port()))
+    read_ready(proc)
+    (server,) = children(proc.pid)
+    os.kill(server, signal.SIGKILL)  # as the kernel's OOM killer would
+    assert proc.wait(timeout=60) == 1
+    said = proc.stdout.read() + proc.stderr.read()  # --json: the error is JSON on stdout
+    assert "exited with code -9" in said
+    assert "loaded LlavaForConditionalGeneration" in said  # the server's own last log lines
+    assert group_members(server) == []
