@@ -153,6 +153,7 @@ RUNS = {
         "cluster", "slurm", "qwen2-vl-2b", "--shared-dir", str(w / "shared"), "--lock", QWEN_LOCK,
     ],
     "cluster report": lambda w: ["cluster", "report", "--job-dir", str(w / "job"), "--job", "7"],
+    "serve": lambda w: ["serve", "qwen2-vl-2b", "--stack", "vllm", "--print"],
 }  # fmt: skip
 
 
