@@ -224,6 +224,8 @@ def download_profile(
             if key in pinned:
                 check_revision(pinned[key])
     repos = {"hf": profile.hf_repo, "modelscope": profile.modelscope_repo, "local": profile.hf_repo}
+    if source == "auto" and profile.local_folder is not None:
+        source = str(profile.local_folder)  # derived from a folder: no hub has it
     choice: Choice | None = None
     if source == "auto":
         candidates = auto_candidates(has_modelscope=bool(profile.modelscope_repo))
