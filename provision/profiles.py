@@ -401,7 +401,10 @@ def _builtin_for_repo(repo_id: str, files: dict[str, tuple[Path, bool]]) -> Prof
     wanted = repo_id.lower()
     for path, builtin in files.values():
         try:
-            source = tomllib.loads(path.read_text(encoding="utf-8")).get("source", {})
+            text = path.read_text(encoding="utf-8")
+            if wanted not in text.lower():
+                continue  # cheap: only a file that names the repo is parsed
+            source = tomllib.loads(text).get("source", {})
         except (OSError, tomllib.TOMLDecodeError, UnicodeDecodeError):
             continue
         ids = {
