@@ -30,7 +30,15 @@ SGR = {
     "magenta": "35",
     "cyan": "36",
 }
-_TAG = re.compile(r"\[(/?)([a-z ]*)\]")
+# What rich takes for a tag (rich.markup.RE_TAGS), with the backslashes before it.
+_TAG = re.compile(r"(\\*)\[([a-z#/@][^\[]*?)\]")
+_ESCAPE = re.compile(r"(\\*)(\[[a-z#/@][^\[]*?])")
+
+
+def escape(text: str) -> str:
+    """`text` with every tag-like bracket escaped, as rich.markup.escape does (a trailing
+    backslash needs no escape here: nothing follows it)."""
+    return _ESCAPE.sub(lambda m: f"{m.group(1)}{m.group(1)}\\{m.group(2)}", text)
 
 
 def _style_codes(words: str) -> str | None:
@@ -41,25 +49,31 @@ def _style_codes(words: str) -> str | None:
 
 
 def render_markup(text: str, color: bool) -> str:
-    """`text` with its known style tags turned into ANSI codes (`color`) or removed."""
+    """`text` with its known style tags turned into ANSI codes (`color`) or removed; an escaped
+    tag (`\\[bold]`, see `escape`) is text."""
     out: list[str] = []
     stack: list[str] = []
     pos = 0
     for match in _TAG.finditer(text):
-        closing, words = match.group(1), match.group(2)
-        if closing:
-            if words and _style_codes(words) is None:
-                continue  # not a style tag: text
-            if stack:
-                stack.pop()
-            codes = None
-        else:
-            codes = _style_codes(words)
-            if codes is None:
-                continue
-            stack.append(codes)
+        slashes, inner = match.group(1), match.group(2)
         out.append(text[pos : match.start()])
         pos = match.end()
+        out.append(slashes[: len(slashes) // 2])
+        bracket = f"[{inner}]"
+        if len(slashes) % 2:  # escaped: the bracket is text
+            out.append(bracket)
+            continue
+        closing = inner.startswith("/")
+        words = inner[1:] if closing else inner
+        codes = _style_codes(words) if words else None
+        if closing and (codes is not None or not words):
+            if stack:
+                stack.pop()
+        elif not closing and codes is not None:
+            stack.append(codes)
+        else:
+            out.append(bracket)  # not a style: text (rich would drop it)
+            continue
         if color:
             out.append("\x1b[0m" + "".join(f"\x1b[{c}m" for c in stack))
     out.append(text[pos:])
