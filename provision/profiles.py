@@ -20,13 +20,13 @@ from provision.choices import TASKS, stacks
 from provision.errors import ProvisionError
 from provision.resources import builtin_dir
 from provision.schema import BOOL, INT, STR, STRLIST, FileError, validate
+from provision.units import DTYPE_BYTES
 
 if sys.version_info >= (3, 11):
     import tomllib
 else:  # pragma: no cover - exercised on 3.10 only
     import tomli as tomllib
 
-DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
 NAME_RE = re.compile(r"^[a-z0-9][a-z0-9._-]*$")
 
 

@@ -13,8 +13,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from provision.derive.safetensors import DTYPE_BITS, Tensor
-from provision.profiles import DTYPE_BYTES  # the dtypes a profile may name
 from provision.resources import load_table
+from provision.units import DTYPE_BYTES  # the dtypes a profile may name
 
 LAYER_RE = re.compile(r"(?:^|\.)(?:layers|h|blocks)\.(\d+)\.")
 
