@@ -16,11 +16,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from provision.choices import TASKS, stacks
+from provision.choices import DTYPE_BYTES, TASKS, stacks
 from provision.errors import ProvisionError
 from provision.resources import builtin_dir
 from provision.schema import BOOL, INT, STR, STRLIST, FileError, validate
-from provision.units import DTYPE_BYTES
 
 if sys.version_info >= (3, 11):
     import tomllib

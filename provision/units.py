@@ -9,8 +9,6 @@ from provision.errors import ProvisionError
 KIB = 1024
 MIB = 1024**2
 GIB = 1024**3
-# Bytes per parameter of the dtypes a profile may name (weights.dtype).
-DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
 
 _UNITS = {
     "": GIB,  # a bare number is GiB: "--gpu-mem 24" means a 24 GiB card
