@@ -8,7 +8,6 @@ result the command got to, such as a failed setup's stages). Nothing else prints
 
 from __future__ import annotations
 
-import json
 import os
 import sys
 from collections.abc import Callable
@@ -91,12 +90,18 @@ def emit(
     render: Callable[[Any], None],
     as_json: bool = False,
     error: ProvisionError | None = None,
+    plain: bool = False,
 ) -> None:
     """Print `payload` as the JSON envelope's result (objects with to_json() are converted) or
-    through `render`. `error`: the command fails although it has a result to show (a model that
+    through `render`, which gets a rich Console, or with `plain` a provision.cli.plain console
+    (no rich import). `error`: the command fails although it has a result to show (a model that
     does not fit, a stale lock); the envelope says ok false, and the caller exits non-zero."""
     if use_json(as_json):
         write_envelope(to_jsonable(payload), error)
+    elif plain:
+        from provision.cli.plain import PlainConsole
+
+        render(PlainConsole())
     else:
         render(console())
 
@@ -107,11 +112,12 @@ def emit_result(
     as_json: bool,
     error: ProvisionError | None,
     tell: bool = False,
+    plain: bool = False,
 ) -> None:
     """`emit`, then, when `error` says the command failed although it has a result to show (a
     model that does not fit, a stale lock), exit with its code: scripts get the envelope with
     ok false and the error, people the result, and the message too when `tell`."""
-    emit(payload, render, as_json, error)
+    emit(payload, render, as_json, error, plain)
     if error is None:
         return
     if tell and not use_json(as_json):
@@ -148,6 +154,8 @@ def error_json(exc: ProvisionError) -> dict[str, Any]:
 
 
 def write_envelope(result: Any, error: ProvisionError | None = None) -> None:
+    import json  # only for --json: a human check does not load it
+
     sys.stdout.write(json.dumps(envelope(result, error), indent=2) + "\n")
 
 
