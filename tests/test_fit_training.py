@@ -152,3 +152,97 @@ def test_check_cli_takes_the_training_flags():
     no_zero = invoke(*args, "--zero", "0", "--cpu-offload")
     out = no_zero.stdout + no_zero.stderr
     assert no_zero.returncode == 2 and "--zero 2" in out and "Traceback" not in out
+
+
+# --- launch lines for XTuner and LLaMA-Factory (issue 12 item 5) ---------------------------------
+
+
+def _launch(profile, req, gpus=1):
+    from provision.launch import launch_for
+    from provision.memory import resolve_request
+
+    return launch_for(profile, resolve_request(profile, req), gpus)
+
+
+def _flag(argv, flag):
+    return argv[argv.index(flag) + 1]
+
+
+def test_xtuner_line_names_the_config_and_overrides_its_keys():
+    req = FitRequest(task="lora", batch=4, lora_rank=128, zero=2, cpu_offload=True)
+    launch = _launch(INTERNVL2, replace(req, train_vision="full"), gpus=2)
+    argv = launch.argv
+    assert argv[:4] == [
+        "NPROC_PER_NODE=2",
+        "xtuner",
+        "train",
+        "internvl_v2_internlm2_2b_lora_finetune",
+    ]
+    assert _flag(argv, "--deepspeed") == "deepspeed_zero2_offload"
+    overrides = argv[argv.index("--cfg-options") + 1 :]
+    assert "train_dataloader.batch_size=4" in overrides
+    assert "model.llm_lora.r=128" in overrides
+    assert "model.freeze_visual_encoder=False" in overrides  # mmengine reads Python booleans
+    # XTuner's default resolution is the model's max_dynamic_patch 12: 13 tiles x 256 + text.
+    assert "train_dataloader.dataset.max_length=3584" in overrides
+    assert launch.version == "0.1.23" and not launch.notes
+    full = _launch(INTERNVL2, FitRequest(task="full", zero=3))
+    assert full.argv[2] == "internvl_v2_internlm2_2b_finetune"
+    assert _flag(full.argv, "--deepspeed") == "deepspeed_zero3"
+
+
+def test_xtuner_says_what_its_line_cannot_express():
+    one_b = _launch(load_profile("internvl2-1b"), FitRequest(task="lora"))
+    assert one_b.argv[2] == "YOUR_XTUNER_CONFIG.py"
+    assert any("no config for internvl2-1b" in n for n in one_b.notes)
+    vision_lora = _launch(INTERNVL2, FitRequest(task="lora", train_vision="lora"))
+    assert not any("freeze_visual_encoder" in a for a in vision_lora.argv)
+    assert any("--train-vision lora" in n for n in vision_lora.notes)
+
+
+def test_llama_factory_line():
+    req = FitRequest(
+        task="qlora",
+        stack="llama-factory",
+        batch=2,
+        seq=4096,
+        zero=3,
+        cpu_offload=True,
+        gradient_checkpointing=False,
+    )
+    launch = _launch(QWEN7, req, gpus=4)
+    argv = launch.argv
+    assert argv[0] == "NPROC_PER_NODE=4" and argv[1:3] == ["llamafactory-cli", "train"]
+    assert _flag(argv, "--model_name_or_path") == "Qwen/Qwen2.5-VL-7B-Instruct"
+    assert _flag(argv, "--finetuning_type") == "lora" and _flag(argv, "--quantization_bit") == "4"
+    assert _flag(argv, "--per_device_train_batch_size") == "2"
+    assert _flag(argv, "--cutoff_len") == "4096"
+    assert _flag(argv, "--disable_gradient_checkpointing") == "true"
+    assert _flag(argv, "--deepspeed") == "examples/deepspeed/ds_z3_offload_config.json"
+    assert _flag(argv, "--image_max_pixels") == "1003520"
+    assert "--freeze_vision_tower" not in argv  # frozen is LLaMA-Factory's default
+    lora_vit = _launch(QWEN7, FitRequest(task="lora", stack="llama-factory", train_vision="lora"))
+    assert _flag(lora_vit.argv, "--freeze_vision_tower") == "false"
+    # LLaMA-Factory ships no ZeRO-1 config: no flag, and a note instead of a wrong path.
+    z1 = _launch(QWEN7, FitRequest(task="lora", stack="llama-factory", zero=1), gpus=2)
+    assert "--deepspeed" not in z1.argv and any("ZeRO-1" in n for n in z1.notes)
+    trusted = _launch(INTERNVL2, FitRequest(task="lora", stack="llama-factory"))
+    assert "--trust_remote_code" in trusted.argv
+
+
+def test_ms_swift_line_takes_offload_and_the_vision_tower():
+    req = FitRequest(task="lora", zero=3, cpu_offload=True, train_vision="lora")
+    argv = _launch(QWEN7, req, gpus=2).argv
+    assert _flag(argv, "--deepspeed") == "zero3_offload"
+    assert _flag(argv, "--freeze_vit") == "false"
+
+
+def test_emit_prints_the_training_line_and_its_notes():
+    args = ("check", "internvl2-1b", "--task", "lora", "--gpu", "A100-80GB", "--emit")
+    result = invoke(*args)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "xtuner train YOUR_XTUNER_CONFIG.py --cfg-options" in result.stdout
+    assert "note: xtuner ships no config for internvl2-1b" in result.stdout
+    data = json.loads(invoke("--json", *args).stdout)
+    launch = data.get("result", data)["launch"]
+    assert launch["stack"] == "xtuner" and launch["notes"]

@@ -221,6 +221,8 @@ def render(con: Any, report: Any) -> None:
             highlight=False,
         )
         con.print(escape(report.launch.line), highlight=False, soft_wrap=True)
+        for note in report.launch.notes:
+            con.print(f"  note: {escape(note)}", highlight=False)
 
 
 def register(app: typer.Typer) -> None:
