@@ -355,7 +355,7 @@ def suggest(
                 )
         if req.task != "infer":
             out.extend(_training_suggestions(req, asked, machine, fits))
-        if req.task == "infer" or (req.task == "full" and req.zero == 3):
+        if req.task == "infer" or req.zero == 3:  # ZeRO-3 shards the frozen LoRA base too
             for count in range(machine.gpu_count + 1, 17):
                 if req.task == "infer" and not valid_tp(profile, req.stack, count):
                     continue  # the engine would refuse this tensor-parallel size
@@ -370,7 +370,7 @@ def suggest(
                         )
                     )
                     break
-        elif req.task == "full":
+        else:
             for count in range(max(machine.gpu_count, 1) + 1, 17):
                 ok, need = fits(replace(asked, zero=3), with_gpu_count(machine, count))
                 if ok:

@@ -246,3 +246,18 @@ def test_emit_prints_the_training_line_and_its_notes():
     data = json.loads(invoke("--json", *args).stdout)
     launch = data.get("result", data)["launch"]
     assert launch["stack"] == "xtuner" and launch["notes"]
+
+
+def test_more_gpus_with_zero3_is_suggested_for_lora_too():
+    """Under LoRA, ZeRO-3 splits the frozen base: more GPUs help, where before only full
+    fine-tuning got this suggestion."""
+    req = FitRequest(task="lora", stack="ms-swift", seq=2048)
+    result = check_fit(load_profile("gemma-3-12b-it"), req, target_machine(gpu="RTX 3090"))
+    gpus = next(s for s in result.suggestions if s.kind == "gpus")
+    assert gpus.change["zero"] == 3 and gpus.change["gpus"] > 1
+    after = check_fit(
+        load_profile("gemma-3-12b-it"),
+        replace(req, zero=3),
+        target_machine(gpu="RTX 3090", gpus=gpus.change["gpus"]),
+    )
+    assert after.verdict == "fits"
