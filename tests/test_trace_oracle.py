@@ -83,7 +83,7 @@ def test_recorded_traces_name_their_versions_and_cover_every_profile():
     from provision.profiles import list_profiles
 
     assert {p.name for p in list_profiles()} <= names
-    assert "infer" in {r["task"] for r in RECORDED["rows"]}
+    assert {r["task"] for r in RECORDED["rows"]} == {"infer", "lora"}
 
 
 @pytest.mark.parametrize(
