@@ -55,7 +55,10 @@ else:  # pragma: no cover
     import tomli as tomllib
 
 PIN = re.compile(r"^\s*([A-Za-z0-9][A-Za-z0-9._-]*)(\[[^\]]*\])?\s*==\s*([^\s;,]+)")
-_OWN_SECTIONS = ("profile", "target", "indexes", "model", "fixes", "env", "smoke", "tool-version")
+_OWN_SECTIONS = (
+    "profile", "target", "indexes", "model", "fixes", "env", "smoke", "dataset_smoke",
+    "tool-version",
+)  # fmt: skip
 
 
 @dataclass
@@ -275,9 +278,12 @@ def _merge_previous(
     keep_env(table, old_table, kept)
     if same_packages:
         keep_patched_files(table, old_table, kept)
-        if old_table.get("smoke"):
-            table["smoke"] = old_table["smoke"]
-            kept.append("smoke")
+        # Results of the environment the packages made: gone with other packages. Datasets
+        # pinned by `download --dataset` are no one's stage here and stay (keep_other_sections).
+        for section in ("smoke", "dataset_smoke"):
+            if old_table.get(section):
+                table[section] = old_table[section]
+                kept.append(section)
     keep_other_sections(table, old_table, _OWN_SECTIONS, kept)
     return kept
 
