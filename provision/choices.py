@@ -14,6 +14,8 @@ from typing import Any
 from provision.resources import load_table
 
 TASKS = ("infer", "lora", "qlora", "full")
+# Bytes per parameter of the dtypes a profile may store its weights in.
+DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
 QUANTS = ("bf16", "fp16", "fp8", "int8", "int4")
 ATTENTION = ("sdpa", "flash_attention_2", "eager")
 

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from provision.choices import TASKS, stacks
+from provision.choices import DTYPE_BYTES, TASKS, stacks
 from provision.errors import ProvisionError
 from provision.resources import builtin_dir
 from provision.schema import BOOL, INT, STR, STRLIST, FileError, validate
@@ -26,7 +26,6 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover - exercised on 3.10 only
     import tomli as tomllib
 
-DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
 NAME_RE = re.compile(r"^[a-z0-9][a-z0-9._-]*$")
 
 

@@ -8,6 +8,7 @@ and hashes, the patched files' hashes, the smoke result.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import time
@@ -53,6 +54,7 @@ class SetupOptions:
     smoke_timeout: float = 1800.0
     profiles_dir: str | None = None
     data_dir: Path | None = None
+    datasets: bool = True  # fetch the plan's datasets with the weights (--no-datasets: not)
 
 
 @dataclass
@@ -154,6 +156,9 @@ class Plan:
     # Several members share the lock: each one's model and smoke records go under
     # [tool.provision.<member_section>.<profile>] instead of [tool.provision.model/smoke].
     member_section: str | None = None
+    # Datasets fetched with the weights and pinned in [tool.provision.datasets] (a direction's
+    # `datasets`): catalogue names or hub ids, see provision.hub.datasets.
+    datasets: tuple[str, ...] = ()
 
 
 @dataclass
@@ -535,8 +540,23 @@ class _Runner:
         made = ensure_env(self.env, self.lock, self.options.wheelhouse)
         self.python = made.python
         self.result.outputs["env"] = made.to_json()
+        if made.attention.get("action") in ("installed", "fallback"):
+            self._record_attention(made.attention)
         self.state.mark("env", "done", fingerprint, made.message)
         return "done", made.message
+
+    def _record_attention(self, attention: dict[str, Any]) -> None:
+        """What the env got for the lock's flash-attn (its wheel, or sdpa and why), under
+        [tool.provision.attention.installed] of the record (or the lock named with --lock)."""
+        from provision.lock.lockfile import record
+
+        installed = {k: v for k, v in attention.items() if k != "note"}
+
+        def change(data: dict[str, Any]) -> None:
+            table = data.setdefault("tool", {}).setdefault("provision", {})
+            table.setdefault("attention", {})["installed"] = installed
+
+        record(self.lock, change, into_lock=self.plan.into_lock)
 
     # -- weights --
     def _hub_environment(self, source: Any = None) -> dict[str, str]:
@@ -579,6 +599,63 @@ class _Runner:
         )
 
     def weights(self) -> tuple[str, str]:
+        status, detail = self._weights()
+        if self.plan.datasets:
+            detail = f"{detail}; datasets: {self._datasets()}"
+        return status, detail
+
+    def _datasets(self) -> str:
+        """Each dataset the plan lists: checked in the cache against the lock's record (size and
+        placement stamp), else fetched and recorded as weights are."""
+        from provision.hub.datasets import (
+            dataset_record,
+            download_dataset,
+            parse_dataset,
+            verify_dataset,
+        )
+        from provision.hub.errors import AccessRefused
+
+        self._hub_environment()
+        details, outputs = [], {}
+        for text in self.plan.datasets:
+            ref = parse_dataset(text)
+            found = dataset_record(self.lock, ref.key)
+            force = "weights" in self.options.force
+            if found and found[1].get("files") and not force:
+                with contextlib.suppress(ProvisionError):
+                    if verify_dataset(ref.key, self.lock, hashes=False).ok:
+                        details.append(f"{ref.key} in the cache")
+                        continue
+            try:
+                got = download_dataset(
+                    ref,
+                    None if self.options.source == "auto" else self.options.source,
+                    lock_file=self.lock,
+                    into_lock=self.plan.into_lock,
+                    rehash=force,
+                )
+            except AccessRefused as exc:
+                # A gated evaluation set (FoodieQA) must not stop the environment: said, and
+                # tried again by the next setup.
+                outputs[ref.key] = {"fetched": False, "error": exc.message, "hint": exc.hint}
+                details.append(f"{ref.key} NOT fetched: {exc.message} {exc.hint or ''}".strip())
+                continue
+            except ProvisionError as exc:
+                raise ProvisionError(
+                    f"Dataset {ref.key}: {exc.message}",
+                    (exc.hint + " " if exc.hint else "")
+                    + "The weights are in place; --no-datasets sets up without the datasets.",
+                ) from exc
+            outputs[ref.key] = got.to_json()
+            details.append(
+                f"{got.repo_id}@{(got.commit or got.revision)[:12]}: {len(got.files)} files, "
+                f"{got.bytes_fetched / 1024**2:.1f} MiB fetched"
+            )
+        if outputs:
+            self.result.outputs["datasets"] = outputs
+        return "; ".join(details)
+
+    def _weights(self) -> tuple[str, str]:
         from provision.hub.download import download_profile
 
         self._hub_environment()

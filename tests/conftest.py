@@ -22,6 +22,14 @@ def _session_pycache(tmp_path_factory: pytest.TempPathFactory) -> None:
         os.environ["PROVISION_TEST_PYCACHE"] = str(tmp_path_factory.mktemp("pycache"))
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _session_data_dir(tmp_path_factory: pytest.TempPathFactory) -> None:
+    """provision's data dir (records, registry, caches) in this session's basetemp: without it
+    a test that names no data dir writes into the real ~/.cache/provision, and what one run
+    leaves there (a lock's machine record) changes what the next run sees."""
+    os.environ["PROVISION_DATA_DIR"] = str(tmp_path_factory.mktemp("provision-data"))
+
+
 @pytest.fixture(scope="session")
 def tiny_vlm_factory(tmp_path_factory: pytest.TempPathFactory) -> Callable[..., Path]:
     """build(kind="qwen2_vl", python=sys.executable, dtype="bfloat16", seed=0) -> folder.

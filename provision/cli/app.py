@@ -33,6 +33,7 @@ COMMANDS = {
     "docker": "docker",
     "smoke": "smoke",
     "setup": "setup",
+    "serve": "serve",
     "direction": "direction",
     "cluster": "cluster",
 }
@@ -50,6 +51,7 @@ EXAMPLES = [
     ("docker", "provision docker qwen2-vl-2b --build --tag registry.example.com/vlm:1 --push"),
     ("smoke", "provision smoke qwen2-vl-2b --env /root/autodl-tmp/envs/qwen2-vl-2b"),
     ("setup", "provision setup qwen2-vl-2b --source hf-mirror"),
+    ("serve", "provision serve qwen2-vl-2b --stack vllm --port 8000"),
     ("direction", "provision direction setup okvqa-vllm-swift --source hf-mirror"),
     ("cluster", "provision cluster slurm qwen2-vl-2b --nodes 2 --shared-dir /shared/p --submit"),
 ]
@@ -68,6 +70,7 @@ SUMMARIES = {
     "docker": "Render a profile's Dockerfile from its lock; --build builds it.",
     "smoke": "Ask the model about a bundled photo; show and record the answer.",
     "setup": "Make the machine ready: check, lock, env, weights, fixes, smoke.",
+    "serve": "Start the model's OpenAI server with the limits the check chose.",
     "direction": "Several profiles sharing one environment, lock and cache.",
     "cluster": "Provision every node of a Slurm job from the same lock.",
 }

@@ -190,6 +190,8 @@ def show(
         con.print(f"Members: {escape(_members_text(direction))}")
         if direction.packages:
             con.print(f"Packages: {escape(', '.join(direction.packages))}")
+        if direction.datasets:
+            con.print(f"Datasets: {escape(', '.join(direction.datasets))} (docs/datasets.md)")
         con.print(f"Python: {direction.python or 'the members common one'}")
         sharing = "shared" if direction.shared else "private"
         if direction.group:
@@ -425,11 +427,19 @@ def setup(
     wheelhouse: WheelhouseOpt = None,
     force: ForceOpt = None,
     skip_check: SkipCheckOpt = False,
+    datasets: Annotated[
+        bool,
+        typer.Option(
+            "--datasets/--no-datasets",
+            help="Fetch and pin the direction's datasets with the weights (docs/datasets.md).",
+        ),
+    ] = True,
     directions_dir: DirectionsDir = None,
     profiles_dir: ProfilesDir = None,
     json_output: JsonFlag = False,
 ) -> None:
-    """One environment for the whole direction: weights, fixes and a smoke for every member."""
+    """One environment for the whole direction: weights, datasets, fixes and a smoke for every
+    member."""
     from provision.directions.setup import LockOptions, setup_direction
     from provision.errors import ProvisionError
     from provision.setup import SetupOptions
@@ -445,6 +455,7 @@ def setup(
         force=tuple(force or ()),
         skip_check=skip_check,
         profiles_dir=profiles_dir,
+        datasets=datasets,
     )
     lock_options = LockOptions(python, torch_index, variant, not ignore_pip_config)
     quiet = use_json(json_output)

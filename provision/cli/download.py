@@ -9,7 +9,7 @@ import typer
 
 from provision.cli.options import ProfilesDir, SourceOpt
 from provision.cli.output import JsonFlag, emit, use_json
-from provision.errors import EXIT_FAILED
+from provision.errors import EXIT_FAILED, ProvisionError
 
 LockOpt = Annotated[
     Path | None,
@@ -17,8 +17,23 @@ LockOpt = Annotated[
 ]
 
 
+DatasetOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--dataset",
+        help="A hub dataset instead of weights: org/name[@revision] or modelscope:org/name "
+        "(recorded in PROFILE's lock when one is named, else --lock, else "
+        "pylock.datasets.toml).",
+    ),
+]
+
+
 def download(
-    profile: Annotated[str, typer.Argument(help="Profile name, e.g. qwen2-vl-2b.")],
+    profile: Annotated[
+        str | None,
+        typer.Argument(help="Profile name, e.g. qwen2-vl-2b (optional with --dataset)."),
+    ] = None,
+    dataset: DatasetOpt = None,
     source: SourceOpt = "auto",
     revision: Annotated[
         str | None, typer.Option(help="Branch, tag or commit (default: lock, then profile).")
@@ -39,22 +54,47 @@ def download(
     profiles_dir: ProfilesDir = None,
     json_output: JsonFlag = False,
 ) -> None:
-    """Download a profile's weights (resumable, sha256-verified) and record them in its lock."""
-    from provision.hub import download_profile
-    from provision.profiles import load_profile
-
-    loaded = load_profile(profile, profiles_dir)
+    """Download a profile's weights, or a dataset (--dataset), resumable and sha256-verified,
+    and record them in the lock."""
     as_json = use_json(json_output)
-    result = download_profile(
-        loaded,
-        source=source,
-        revision=revision,
-        include=include,
-        exclude=exclude,
-        lock_file=lock,
-        progress=not as_json,
-        rehash=force,
-    )
+    if dataset is not None:
+        from provision.hub.datasets import default_lock, download_dataset, parse_dataset
+
+        ref = parse_dataset(dataset)
+        into_lock = lock is not None
+        if lock is None:
+            lock = default_lock(load_profile_name(profile, profiles_dir))
+        result = download_dataset(
+            ref,
+            source=None if source == "auto" else source,
+            revision=revision,
+            include=include,
+            exclude=exclude,
+            lock_file=lock,
+            progress=not as_json,
+            into_lock=into_lock,
+            rehash=force,
+        )
+    else:
+        from provision.hub import download_profile
+        from provision.profiles import load_profile
+
+        if profile is None:
+            raise ProvisionError(
+                "Name what to download: a PROFILE (its weights) or --dataset ORG/NAME.",
+                "e.g. provision download qwen2-vl-2b, or provision download --dataset "
+                "lmms-lab/OK-VQA",
+            )
+        result = download_profile(
+            load_profile(profile, profiles_dir),
+            source=source,
+            revision=revision,
+            include=include,
+            exclude=exclude,
+            lock_file=lock,
+            progress=not as_json,
+            rehash=force,
+        )
 
     def render(con: Any) -> None:
         from provision.units import fmt_bytes
@@ -81,17 +121,50 @@ def download(
     emit(result, render, as_json)
 
 
+def load_profile_name(profile: str | None, profiles_dir: Path | None) -> str | None:
+    """The profile's name (a repo id or path resolves to one), or None when none is given."""
+    if profile is None:
+        return None
+    from provision.profiles import load_profile
+
+    return load_profile(profile, profiles_dir).name
+
+
 def verify(
-    profile: Annotated[str, typer.Argument(help="Profile name, e.g. qwen2-vl-2b.")],
+    profile: Annotated[
+        str | None,
+        typer.Argument(help="Profile name, e.g. qwen2-vl-2b (optional with --dataset)."),
+    ] = None,
+    dataset: Annotated[
+        str | None,
+        typer.Option(
+            "--dataset", help="Check this recorded dataset (org/name) instead of the weights."
+        ),
+    ] = None,
     lock: LockOpt = None,
     profiles_dir: ProfilesDir = None,
     json_output: JsonFlag = False,
 ) -> None:
-    """Re-hash the downloaded weights against the lockfile; exit 1 if any is missing or wrong."""
-    from provision.hub import verify_profile
-    from provision.profiles import load_profile
+    """Re-hash the downloaded weights (or a dataset) against the lockfile; exit 1 if any file
+    is missing or wrong."""
+    if dataset is not None:
+        from provision.hub.datasets import default_lock, parse_dataset, verify_dataset
 
-    result = verify_profile(load_profile(profile, profiles_dir), lock)
+        if lock is None:
+            lock = default_lock(load_profile_name(profile, profiles_dir))
+        result = verify_dataset(parse_dataset(dataset).key, lock)
+        again = f"provision download --dataset {dataset} --lock {lock}"
+    elif profile is None:
+        raise ProvisionError(
+            "Name what to verify: a PROFILE (its weights) or --dataset ORG/NAME.",
+            "e.g. provision verify qwen2-vl-2b, or provision verify --dataset lmms-lab/OK-VQA",
+        )
+    else:
+        from provision.hub import verify_profile
+        from provision.profiles import load_profile
+
+        result = verify_profile(load_profile(profile, profiles_dir), lock)
+        again = f"provision download {profile}"
 
     def render(con: Any) -> None:
         from rich.markup import escape
@@ -122,7 +195,7 @@ def verify(
                 "sha256": f"sha256 {c.actual_sha256}, expected {c.sha256}",
             }[c.status]
             con.print(f"  {escape(c.path)}: {what}")
-        con.print(f"Fetch them again: provision download {escape(profile)}")
+        con.print(f"Fetch them again: {escape(again)}")
 
     emit(result, render, json_output)
     if not result.ok:

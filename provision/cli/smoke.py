@@ -101,6 +101,51 @@ def _render(result: Any) -> Any:
     return render
 
 
+def _render_dataset(result: Any) -> Any:
+    def render(con: Any) -> None:
+        from rich.table import Table
+
+        head = "[green]ok[/]" if result.ok else "[red]FAILED[/]"
+        accuracy = "-" if result.accuracy is None else f"{result.accuracy:.1%}"
+        con.print(
+            f"[bold]smoke {result.profile} on {result.dataset}[/]: {head}  "
+            f"{result.correct}/{result.scored} exact match ({accuracy})",
+            highlight=False,
+        )
+        con.print(
+            f"{result.repo_id} @ {result.commit or '?'}, {len(result.items)} of {result.n} items "
+            f"asked, backend {result.backend} on {result.device}",
+            markup=False,
+        )
+        from rich.markup import escape
+
+        table = Table()
+        for col in ("#", "question", "answer", "references", "match"):
+            table.add_column(col, overflow="fold")
+        for item in result.items:  # dataset text is data, never markup
+            answer = item.prediction if item.error is None else f"error: {item.error}"
+            table.add_row(
+                str(item.index),
+                escape(item.question),
+                escape(answer or ""),
+                escape(", ".join(dict.fromkeys(item.answers))),
+                "yes" if item.match else "no",
+            )
+        con.print(table)
+        if result.error:
+            err = result.error
+            con.print(
+                f"error at {err.get('stage')}: {err.get('type')}: {err.get('message')}",
+                markup=False,
+            )
+        if result.not_recorded:
+            con.print(result.not_recorded, markup=False)
+        elif result.lock_file:
+            con.print(f"recorded for {result.lock_file}", markup=False)
+
+    return render
+
+
 def smoke(
     profile: Annotated[str, typer.Argument(help="Profile name, e.g. qwen2-vl-2b.")],
     env: Annotated[
@@ -136,10 +181,20 @@ def smoke(
     timeout: Annotated[
         float, typer.Option("--timeout", help="Seconds before the smoke is stopped.")
     ] = 1800.0,
+    dataset: Annotated[
+        str | None,
+        typer.Option(
+            "--dataset",
+            help="Run N items of this downloaded dataset (okvqa, or org/name) instead of the "
+            "bundled photo, and report exact-match accuracy (docs/datasets.md).",
+        ),
+    ] = None,
+    n: Annotated[int, typer.Option("--n", help="How many dataset items (with --dataset).")] = 20,
     profiles_dir: ProfilesDir = None,
     json_output: JsonFlag = False,
 ) -> None:
-    """Ask the model about a bundled photo in its environment; show and record the result."""
+    """Ask the model about a bundled photo (or N dataset items) in its environment; show and
+    record the result."""
     from provision.lock.lockfile import find_lock
     from provision.profiles import load_profile
     from provision.smoke.run import run_smoke
@@ -158,6 +213,25 @@ def smoke(
         from provision.settings import hub_environment
 
         hf_home = Path(hub_environment(None, "hf")["HF_HOME"])
+    if dataset is not None:
+        from provision.smoke.dataset import run_dataset_smoke
+
+        found = run_dataset_smoke(
+            loaded,
+            interpreter,
+            dataset,
+            n,
+            hf_home,
+            lock_file=lock,
+            device=device,
+            timeout=timeout,
+            backend=backend,
+            into_lock=into_lock,
+        )
+        emit(found, _render_dataset(found), use_json(json_output))
+        if not found.ok:
+            raise typer.Exit(EXIT_FAILED)
+        return
     result = run_smoke(
         loaded,
         interpreter,

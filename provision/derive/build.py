@@ -12,8 +12,8 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
+from provision.choices import DTYPE_BYTES  # the dtypes a profile may name
 from provision.derive.safetensors import DTYPE_BITS, Tensor
-from provision.profiles import DTYPE_BYTES  # the dtypes a profile may name
 from provision.resources import load_table
 
 LAYER_RE = re.compile(r"(?:^|\.)(?:layers|h|blocks)\.(\d+)\.")

@@ -9,6 +9,7 @@ files, two Range reads per safetensors shard at most).
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -127,10 +128,34 @@ def _total_from(answer: Any) -> int | None:
     return None
 
 
+def _a_dataset(repo_id: str, where: str, prefix: str = "") -> ProvisionError:
+    return ProvisionError(
+        f"{repo_id} is a dataset on {where}, not a model.",
+        f"Fetch it with: provision download --dataset {prefix}{repo_id} (docs/datasets.md).",
+    )
+
+
 class _HttpRepo(Repo):
     """What the two hub protocols share: a file's URL, a message for an answer, Range reads."""
 
     http: _Http
+
+    def _has_dataset(self, url: str) -> bool:
+        """Does the hub answer for a dataset of this id (asked once a model was not found)?"""
+        try:
+            answer = self.http.open(url)
+        except ProvisionError:
+            return False
+        status = answer.status if hasattr(answer, "status") else answer.code
+        body: Any = None
+        with contextlib.suppress(Exception):
+            if status == 200:
+                body = json.loads(answer.read(64 * 1024 + 1)[: 64 * 1024].decode("utf-8"))
+        with contextlib.suppress(Exception):
+            answer.close()
+        # The hub's own answer for a dataset: Hugging Face's info has its id and commit,
+        # ModelScope's envelope says Success (it may answer 200 with Success false).
+        return isinstance(body, dict) and (body.get("Success") is True or "sha" in body)
 
     def _url(self, path: str) -> str:
         raise NotImplementedError
@@ -188,9 +213,12 @@ class HfRepo(_HttpRepo):
                 "Use a branch, tag or commit the repository has (org/name@revision).",
             )
         if code == "RepoNotFound" or status in (401, 404):
+            if not path and self._has_dataset(f"{self.endpoint}/api/datasets/{self.repo_id}"):
+                return _a_dataset(self.repo_id, self.where)
             return ProvisionError(
                 f"No repository {self.repo_id} on {self.where}.",
-                "Check the spelling (org/name); a private repository needs HF_TOKEN.",
+                "Check the spelling (org/name); a private repository needs HF_TOKEN. "
+                f"For a dataset: provision download --dataset {self.repo_id}",
             )
         return super()._error(answer, path)
 
@@ -256,9 +284,12 @@ class ModelScopeRepo(_HttpRepo):
                 "Accept the model's terms on ModelScope and set MODELSCOPE_API_TOKEN.",
             )
         if status == 404 and not path:
+            if self._has_dataset(f"{self.endpoint}/api/v1/datasets/{self.repo_id}"):
+                return _a_dataset(self.repo_id, self.where, "modelscope:")
             return ProvisionError(
                 f"No repository {self.repo_id} (revision {self.revision}) on {self.where}.",
-                "Check the spelling (org/name) and the revision.",
+                "Check the spelling (org/name) and the revision. For a dataset: "
+                f"provision download --dataset modelscope:{self.repo_id}",
             )
         return super()._error(answer, path)
 

@@ -73,6 +73,12 @@ DIRECTION_SCHEMA: dict[str, Any] = {
     "description": (STR, True, "what the direction is for"),
     "python": (STR, False, "Python X.Y for the shared environment"),
     "packages": (STRLIST, False, "requirements the direction adds to its members'"),
+    "datasets": (
+        STRLIST,
+        False,
+        "datasets `direction setup` fetches and pins: names from provision/data/datasets.toml "
+        "(okvqa, foodieqa, milebench) or hub ids (org/name, modelscope:org/name)",
+    ),
     "environment": ENVIRONMENT_SCHEMA,
     "members": CHECKED_APART,  # an array of MEMBER_SCHEMA tables, checked in _check_semantics
 }
@@ -108,6 +114,7 @@ class Direction:
     group: str | None
     text: str = field(repr=False, compare=False)
     builtin_only: bool = False  # members are the built-in profiles, whatever a user folder holds
+    datasets: tuple[str, ...] = ()  # as written: catalogue names or hub ids (hub.datasets)
 
     def member(self, profile: str) -> Member | None:
         for m in self.members:
@@ -140,6 +147,7 @@ class Direction:
             "builtin": self.builtin,
             "python": self.python,
             "packages": list(self.packages),
+            "datasets": list(self.datasets),
             "members": [m.to_json() for m in self.members],
             "environment": {
                 "path": self.env_path or f"{DATA_PLACEHOLDER}/envs/direction-{self.name}",
@@ -198,6 +206,13 @@ def _check_semantics(
                 f"{text!r}: the torch family comes from the members' profiles (one CUDA build "
                 "for all of them); pin it there",
             )
+    from provision.hub.datasets import parse_dataset
+
+    for i, text in enumerate(data.get("datasets", [])):
+        try:
+            parse_dataset(text)
+        except ProvisionError as exc:
+            raise DirectionError(path, f"datasets[{i}]", exc.message) from exc
     env = data.get("environment", {})
     raw_path = env.get("path")
     if raw_path is not None and not (
@@ -276,6 +291,7 @@ def parse_direction(
         group=env.get("group"),
         text=text,
         builtin_only=builtin_only,
+        datasets=tuple(data.get("datasets", [])),
     )
 
 

@@ -241,6 +241,7 @@ def setup_direction(
         given_lock=options.from_lock is not None,
         into_lock=options.lock_file is not None and options.from_lock is None,
         member_section="members",
+        datasets=direction.datasets if options.datasets else (),
     )
     with shared_umask(direction.shared):
         # Folders first: an empty env folder made here carries the group and setgid bit into

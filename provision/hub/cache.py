@@ -78,11 +78,19 @@ def check_revision(revision: str) -> None:
         )
 
 
+REPO_TYPES = ("model", "dataset")
+
+
 class HfCache:
-    def __init__(self, cache: Path, repo_id: str) -> None:
+    """`repo_type` "dataset" is huggingface_hub's `datasets--{org}--{name}` folder, same layout."""
+
+    def __init__(self, cache: Path, repo_id: str, repo_type: str = "model") -> None:
+        if repo_type not in REPO_TYPES:
+            raise ValueError(f"repo_type {repo_type!r} is not one of {REPO_TYPES}")
         self.cache = Path(cache)
         self.repo_id = repo_id
-        self.folder_name = "models--" + repo_id.replace("/", "--")
+        self.repo_type = repo_type
+        self.folder_name = f"{repo_type}s--" + repo_id.replace("/", "--")
         self.storage = self.cache / self.folder_name
 
     # Every path built from an etag checks it first: it comes from a server's listing or a lock.
@@ -175,10 +183,15 @@ class HfCache:
 
 
 class ModelScopeCache:
-    def __init__(self, cache: Path, repo_id: str) -> None:
+    """`repo_type` "dataset": modelscope-hub's `datasets/{org}--{name}`, same layout."""
+
+    def __init__(self, cache: Path, repo_id: str, repo_type: str = "model") -> None:
+        if repo_type not in REPO_TYPES:
+            raise ValueError(f"repo_type {repo_type!r} is not one of {REPO_TYPES}")
         self.cache = Path(cache)
         self.repo_id = repo_id
-        self.storage = self.cache / "models" / repo_id.replace("/", "--")
+        self.repo_type = repo_type
+        self.storage = self.cache / f"{repo_type}s" / repo_id.replace("/", "--")
 
     def snapshot(self, revision: str) -> Path:
         check_revision(revision)  # may come from a lock someone handed over
@@ -194,5 +207,6 @@ class ModelScopeCache:
 
     def lock(self, path: str) -> Path:
         """modelscope-hub's own lock for this file (DownloadManager._lock_path, key v2)."""
-        key = "\0".join(("modelscope-hub-download-lock-v2", "file", "model", self.repo_id, path))
+        parts = ("modelscope-hub-download-lock-v2", "file", self.repo_type, self.repo_id, path)
+        key = "\0".join(parts)
         return self.cache / ".lock" / f"file_{hashlib.sha256(key.encode()).hexdigest()}.lock"

@@ -14,7 +14,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from provision.digest import file_sha256
 from provision.errors import ProvisionError
@@ -81,6 +81,7 @@ class DownloadResult:
     include: list[str] = field(default_factory=list)
     exclude: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    repo_type: str = "model"  # or "dataset" (provision.hub.datasets)
 
     @property
     def total_bytes(self) -> int:
@@ -107,6 +108,7 @@ class DownloadResult:
     def to_json(self) -> dict[str, Any]:
         return {
             "profile": self.profile,
+            "repo_type": self.repo_type,
             "source": self.source.name,
             "endpoint": self.source.endpoint,
             "kind": self.source.kind,
@@ -223,22 +225,6 @@ def download_profile(
                 raise ProvisionError(f"{lock}: [tool.provision.model] {key} is not a name.")
             if key in pinned:
                 check_revision(pinned[key])
-    repos = {"hf": profile.hf_repo, "modelscope": profile.modelscope_repo, "local": profile.hf_repo}
-    choice: Choice | None = None
-    if source == "auto":
-        candidates = auto_candidates(has_modelscope=bool(profile.modelscope_repo))
-        probe_rev = revision or _pinned_revision(pinned, "hf") or profile.revision
-        choice = choose_source(candidates, repos, probe_rev if probe_rev else None)
-        order, reason = [choice.source], choice.reason
-    else:
-        chosen = parse_source(source)
-        if chosen.kind == "modelscope" and not profile.modelscope_repo:
-            raise ProvisionError(
-                f"Profile {profile.name} names no ModelScope repository.",
-                f"Add source.modelscope to {profile.path}, or use another --source.",
-            )
-        order, reason = [chosen], f"{chosen.name}: chosen with --source"
-
     plan = _Plan(
         profile=profile,
         includes=includes,
@@ -251,6 +237,39 @@ def download_profile(
         progress=progress,
         rehash=rehash,
     )
+    result = fetch_with_fallback(plan, source)
+    result.notes.extend(autodl_notes())
+    if record:
+        result.record_file = _record(lock, result.record(), record_under, into_lock)
+        result.lock_file = lock
+    result.seconds = time.monotonic() - started
+    return result
+
+
+def fetch_with_fallback(plan: _Plan, source: str) -> DownloadResult:
+    """Pick the source (`auto`: probed; else the one named), run `plan` there, and fall back to
+    the other sources that answered when one keeps failing. For weights and datasets alike."""
+    target = plan.profile
+    repos = {"hf": target.hf_repo, "modelscope": target.modelscope_repo, "local": target.hf_repo}
+    what = "Dataset" if plan.repo_type == "dataset" else "Profile"
+    choice: Choice | None = None
+    if source == "auto":
+        candidates = auto_candidates(has_modelscope=bool(target.modelscope_repo))
+        probe_rev = plan.explicit_revision or _pinned_revision(plan.pinned, "hf") or target.revision
+        choice = choose_source(
+            candidates, repos, probe_rev if probe_rev else None, repo_type=plan.repo_type
+        )
+        order, reason = [choice.source], choice.reason
+    else:
+        chosen = parse_source(source)
+        if chosen.kind == "modelscope" and not target.modelscope_repo:
+            fix = (
+                f"Add source.modelscope to {target.path}, or use another --source."
+                if target.path
+                else "Give it as modelscope:ORG/NAME (its ModelScope id), or use another --source."
+            )
+            raise ProvisionError(f"{what} {target.name} names no ModelScope repository.", fix)
+        order, reason = [chosen], f"{chosen.name}: chosen with --source"
     # Before any hub call: huggingface_hub itself reads HF_HOME/token and fails on a file there.
     require_usable(plan.hf_cache, "The download cache", CACHE_FIX, write=False)
     failures: list[dict[str, str]] = []
@@ -258,7 +277,7 @@ def download_profile(
     while True:
         current = order[index]
         try:
-            result = plan.run(current, repos[current.kind] or profile.hf_repo)
+            result = plan.run(current, repos[current.kind] or target.hf_repo)
             break
         except SourceFailed as exc:
             failures.append({"source": current.name, "error": exc.message})
@@ -269,7 +288,7 @@ def download_profile(
                     raise
                 tried = "; ".join(f"{f['source']}: {f['error']}" for f in failures)
                 raise ProvisionError(
-                    f"Every source failed for {profile.name}: {tried}",
+                    f"Every source failed for {target.name}: {tried}",
                     "Files already downloaded are kept; run again later or pick --source.",
                 ) from exc
             index += 1
@@ -280,12 +299,7 @@ def download_profile(
     result.reason = reason
     result.fallbacks = failures
     result.probes = [p.to_json() for p in choice.probes] if choice is not None else []
-    result.include, result.exclude = includes, excludes
-    result.notes.extend(autodl_notes())
-    if record:
-        result.record_file = _record(lock, result.record(), record_under, into_lock)
-        result.lock_file = lock
-    result.seconds = time.monotonic() - started
+    result.include, result.exclude = plan.includes, plan.excludes
     return result
 
 
@@ -322,9 +336,19 @@ def _pinned_revision(pinned: dict[str, Any] | None, kind: str) -> str | None:
     return pinned.get("revision")
 
 
+class Target(Protocol):
+    """What is fetched: a profile's weights, or a dataset (provision.hub.datasets.DatasetRef)."""
+
+    name: str
+    hf_repo: str
+    modelscope_repo: str | None
+    revision: str | None
+    path: Path | None
+
+
 @dataclass
 class _Plan:
-    profile: Profile
+    profile: Target
     includes: list[str]
     excludes: list[str]
     explicit_revision: str | None
@@ -334,6 +358,7 @@ class _Plan:
     workers: int
     progress: bool
     rehash: bool = False
+    repo_type: str = "model"  # or "dataset": the hubs' dataset routes and cache folders
 
     def revisions(self, kind: str) -> tuple[str | None, str | None]:
         """(what to ask the source for, the branch or tag name to record).
@@ -368,9 +393,9 @@ class _Plan:
         token = hf_token() if source.kind == "hf" else None
         ask, name = self.revisions(source.kind)
         if source.kind == "local":
-            listing = local_listing(source, repo_id, ask)
+            listing = local_listing(source, repo_id, ask, self.repo_type)
         else:
-            listing = hf_listing(source, repo_id, ask, token)
+            listing = hf_listing(source, repo_id, ask, token, self.repo_type)
         if name and name != listing.revision:
             listing.revision = name
         # A gated repository without a token is not refused here: files already in the cache
@@ -379,7 +404,7 @@ class _Plan:
         assert listing.commit is not None
         commit = listing.commit
         files = select(listing, self.includes, self.excludes)
-        cache = HfCache(self.hf_cache, repo_id)
+        cache = HfCache(self.hf_cache, repo_id, self.repo_type)
         for f in files:
             cache.pointer(commit, f.path)  # refuses a path that resolves outside the snapshot
         self._check_pins(source.kind, repo_id, {f.path: f.sha256 for f in files if f.sha256})
@@ -412,7 +437,7 @@ class _Plan:
                     lock=cache.lock(f.etag),
                     sha256=f.sha256,
                     git_oid=None if f.lfs else f.blob_id,
-                    url=_resolve_url(source, repo_id, commit, f.path),
+                    url=_resolve_url(source, repo_id, commit, f.path, self.repo_type),
                     origin=f.origin,
                     leftovers=tuple(leftovers.get(f.etag, ())),
                 )
@@ -449,9 +474,9 @@ class _Plan:
     # --- ModelScope layout ---------------------------------------------------------------------
     def _modelscope(self, source: Source, repo_id: str) -> DownloadResult:
         revision = self.revisions("modelscope")[0] or "master"
-        listing = modelscope_listing(source, repo_id, revision)
+        listing = modelscope_listing(source, repo_id, revision, self.repo_type)
         files = select(listing, self.includes, self.excludes)
-        cache = ModelScopeCache(self.ms_cache, repo_id)
+        cache = ModelScopeCache(self.ms_cache, repo_id, self.repo_type)
         for f in files:
             cache.file(revision, f.path)
         self._check_pins("modelscope", repo_id, {f.path: f.sha256 for f in files if f.sha256})
@@ -476,7 +501,7 @@ class _Plan:
                     partial=cache.partial(revision, f.path),
                     lock=cache.lock(f.path),
                     sha256=want,
-                    url=_modelscope_url(source, repo_id, revision, f.path),
+                    url=_modelscope_url(source, repo_id, revision, f.path, self.repo_type),
                 )
             )
         token = listing.token or modelscope_token()
@@ -544,7 +569,7 @@ class _Plan:
             display,
             describe=source.name,
             repo_id=repo_id,
-            gated_page=source.license_page(repo_id),
+            gated_page=source.license_page(repo_id, self.repo_type),
             hub="modelscope" if source.kind == "modelscope" else "huggingface",
         )
         display.start(f"{repo_id} from {source.name}", total, total - need)
@@ -605,19 +630,26 @@ class _Plan:
         )
 
 
-def _resolve_url(source: Source, repo_id: str, commit: str, path: str) -> str | None:
+def _resolve_url(
+    source: Source, repo_id: str, commit: str, path: str, repo_type: str = "model"
+) -> str | None:
+    """huggingface_hub's hf_hub_url: datasets resolve under /datasets/ (REPO_TYPES_URL_PREFIXES)."""
     if source.kind != "hf":
         return None
     from urllib.parse import quote
 
-    return f"{source.request_url}/{repo_id}/resolve/{commit}/{quote(path)}"
+    prefix = "datasets/" if repo_type == "dataset" else ""
+    return f"{source.request_url}/{prefix}{repo_id}/resolve/{commit}/{quote(path)}"
 
 
-def _modelscope_url(source: Source, repo_id: str, revision: str, path: str) -> str:
+def _modelscope_url(
+    source: Source, repo_id: str, revision: str, path: str, repo_type: str = "model"
+) -> str:
+    """modelscope-hub's file URL: /api/v1/{models|datasets}/{id}/repo?Revision=&FilePath=."""
     from urllib.parse import quote_plus
 
     return (
-        f"{source.request_url}/api/v1/models/{repo_id}/repo"
+        f"{source.request_url}/api/v1/{repo_type}s/{repo_id}/repo"
         f"?Revision={quote_plus(revision)}&FilePath={quote_plus(path)}"
     )
 

@@ -16,6 +16,10 @@ class HashMismatch(Exception):
     """Bytes that arrived differ from what the hub says (internal: the file is fetched again)."""
 
 
+class AccessRefused(ProvisionError):
+    """A gated repository refuses us: no token, or one not on its access list."""
+
+
 def gated_message(
     repo_id: str, page: str, has_token: bool, hub: str = "huggingface"
 ) -> ProvisionError:
@@ -24,11 +28,11 @@ def gated_message(
     else:
         how = "export HF_TOKEN=hf_... (a read token), or run `hf auth login`"
     if has_token:
-        return ProvisionError(
+        return AccessRefused(
             f"{repo_id} is gated and your token is not on its access list.",
             f"Accept the license at {page} with the account that owns the token, then retry.",
         )
-    return ProvisionError(
+    return AccessRefused(
         f"{repo_id} is gated: its files need an accepted license and a token.",
         f"Accept the license at {page}, then give a token: {how}. "
         "provision never writes the token anywhere.",

@@ -91,7 +91,9 @@ def modelscope_token() -> str | None:
 
 
 @contextlib.contextmanager
-def _hf_errors(source: Source, repo_id: str, revision: str, token: str | None) -> Iterator[None]:
+def _hf_errors(
+    source: Source, repo_id: str, revision: str, token: str | None, repo_type: str = "model"
+) -> Iterator[None]:
     import httpx2
     from huggingface_hub.errors import (
         GatedRepoError,
@@ -105,7 +107,8 @@ def _hf_errors(source: Source, repo_id: str, revision: str, token: str | None) -
     try:
         yield
     except GatedRepoError as exc:
-        raise gated_message(repo_id, source.license_page(repo_id), token is not None) from exc
+        page = source.license_page(repo_id, repo_type)
+        raise gated_message(repo_id, page, token is not None) from exc
     except RevisionNotFoundError as exc:
         raise ProvisionError(
             f"Revision {revision!r} of {repo_id} does not exist on {where}.",
@@ -113,6 +116,13 @@ def _hf_errors(source: Source, repo_id: str, revision: str, token: str | None) -
             f"the revisions are listed at {source.page(repo_id)}.",
         ) from exc
     except RepositoryNotFoundError as exc:
+        if repo_type == "dataset":
+            raise ProvisionError(
+                f"Dataset {repo_id} was not found on {where}.",
+                "Check the dataset id (org/name, as on the hub's /datasets/ page). A private "
+                "dataset also answers like this without a token: export HF_TOKEN=... or run "
+                "`hf auth login`.",
+            ) from exc
         raise ProvisionError(
             f"Repository {repo_id} was not found on {where}.",
             "Check source.huggingface in the profile. A private repository also answers like "
@@ -185,15 +195,22 @@ def _not_a_hub(source: Source, what: str) -> ProvisionError:
 METADATA_TRIES = 3  # a 5xx on the metadata calls is tried again, as file transfers are
 
 
-def hf_listing(source: Source, repo_id: str, revision: str | None, token: str | None) -> Listing:
-    """The listing, with a transient answer (5xx, 408, 429) tried again after a pause."""
+def hf_listing(
+    source: Source,
+    repo_id: str,
+    revision: str | None,
+    token: str | None,
+    repo_type: str = "model",
+) -> Listing:
+    """The listing, with a transient answer (5xx, 408, 429) tried again after a pause.
+    `repo_type` "dataset" asks the hub's /api/datasets/ routes (HfApi.dataset_info)."""
     import time
 
     from provision.hub.transfer import retry_wait
 
     for attempt in range(METADATA_TRIES):
         try:
-            return _hf_listing_once(source, repo_id, revision, token)
+            return _hf_listing_once(source, repo_id, revision, token, repo_type)
         except SourceFailed as exc:
             if getattr(exc, "status", None) is None or attempt + 1 == METADATA_TRIES:
                 raise
@@ -202,7 +219,7 @@ def hf_listing(source: Source, repo_id: str, revision: str | None, token: str | 
 
 
 def _hf_listing_once(
-    source: Source, repo_id: str, revision: str | None, token: str | None
+    source: Source, repo_id: str, revision: str | None, token: str | None, repo_type: str = "model"
 ) -> Listing:
     from huggingface_hub import HfApi
     from huggingface_hub.hf_api import RepoFile
@@ -214,13 +231,17 @@ def _hf_listing_once(
         library_name="provision",
         library_version=__version__,
     )
-    with _hf_errors(source, repo_id, revision, token):
-        info = api.model_info(repo_id, revision=revision, timeout=30)
+    with _hf_errors(source, repo_id, revision, token, repo_type):
+        if repo_type == "dataset":
+            info = api.dataset_info(repo_id, revision=revision, timeout=30)
+        else:
+            info = api.model_info(repo_id, revision=revision, timeout=30)
         commit = info.sha
         if not commit or not COMMIT_RE.match(commit):
             raise _not_a_hub(source, "no commit for the revision")
         files = []
-        for entry in api.list_repo_tree(repo_id, recursive=True, revision=commit):
+        tree = api.list_repo_tree(repo_id, recursive=True, revision=commit, repo_type=repo_type)
+        for entry in tree:
             if not isinstance(entry, RepoFile):
                 continue
             files.append(_hf_file(source, repo_id, entry))
@@ -230,24 +251,32 @@ def _hf_listing_once(
 # --- ModelScope ----------------------------------------------------------------------------------
 
 
-def modelscope_listing(source: Source, repo_id: str, revision: str | None) -> Listing:
+def modelscope_listing(
+    source: Source, repo_id: str, revision: str | None, repo_type: str = "model"
+) -> Listing:
+    """`repo_type` "dataset": modelscope-hub pages through /api/v1/datasets/{id}/repo/tree."""
     from modelscope_hub import errors as ms_errors
     from modelscope_hub.api import HubApi
 
     revision = revision or "master"
     api = HubApi(endpoint=source.request_url, token=modelscope_token())
-    page = source.page(repo_id)
+    page = source.page(repo_id, repo_type)
     try:
         # The raw answer (what `api.list_repo_files` reads), for each file's "Revision" too.
-        raw = api.legacy.list_repo_files(repo_id, "model", revision=revision, recursive=True)
+        raw = api.legacy.list_repo_files(repo_id, repo_type, revision=revision, recursive=True)
         entries = _ms_entries(raw) if isinstance(raw, list) else raw
     except ms_errors.NotExistError as exc:
         try:
-            api.legacy.get_repo_info(repo_id, "model")
+            api.legacy.get_repo_info(repo_id, repo_type)
         except ms_errors.NotExistError:
+            what = "Dataset" if repo_type == "dataset" else "Repository"
+            fix = (
+                "Check the dataset id, or use another --source."
+                if repo_type == "dataset"
+                else "Check source.modelscope in the profile, or use another --source."
+            )
             raise ProvisionError(
-                f"Repository {repo_id} was not found on ModelScope ({source.endpoint}).",
-                "Check source.modelscope in the profile, or use another --source.",
+                f"{what} {repo_id} was not found on ModelScope ({source.endpoint}).", fix
             ) from exc
         raise ProvisionError(
             f"Revision {revision!r} of {repo_id} does not exist on ModelScope ({source.endpoint}).",
@@ -271,7 +300,7 @@ def modelscope_listing(source: Source, repo_id: str, revision: str | None) -> Li
             "Use modelscope, modelscope:URL with a ModelScope-compatible URL, or another source.",
         )
     files = [_ms_file(source, repo_id, e) for e in entries if not e.is_dir and e.path]
-    commit = _modelscope_commit(api, repo_id, revision, raw)
+    commit = _modelscope_commit(api, repo_id, revision, repo_type, raw)
     # The client found the token (MODELSCOPE_API_TOKEN or `modelscope login`): used, never kept.
     return Listing(source, repo_id, revision, commit, files, token=api.legacy.token or None)
 
@@ -313,7 +342,9 @@ def _ms_entries(raw: list[Any]) -> list[Any]:
     return out
 
 
-def _modelscope_commit(api: Any, repo_id: str, revision: str, raw: Any = None) -> str | None:
+def _modelscope_commit(
+    api: Any, repo_id: str, revision: str, repo_type: str = "model", raw: Any = None
+) -> str | None:
     """The commit a ModelScope branch or tag points at, when the hub says (it may not).
 
     In order: a revision that is a commit; the branch or tag's entry in the revisions list, when
@@ -325,7 +356,7 @@ def _modelscope_commit(api: Any, repo_id: str, revision: str, raw: Any = None) -
     if COMMIT_RE.match(revision):
         return revision
     try:
-        branches, tags = api.legacy.list_revisions_detail(repo_id, "model")
+        branches, tags = api.legacy.list_revisions_detail(repo_id, repo_type)
     except Exception:  # noqa: BLE001 - optional detail; the files are pinned by sha256 anyway
         branches, tags = [], []
     for entry in [*(branches or []), *(tags or [])]:
@@ -348,14 +379,16 @@ def _modelscope_commit(api: Any, repo_id: str, revision: str, raw: Any = None) -
 # --- a local folder ------------------------------------------------------------------------------
 
 
-def local_listing(source: Source, repo_id: str, revision: str | None) -> Listing:
+def local_listing(
+    source: Source, repo_id: str, revision: str | None, repo_type: str = "model"
+) -> Listing:
     """A folder as a source: a Hugging Face cache holding the repo, or the model's files.
 
     From a cache, the commit is the cache's; a plain folder has none, so its snapshot is named
     after the content (sha1 over the paths and sha256s), 40 hex digits like a commit.
     """
     root = Path(source.endpoint)
-    folder_name = "models--" + repo_id.replace("/", "--")
+    folder_name = f"{repo_type}s--" + repo_id.replace("/", "--")
     for cache in (root, root / "hub"):
         storage = cache / folder_name
         if storage.is_dir():

@@ -52,20 +52,25 @@ class Source:
     def is_default_modelscope(self) -> bool:
         return self.kind == "modelscope" and self.endpoint == _table_endpoint("modelscope")
 
-    def page(self, repo_id: str) -> str:
+    def page(self, repo_id: str, repo_type: str = "model") -> str:
         """The repository's web page on this source (where a gated license is accepted)."""
         known = source_table()["sources"].get(self.name)
+        if repo_type == "dataset":
+            if known and "dataset_page" in known:
+                return known["dataset_page"].format(repo=repo_id)
+            return f"{self.endpoint}/datasets/{repo_id}"
         if known and "page" in known:
             return known["page"].format(repo=repo_id)
         if self.kind == "modelscope":
             return f"{self.endpoint}/models/{repo_id}"
         return f"{self.endpoint}/{repo_id}"
 
-    def license_page(self, repo_id: str) -> str:
+    def license_page(self, repo_id: str, repo_type: str = "model") -> str:
         known = source_table()["sources"].get(self.name, {})
-        if "license_page" in known:
-            return known["license_page"].format(repo=repo_id)
-        return self.page(repo_id)
+        key = "license_page" if repo_type == "model" else f"{repo_type}_license_page"
+        if key in known:
+            return known[key].format(repo=repo_id)
+        return self.page(repo_id, repo_type)
 
     def to_json(self) -> dict[str, str]:
         return {"name": self.name, "kind": self.kind, "endpoint": self.endpoint}
@@ -182,20 +187,26 @@ def http_client(timeout: float | None = None, **kwargs: Any) -> Any:
 
 
 def probe(
-    source: Source, repo_id: str | None = None, revision: str | None = None, timeout: float = 3.0
+    source: Source,
+    repo_id: str | None = None,
+    revision: str | None = None,
+    timeout: float = 3.0,
+    repo_type: str = "model",
 ) -> Probe:
-    """Does `source` answer, as the hub it claims to be, and does it have `repo_id`?"""
+    """Does `source` answer, as the hub it claims to be, and does it have `repo_id`?
+    (`repo_type` "dataset": asked on the hubs' dataset routes.)"""
     started = time.monotonic()
     if source.kind == "local":
         ok = Path(source.endpoint).is_dir()
         return Probe(source, ok, "folder exists" if ok else "folder missing")
     import httpx2
 
+    kind = f"{repo_type}s"
     if source.kind == "hf":
         rev = revision or "main"
-        path = f"/api/models/{repo_id}/revision/{rev}" if repo_id else "/api/models?limit=1"
+        path = f"/api/{kind}/{repo_id}/revision/{rev}" if repo_id else f"/api/{kind}?limit=1"
     else:
-        path = f"/api/v1/models/{repo_id}" if repo_id else "/api/v1/models?PageSize=1"
+        path = f"/api/v1/{kind}/{repo_id}" if repo_id else f"/api/v1/{kind}?PageSize=1"
     try:
         with http_client(timeout) as client:
             response = client.get(source.request_url + path)
@@ -297,6 +308,7 @@ def choose_source(
     repo_ids: dict[str, str | None] | None = None,
     revision: str | None = None,
     timeout: float | None = None,
+    repo_type: str = "model",
 ) -> Choice:
     """Probe all candidates at once (threads) and take the first good answer.
 
@@ -313,7 +325,10 @@ def choose_source(
     repo_ids = repo_ids or {}
     started = time.monotonic()
     futures = [
-        (s, _in_thread(probe, s, repo_ids.get(s.kind), _rev_for(s, revision), timeout))
+        (
+            s,
+            _in_thread(probe, s, repo_ids.get(s.kind), _rev_for(s, revision), timeout, repo_type),
+        )
         for s in candidates
     ]
     index_of = {future: i for i, (_s, future) in enumerate(futures)}
@@ -363,7 +378,7 @@ def choose_source(
         for i in sorted(results)
     )
     raise ProvisionError(
-        f"No source answered for this model: {detail}.",
+        f"No source answered for this {repo_type}: {detail}.",
         "Check the network (on AutoDL: `source /etc/network_turbo`), pick one with --source, "
         f"or set {SOURCES_ENV} (e.g. hf-mirror,modelscope) or {PROBE_TIMEOUT_ENV} (seconds).",
     )

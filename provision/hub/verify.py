@@ -93,7 +93,6 @@ def verify_profile(
     finished earlier: a file unchanged (size and mtime) since provision stamped it with the
     recorded sha256 passes unread; any other file is hashed in full (see stamps.py)."""
     from provision.lock.lockfile import find_lock, member_path
-    from provision.settings import hf_hub_cache, modelscope_cache
 
     lock = Path(lock_file) if lock_file else find_lock(profile.name)
     if not lock.exists():
@@ -109,12 +108,31 @@ def verify_profile(
             f"{lock} records no model files.",
             f"Run `provision download {profile.name}` to fetch and record them.",
         )
+    return verify_record(
+        profile.name, lock, record, hf_cache=hf_cache, ms_cache=ms_cache, hashes=hashes
+    )
+
+
+def verify_record(
+    name: str,
+    lock: Path,
+    record: dict[str, Any],
+    *,
+    hf_cache: Path | None = None,
+    ms_cache: Path | None = None,
+    hashes: bool = True,
+    repo_type: str = "model",
+) -> VerifyResult:
+    """Check the files one download record lists (a model's, or a dataset's with `repo_type`
+    "dataset") in the cache they went to."""
+    from provision.settings import hf_hub_cache, modelscope_cache
+
     repo_id = record["repo_id"]
     kind = _kind_of(record)
     revision = str(record.get("revision") or "")
     commit = record.get("commit")
     if kind == "modelscope":
-        ms = ModelScopeCache(Path(ms_cache) if ms_cache else modelscope_cache(), repo_id)
+        ms = ModelScopeCache(Path(ms_cache) if ms_cache else modelscope_cache(), repo_id, repo_type)
         snapshot = ms.snapshot(revision or "master")
         root = ms.cache
 
@@ -122,8 +140,8 @@ def verify_profile(
             return ms.file(revision or "master", path)
     else:
         if not commit:
-            raise ProvisionError(f"{lock}: the model record has no commit.")
-        hf = HfCache(Path(hf_cache) if hf_cache else hf_hub_cache(), repo_id)
+            raise ProvisionError(f"{lock}: the {repo_type} record of {repo_id} has no commit.")
+        hf = HfCache(Path(hf_cache) if hf_cache else hf_hub_cache(), repo_id, repo_type)
         snapshot = hf.snapshot(commit)
         root = hf.cache
 
@@ -131,7 +149,7 @@ def verify_profile(
             return hf.pointer(commit, path)
 
     result = VerifyResult(
-        profile.name, lock, repo_id, str(record.get("source")), revision, commit, snapshot
+        name, lock, repo_id, str(record.get("source")), revision, commit, snapshot
     )
     for entry in record["files"]:
         path, size, sha = entry["path"], int(entry["size"]), entry["sha256"]

@@ -87,11 +87,16 @@ def _store_record(
 ) -> None:
     """Put (or, with None, drop) this fix's record; nothing is rewritten if nothing changes.
     Into the lock with `into_lock`, else this machine's record (lockfile.record)."""
+    # Compare with the table the record goes into: with --lock that is the lock's own table, not
+    # this machine's record of it (which can already hold the same entry and would skip the write).
+    from provision.lock.lockfile import is_shipped, read_lock, tool_table
     from provision.lock.lockfile import record as record_into
 
-    current = [
-        r for r in _records(lock_file) if r.get("fix") == fix.id and r.get("file") == fix.file
-    ]
+    if into_lock and lock_file.exists() and not is_shipped(lock_file):
+        target = list(tool_table(read_lock(lock_file)).get("fixes", {}).get("files", []))
+    else:
+        target = _records(lock_file)
+    current = [r for r in target if r.get("fix") == fix.id and r.get("file") == fix.file]
     if (record is None and not current) or (record is not None and current == [record]):
         return
 

@@ -459,6 +459,109 @@ BACKENDS = {"transformers": TransformersBackend, "lmdeploy": LMDeployBackend, "v
 # --- the run -----------------------------------------------------------------------------------
 
 
+def read_rows(spec: dict, limit: int) -> list:
+    """The first `limit` records of the dataset files, in order: JSON lines with the standard
+    library, parquet with pyarrow (what `datasets` itself reads parquet with)."""
+    rows: list = []
+    for path in spec["files"]:
+        if len(rows) >= limit:
+            break
+        if spec.get("format") == "parquet" or path.endswith(".parquet"):
+            try:
+                import pyarrow.parquet as pq
+            except ImportError as exc:
+                raise RuntimeError(
+                    "reading parquet needs pyarrow in this environment (datasets installs it): "
+                    "add `pyarrow` or `datasets` to the profile's or direction's packages"
+                ) from exc
+            table = pq.ParquetFile(path)
+            for batch in table.iter_batches(batch_size=max(1, min(64, limit))):
+                for row in batch.to_pylist():
+                    rows.append((path, row))
+                    if len(rows) >= limit:
+                        break
+                if len(rows) >= limit:
+                    break
+        else:
+            with open(path, encoding="utf-8") as handle:
+                for line in handle:
+                    if line.strip():
+                        rows.append((path, json.loads(line)))
+                        if len(rows) >= limit:
+                            break
+    return rows[:limit]
+
+
+def row_image(value, data_file: str, base: str):
+    """An image column as the hubs store it: {"bytes": ..., "path": ...} (datasets' Image
+    feature in parquet), a path relative to the repository (or to the data file), or bytes."""
+    import io
+
+    from PIL import Image
+
+    if isinstance(value, dict):
+        value = value["bytes"] if value.get("bytes") else value.get("path")
+    if isinstance(value, (bytes, bytearray)):
+        with Image.open(io.BytesIO(value)) as img:
+            return img.convert("RGB")
+    if isinstance(value, str) and value:
+        root = os.path.normpath(os.path.abspath(base))
+        for folder in (base, os.path.dirname(data_file)):
+            # Only names inside the dataset's own snapshot (its files are links into the cache's
+            # blobs, so the name is checked, not where it resolves): `..` cannot leave it.
+            candidate = os.path.normpath(os.path.abspath(os.path.join(folder, value)))
+            if candidate.startswith(root + os.sep) and os.path.isfile(candidate):
+                return load_image(candidate)
+        raise FileNotFoundError(f"image {value!r} is not a file in the dataset")
+    raise ValueError(f"no image in this record (the image column holds {type(value).__name__})")
+
+
+def answer_list(value) -> list:
+    """The reference answers as strings: OK-VQA has a list of ten, others one string."""
+    if value is None:
+        return []
+    if isinstance(value, (list, tuple)):
+        return [str(v if not isinstance(v, dict) else v.get("answer", v)) for v in value]
+    return [str(value)]
+
+
+def run_dataset(request: dict) -> dict:
+    """Load the model once, then answer the first N records of a dataset with greedy decoding;
+    each item's answer (or its error) is reported, the scoring is provision's."""
+    spec = request["dataset"]
+    report = run({**request, "modes": []})  # imports, device, load: the single smoke's stages
+    report["items"] = []
+    if report.get("error"):
+        return report
+    backend = report.pop("_backend")
+    max_new_tokens = int(request.get("max_new_tokens") or 32)
+    try:
+        rows = read_rows(spec, int(spec.get("n") or 20))
+    except Exception as exc:  # noqa: BLE001 - an unreadable dataset is the result
+        report["error"] = error_report("dataset", exc)
+        report["ok"] = False
+        return report
+    for index, (data_file, row) in enumerate(rows):
+        item = {
+            "index": index,
+            "id": str(row.get(spec.get("id") or "question_id", index)),
+            "question": str(row.get(spec["question"], "")),
+            "answers": answer_list(row.get(spec["answers"])),
+            "prediction": None,
+        }
+        try:
+            image = row_image(row.get(spec["image"]), data_file, spec["base"])
+            inputs = backend.inputs(item["question"], image)
+            out = backend.generate(inputs, "greedy", max_new_tokens)
+            item["prediction"] = out["answer"]
+            item["latency_s"] = round(out["latency_s"], 4)
+        except Exception as exc:  # noqa: BLE001 - one item's failure is that item's result
+            item["error"] = error_report("item", exc)
+        report["items"].append(item)
+    report["ok"] = bool(report["items"]) and all("error" not in i for i in report["items"])
+    return report
+
+
 def run(request: dict) -> dict:
     report: dict = {
         "schema": SCHEMA,
@@ -513,6 +616,10 @@ def run(request: dict) -> dict:
         backend.load(report)
         report["load_seconds"] = round(time.perf_counter() - start, 3)
 
+        if "dataset" in request:
+            report["_backend"] = backend  # run_dataset goes on with the loaded model
+            report["ok"] = True
+            return report
         stage = "inputs"
         image = load_image(request["image"])
         inputs = backend.inputs(request["prompt"], image)
@@ -598,7 +705,7 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     started = time.perf_counter()
-    report = run(request)
+    report = run_dataset(request) if "dataset" in request else run(request)
     report["wall_seconds"] = round(time.perf_counter() - started, 3)
     tmp = args.out + ".tmp"
     with open(tmp, "w", encoding="utf-8") as handle:

@@ -28,10 +28,13 @@ from provision.envs import ensure_env, env_python, installed_packages
 from provision.lock.reader import lock_info
 from tests.directions.conftest import PAIR_MEMBERS, Dirs, TinyPair, make_dirs
 from tests.directions.helpers import lock_args, tool
+from tests.hub.helpers import make_vqa_dataset
 from tests.servers.hub import HubServer
 from tests.tinymodels import build_tiny_vlm
 
 pytestmark = pytest.mark.slow
+DATASET = "org/tiny-vqa"
+GATED = "org/gated-vqa"  # FoodieQA-like: setup goes on without it and says so
 
 
 @dataclass
@@ -68,6 +71,10 @@ def pair(tiny_pair: TinyPair, tmp_path_factory: pytest.TempPathFactory):
     root = tmp_path_factory.mktemp("direction-setup")
     dirs = make_dirs(root)
     tiny_pair.copy_into(dirs)
+    # The direction lists a dataset: setup fetches and pins it with the weights (issue 16).
+    direction = dirs.directions / "tiny-pair.toml"
+    direction.write_text(f"datasets = [{DATASET!r}, {GATED!r}]\n" + direction.read_text())
+    dataset = make_vqa_dataset(root / "datasets" / "tiny-vqa")
     lock = dirs.locks / "pylock.direction-tiny-pair.toml"
     # The tiny models are written by the transformers that will load them: an env from the
     # same lock (uv's cache makes it cheap), not the one under test.
@@ -82,6 +89,8 @@ def pair(tiny_pair: TinyPair, tmp_path_factory: pytest.TempPathFactory):
         folders = {repo_id: future.result() for repo_id, future in built.items()}
     with HubServer(root / "hub") as hub:
         commits = {repo_id: hub.add_repo(repo_id, folder) for repo_id, folder in folders.items()}
+        hub.add_repo(DATASET, dataset, repo_type="dataset")
+        hub.add_repo(GATED, dataset, repo_type="dataset", gated=True)  # no token: refused
         runs = _concurrent_setups(hub.url, dirs, ["alice", "bob"])
         yield Pair(dirs, hub, commits, runs, relocked, dirs.data / "envs" / "direction-tiny-pair")
 
@@ -208,6 +217,35 @@ def test_lock_records_each_members_weights_fixes_and_smoke(pair):
     for repo_id in pair.commits:
         folder = hub_cache / ("models--" + repo_id.replace("/", "--"))
         assert (folder / "snapshots" / pair.commits[repo_id] / "config.json").exists()
+
+
+def test_setup_fetches_and_pins_the_directions_dataset_once(pair):
+    from provision.lock.lockfile import recorded_table
+
+    lock = pair.dirs.locks / "pylock.direction-tiny-pair.toml"
+    commit = pair.hub.datasets[DATASET].refs["main"]
+    record = recorded_table(lock, pair.dirs.data)["datasets"][DATASET]  # this machine's record
+    assert record["commit"] == commit and record["repo_id"] == DATASET
+    files = {f["path"] for f in record["files"]}
+    assert {"data/val.jsonl", "README.md"} <= files
+    folder = pair.dirs.data / "huggingface" / "hub" / "datasets--org--tiny-vqa"
+    assert (folder / "snapshots" / commit / "data" / "val.jsonl").is_file()
+    # Two setups at once: the second found the dataset in the cache, the hub sent it once.
+    jsonl = f"{DATASET}/data/val.jsonl"
+    assert (
+        pair.hub.bytes_for(jsonl)
+        == (folder / "snapshots" / commit / "data" / "val.jsonl").stat().st_size
+    )
+    details = [
+        s["detail"]
+        for run in pair.runs
+        for s in run.payload["setup"]["stages"]
+        if s["stage"] == "weights"
+    ]
+    assert any(f"{DATASET}@{commit[:12]}" in d for d in details), details
+    # The gated one is named, with the fix, in every run; the setups still succeeded.
+    assert all(f"{GATED} NOT fetched" in d and "is gated" in d for d in details), details
+    assert GATED not in recorded_table(lock, pair.dirs.data)["datasets"]
 
 
 def test_registry_knows_the_environment_its_direction_and_both_users(pair):

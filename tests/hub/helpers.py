@@ -100,3 +100,45 @@ def wait_for(condition, timeout: float, step: float = 0.02) -> None:
         if time.monotonic() > deadline:
             raise AssertionError(f"condition not met within {timeout} s")
         time.sleep(step)
+
+
+# A tiny visual-question-answering dataset, shaped as the real ones are read: one record per line
+# with the question, several reference answers (OK-VQA's `answers` is a list of ten) and an image.
+# lmms-lab/OK-VQA ships parquet with the image bytes inside; this one is JSON lines with the
+# images beside it (as FoodieQA's json + image folders), so no parquet library is needed here.
+TINY_VQA = [
+    {"question_id": "1", "question": "What animal is this?", "answers": ["cat", "kitten", "cat"]},
+    {"question_id": "2", "question": "What colour is it?", "answers": ["Red.", "red", "crimson"]},
+    {"question_id": "3", "question": "Is it indoors?", "answers": ["yes", "Yes"]},
+    {"question_id": "4", "question": "How many?", "answers": ["2", "two"]},
+]
+
+
+def make_vqa_dataset(
+    folder: Path,
+    items: list[dict[str, Any]] | None = None,
+    extra: dict[str, int] | None = None,
+    seed: int = 0,
+) -> Path:
+    """`folder` as a dataset repo: README.md, data/val.jsonl (question, answers, image path)
+    and images/<id>.png (8x8 pictures), plus `extra` random files (name -> size) for transfer
+    tests."""
+    import random
+
+    from PIL import Image
+
+    rng = random.Random(seed)
+    (folder / "data").mkdir(parents=True, exist_ok=True)
+    (folder / "images").mkdir(exist_ok=True)
+    (folder / "README.md").write_text("---\nlicense: cc-by-4.0\n---\n# tiny VQA\n")
+    lines = []
+    for index, item in enumerate(items if items is not None else TINY_VQA):
+        image = f"images/{item.get('question_id', index)}.png"
+        colour = (rng.randrange(256), rng.randrange(256), rng.randrange(256))
+        Image.new("RGB", (8, 8), colour).save(folder / image)
+        lines.append(json.dumps({**item, "image": image}))
+    (folder / "data" / "val.jsonl").write_text("\n".join(lines) + "\n")
+    for name, size in (extra or {}).items():
+        (folder / name).parent.mkdir(parents=True, exist_ok=True)
+        (folder / name).write_bytes(rng.randbytes(size))
+    return folder

@@ -23,8 +23,16 @@ Standalone (other tests, container e2e):
 serves every folder ROOT/<org>/<name> as repository org/name (revision "main"), prints its URL on
 the first line of stdout, and takes faults and repositories over HTTP while running:
 `POST /_hub/faults` (JSON, the keyword arguments of `HubServer.fault`), `POST /_hub/faults/clear`,
-`POST /_hub/repos` ({"repo_id", "folder", "revision", "gated"}), `POST /_hub/reset`,
+`POST /_hub/repos` ({"repo_id", "folder", "revision", "gated", "repo_type"}), `POST /_hub/reset`,
 `GET /_hub/stats` (bytes sent, per path, request count).
+
+Datasets (`add_repo(..., repo_type="dataset")`) are served on the hubs' dataset routes, as the
+real clients ask them (huggingface_hub 2.4 hf_api.dataset_info / list_repo_tree / hf_hub_url;
+modelscope-hub 0.5 _legacy_api.list_dataset_files_paginated / get_repo_info /
+list_revisions_detail / file URL): `/api/datasets/{id}/revision/{rev}`, `/api/datasets/{id}/tree/
+{rev}`, `/datasets/{id}/resolve/{rev}/{path}`; `/api/v1/datasets/{id}`, `.../revisions`,
+`.../repo/tree?Revision=&Recursive=&PageNumber=&PageSize=` (paged) and `.../repo?FilePath=`.
+A dataset and a model may share an id: they are separate repositories, as on the hubs.
 """
 
 from __future__ import annotations
@@ -200,6 +208,7 @@ class HubServer:
         self.tree_page_size = 1000  # entries per /tree page (the hub's own cap)
         self.tokens = set(tokens)  # tokens granted access to every gated repo
         self.repos: dict[str, HubRepo] = {}
+        self.datasets: dict[str, HubRepo] = {}  # dataset repositories (their own namespace)
         self.faults: list[Fault] = []
         self._log: list[RequestRecord] = []
         self._lock = threading.Lock()
@@ -247,6 +256,7 @@ class HubServer:
         gated: bool = False,
         extra_files: dict[str, bytes] | None = None,
         unhashed: tuple[str, ...] = (),
+        repo_type: str = "model",
     ) -> str:
         """Publish every file under `folder` as `revision` of `repo_id`; returns the commit sha.
 
@@ -274,10 +284,13 @@ class HubServer:
         for rel in sorted(files):
             digest.update(f"\0{rel}\0{files[rel].git_oid}".encode())
         sha = digest.hexdigest()
+        if repo_type not in ("model", "dataset"):
+            raise ValueError(f"repo_type must be model or dataset, got {repo_type!r}")
+        space = self.datasets if repo_type == "dataset" else self.repos
         with self._lock:
-            repo = self.repos.get(repo_id)
+            repo = space.get(repo_id)
             if repo is None:
-                repo = self.repos[repo_id] = HubRepo(repo_id, gated=gated, default=revision)
+                repo = space[repo_id] = HubRepo(repo_id, gated=gated, default=revision)
             repo.gated = repo.gated or gated
             repo.commits[sha] = files
             repo.refs[revision] = sha
@@ -456,9 +469,14 @@ class _Handler(BaseHTTPRequestHandler):
         if seg[:1] == ["_hub"]:
             return self._control(method, seg[1:])
         file_key = None
-        if len(seg) >= 5 and seg[2] == "resolve":
+        dataset = seg[:1] == ["datasets"] and len(seg) >= 6 and seg[3] == "resolve"
+        if dataset:
+            file_key = f"{seg[1]}/{seg[2]}/{'/'.join(seg[5:])}"
+        elif len(seg) >= 5 and seg[2] == "resolve":
             file_key = f"{seg[0]}/{seg[1]}/{'/'.join(seg[4:])}"
-        elif seg[:3] == ["api", "v1", "models"] and seg[-1:] == ["repo"]:
+        elif seg[:3] in (["api", "v1", "models"], ["api", "v1", "datasets"]) and seg[-1:] == [
+            "repo"
+        ]:
             file_key = (
                 f"{seg[3]}/{seg[4]}/{self.query.get('FilePath', '')}" if len(seg) > 5 else None
             )
@@ -475,12 +493,19 @@ class _Handler(BaseHTTPRequestHandler):
         if fault is not None:
             self.record.file = file_key
             return self._send_json(fault.status, {"error": "injected failure"})
+        if dataset and method in ("GET", "HEAD"):
+            repo_id = f"{seg[1]}/{seg[2]}"
+            return self._hf_resolve(repo_id, seg[4], "/".join(seg[5:]), keys, "dataset")
         if len(seg) >= 5 and seg[2] == "resolve" and method in ("GET", "HEAD"):
             return self._hf_resolve(f"{seg[0]}/{seg[1]}", seg[3], "/".join(seg[4:]), keys)
         if seg[:2] == ["api", "models"]:
             return self._hf_api(method, seg[2:])
+        if seg[:2] == ["api", "datasets"]:
+            return self._hf_api(method, seg[2:], "dataset")
         if seg[:3] == ["api", "v1", "models"]:
             return self._ms_api(method, seg[3:], keys)
+        if seg[:3] == ["api", "v1", "datasets"]:
+            return self._ms_api(method, seg[3:], keys, "dataset")
         if seg[:3] == ["api", "v1", "repos"]:
             return self._send_json(404, {"Code": 404, "Message": "not found", "Success": False})
         return self._send_json(404, {"error": "Not Found"})
@@ -518,23 +543,25 @@ class _Handler(BaseHTTPRequestHandler):
             headers["X-Repo-Commit"] = commit
         self._send_json(status, {"error": message}, headers)
 
-    def _repo(self, repo_id: str) -> HubRepo | None:
+    def _repo(self, repo_id: str, repo_type: str = "model") -> HubRepo | None:
         with self.hub._lock:
-            return self.hub.repos.get(repo_id)
+            space = self.hub.datasets if repo_type == "dataset" else self.hub.repos
+            return space.get(repo_id)
 
     def _read_body(self) -> bytes:
         length = int(self.headers.get("Content-Length") or 0)
         return self.rfile.read(length) if length else b""
 
     # --- Hugging Face ------------------------------------------------------------------------
-    def _hf_api(self, method: str, rest: list[str]) -> None:
-        if not rest:  # GET /api/models: a listing, enough for a reachability probe
-            models = [{"id": r, "modelId": r} for r in sorted(self.hub.repos)]
+    def _hf_api(self, method: str, rest: list[str], repo_type: str = "model") -> None:
+        if not rest:  # GET /api/models (/api/datasets): a listing, enough for a probe
+            space = self.hub.datasets if repo_type == "dataset" else self.hub.repos
+            models = [{"id": r, "modelId": r} for r in sorted(space)]
             return self._send_json(200, models)
         if len(rest) < 2:
             return self._hf_error(404, "RepoNotFound", "Repository not found")
         repo_id = f"{rest[0]}/{rest[1]}"
-        repo = self._repo(repo_id)
+        repo = self._repo(repo_id, repo_type)
         if repo is None:
             return self._hf_error(401, "RepoNotFound", "Repository not found")
         action = rest[2] if len(rest) > 2 else None
@@ -609,8 +636,15 @@ class _Handler(BaseHTTPRequestHandler):
             headers["Link"] = f'<{nxt}>; rel="next"'
         self._send_json(200, page, headers)
 
-    def _hf_resolve(self, repo_id: str, revision: str, path: str, keys: tuple[str, ...]) -> None:
-        repo = self._repo(repo_id)
+    def _hf_resolve(
+        self,
+        repo_id: str,
+        revision: str,
+        path: str,
+        keys: tuple[str, ...],
+        repo_type: str = "model",
+    ) -> None:
+        repo = self._repo(repo_id, repo_type)
         if repo is None:
             return self._hf_error(401, "RepoNotFound", "Repository not found")
         commit = repo.resolve(revision)
@@ -650,13 +684,15 @@ class _Handler(BaseHTTPRequestHandler):
         payload = {"Code": code, "Data": None, "Message": message, "Success": False}
         self._send_json(status, payload)
 
-    def _ms_api(self, method: str, rest: list[str], keys: tuple[str, ...]) -> None:
+    def _ms_api(
+        self, method: str, rest: list[str], keys: tuple[str, ...], repo_type: str = "model"
+    ) -> None:
         if len(rest) < 2:
-            return self._ms_error(404, "model not found")
+            return self._ms_error(404, f"{repo_type} not found")
         repo_id = f"{rest[0]}/{rest[1]}"
-        repo = self._repo(repo_id)
+        repo = self._repo(repo_id, repo_type)
         if repo is None:
-            return self._ms_error(404, f"model {repo_id} not exists")
+            return self._ms_error(404, f"{repo_type} {repo_id} not exists")
         action = "/".join(rest[2:])
         if action == "":
             return self._ms_ok({"Id": repo_id, "Name": rest[1], "Path": rest[0], "Visibility": 5})
@@ -668,6 +704,8 @@ class _Handler(BaseHTTPRequestHandler):
         if commit is None:
             return self._ms_error(404, f"revision {revision} not exists")
         files = repo.commits[commit]
+        if action == "repo/tree" and repo_type == "dataset":
+            return self._ms_dataset_tree(files, commit)
         if action == "repo/files":
             recursive = self.query.get("Recursive", "False").lower() == "true"
             root = self.query.get("Root", "").strip("/")
@@ -707,6 +745,37 @@ class _Handler(BaseHTTPRequestHandler):
             self._send_file(f"{repo_id}/{path}", hub_file, {"Accept-Ranges": "bytes"}, keys)
             return None
         return self._ms_error(404, "unknown route")
+
+    def _ms_dataset_tree(self, files: dict[str, HubFile], commit: str) -> None:
+        """modelscope-hub pages datasets: PageNumber from 1, PageSize each, until a short page."""
+        recursive = self.query.get("Recursive", "False").lower() == "true"
+        root = self.query.get("Root", "").strip("/")
+        prefix = f"{root}/" if root else ""
+        listing: dict[str, dict[str, Any]] = {}
+        for path, f in sorted(files.items()):
+            if not path.startswith(prefix):
+                continue
+            parts = path[len(prefix) :].split("/")
+            if len(parts) > 1 and not recursive:
+                folder = prefix + parts[0]
+                listing.setdefault(
+                    folder, {"Name": parts[0], "Path": folder, "Type": "tree", "Size": 0}
+                )
+                continue
+            listing[path] = {
+                "Name": path.rsplit("/", 1)[-1],
+                "Path": path,
+                "Type": "blob",
+                "Size": f.size,
+                "Sha256": f.sha256,
+                "Revision": commit,
+                "IsLFS": f.lfs,
+            }
+        entries = [listing[k] for k in sorted(listing)]
+        number = max(1, int(self.query.get("PageNumber", "1") or 1))
+        size = max(1, int(self.query.get("PageSize", "200") or 200))
+        page = entries[(number - 1) * size : number * size]
+        return self._ms_ok({"Files": page, "TotalCount": len(entries)})
 
     # --- file bodies, with Range and faults ----------------------------------------------------
     def _send_file(
@@ -818,6 +887,7 @@ class _Handler(BaseHTTPRequestHandler):
                 Path(body["folder"]),
                 revision=body.get("revision", "main"),
                 gated=bool(body.get("gated", False)),
+                repo_type=body.get("repo_type", "model"),
             )
             return self._send_json(200, {"sha": sha})
         if rest == ["grant"] and method == "POST":

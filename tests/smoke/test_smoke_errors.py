@@ -231,7 +231,10 @@ def test_every_fix_the_table_names_exists_and_the_last_entry_catches_all() -> No
 
 # --- the runner stays standalone; the package carries its files ------------------------------
 
-ALLOWED_THIRD_PARTY = {"torch", "transformers", "PIL", "huggingface_hub", "lmdeploy", "vllm"}
+# pyarrow: the dataset smoke reads parquet with it where the env has it (`datasets` brings it).
+ALLOWED_THIRD_PARTY = {
+    "torch", "transformers", "PIL", "huggingface_hub", "lmdeploy", "vllm", "pyarrow",
+}  # fmt: skip
 
 
 def test_runner_imports_only_the_stdlib_and_the_target_env_s_libraries() -> None:
