@@ -364,6 +364,11 @@ def resolve(
     secrets: dict[str, str] = {}
     pyproject = project_toml(merged, python, routes, secrets)
     command = compile_command(python, platform, indexes, secrets)
+    if python == f"{sys.version_info[0]}.{sys.version_info[1]}":
+        # The interpreter uv needs (for building an sdist's metadata) is this one; otherwise uv
+        # searches PATH for a python3.X and runs it, which through pyenv's shims is ~30 shell
+        # processes and 0.5 s of every lock here (--python-version still sets the target).
+        command += ["--python", sys.executable]
     binary = uv or uv_bin()
     env = uv_env(scrub=True)
     env.update(secrets)
