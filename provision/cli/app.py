@@ -10,7 +10,6 @@ inside the functions that need them, never at module level; rich only when somet
 from __future__ import annotations
 
 import importlib
-from difflib import get_close_matches
 from typing import Annotated, Any
 
 import typer
@@ -33,6 +32,7 @@ COMMANDS = {
     "docker": "docker",
     "smoke": "smoke",
     "setup": "setup",
+    "serve": "serve",
     "direction": "direction",
     "cluster": "cluster",
 }
@@ -50,6 +50,7 @@ EXAMPLES = [
     ("docker", "provision docker qwen2-vl-2b --build --tag registry.example.com/vlm:1 --push"),
     ("smoke", "provision smoke qwen2-vl-2b --env /root/autodl-tmp/envs/qwen2-vl-2b"),
     ("setup", "provision setup qwen2-vl-2b --source hf-mirror"),
+    ("serve", "provision serve qwen2-vl-2b --stack vllm --port 8000"),
     ("direction", "provision direction setup okvqa-vllm-swift --source hf-mirror"),
     ("cluster", "provision cluster slurm qwen2-vl-2b --nodes 2 --shared-dir /shared/p --submit"),
 ]
@@ -68,6 +69,7 @@ SUMMARIES = {
     "docker": "Render a profile's Dockerfile from its lock; --build builds it.",
     "smoke": "Ask the model about a bundled photo; show and record the answer.",
     "setup": "Make the machine ready: check, lock, env, weights, fixes, smoke.",
+    "serve": "Start the model's OpenAI server with the limits the check chose.",
     "direction": "Several profiles sharing one environment, lock and cache.",
     "cluster": "Provision every node of a Slurm job from the same lock.",
 }
@@ -104,6 +106,8 @@ class LazyGroup(TyperGroup):
             return super().resolve_command(ctx, args)
         except Exception as exc:  # click's UsageError: suggest from all names, built or not
             message = getattr(exc, "message", None)
+            from difflib import get_close_matches  # only for a mistyped command
+
             matches = get_close_matches(args[0], list(COMMANDS)) if args else []
             if isinstance(message, str) and matches and "Did you mean" not in message:
                 names = ", ".join(f"{m!r}" for m in matches)

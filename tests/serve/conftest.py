@@ -1,0 +1,48 @@
+"""A tiny LLaVA set up once from the local hub (the real `provision setup`), for serving."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from tests.cli_helpers import run_json
+from tests.envs.helpers import torch_wheel_dir
+from tests.servers.hub import HubServer
+from tests.setup.conftest import (  # noqa: F401 - fixtures, shared with the setup tests
+    PROFILE,
+    REPO,
+    builder_python,
+    tiny_llava_folder,
+    write_profile,
+)
+
+
+@pytest.fixture(scope="module")
+def served_world(tmp_path_factory: pytest.TempPathFactory, tiny_llava_folder: Path):  # noqa: F811
+    """`provision setup` of the tiny LLaVA profile (env, lock, weights at the hub's commit,
+    smoke), with the variables a user would have set; the hub is stopped afterwards, so
+    serving must need no network."""
+    root = tmp_path_factory.mktemp("serve")
+    with pytest.MonkeyPatch.context() as mp, HubServer(root / "hub") as hub:
+        commit = hub.add_repo(REPO, tiny_llava_folder)
+        write_profile(root / "profiles")
+        env = {
+            "PROVISION_PROFILES_DIR": str(root / "profiles"),
+            "PROVISION_LOCK_DIR": str(root / "locks"),
+            "PROVISION_DATA_DIR": str(root / "data"),
+            "PROVISION_SOURCES": hub.url,
+            "HF_ENDPOINT": hub.url,
+            "HF_HUB_DISABLE_TELEMETRY": "1",
+            "PYTHONPYCACHEPREFIX": str(root / "pycache"),
+        }
+        for key, value in env.items():
+            mp.setenv(key, value)
+        for key in ("HF_HOME", "HF_HUB_CACHE", "HF_TOKEN", "HF_HUB_OFFLINE"):
+            mp.delenv(key, raising=False)
+        rc, report = run_json(
+            "setup", PROFILE, "--torch-index", str(torch_wheel_dir()), timeout=1800
+        )
+        assert rc == 0, report
+        hub.stop()
+        yield {"root": root, "commit": commit, "report": report, "env": env}
