@@ -201,28 +201,35 @@ def _load_lock(lock_file: Path) -> dict[str, Any]:
 
 def lock_python(data: dict[str, Any]) -> str | None:
     """The Python version a lock was made for: [tool.provision] target, else requires-python."""
+    return _named_python(data) or _lower_bound(data.get("requires-python"))
+
+
+def _named_python(data: dict[str, Any]) -> str | None:
+    """The Python a provision lock names in [tool.provision] (its target); None in a bare lock."""
     tool = data.get("tool", {}).get("provision", {})
     for table in (tool.get("target", {}), tool, tool.get("profile", {})):
         value = table.get("python") if isinstance(table, dict) else None
         if isinstance(value, str) and value:
             return value
-    return _lower_bound(data.get("requires-python"))
+    return None
 
 
 def _python_requests(data: dict[str, Any], explicit: str | None) -> list[str]:
     """What to ask `uv venv --python` for, best first.
 
-    An explicit choice or the lock's recorded target is the only answer. A bare requires-python
+    An explicit choice or the Python a provision lock names is the only answer: its wheels are
+    that Python's, so another one would install and then fail on them. A bare requires-python
     (">=3.11", as `uv pip compile --python-version 3.11` writes) asks for its lower bound first,
-    whose wheels the lock most likely holds, then for any installed Python that satisfies it.
+    whose wheels the lock most likely holds, then for any installed Python that satisfies it
+    (whether the lock's wheels fit that one is checked before anything is kept).
     """
     if explicit:
         return [explicit]
-    named = lock_python(data)
-    spec = data.get("requires-python")
-    if named and named != _lower_bound(spec):
+    named = _named_python(data)
+    if named:
         return [named]
-    return [r for r in (named, spec) if r]
+    spec = data.get("requires-python")
+    return [r for r in (_lower_bound(spec), spec) if r]
 
 
 def _lower_bound(spec: str | None) -> str | None:
@@ -520,17 +527,33 @@ def _relock_hint(version: str) -> str:
 # --- creating and syncing -----------------------------------------------------------------------
 
 
-def _explain_venv_failure(request: str, root: Path, stderr: str) -> ProvisionError:
+def _explain_venv_failure(request: str, root: Path, stderr: str, lock: Path) -> ProvisionError:
     lowered = stderr.lower()
     if "interpreter" in lowered or "no python" in lowered or "not found" in lowered:
+        installed = installed_pythons()
+        have = ", ".join(installed) if installed else "none that uv can find"
+        other = installed[-1] if installed else "3.11"
         return ProvisionError(
-            f"Python {request} is not installed on this machine (provision never downloads "
-            f"interpreters). uv said: {_uv_error(stderr, lines=2)}",
-            f"Install Python {request} (e.g. `apt install python{request}`, or "
-            f"`pyenv install {request}` and put it on PATH), or use a lock made for a Python "
-            "this machine has.",
+            f"{lock.name} is for Python {request}, which is not installed here (installed: "
+            f"{have}); nothing was built. uv said: {_uv_error(stderr, lines=1)}",
+            f"Get Python {request}: `uv python install {request}` (uv downloads a standalone "
+            "build from GitHub, or from the mirror UV_PYTHON_INSTALL_MIRROR names; provision "
+            f"itself never lets uv download interpreters), or `apt install python{request}`, or "
+            f"`pyenv install {request}` with it on PATH; then run the same command again. Or lock "
+            f"for a Python this machine has: `provision lock PROFILE --python {other}`.",
         )
     return ProvisionError(f"uv venv {root} failed: {_uv_error(stderr)}")
+
+
+def installed_pythons() -> list[str]:
+    """The major.minor versions of the interpreters uv finds here (never downloading), sorted."""
+    proc = run_uv(["python", "list", "--only-installed", "--output-format", "json"])
+    try:
+        found = json.loads(proc.stdout) if proc.returncode == 0 else []
+        versions = {f"{p['version_parts']['major']}.{p['version_parts']['minor']}" for p in found}
+    except (ValueError, TypeError, KeyError, AttributeError):
+        return []
+    return sorted(versions, key=lambda v: tuple(int(x) for x in v.split(".") if x.isdigit()))
 
 
 def _uv_error(stderr: str, lines: int = 8) -> str:
@@ -960,7 +983,7 @@ def ensure_env(
                 if proc.returncode == 0:
                     break
             else:
-                raise _explain_venv_failure(requests[0], root, proc.stderr)
+                raise _explain_venv_failure(requests[0], root, proc.stderr, lock)
             interpreter = env_python(root)
             created = True
             mark = lap("create", mark)

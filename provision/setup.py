@@ -65,6 +65,7 @@ class SetupResult:
     state_file: Path
     stages: list[StageReport] = field(default_factory=list)
     outputs: dict[str, Any] = field(default_factory=dict)  # each stage's own JSON
+    notes: list[str] = field(default_factory=list)  # e.g. a damaged registry, repaired
 
     @property
     def ok(self) -> bool:
@@ -79,6 +80,7 @@ class SetupResult:
             "ok": self.ok,
             "stages": [s.to_json() for s in self.stages],
             "outputs": self.outputs,
+            "notes": self.notes,
         }
 
 
@@ -333,10 +335,11 @@ def relock_variant(previous: Path | None, torch_index: str | None) -> tuple[str 
 
 def _register(options: SetupOptions, result: SetupResult, name: str, status: str) -> None:
     """The machine's registry of environments (shared with research directions): which exist,
-    what made them, who set them up."""
-    from provision.env_registry import record_use, registry_path
+    what made them, who set them up. The registry never decides the setup's outcome: a damaged
+    one is repaired and an unwritable one skipped, each with a note on the result."""
+    from provision.env_registry import registry_path, try_record_use
 
-    record_use(
+    _entry, notes = try_record_use(
         registry_path(options.data_dir),
         result.env,
         kind="profile",
@@ -345,6 +348,7 @@ def _register(options: SetupOptions, result: SetupResult, name: str, status: str
         lock=result.lock_file,
         members=[name],
     )
+    result.notes.extend(notes)
 
 
 def run_plan(

@@ -6,11 +6,12 @@ from typing import Annotated, Any
 
 import typer
 
-from provision.choices import Attention, Task, value
+from provision.choices import Attention, Task, TrainVision, value
 from provision.cli.options import (
     AttentionOpt,
     BatchOpt,
     CacheMaxEntryOpt,
+    CpuOffloadOpt,
     DriverOpt,
     DtypeOpt,
     EmitOpt,
@@ -31,6 +32,8 @@ from provision.cli.options import (
     SeqOpt,
     StackOpt,
     TaskOpt,
+    TrainVisionOpt,
+    VisionCheckpointingOpt,
     parse_limit_mm,
 )
 from provision.cli.output import JsonFlag, emit_result
@@ -67,6 +70,9 @@ def check(
     gradient_checkpointing: Annotated[
         bool, typer.Option("--gradient-checkpointing/--no-gradient-checkpointing")
     ] = True,
+    vision_checkpointing: VisionCheckpointingOpt = None,
+    train_vision: TrainVisionOpt = TrainVision.frozen,
+    cpu_offload: CpuOffloadOpt = False,
     attention: AttentionOpt = Attention.sdpa,
     memory_fraction: Annotated[
         float | None,
@@ -104,6 +110,9 @@ def check(
         images=images,
         image_tokens=image_tokens,
         gradient_checkpointing=gradient_checkpointing,
+        vision_gradient_checkpointing=vision_checkpointing,
+        train_vision=train_vision.value,
+        cpu_offload=cpu_offload,
         stack=value(stack),
         zero=zero,
         lora_rank=lora_rank,
@@ -215,6 +224,8 @@ def render(con: Any, report: Any) -> None:
             markup=False,
         )
         con.print(report.launch.line, markup=False)
+        for note in report.launch.notes:
+            con.print(f"  note: {note}", markup=False)
 
 
 def register(app: typer.Typer) -> None:
