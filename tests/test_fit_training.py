@@ -4,7 +4,6 @@ training reserve that also holds for small models."""
 
 from __future__ import annotations
 
-import json
 from dataclasses import replace
 
 import pytest
@@ -21,7 +20,7 @@ from provision.memory import (
 )
 from provision.profiles import load_profile
 from provision.units import GIB
-from tests.cli_helpers import invoke
+from tests.cli_helpers import invoke, result_of
 
 QWEN7 = load_profile("qwen2.5-vl-7b")
 INTERNVL2 = load_profile("internvl2-2b")
@@ -140,8 +139,7 @@ def test_check_cli_takes_the_training_flags():
     flags = ("--train-vision", "lora", "--no-vision-checkpointing", "--zero", "3", "--cpu-offload")
     result = invoke("--json", *args, *flags)
     assert result.returncode == 0, result.stdout + result.stderr
-    data = json.loads(result.stdout)
-    data = data.get("result", data)
+    data = result_of(result)  # the envelope's result, contract checked
     names = {c["name"] for c in data["fit"]["estimate"]["components"]}
     assert {"cpu offload", "zero-3 gathered", "lora state"} <= names
     req = data["fit"]["request"]
@@ -243,8 +241,7 @@ def test_emit_prints_the_training_line_and_its_notes():
     assert result.returncode == 0, result.stdout + result.stderr
     assert "xtuner train YOUR_XTUNER_CONFIG.py --cfg-options" in result.stdout
     assert "note: xtuner ships no config for internvl2-1b" in result.stdout
-    data = json.loads(invoke("--json", *args).stdout)
-    launch = data.get("result", data)["launch"]
+    launch = result_of(invoke("--json", *args))["launch"]
     assert launch["stack"] == "xtuner" and launch["notes"]
 
 
