@@ -85,20 +85,29 @@ def _render(result: Any) -> Any:
                 rate = "-" if mode.tokens_per_s is None else f"{mode.tokens_per_s:.1f}"
                 table.add_row(name, mode.status, rate, detail)
             con.print(table)
-        if result.error:
-            err = result.error
-            con.print(
-                f"[red]error at {err.get('stage')}[/]: {err.get('type')}: {err.get('message')}",
-                highlight=False,
-            )
+        _print_error(con, result.error)
         if result.next_step:
             con.print(f"next: {result.next_step}", markup=False)
-        if result.not_recorded:
-            con.print(result.not_recorded, markup=False)
-        elif result.lock_file:
-            con.print(f"recorded for {result.lock_file}", markup=False)
+        _print_recorded(con, result)
 
     return render
+
+
+def _print_error(con: Any, err: dict[str, Any] | None) -> None:
+    """The runner's error: its words are the environment's text, never markup."""
+    if err:
+        from rich.markup import escape
+
+        said = escape(f"{err.get('type')}: {err.get('message')}")
+        con.print(f"[red]error at {escape(str(err.get('stage')))}[/]: {said}", highlight=False)
+
+
+def _print_recorded(con: Any, result: Any) -> None:
+    """Where the result was recorded, or why it was not (both smokes)."""
+    if result.not_recorded:
+        con.print(result.not_recorded, markup=False)
+    elif result.lock_file:
+        con.print(f"recorded for {result.lock_file}", markup=False)
 
 
 def _render_dataset(result: Any) -> Any:
@@ -132,16 +141,8 @@ def _render_dataset(result: Any) -> Any:
                 "yes" if item.match else "no",
             )
         con.print(table)
-        if result.error:
-            err = result.error
-            con.print(
-                f"error at {err.get('stage')}: {err.get('type')}: {err.get('message')}",
-                markup=False,
-            )
-        if result.not_recorded:
-            con.print(result.not_recorded, markup=False)
-        elif result.lock_file:
-            con.print(f"recorded for {result.lock_file}", markup=False)
+        _print_error(con, result.error)
+        _print_recorded(con, result)
 
     return render
 

@@ -307,3 +307,29 @@ def test_runner_helpers_choose_backend_and_cap_the_context(tmp_path: Path) -> No
     (tmp_path / "config.json").write_text('{"max_position_embeddings": 128000}')
     assert runner.max_context(str(tmp_path)) == runner.SMOKE_CONTEXT
     assert runner.max_context(str(tmp_path / "missing")) == runner.SMOKE_CONTEXT
+
+
+def test_a_crash_whose_last_words_look_like_markup_is_printed_as_they_are(
+    absent_profile, tmp_path: Path
+) -> None:
+    # The runner's last line is the environment's text, not rich markup: a path in brackets
+    # ("[/opt/...]" reads as a closing tag) must be shown, not end the report in a traceback.
+    dying = tmp_path / "python"
+    dying.write_text("#!/bin/sh\necho 'cannot open [/opt/conda/lib] [bold]'\nexit 3\n")
+    dying.chmod(0o755)
+    proc = run_cli(
+        "smoke",
+        "tiny-absent",
+        "--python",
+        str(dying),
+        env={
+            "PROVISION_PROFILES_DIR": str(absent_profile.path.parent),
+            "PROVISION_DATA_DIR": str(tmp_path / "data"),
+            "HF_HOME": str(tmp_path / "hf"),
+        },
+    )
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 1, out
+    assert "Traceback" not in out
+    assert "cannot open [/opt/conda/lib] [bold]" in out
+    assert "exited with 3 before reporting" in out
