@@ -34,6 +34,7 @@ from provision.hub.download import (
     DownloadResult,
     _patterns,
     _Plan,
+    checked_pin,
     fetch_with_fallback,
 )
 from provision.hub.verify import VerifyResult, verify_record
@@ -137,28 +138,6 @@ def dataset_record(lock_file: Path, name: str) -> tuple[str, dict[str, Any]] | N
     return None
 
 
-def _checked_pin(lock: Path, key: str, pinned: dict[str, Any] | None) -> dict[str, Any] | None:
-    if pinned is None:
-        return None
-    for field in ("revision", "commit"):  # names in the cache: refused before any transfer
-        if field in pinned:
-            if not isinstance(pinned[field], str) or not pinned[field]:
-                raise ProvisionError(
-                    f"{lock}: [tool.provision.datasets.{key!r}] {field} is not a name.",
-                    "Fix or remove that record, or pass --revision to record a new one.",
-                )
-            check_revision(pinned[field])
-    files = pinned.get("files", [])
-    if not isinstance(files, list) or not all(
-        isinstance(f, dict) and isinstance(f.get("path"), str) for f in files
-    ):
-        raise ProvisionError(
-            f"{lock}: [tool.provision.datasets.{key!r}] files is not a list of file records.",
-            "Fix or remove that record, or pass --revision to record a new one.",
-        )
-    return pinned
-
-
 def download_dataset(
     ref: DatasetRef,
     source: str | None = None,
@@ -190,7 +169,7 @@ def download_dataset(
     if into_lock is None:
         into_lock = lock_file is not None
     found = dataset_record(lock, ref.key)
-    pinned = _checked_pin(lock, ref.key, found[1] if found else None)
+    pinned = checked_pin(lock, f"datasets.{ref.key!r}", found[1] if found else None)
     if pinned and pinned["repo_id"] not in (ref.hf_repo, ref.modelscope_repo):
         pinned = None  # the dataset moved to another repository: the old pin does not apply
     plan = _Plan(
@@ -258,7 +237,7 @@ def verify_dataset(
             f"Run `provision download --dataset {name} --lock {lock}` to fetch and record it.",
         )
     key, record = found
-    _checked_pin(lock, key, record)
+    checked_pin(lock, f"datasets.{key!r}", record)
     return verify_record(
         key,
         lock,

@@ -150,6 +150,30 @@ def model_record(lock_file: Path, record_under: Sequence[str] = ()) -> dict[str,
     return record if isinstance(record, dict) and record.get("repo_id") else None
 
 
+def checked_pin(lock: Path, section: str, pinned: dict[str, Any] | None) -> dict[str, Any] | None:
+    """`pinned` (a model or dataset record of `lock`, `[tool.provision.<section>]`) when its
+    names and file list can be used; one message before any transfer otherwise. The lock's own
+    shapes are checked as it is read (lock/shape.py); this machine's record copy is not."""
+    if pinned is None:
+        return None
+    fix = "Fix or remove that record, or pass --revision to record a new one."
+    for name in ("revision", "commit"):  # names in the cache: refused before any transfer
+        if name in pinned:
+            if not isinstance(pinned[name], str) or not pinned[name]:
+                raise ProvisionError(
+                    f"{lock}: [tool.provision.{section}] {name} is not a name.", fix
+                )
+            check_revision(pinned[name])
+    files = pinned.get("files", [])
+    if not isinstance(files, list) or not all(
+        isinstance(f, dict) and isinstance(f.get("path"), str) for f in files
+    ):
+        raise ProvisionError(
+            f"{lock}: [tool.provision.{section}] files is not a list of file records.", fix
+        )
+    return pinned
+
+
 def _kind_of(record: dict[str, Any]) -> str:
     name = str(record.get("source", ""))
     if name == "modelscope" or name.startswith("modelscope:"):
@@ -219,12 +243,7 @@ def download_profile(
     pinned = model_record(lock, record_under)
     if pinned and pinned["repo_id"] not in (profile.hf_repo, profile.modelscope_repo):
         pinned = None  # the profile moved to another repository: the old pin does not apply
-    if pinned:
-        for key in ("revision", "commit"):  # names in the cache: refused before any transfer
-            if key in pinned and (not isinstance(pinned[key], str) or not pinned[key]):
-                raise ProvisionError(f"{lock}: [tool.provision.model] {key} is not a name.")
-            if key in pinned:
-                check_revision(pinned[key])
+    checked_pin(lock, "model", pinned)
     plan = _Plan(
         profile=profile,
         includes=includes,

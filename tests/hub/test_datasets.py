@@ -202,16 +202,30 @@ def test_a_dataset_file_name_that_escapes_the_cache_is_refused(hub, vqa, tmp_pat
     assert not list(tmp_path.rglob("escaped.txt"))
 
 
-def test_a_hostile_lock_record_is_refused_before_any_transfer(hub, vqa, tmp_path):
+ONE_FILE = '{ path = "data/val.jsonl", size = 1, sha256 = "00" }'
+
+
+@pytest.mark.parametrize(
+    ("fields", "message"),
+    [
+        ('commit = "../../../../tmp/x"\nfiles = [' + ONE_FILE + "]", "not a branch, tag or commit"),
+        ("commit = 7\nfiles = [" + ONE_FILE + "]", "commit is not a name"),
+        ('commit = "abc"\nfiles = "data/val.jsonl"', "files is not a list of file records"),
+        ('commit = "abc"\nfiles = [{ size = 1 }]', "files is not a list of file records"),
+    ],
+)
+def test_a_hostile_lock_record_is_refused_before_any_transfer(hub, vqa, tmp_path, fields, message):
     lock = tmp_path / "locks" / LOCK
     lock.parent.mkdir(parents=True, exist_ok=True)
     lock.write_text(
         'lock-version = "1.0"\ncreated-by = "provision"\npackages = []\n\n'
         '[tool.provision.datasets."org/tiny-vqa"]\nsource = "hf"\nrepo_id = "org/tiny-vqa"\n'
-        'revision = "main"\ncommit = "../../../../tmp/x"\nfiles = []\n'
+        f'revision = "main"\n{fields}\n'
     )
-    with pytest.raises(ProvisionError, match="not a branch, tag or commit"):
+    with pytest.raises(ProvisionError, match=message):
         download_dataset(parse_dataset("org/tiny-vqa"), lock_file=lock, progress=False)
+    with pytest.raises(ProvisionError, match=message):
+        verify_dataset("org/tiny-vqa", lock)
     assert not [r for r in hub.requests if r.file]
 
 

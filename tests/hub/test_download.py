@@ -492,3 +492,24 @@ def test_a_complete_cache_on_a_read_only_volume_is_used_as_it_is(hub, tiny, tmpf
     remount_read_only(tmpfs_volume)
     again = invoke("download", "tiny", "--source", hub.url, env=home)
     assert again.returncode == 0, again.stderr
+
+
+def test_a_pin_in_this_machines_record_without_file_paths_is_one_message(hub, tiny, tmp_path):
+    # The lock's shapes are checked as it is read; this machine's record copy is not, so the
+    # pin itself is checked before it is used (it was a KeyError once the listing came).
+    from provision.lock.lockfile import record_file
+
+    lock = tmp_path / "locks" / "pylock.tiny.toml"
+    lock.parent.mkdir(parents=True, exist_ok=True)
+    lock.write_text('lock-version = "1.0"\ncreated-by = "provision"\npackages = []\n')
+    copy = record_file(lock)
+    copy.parent.mkdir(parents=True, exist_ok=True)
+    copy.write_text(
+        '[tool.provision.model]\nsource = "hf"\nrepo_id = "org/tiny"\nrevision = "main"\n'
+        f'commit = "{tiny.commit}"\nfiles = [{{ size = 1, sha256 = "00" }}]\n'
+    )
+    proc = invoke("download", "tiny", "--source", hub.url)
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    assert "[tool.provision.model] files is not a list of file records" in proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert not [r for r in hub.requests if r.file]
