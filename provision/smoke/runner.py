@@ -484,9 +484,15 @@ def read_rows(spec: dict, limit: int) -> list:
                     break
         else:
             with open(path, encoding="utf-8") as handle:
-                for line in handle:
+                for number, line in enumerate(handle, 1):
                     if line.strip():
-                        rows.append((path, json.loads(line)))
+                        row = json.loads(line)
+                        if not isinstance(row, dict):  # the items read it by column name
+                            raise ValueError(
+                                f"{os.path.basename(path)} line {number} is a JSON "
+                                f"{type(row).__name__}, not a record with named columns"
+                            )
+                        rows.append((path, row))
                         if len(rows) >= limit:
                             break
     return rows[:limit]

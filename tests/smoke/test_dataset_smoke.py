@@ -153,6 +153,19 @@ def test_an_image_path_in_a_record_cannot_leave_the_dataset(tmp_path: Path) -> N
         row_image(None, data_file, str(base))
 
 
+def test_a_json_line_that_is_not_a_record_is_the_dataset_s_error(tmp_path: Path) -> None:
+    # Each item is read by column name: a line holding a list or a number is named as the
+    # dataset's fault (the smoke's "dataset" stage), not an AttributeError that kills the runner.
+    from provision.smoke.runner import read_rows
+
+    data = tmp_path / "val.jsonl"
+    data.write_text('{"question": "q?", "answers": ["a"]}\n\n["q?", "a"]\n', encoding="utf-8")
+    spec = {"files": [str(data)]}
+    assert read_rows(spec, 1) == [(str(data), {"question": "q?", "answers": ["a"]})]
+    with pytest.raises(ValueError, match="val.jsonl line 3 is a JSON list, not a record"):
+        read_rows(spec, 2)
+
+
 PARQUET_WRITER = r"""
 import io, sys
 import pyarrow as pa, pyarrow.parquet as pq
