@@ -14,8 +14,7 @@ from provision.memory import stacks
 from provision.profiles import list_profiles
 from provision.resources import load_table
 from provision.serve.plan import plan_serve, servers
-from tests.cli_helpers import run_cli, run_json
-from tests.serve.helpers import result_of
+from tests.cli_helpers import result_of, run_cli, run_json
 
 FLAGS = load_table("engine_flags.toml")["engine"]
 ENGINES = ("vllm", "lmdeploy")
@@ -169,7 +168,7 @@ def test_no_secret_in_the_shown_command_or_variables():
     assert proc.returncode == 0, proc.stderr
     out = proc.stdout + proc.stderr
     assert "hf_SeRvEsEcReT123" not in out and "pAsSw0rd" not in out
-    plan = result_of(json.loads(proc.stdout))
+    plan = result_of(proc)
     assert plan["env"]["HF_ENDPOINT"] == "https://***@mirror.example.com"
     assert not any("SeRvEsEcReT" in a or "pAsSw0rd" in a for a in plan["argv"])
     proc = run_cli("serve", "qwen2-vl-2b", "--stack", "vllm", "--print", env=secret_env)

@@ -19,8 +19,8 @@ import pytest
 
 from provision.smoke.run import IMAGE
 from tests.cli_helpers import run_cli
+from tests.json_contract import check_envelope
 from tests.serve.conftest import PROFILE, REPO
-from tests.serve.helpers import result_of
 
 pytestmark = pytest.mark.slow
 
@@ -94,7 +94,7 @@ def read_ready(proc: subprocess.Popen[str], timeout: float = 600) -> dict:
             raise AssertionError(f"serve ended (rc={proc.wait()}): {proc.stderr.read()}")
         lines.append(line)
         try:
-            return result_of(json.loads("".join(lines)))
+            return check_envelope(json.loads("".join(lines)))["result"]
         except json.JSONDecodeError:
             continue
     raise AssertionError("serve did not say it was ready")
