@@ -120,6 +120,10 @@ PROVISION = {
     "model": MODEL,
     "fixes": {"apply": STRINGS},
     "env": {"*": STR},
+    "attention": {  # provision.attention.AttentionPick.table()
+        key: STR
+        for key in ("implementation", "requested", "reason", "version", "wheel", "url", "source")
+    },
     "smoke": TABLE,
     "members": {
         "*": {
