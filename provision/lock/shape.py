@@ -154,6 +154,8 @@ LOCK = {
 class LockShapeError(ProvisionError):
     """A lock value of the wrong type: names the file and the field."""
 
+    code = "bad_file"  # docs/json.md: a lock file that does not validate
+
     def __init__(self, path: Path, key: str, want: str, got: Any) -> None:
         super().__init__(
             f"Lockfile {path}: {key} must be {want}, got {type_name(got)}.",

@@ -164,9 +164,10 @@ def test_a_mistyped_attention_table_is_one_message_not_a_silent_fallback(
         tool["attention"][key] = value
     from provision.lock.shape import LockShapeError
 
-    with pytest.raises(LockShapeError, match=message):
+    with pytest.raises(LockShapeError, match=message) as caught:
         ensure_env(tmp_path / "env", _lock(tmp_path, tool))
     assert not (tmp_path / "env").exists()
+    assert caught.value.code == "bad_file"  # the --json envelope's error.code (docs/json.md)
 
 
 def _probe_sdist(folder: Path) -> Path:
