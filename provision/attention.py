@@ -15,6 +15,7 @@ which is also what is recorded for the environment.
 
 from __future__ import annotations
 
+import fnmatch
 import re
 from dataclasses import dataclass, field
 from functools import lru_cache
@@ -184,7 +185,7 @@ def pick_flash_attn(
     version = wanted[0] if len(wanted) == 1 else None
     if torch is None:
         return _fallback(requirement, "the lock holds no torch", version)
-    if not platform.startswith("x86_64") and platform != "linux":
+    if not any(fnmatch.fnmatchcase(platform, pattern) for pattern in table["platforms"]):
         return _fallback(
             requirement, f"release wheels are built for linux_x86_64 only, not {platform}", version
         )

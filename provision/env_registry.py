@@ -17,6 +17,7 @@ from typing import Any
 
 from provision.atomic import atomic_write_text, file_lock
 from provision.errors import ProvisionError
+from provision.schema import type_name
 
 USER_ENV = "PROVISION_USER"
 REGISTRY_VERSION = 1
@@ -66,14 +67,42 @@ def read_registry(path: Path) -> dict[str, Any]:
         data = json.loads(text)
         if not isinstance(data, dict) or not isinstance(data.get("environments"), dict):
             raise ValueError("no environments table")
-        if not all(isinstance(v, dict) for v in data["environments"].values()):
-            raise ValueError("an entry that is not an object")
+        for key, entry in data["environments"].items():
+            problem = _entry_problem(entry)
+            if problem:
+                raise ValueError(f"the entry {key}: {problem}")
     except ValueError as exc:
         raise RegistryDamaged(
             f"The environment registry {path} is damaged ({exc}).",
             "Move it aside; the next `provision setup` starts a new one.",
         ) from exc
     return data
+
+
+# The fields an entry's readers (EnvEntry.from_data, record_use) build on, and their types.
+_ENTRY_TYPES: dict[str, type | tuple[type, ...]] = {
+    "members": list,
+    "users": dict,
+    "lock": (str, type(None)),
+}
+_USER_TYPES: dict[str, type | tuple[type, ...]] = {"directions": list, "setups": int}
+
+
+def _entry_problem(entry: Any) -> str | None:
+    """What is wrong with a registry entry's shape (the file is shared by every user of the
+    machine, and may be edited), or None."""
+    if not isinstance(entry, dict):
+        return "not an object"
+    for name, kind in _ENTRY_TYPES.items():
+        if name in entry and not isinstance(entry[name], kind):
+            return f"{name} is {type_name(entry[name])}"
+    for user, facts in entry.get("users", {}).items():
+        if not isinstance(facts, dict):
+            return f"users.{user} is not an object"
+        for name, kind in _USER_TYPES.items():
+            if name in facts and not isinstance(facts[name], kind):
+                return f"users.{user}.{name} is {type_name(facts[name])}"
+    return None
 
 
 def _empty() -> dict[str, Any]:

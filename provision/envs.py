@@ -739,10 +739,8 @@ _FLASH_ATTN = "flash-attn"
 
 
 def _attention_table(data: dict[str, Any]) -> dict[str, Any]:
-    tool = data.get("tool", {})
-    table = tool.get("provision", {}) if isinstance(tool, dict) else {}
-    attention = table.get("attention", {}) if isinstance(table, dict) else {}
-    return attention if isinstance(attention, dict) else {}
+    """[tool.provision.attention], {} when absent (read_lock checked its shape)."""
+    return data.get("tool", {}).get("provision", {}).get("attention", {})
 
 
 def _wheel_version(wheel: str) -> str:
@@ -818,7 +816,7 @@ def install_attention(
         "implementation": "flash_attention_2",
         "wheel": wheel,
         "action": "installed",
-        "from": source if local else url,
+        "from": source,
         "note": f"flash-attn: installed {wheel}.",
     }
     if local:

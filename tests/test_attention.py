@@ -89,6 +89,14 @@ def test_cpu_torch_other_platforms_old_gpus_and_no_torch_fall_back_by_name():
         "flash-attn==2.7.4.post1", "2.6.0", "cu124", "3.11", platform="aarch64-manylinux_2_28"
     )
     assert arm.fallback and "linux_x86_64 only" in arm.reason
+    # x86_64 but not glibc Linux: a linux_x86_64 wheel would not install there
+    for other in ("x86_64-apple-darwin", "x86_64-pc-windows-msvc", "x86_64-unknown-linux-musl"):
+        pick = _pick("flash-attn==2.7.4.post1", "2.6.0", "cu124", "3.11", platform=other)
+        assert pick.fallback and f"not {other}" in pick.reason, other
+    for linux in ("x86_64-manylinux_2_17", "x86_64-unknown-linux-gnu", "linux"):
+        assert not _pick(
+            "flash-attn==2.7.4.post1", "2.6.0", "cu124", "3.11", platform=linux
+        ).fallback
     turing = _pick("flash-attn==2.7.4.post1", "2.6.0", "cu124", "3.11", min_cc=(7, 5))
     assert turing.fallback and "7.5" in turing.reason and "8.0" in turing.reason
     ampere = _pick("flash-attn==2.7.4.post1", "2.6.0", "cu124", "3.11", min_cc=(8, 6))

@@ -63,20 +63,19 @@ def os_error(exc: OSError) -> ProvisionError:
 
 def print_error(exc: ProvisionError) -> None:
     from provision.cli.output import console, use_json
-    from provision.secrets import redact_text
-
-    # The last guard: a client's message may quote the URL it was given, credentials and all.
-    exc.message = redact_text(exc.message)
-    exc.hint = redact_text(exc.hint) if exc.hint else exc.hint
 
     if use_json():
         from provision.cli.output import emit_error
 
-        emit_error(exc)  # the envelope, ok false (a failed setup prints its own, stages and all)
+        emit_error(exc)  # the envelope, ok false, redacted (a failed setup prints its own)
         return
     from rich.markup import escape
 
+    from provision.secrets import redact_text
+
+    # The last guard: a client's message may quote the URL it was given, credentials and all
+    # (output.error_json is the same guard for the envelope).
     err = console(stderr=True)
-    err.print(f"[bold red]error:[/] {escape(exc.message)}")
+    err.print(f"[bold red]error:[/] {escape(redact_text(exc.message))}")
     if exc.hint:
-        err.print(escape(exc.hint))
+        err.print(escape(redact_text(exc.hint)))

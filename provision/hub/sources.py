@@ -85,9 +85,27 @@ def _looks_like_path(spec: str) -> bool:
 
 
 def _url_source(name: str, kind: str, url: str) -> Source:
-    """A source from a URL: credentials in it are kept for requests only (provision.secrets)."""
-    from provision.secrets import has_credentials, public
+    """A source from a URL: credentials in it are kept for requests only (provision.secrets).
+    A URL the HTTP client could not read (no host, a bad port, an unclosed IPv6 bracket) is one
+    message here, not a traceback at the first request; the message shows it without a password.
+    """
+    from urllib.parse import urlsplit
 
+    from provision.secrets import has_credentials, public, redact
+
+    try:
+        parts = urlsplit(url)
+        _ = parts.port  # a malformed or out-of-range port raises ValueError when read
+        readable = bool(parts.hostname)
+    except ValueError:
+        readable = False
+    if not readable:
+        raise ProvisionError(
+            f"Source {redact(url)!r} is not a URL that can be reached: its host or port is "
+            "malformed.",
+            "Give scheme://[user:password@]host[:port][/path], e.g. https://hf-mirror.com or "
+            "http://[::1]:8080 (an IPv6 host goes in brackets).",
+        )
     bare = public(url)
     return Source(name.format(bare), kind, bare, url if has_credentials(url) else None)
 

@@ -120,6 +120,10 @@ PROVISION = {
     "model": MODEL,
     "fixes": {"apply": STRINGS},
     "env": {"*": STR},
+    "attention": {  # provision.attention.AttentionPick.table()
+        key: STR
+        for key in ("implementation", "requested", "reason", "version", "wheel", "url", "source")
+    },
     "smoke": TABLE,
     "members": {
         "*": {
@@ -149,6 +153,8 @@ LOCK = {
 
 class LockShapeError(ProvisionError):
     """A lock value of the wrong type: names the file and the field."""
+
+    code = "bad_file"  # docs/json.md: a lock file that does not validate
 
     def __init__(self, path: Path, key: str, want: str, got: Any) -> None:
         super().__init__(

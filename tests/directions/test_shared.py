@@ -76,7 +76,19 @@ def test_registry_entry_says_who_and_what(tmp_path):
 
 @pytest.mark.parametrize(
     "damage",
-    [b"{not json", b"[]", b'{"environments": []}', b'{"environments": {"/e": 1}}', b"\xff\xfe"],
+    [
+        b"{not json",
+        b"[]",
+        b'{"environments": []}',
+        b'{"environments": {"/e": 1}}',
+        b"\xff\xfe",
+        # valid JSON, wrong shapes inside an entry: each was a TypeError/AttributeError traceback
+        # from EnvEntry.from_data or record_use
+        b'{"environments": {"/e": {"members": 5}}}',
+        b'{"environments": {"/e": {"users": "bob"}}}',
+        b'{"environments": {"/e": {"users": {"alice": {"directions": "x"}}}}}',
+        b'{"environments": {"/e": {"users": {"alice": []}}}}',
+    ],
 )
 def test_a_damaged_registry_is_moved_aside_and_recording_goes_on(tmp_path, damage):
     registry = tmp_path / "envs" / "registry.json"
@@ -102,6 +114,15 @@ def test_listing_a_damaged_registry_repairs_it_with_a_note(tmp_path):
     assert registered(registry) == [] and not registry.exists()  # the next record writes it
     (aside,) = tmp_path.glob("registry.json.damaged-*")
     assert aside.read_text() == '{"environments": "cut sh'
+
+
+def test_listing_a_registry_with_a_mistyped_entry_repairs_it_not_a_traceback(tmp_path):
+    # `provision direction list` died with "TypeError: 'int' object is not iterable" here
+    registry = tmp_path / "registry.json"
+    registry.write_text('{"environments": {"/e": {"members": 5, "status": "ok"}}}')
+    notes: list[str] = []
+    assert registered(registry, notes) == []
+    assert len(notes) == 1 and "the entry /e: members is an integer" in notes[0]
 
 
 def test_an_unwritable_registry_is_a_note_not_an_error(tmp_path):

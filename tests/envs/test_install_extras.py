@@ -145,6 +145,31 @@ def test_a_forged_wheel_name_in_the_lock_is_refused(tmp_path, release):
         ensure_env(tmp_path / "env", _lock(tmp_path, tool))
 
 
+@pytest.mark.parametrize(
+    ("key", "value", "message"),
+    [
+        ("wheel", 3, "tool.provision.attention.wheel must be a string, got an integer"),
+        (None, "flash_attention_2", "tool.provision.attention must be a table, got a string"),
+    ],
+)
+def test_a_mistyped_attention_table_is_one_message_not_a_silent_fallback(
+    tmp_path, release, key, value, message
+):
+    # Before the lock's shape covered it, a non-string wheel made the install fall back to sdpa
+    # quietly, and a non-table attention left flash-attn out without a word.
+    tool = _attention(release[1])
+    if key is None:
+        tool["attention"] = value
+    else:
+        tool["attention"][key] = value
+    from provision.lock.shape import LockShapeError
+
+    with pytest.raises(LockShapeError, match=message) as caught:
+        ensure_env(tmp_path / "env", _lock(tmp_path, tool))
+    assert not (tmp_path / "env").exists()
+    assert caught.value.code == "bad_file"  # the --json envelope's error.code (docs/json.md)
+
+
 def _probe_sdist(folder: Path) -> Path:
     """An sdist with an in-tree PEP 517 backend (no build requirements) whose wheel records the
     DS_BUILD_OPS and PROVISION_TEST_UNLISTED it was built with."""

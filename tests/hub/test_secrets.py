@@ -48,6 +48,17 @@ def test_download_through_a_mirror_url_with_a_password_writes_and_shows_none(hub
     assert failed.returncode == 2 and PASSWORD not in failed.stdout + failed.stderr
 
 
+def test_a_malformed_source_url_is_one_message_without_the_password(hub, tiny):
+    # An unclosed IPv6 bracket: the HTTP client raised InvalidURL at the first request, a
+    # traceback quoting the URL's port; now one message at parse time, exit 2.
+    for args in (("download", "tiny"), ("--json", "download", "tiny")):
+        proc = run_cli(*args, "--source", f"https://alice:{PASSWORD}@[::1")
+        out = proc.stdout + proc.stderr
+        assert proc.returncode == 2, out
+        assert "Traceback" not in out and PASSWORD not in out
+        assert "https://***@[::1" in out and "is not a URL" in out
+
+
 def test_env_persist_and_docker_endpoint_leave_the_password_out(hub, tiny, tmp_path):
     home = tmp_path / "home"
     home.mkdir()

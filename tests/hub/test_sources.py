@@ -40,11 +40,16 @@ def test_named_sources_urls_and_folders(tmp_path, monkeypatch):
         ("hugginface", "Unknown source 'hugginface'"),
         ("/no/such/folder", "does not exist"),
         ("modelscope:ftp://x", "after 'modelscope:' comes the endpoint URL"),
+        ("https://u:hunter2@[::1", "'https://\\*\\*\\*@\\[::1' is not a URL"),
+        ("https://u:hunter2@host:abc", "its host or port is malformed"),
+        ("modelscope:https://host:99999", "its host or port is malformed"),
+        ("https://", "its host or port is malformed"),
     ],
 )
 def test_bad_sources_are_one_message(spec, message):
-    with pytest.raises(ProvisionError, match=message):
+    with pytest.raises(ProvisionError, match=message) as caught:
         parse_source(spec)
+    assert "hunter2" not in str(caught.value)
 
 
 def test_auto_order_from_the_table_env_and_hf_endpoint(monkeypatch):
