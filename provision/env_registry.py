@@ -47,25 +47,66 @@ def registry_path(data_dir: str | os.PathLike[str] | None = None) -> Path:
     return resolve_data_dir(data_dir) / "envs" / "registry.json"
 
 
+class RegistryDamaged(ProvisionError):
+    """The registry file is there but is not a registry (cut short, edited, another format)."""
+
+
 def read_registry(path: Path) -> dict[str, Any]:
-    """The registry's data; an absent file is an empty registry. A damaged one is one message
-    (it is never rewritten blindly: that would drop every other entry)."""
+    """The registry's data; an absent file is an empty registry. A damaged one raises
+    RegistryDamaged (`load_registry` repairs it); an unreadable one is one message."""
     try:
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
-        return {"version": REGISTRY_VERSION, "environments": {}}
+        return _empty()
+    except UnicodeDecodeError as exc:
+        raise RegistryDamaged(f"The environment registry {path} is damaged ({exc}).") from exc
     except OSError as exc:
         raise ProvisionError(f"Cannot read the registry {path}: {exc.strerror}.") from exc
     try:
         data = json.loads(text)
-        if not isinstance(data.get("environments"), dict):
+        if not isinstance(data, dict) or not isinstance(data.get("environments"), dict):
             raise ValueError("no environments table")
+        if not all(isinstance(v, dict) for v in data["environments"].values()):
+            raise ValueError("an entry that is not an object")
     except ValueError as exc:
-        raise ProvisionError(
+        raise RegistryDamaged(
             f"The environment registry {path} is damaged ({exc}).",
-            "Move it aside; the next `provision direction setup` starts a new one.",
+            "Move it aside; the next `provision setup` starts a new one.",
         ) from exc
     return data
+
+
+def _empty() -> dict[str, Any]:
+    return {"version": REGISTRY_VERSION, "environments": {}}
+
+
+def load_registry(path: Path, notes: list[str]) -> dict[str, Any]:
+    """The registry's data, repairing a damaged file: it is moved aside whole (to
+    `registry.json.damaged-<time>`, nothing is lost), a note saying so goes into `notes`, and
+    the registry starts empty (the next record writes a new one). The caller holds the file lock.
+    """
+    try:
+        return read_registry(path)
+    except RegistryDamaged as exc:
+        aside = path.with_name(f"{path.name}.damaged-{time.strftime('%Y%m%dT%H%M%S')}")
+        n = 1
+        while aside.exists():  # two repairs within a second keep both copies
+            n += 1
+            aside = aside.with_name(f"{path.name}.damaged-{time.strftime('%Y%m%dT%H%M%S')}-{n}")
+        try:
+            os.replace(path, aside)
+        except FileNotFoundError:  # repaired by another process between the read and now
+            return read_registry(path)
+        except OSError as move:
+            raise ProvisionError(
+                f"{exc.message} It could not be moved aside: {move.strerror}.",
+                f"Move {path} aside yourself; the next setup starts a new one.",
+            ) from move
+        notes.append(
+            f"{exc.message} It was moved to {aside} and a new registry started; the environments "
+            "it listed are still on disk (re-run their setup to list them again)."
+        )
+        return _empty()
 
 
 @dataclass
@@ -83,6 +124,7 @@ class EnvEntry:
     status: str  # "setting up", "ok", "failed: <stage>"
     users: dict[str, dict[str, Any]] = field(default_factory=dict)
     extra: dict[str, Any] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)  # what recording it repaired (not stored)
 
     @property
     def exists(self) -> bool:
@@ -141,8 +183,9 @@ def record_use(
     """
     user = user or current_user()
     key = str(Path(env).absolute())
+    notes: list[str] = []
     with file_lock(str(registry) + ".lock"):
-        data = read_registry(registry)
+        data = load_registry(registry, notes)
         entry = data["environments"].get(key) or {"created": _now(), "created_by": user}
         entry.update(
             kind=kind,
@@ -169,11 +212,32 @@ def record_use(
         # Everyone on the machine records here: the file stays group-writable.
         mode = None if registry.exists() else 0o664
         atomic_write_text(registry, text, mode=mode)
-    return EnvEntry.from_data(key, entry)
+    recorded = EnvEntry.from_data(key, entry)
+    recorded.notes = notes
+    return recorded
 
 
-def registered(registry: Path) -> list[EnvEntry]:
-    """Every environment the registry knows, newest first (`exists` says if it is still there)."""
-    data = read_registry(registry)
+def try_record_use(registry: Path, env: Path, **kwargs: Any) -> tuple[EnvEntry | None, list[str]]:
+    """`record_use` for callers whose own outcome matters more than the registry (a setup that
+    succeeded, a stage's real error): the entry and the notes, or no entry and a note saying why
+    it could not be recorded. Never raises a ProvisionError or an OSError."""
+    try:
+        entry = record_use(registry, env, **kwargs)
+    except ProvisionError as exc:
+        return None, [f"Not recorded in the environment registry: {exc.message}"]
+    except OSError as exc:
+        where = exc.filename or registry
+        return None, [f"Not recorded in the environment registry: {where}: {exc.strerror}."]
+    return entry, entry.notes
+
+
+def registered(registry: Path, notes: list[str] | None = None) -> list[EnvEntry]:
+    """Every environment the registry knows, newest first (`exists` says if it is still there).
+    A damaged registry is repaired (see `load_registry`); the note goes into `notes`."""
+    try:
+        data = read_registry(registry)
+    except RegistryDamaged:
+        with file_lock(str(registry) + ".lock"):
+            data = load_registry(registry, notes if notes is not None else [])
     entries = [EnvEntry.from_data(k, v) for k, v in data["environments"].items()]
     return sorted(entries, key=lambda e: e.updated, reverse=True)

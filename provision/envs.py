@@ -13,8 +13,10 @@ every file against the lock's sha256.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -48,15 +50,20 @@ class EnvResult:
     local_files: int = 0  # lock entries served from the wheelhouse
     timings: dict[str, float] = field(default_factory=dict)  # seconds per step, and total
     cache_pruned: str = ""  # what `uv cache prune` freed after the install (uv's own summary)
+    # The lock's [tool.provision.attention] as installed: flash-attn's wheel, or the fallback
+    attention: dict[str, Any] = field(default_factory=dict)
 
     @property
     def message(self) -> str:
         if self.action == "unchanged":
-            return f"{self.env} already matches {self.lock.name}: nothing to do."
-        change = f"{len(self.installed)} installed, {len(self.removed)} removed"
-        if self.action == "created":
-            return f"Created {self.env} (Python {self.python_version}) from the lock: {change}."
-        return f"Synced {self.env} back to the lock: {change}."
+            text = f"{self.env} already matches {self.lock.name}: nothing to do."
+        else:
+            change = f"{len(self.installed)} installed, {len(self.removed)} removed"
+            if self.action == "created":
+                text = f"Created {self.env} (Python {self.python_version}) from the lock: {change}."
+            else:
+                text = f"Synced {self.env} back to the lock: {change}."
+        return text + (f" {self.attention['note']}" if self.attention.get("note") else "")
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -72,6 +79,7 @@ class EnvResult:
             "local_files": self.local_files,
             "timings": {k: round(v, 3) for k, v in self.timings.items()},
             "cache_pruned": self.cache_pruned,
+            "attention": {k: v for k, v in self.attention.items() if k != "note"},
             "message": self.message,
         }
 
@@ -193,28 +201,35 @@ def _load_lock(lock_file: Path) -> dict[str, Any]:
 
 def lock_python(data: dict[str, Any]) -> str | None:
     """The Python version a lock was made for: [tool.provision] target, else requires-python."""
+    return _named_python(data) or _lower_bound(data.get("requires-python"))
+
+
+def _named_python(data: dict[str, Any]) -> str | None:
+    """The Python a provision lock names in [tool.provision] (its target); None in a bare lock."""
     tool = data.get("tool", {}).get("provision", {})
     for table in (tool.get("target", {}), tool, tool.get("profile", {})):
         value = table.get("python") if isinstance(table, dict) else None
         if isinstance(value, str) and value:
             return value
-    return _lower_bound(data.get("requires-python"))
+    return None
 
 
 def _python_requests(data: dict[str, Any], explicit: str | None) -> list[str]:
     """What to ask `uv venv --python` for, best first.
 
-    An explicit choice or the lock's recorded target is the only answer. A bare requires-python
+    An explicit choice or the Python a provision lock names is the only answer: its wheels are
+    that Python's, so another one would install and then fail on them. A bare requires-python
     (">=3.11", as `uv pip compile --python-version 3.11` writes) asks for its lower bound first,
-    whose wheels the lock most likely holds, then for any installed Python that satisfies it.
+    whose wheels the lock most likely holds, then for any installed Python that satisfies it
+    (whether the lock's wheels fit that one is checked before anything is kept).
     """
     if explicit:
         return [explicit]
-    named = lock_python(data)
-    spec = data.get("requires-python")
-    if named and named != _lower_bound(spec):
+    named = _named_python(data)
+    if named:
         return [named]
-    return [r for r in (named, spec) if r]
+    spec = data.get("requires-python")
+    return [r for r in (_lower_bound(spec), spec) if r]
 
 
 def _lower_bound(spec: str | None) -> str | None:
@@ -512,17 +527,33 @@ def _relock_hint(version: str) -> str:
 # --- creating and syncing -----------------------------------------------------------------------
 
 
-def _explain_venv_failure(request: str, root: Path, stderr: str) -> ProvisionError:
+def _explain_venv_failure(request: str, root: Path, stderr: str, lock: Path) -> ProvisionError:
     lowered = stderr.lower()
     if "interpreter" in lowered or "no python" in lowered or "not found" in lowered:
+        installed = installed_pythons()
+        have = ", ".join(installed) if installed else "none that uv can find"
+        other = installed[-1] if installed else "3.11"
         return ProvisionError(
-            f"Python {request} is not installed on this machine (provision never downloads "
-            f"interpreters). uv said: {_uv_error(stderr, lines=2)}",
-            f"Install Python {request} (e.g. `apt install python{request}`, or "
-            f"`pyenv install {request}` and put it on PATH), or use a lock made for a Python "
-            "this machine has.",
+            f"{lock.name} is for Python {request}, which is not installed here (installed: "
+            f"{have}); nothing was built. uv said: {_uv_error(stderr, lines=1)}",
+            f"Get Python {request}: `uv python install {request}` (uv downloads a standalone "
+            "build from GitHub, or from the mirror UV_PYTHON_INSTALL_MIRROR names; provision "
+            f"itself never lets uv download interpreters), or `apt install python{request}`, or "
+            f"`pyenv install {request}` with it on PATH; then run the same command again. Or lock "
+            f"for a Python this machine has: `provision lock PROFILE --python {other}`.",
         )
     return ProvisionError(f"uv venv {root} failed: {_uv_error(stderr)}")
+
+
+def installed_pythons() -> list[str]:
+    """The major.minor versions of the interpreters uv finds here (never downloading), sorted."""
+    proc = run_uv(["python", "list", "--only-installed", "--output-format", "json"])
+    try:
+        found = json.loads(proc.stdout) if proc.returncode == 0 else []
+        versions = {f"{p['version_parts']['major']}.{p['version_parts']['minor']}" for p in found}
+    except (ValueError, TypeError, KeyError, AttributeError):
+        return []
+    return sorted(versions, key=lambda v: tuple(int(x) for x in v.split(".") if x.isdigit()))
 
 
 def _uv_error(stderr: str, lines: int = 8) -> str:
@@ -666,7 +697,7 @@ def _sync(
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,
-            env=uv_env(extra=link_env),
+            env=uv_env(extra={**build_env(data), **link_env}),
             start_new_session=True,  # its own group: stopping it stops the builds it started
         )
         try:
@@ -685,6 +716,127 @@ def _sync(
     except json.JSONDecodeError:
         plan = {}
     return plan, moved, [str(f) for f in folders]
+
+
+def build_env(data: dict[str, Any]) -> dict[str, str]:
+    """The lock's [tool.provision.env] settings for building its sdists at install (DeepSpeed's
+    DS_BUILD_OPS=0), limited to the variables provision/data/sdist_metadata.toml names: a lock
+    cannot set anything else (PATH, LD_PRELOAD...) in uv's environment."""
+    from provision.lock.resolve import static_metadata
+
+    allowed = {k for row in static_metadata() for k in row.get("install_env", {})}
+    tool = data.get("tool", {})
+    table = tool.get("provision", {}) if isinstance(tool, dict) else {}
+    env = table.get("env", {}) if isinstance(table, dict) else {}
+    if not isinstance(env, dict):
+        return {}
+    return {k: v for k, v in env.items() if k in allowed and isinstance(v, str)}
+
+
+# --- flash-attn: its release wheel after the lock's packages (provision.attention) -------------
+
+_FLASH_ATTN = "flash-attn"
+
+
+def _attention_table(data: dict[str, Any]) -> dict[str, Any]:
+    tool = data.get("tool", {})
+    table = tool.get("provision", {}) if isinstance(tool, dict) else {}
+    attention = table.get("attention", {}) if isinstance(table, dict) else {}
+    return attention if isinstance(attention, dict) else {}
+
+
+def _wheel_version(wheel: str) -> str:
+    """flash_attn-2.7.4.post1+cu12torch2.6cxx11abiFALSE-cp311-... -> 2.7.4.post1+cu12torch2.6..."""
+    return wheel.split("-")[1]
+
+
+def _only_the_attention_wheel(plan: dict[str, Any], data: dict[str, Any]) -> bool:
+    """Whether the one difference `uv pip sync --check` finds is the flash-attn wheel that the
+    lock's attention table put there (uv's lock does not list it, so sync would take it out)."""
+    wheel = _attention_table(data).get("wheel")
+    changes = plan.get("changes", [])
+    return (
+        bool(wheel)
+        and bool(changes)
+        and all(c.get("name") == _FLASH_ATTN and c.get("action") != "installed" for c in changes)
+    )
+
+
+def _has_flash_attn(python: Path, version: str) -> bool:
+    """Whether the env holds flash-attn at `version` (its dist-info is there): no uv call."""
+    root = python.parent.parent
+    want = version.lower()
+    for info in root.glob("lib/python*/site-packages/flash_attn-*.dist-info"):
+        if info.name[len("flash_attn-") : -len(".dist-info")].lower() == want:
+            return True
+    return False
+
+
+def install_attention(
+    python: Path, data: dict[str, Any], links: list[str], offline: bool
+) -> dict[str, Any]:
+    """Put the lock's flash-attn release wheel in the environment, or say why attention falls
+    back to sdpa. {} when the lock asks for no flash-attn.
+
+    The wheel is the file the lock named: from a wheelhouse / find-links folder that holds it
+    (as `--wheelhouse` serves the lock's other files), else from its release URL. It goes in
+    with --no-deps (its one dependency, einops, is in the lock). A wheel that cannot be had is
+    not compiled: the result says sdpa, and why."""
+    attention = _attention_table(data)
+    if not attention:
+        return {}
+    wheel, url = attention.get("wheel"), attention.get("url")
+    fallback = str(attention.get("implementation") or "sdpa")
+    if fallback != "flash_attention_2" or not isinstance(wheel, str) or not isinstance(url, str):
+        reason = str(attention.get("reason", "the lock picked no wheel"))
+        return {
+            "implementation": fallback,
+            "reason": reason,
+            "note": f"Attention: {fallback} (the lock's fallback: {reason}).",
+        }
+    if not re.fullmatch(r"flash_attn-[A-Za-z0-9.+_]+-cp\d+-cp\d+-linux_x86_64\.whl", wheel):
+        raise ProvisionError(
+            f"The lock's [tool.provision.attention] names {wheel!r}, which is not a flash-attn "
+            "wheel file name.",
+            "Re-lock with provision; the attention table is written by `provision lock`.",
+        )
+    version = _wheel_version(wheel)
+    if _has_flash_attn(python, version):
+        return {"implementation": "flash_attention_2", "wheel": wheel, "action": "present"}
+    local = next((f / wheel for f in _local_folders(links) if (f / wheel).is_file()), None)
+    if local is None and offline:
+        return _attention_fallback(wheel, "offline, and no wheelhouse folder holds it")
+    source = str(local) if local else url
+    proc = run_uv(
+        ["pip", "install", "--no-deps", "--python", str(python), source]
+        + (["--offline"] if offline else []),
+        timeout=1800,
+    )
+    if proc.returncode != 0:
+        return _attention_fallback(wheel, _uv_error(proc.stderr, 3))
+    result = {
+        "implementation": "flash_attention_2",
+        "wheel": wheel,
+        "action": "installed",
+        "from": source if local else url,
+        "note": f"flash-attn: installed {wheel}.",
+    }
+    if local:
+        result["sha256"] = hashlib.sha256(local.read_bytes()).hexdigest()
+    return result
+
+
+def _attention_fallback(wheel: str, why: str) -> dict[str, Any]:
+    reason = f"the flash-attn wheel {wheel} could not be had ({why})"
+    return {
+        "implementation": "sdpa",
+        "reason": reason,
+        "action": "fallback",
+        "note": (
+            f"Attention falls back to sdpa: {reason}; nothing was compiled. Put the wheel in a "
+            "--wheelhouse folder to install it."
+        ),
+    }
 
 
 def _uv_no_cache() -> bool:
@@ -795,7 +947,10 @@ def ensure_env(
             interpreter = env_python(root)
             code, plan, err = _sync_plan(interpreter, lock)
             mark = lap("check", mark)
+            if code == 1 and _only_the_attention_wheel(plan, data):
+                code = 0  # the lock's flash-attn wheel, put there by install_attention
             if code == 0:
+                attention = install_attention(interpreter, data, links, offline)
                 version, count = _env_facts(root)
                 timings["total"] = time.perf_counter() - started
                 return EnvResult(
@@ -806,6 +961,7 @@ def ensure_env(
                     action="unchanged",
                     packages=count,
                     timings=timings,
+                    attention=attention,
                 )
             check_lock_fits(interpreter, data, lock)
             if code not in (0, 1):
@@ -827,7 +983,7 @@ def ensure_env(
                 if proc.returncode == 0:
                     break
             else:
-                raise _explain_venv_failure(requests[0], root, proc.stderr)
+                raise _explain_venv_failure(requests[0], root, proc.stderr, lock)
             interpreter = env_python(root)
             created = True
             mark = lap("create", mark)
@@ -851,6 +1007,8 @@ def ensure_env(
                 "Report this; remove the environment folder and run again to start clean.",
             )
         mark = lap("verify", mark)
+        attention = install_attention(interpreter, data, links, offline)
+        mark = lap("attention", mark)
         added, gone = _changes(plan)
         # The prune runs only when it has something to remove: packages were added and uv
         # unpacked wheels into its cache for them (see prune_uv_cache).
@@ -871,6 +1029,7 @@ def ensure_env(
         local_files=moved,
         timings=timings,
         cache_pruned=pruned,
+        attention=attention,
     )
     result.timings["total"] = time.perf_counter() - started
     return result

@@ -259,6 +259,16 @@ class Profile:
         return self.data.get("derived")
 
     @property
+    def local_folder(self) -> Path | None:
+        """The model folder a profile derived from a folder (`provision check ./my-model`) was
+        read from: its weights are there, not on a hub. None for any other profile."""
+        d = self.derived
+        if d is None or not self.hf_repo.startswith("local/"):
+            return None
+        folder = Path(d["repo"])
+        return folder if folder.is_absolute() else None
+
+    @property
     def origin(self) -> str:
         """'curated' (written by hand) or 'derived from REPO at COMMIT'."""
         d = self.derived
@@ -390,7 +400,10 @@ def _builtin_for_repo(repo_id: str, files: dict[str, tuple[Path, bool]]) -> Prof
     wanted = repo_id.lower()
     for path, builtin in files.values():
         try:
-            source = tomllib.loads(path.read_text(encoding="utf-8")).get("source", {})
+            text = path.read_text(encoding="utf-8")
+            if wanted not in text.lower():
+                continue  # cheap: only a file that names the repo is parsed
+            source = tomllib.loads(text).get("source", {})
         except (OSError, tomllib.TOMLDecodeError, UnicodeDecodeError):
             continue
         ids = {
@@ -400,6 +413,15 @@ def _builtin_for_repo(repo_id: str, files: dict[str, tuple[Path, bool]]) -> Prof
         if wanted in ids:
             return load_profile_file(path, builtin)
     return None
+
+
+def profile_name(text: str, profiles_dir: str | os.PathLike[str] | None = None) -> str:
+    """The profile name `text` stands for, as locks and Dockerfiles record it: `text` itself
+    when it is a name (known here or not), else the name of the profile that a hub repo id, a
+    model folder or a .toml path loads (a derived profile's name is its repository's)."""
+    if NAME_RE.match(text) and not text.endswith(".toml"):
+        return text
+    return load_profile(text, profiles_dir).name
 
 
 def load_profile(

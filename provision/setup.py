@@ -65,6 +65,7 @@ class SetupResult:
     state_file: Path
     stages: list[StageReport] = field(default_factory=list)
     outputs: dict[str, Any] = field(default_factory=dict)  # each stage's own JSON
+    notes: list[str] = field(default_factory=list)  # e.g. a damaged registry, repaired
 
     @property
     def ok(self) -> bool:
@@ -79,6 +80,7 @@ class SetupResult:
             "ok": self.ok,
             "stages": [s.to_json() for s in self.stages],
             "outputs": self.outputs,
+            "notes": self.notes,
         }
 
 
@@ -333,10 +335,11 @@ def relock_variant(previous: Path | None, torch_index: str | None) -> tuple[str 
 
 def _register(options: SetupOptions, result: SetupResult, name: str, status: str) -> None:
     """The machine's registry of environments (shared with research directions): which exist,
-    what made them, who set them up."""
-    from provision.env_registry import record_use, registry_path
+    what made them, who set them up. The registry never decides the setup's outcome: a damaged
+    one is repaired and an unwritable one skipped, each with a note on the result."""
+    from provision.env_registry import registry_path, try_record_use
 
-    record_use(
+    _entry, notes = try_record_use(
         registry_path(options.data_dir),
         result.env,
         kind="profile",
@@ -345,6 +348,7 @@ def _register(options: SetupOptions, result: SetupResult, name: str, status: str
         lock=result.lock_file,
         members=[name],
     )
+    result.notes.extend(notes)
 
 
 def run_plan(
@@ -536,8 +540,23 @@ class _Runner:
         made = ensure_env(self.env, self.lock, self.options.wheelhouse)
         self.python = made.python
         self.result.outputs["env"] = made.to_json()
+        if made.attention.get("action") in ("installed", "fallback"):
+            self._record_attention(made.attention)
         self.state.mark("env", "done", fingerprint, made.message)
         return "done", made.message
+
+    def _record_attention(self, attention: dict[str, Any]) -> None:
+        """What the env got for the lock's flash-attn (its wheel, or sdpa and why), under
+        [tool.provision.attention.installed] of the record (or the lock named with --lock)."""
+        from provision.lock.lockfile import record
+
+        installed = {k: v for k, v in attention.items() if k != "note"}
+
+        def change(data: dict[str, Any]) -> None:
+            table = data.setdefault("tool", {}).setdefault("provision", {})
+            table.setdefault("attention", {})["installed"] = installed
+
+        record(self.lock, change, into_lock=self.plan.into_lock)
 
     # -- weights --
     def _hub_environment(self, source: Any = None) -> dict[str, str]:

@@ -84,7 +84,8 @@ def test_only_the_invoked_command_is_built_and_rich_only_when_it_prints():
     assert loaded & commands == {"provision.cli.check"}
     assert not any(m == "rich" or m.startswith("rich.") for m in loaded)  # JSON: no rich
     shown = _modules_after("check", "qwen2.5-vl-7b", "--gpu", "RTX 4090")
-    assert "rich.console" in shown  # the report is rich's table
+    assert not any(m.startswith("rich") for m in shown)  # check prints through cli/plain.py
+    assert "rich.console" in _modules_after("gpus")  # other reports: rich's tables
     helped = _modules_after("--help")
     assert helped & commands == set() and "rich" not in helped
     assert _modules_after("gpus", "--help") & commands == {"provision.cli.gpus"}

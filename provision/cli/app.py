@@ -10,7 +10,6 @@ inside the functions that need them, never at module level; rich only when somet
 from __future__ import annotations
 
 import importlib
-from difflib import get_close_matches
 from typing import Annotated, Any
 
 import typer
@@ -107,6 +106,8 @@ class LazyGroup(TyperGroup):
             return super().resolve_command(ctx, args)
         except Exception as exc:  # click's UsageError: suggest from all names, built or not
             message = getattr(exc, "message", None)
+            from difflib import get_close_matches  # only for a mistyped command
+
             matches = get_close_matches(args[0], list(COMMANDS)) if args else []
             if isinstance(message, str) and matches and "Did you mean" not in message:
                 names = ", ".join(f"{m!r}" for m in matches)

@@ -128,7 +128,7 @@ def check(
         report = check_nodes(profile, request, machine, nodes, profiles_dir)
     else:
         report = run_check(profile, request, machine, profiles_dir, emit=emit_launch)
-    emit(report, lambda con: render(con, report), json_output)
+    emit(report, lambda con: render(con, report), json_output, plain=True)
     if not report.ok:
         raise typer.Exit(EXIT_FAILED)
 
@@ -137,7 +137,8 @@ _STYLE = {"fits": "bold green", "tight": "bold yellow", "does not fit": "bold re
 
 
 def render(con: Any, report: Any) -> None:
-    from rich.table import Table
+    """The report for people, through provision.cli.plain (check does not import rich)."""
+    from provision.cli.plain import Table
 
     fit, machine, profile = report.fit, report.machine, report.profile
     est, req = fit.estimate, fit.request
@@ -176,10 +177,7 @@ def render(con: Any, report: Any) -> None:
     images = f"{req.images} image(s) x {req.image_tokens} tokens"
     shape = f"batch {req.batch}, {req.seq} tokens per sample, {images}"
     con.print(f"Requirement: {shape}; {est.strategy}")
-    table = Table(show_header=True, header_style="bold", box=None, pad_edge=False)
-    table.add_column("per GPU")
-    table.add_column("GiB", justify="right")
-    table.add_column("")
+    table = Table(["per GPU", "GiB", ""], right=[1])
     for comp in est.components:
         table.add_row(comp.name, f"{comp.bytes / 1024**3:.2f}", comp.detail)
     table.add_row("[bold]total[/]", f"[bold]{est.per_gpu / 1024**3:.2f}[/]", "")
@@ -204,14 +202,12 @@ def render(con: Any, report: Any) -> None:
     else:
         con.print(f"Data disk: [red]{disk.note}[/]")
     if report.launch is not None:
-        from rich.markup import escape
-
         applies = f" (with {report.launch_note})" if report.launch_note else ""
         con.print(
             f"Launch{applies}, flags as of {report.launch.stack} {report.launch.version}:",
-            highlight=False,
+            markup=False,
         )
-        con.print(escape(report.launch.line), highlight=False, soft_wrap=True)
+        con.print(report.launch.line, markup=False)
 
 
 def register(app: typer.Typer) -> None:

@@ -109,10 +109,12 @@ def list_cmd(
                 "lock_state": "fresh" if check.fresh else _lock_state(check),
             }
         )
-    envs = registered(registry_path())
-    payload = {"directions": rows, "environments": [e.to_json() for e in envs]}
+    notes: list[str] = []  # a damaged registry, repaired
+    envs = registered(registry_path(), notes)
+    payload = {"directions": rows, "environments": [e.to_json() for e in envs], "notes": notes}
 
     def render(con: Any) -> None:
+        from rich.markup import escape
         from rich.table import Table
 
         table = Table(title="Research directions")
@@ -141,6 +143,8 @@ def list_cmd(
                     where, f"{entry.kind} {entry.name}", entry.status, users, entry.updated
                 )
             con.print(envs_table)
+        for note in notes:
+            con.print(f"  note: {escape(note)}")
 
     emit(payload, render, json_output)
 

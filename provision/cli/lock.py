@@ -104,17 +104,16 @@ def lock(
         # The error says "run with --explain": with --explain, what was decided comes first.
         lines = getattr(exc, "explain_lines", None)
         if explain and lines and not use_json(json_output):
-            from rich.markup import escape
+            from provision.cli.plain import PlainConsole
 
-            from provision.cli.output import console
-
-            err = console(stderr=True)
+            err = PlainConsole(stderr=True)
             for line in lines:
-                err.print(escape(line))
+                err.print(line, markup=False)
         raise
 
     def render(con: Any) -> None:
-        from rich.markup import escape
+        """Through provision.cli.plain: a lock does not import rich (issue 17)."""
+        from provision.cli.plain import escape
 
         if explain:
             for line in result.explain():
@@ -134,7 +133,7 @@ def lock(
             con.print(escape(note))
         con.print(f"[green]locked[/] {escape(result.summary())}")
 
-    emit(result, render, json_output)
+    emit(result, render, json_output, plain=True)
 
 
 def _check(

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import sys
 from collections.abc import Callable
@@ -42,10 +41,19 @@ def _is_terminal(stream: Any) -> bool:
         return False
 
 
-def emit(payload: Any, render: Callable[[Any], None], as_json: bool = False) -> None:
-    """Print `payload` as JSON (objects with to_json() are converted) or through `render`."""
+def emit(
+    payload: Any, render: Callable[[Any], None], as_json: bool = False, plain: bool = False
+) -> None:
+    """Print `payload` as JSON (objects with to_json() are converted) or through `render`,
+    which gets a rich Console, or with `plain` a provision.cli.plain console (no rich import)."""
     if use_json(as_json):
+        import json  # only for --json: a human check does not load it
+
         sys.stdout.write(json.dumps(to_jsonable(payload), indent=2) + "\n")
+    elif plain:
+        from provision.cli.plain import PlainConsole
+
+        render(PlainConsole())
     else:
         render(console())
 

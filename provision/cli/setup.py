@@ -81,6 +81,11 @@ def render(result: Any, con: Any = None) -> None:
     con = con or console()
     stage_table(con, f"provision setup {result.profile}", result.stages)
     con.print(f"Environment: {result.env}\nLockfile: {result.lock_file}")
+    if result.notes:
+        from rich.markup import escape
+
+        for note in result.notes:
+            con.print(f"  note: {escape(note)}")
 
 
 def register(app: typer.Typer) -> None:

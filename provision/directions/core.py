@@ -62,6 +62,12 @@ MEMBER_SCHEMA = {
     "profile": (STR, True, "a profile name (see `provision profiles`)"),
     "tasks": (STRLIST, False, f"what the direction does with it: {', '.join(TASKS)}"),
     "note": (STR, False, "free text"),
+    "repo": (
+        STR,
+        False,
+        "for a profile derived from a repository: the repo id pinned to the commit it was read "
+        "at (org/name@commit) or the model folder, so another machine derives the same profile",
+    ),
 }
 ENVIRONMENT_SCHEMA = {
     "path": (STR, False, "where the environment lives; {data_dir} is the data disk"),
@@ -92,11 +98,14 @@ class Member:
     profile: str
     tasks: tuple[str, ...]
     note: str | None = None
+    repo: str | None = None  # a derived profile's repo id (pinned) or folder
 
     def to_json(self) -> dict[str, Any]:
         out: dict[str, Any] = {"profile": self.profile, "tasks": list(self.tasks)}
         if self.note:
             out["note"] = self.note
+        if self.repo:
+            out["repo"] = self.repo
         return out
 
 
@@ -127,7 +136,9 @@ class Direction:
         return [m.profile for m in self.members]
 
     def profiles(self, profiles_dir: str | os.PathLike[str] | None = None) -> list[Profile]:
-        return [member_profile(m.profile, profiles_dir, self.builtin_only) for m in self.members]
+        return [
+            member_profile(m.profile, profiles_dir, self.builtin_only, m.repo) for m in self.members
+        ]
 
     def content_hash(self) -> str:
         return hashlib.sha256(self.text.encode("utf-8")).hexdigest()
@@ -158,9 +169,21 @@ class Direction:
 
 
 def member_profile(
-    name: str, profiles_dir: str | os.PathLike[str] | None = None, builtin_only: bool = False
+    name: str,
+    profiles_dir: str | os.PathLike[str] | None = None,
+    builtin_only: bool = False,
+    repo: str | None = None,
 ) -> Profile:
-    """A member's profile: by the usual search order, or from the built-in folder only."""
+    """A member's profile: by the usual search order, or from the built-in folder only; a
+    member with a `repo` is the profile derived from it (the metadata cache, else the hub)."""
+    if repo is not None and not builtin_only:
+        profile = load_profile(repo, profiles_dir)
+        if profile.name != name:
+            raise ProvisionError(
+                f"{repo} gives the profile {profile.name!r}, not {name!r}.",
+                f"Set profile = {profile.name!r} for that member, or drop its repo key.",
+            )
+        return profile
     if not builtin_only:
         return load_profile(name, profiles_dir)
     path = builtin_dir("profiles") / f"{name}.toml"
@@ -237,7 +260,7 @@ def _check_semantics(
             raise DirectionError(path, f"{key}.profile", f"{profile_name!r} is listed twice")
         seen.add(profile_name)
         try:
-            profile = member_profile(profile_name, profiles_dir, builtin_only)
+            profile = member_profile(profile_name, profiles_dir, builtin_only, member.get("repo"))
         except ProvisionError as exc:
             raise DirectionError(path, f"{key}.profile", exc.message) from exc
         tasks = member.get("tasks", ["infer"])
@@ -281,7 +304,7 @@ def parse_direction(
         path=path,
         builtin=builtin,
         members=tuple(
-            Member(m["profile"], tuple(m.get("tasks", ["infer"])), m.get("note"))
+            Member(m["profile"], tuple(m.get("tasks", ["infer"])), m.get("note"), m.get("repo"))
             for m in data["members"]
         ),
         python=data.get("python"),
@@ -429,6 +452,31 @@ def _toml_list(values: list[str] | tuple[str, ...]) -> str:
     return "[" + ", ".join(json.dumps(v) for v in values) + "]"
 
 
+def member_ref(
+    text: str, profiles_dir: str | os.PathLike[str] | None = None
+) -> tuple[str, str | None]:
+    """(profile name, repo) a member added as `text` is written with. A name stays as it is; a
+    hub repo id or model folder becomes the name of its profile (a built-in's, when the repo is
+    a built-in's source), and, for a derived profile, the repo id pinned to the commit its
+    metadata was read at (or the folder), so every machine derives the same profile."""
+    if NAME_RE.match(text):
+        return text, None
+    from provision.derive import Ref, parse_ref
+
+    ref = parse_ref(text)
+    if ref is None:
+        return text, None
+    profile = load_profile(text, profiles_dir)
+    derived = profile.derived
+    if derived is None or profile.builtin:
+        return profile.name, None
+    if ref.folder is not None:
+        return profile.name, str(ref.folder)
+    commit = str(derived.get("commit", ""))
+    pinned = commit if re.fullmatch(r"[0-9a-f]{40}", commit) else ref.revision
+    return profile.name, Ref(ref.repo_id, pinned, ref.source).text
+
+
 def with_member(
     direction: Direction,
     profile: str,
@@ -436,9 +484,11 @@ def with_member(
     note: str | None = None,
     profiles_dir: str | os.PathLike[str] | None = None,
 ) -> Direction:
-    """The direction with `profile` added (or its tasks extended): a new text, validated."""
+    """The direction with `profile` added (or its tasks extended): a new text, validated.
+    `profile` may be a hub repo id or a model folder (see `member_ref`)."""
     import json
 
+    profile, repo = member_ref(profile, profiles_dir)
     lines = direction.text.splitlines(keepends=True)
     existing = direction.member(profile)
     if existing is not None:
@@ -472,6 +522,8 @@ def with_member(
     if text and not text.endswith("\n"):
         text += "\n"
     block = f"\n[[members]]\nprofile = {json.dumps(profile)}\ntasks = {_toml_list(tasks)}\n"
+    if repo:
+        block += f"repo = {json.dumps(repo)}\n"
     if note:
         block += f"note = {json.dumps(note)}\n"
     return _reparse(direction, text + block, profiles_dir)
@@ -481,6 +533,7 @@ def without_member(
     direction: Direction, profile: str, profiles_dir: str | os.PathLike[str] | None = None
 ) -> Direction:
     """The direction with `profile` (and the comments above its table) removed."""
+    profile = member_ref(profile, profiles_dir)[0]
     if direction.member(profile) is None:
         raise ProvisionError(
             f"{profile} is not a member of {direction.name}.",

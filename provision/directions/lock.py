@@ -50,6 +50,7 @@ from provision.lock.lockfile import (
 from provision.lock.locking import (
     CheckResult,
     LockAllItem,
+    attention_table,
     builtin_lock_dir,
     indexes_table,
     keep_env,
@@ -86,6 +87,7 @@ _OWN_SECTIONS = (
     "members",
     "tool-version",
     "resolver",
+    "attention",
 )
 
 
@@ -302,6 +304,7 @@ def resolve_joint(
             [inputs.route()],
             platform=platform,
             previous=previous,
+            min_cc=inputs.facts.min_cc,
         )
     except CheckFailed as exc:
         tried[frozenset(inputs.sets)] = False
@@ -387,6 +390,7 @@ def _table(inputs: JointInputs, resolution: Resolution, platform: str) -> dict[s
         "fixes": {"apply": fixes},
         "env": public_env(resolution.install_env),
         "members": members,
+        **attention_table(resolution),
     }
 
 

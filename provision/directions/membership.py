@@ -19,6 +19,7 @@ from provision.atomic import file_lock
 from provision.directions.core import (
     editable_path,
     load_direction,
+    member_ref,
     with_member,
     without_member,
     write_direction,
@@ -88,11 +89,12 @@ def change_membership(
             kwargs = relock_kwargs(direction, lock_kwargs or {}, data_dir, notes)
             locked = lock_direction(changed, profiles_dir=profiles_dir, **kwargs)
         written = write_direction(changed, target)
-    member = written.member(profile)
+    resolved = member_ref(profile, profiles_dir)[0]  # a repo id or folder: its profile's name
+    member = written.member(resolved)
     return MembershipChange(
         direction=written.name,
         action=action,
-        profile=profile,
+        profile=resolved,
         tasks=list(member.tasks) if member else list(tasks),
         path=target,
         members={m.profile: list(m.tasks) for m in written.members},

@@ -25,7 +25,7 @@ from provision.directions.lock import (
     lock_direction,
 )
 from provision.directions.shared import SharedCache, prepare_shared, shared_umask
-from provision.env_registry import EnvEntry, current_user, record_use, registry_path
+from provision.env_registry import EnvEntry, current_user, registry_path, try_record_use
 from provision.errors import ProvisionError
 from provision.hardware.machine import Machine
 
@@ -259,8 +259,12 @@ def setup_direction(
         if direction.group:
             extra["group"] = direction.group
 
-        def note(status: str) -> EnvEntry:
-            return record_use(
+        notes: list[str] = []
+
+        def note(status: str) -> EnvEntry | None:
+            # The registry never decides the outcome: a damaged one is repaired, an
+            # unwritable one skipped, each with a note (a stage's real error stays the error).
+            entry, said = try_record_use(
                 registry,
                 env,
                 kind="direction",
@@ -271,8 +275,10 @@ def setup_direction(
                 user=user,
                 extra=extra,
             )
+            notes.extend(n for n in said if n not in notes)
+            return entry
 
-        notes = _other_lock(registry, env, lock)
+        notes.extend(_other_lock(registry, env, lock, notes))
         note("setting up")
         try:
             result = run_plan(plan, options, on_stage)
@@ -282,7 +288,7 @@ def setup_direction(
             note(f"failed: {failed[0]}" if failed else "failed")
             if isinstance(exc, ProvisionError) and partial is not None:
                 exc.setup_result = DirectionSetupResult(  # type: ignore[attr-defined]
-                    direction.name, env, lock, partial, shared, registry
+                    direction.name, env, lock, partial, shared, registry, notes=notes
                 )
             raise
         entry = note("ok")
@@ -292,13 +298,13 @@ def setup_direction(
     )
 
 
-def _other_lock(registry: Path, env: Path, lock: Path) -> list[str]:
+def _other_lock(registry: Path, env: Path, lock: Path, notes: list[str] | None = None) -> list[str]:
     """Say so when the shared env was last set up from another lockfile (someone else's
     checkout): this setup brings the env to this lock, which may change it under them."""
     from provision.env_registry import registered
 
     try:
-        entry = next((e for e in registered(registry) if e.path == env), None)
+        entry = next((e for e in registered(registry, notes) if e.path == env), None)
     except ProvisionError:
         return []
     if entry is None or not entry.lock or Path(entry.lock) == lock:

@@ -148,7 +148,9 @@ def render_profile(
     """Render `profile`'s Dockerfile and .dockerignore from its lock; write them unless `write`
     is false (then `changed` says whether the files on disk are stale)."""
     from provision.atomic import atomic_write_text
+    from provision.profiles import profile_name
 
+    profile = profile_name(profile, profiles_dir)  # a repo id or folder: its profile's name
     spec = load_spec(profile, lock_file, task, profiles_dir, lock_dir, records=bake_weights)
     base = choose_base_image(spec.target, base_image)
     uv = uv_image or default_uv_image()
@@ -280,7 +282,7 @@ def docker_profile(
     if context_dir:
         context = Path(context_dir)
     else:
-        temp = tempfile.TemporaryDirectory(prefix=f"provision-docker-{profile}-")
+        temp = tempfile.TemporaryDirectory(prefix=f"provision-docker-{spec.profile}-")
         context = Path(temp.name) / "context"
     try:
         t0 = time.monotonic()

@@ -237,6 +237,8 @@ def download_profile(
         progress=progress,
         rehash=rehash,
     )
+    if source == "auto" and profile.local_folder is not None:
+        source = str(profile.local_folder)  # derived from a folder: no hub has it
     result = fetch_with_fallback(plan, source)
     result.notes.extend(autodl_notes())
     if record:

@@ -262,7 +262,9 @@ def modelscope_listing(
     api = HubApi(endpoint=source.request_url, token=modelscope_token())
     page = source.page(repo_id, repo_type)
     try:
-        entries = api.list_repo_files(repo_id, repo_type, revision=revision)
+        # The raw answer (what `api.list_repo_files` reads), for each file's "Revision" too.
+        raw = api.legacy.list_repo_files(repo_id, repo_type, revision=revision, recursive=True)
+        entries = _ms_entries(raw) if isinstance(raw, list) else raw
     except ms_errors.NotExistError as exc:
         try:
             api.legacy.get_repo_info(repo_id, repo_type)
@@ -298,7 +300,7 @@ def modelscope_listing(
             "Use modelscope, modelscope:URL with a ModelScope-compatible URL, or another source.",
         )
     files = [_ms_file(source, repo_id, e) for e in entries if not e.is_dir and e.path]
-    commit = _modelscope_commit(api, repo_id, revision, repo_type)
+    commit = _modelscope_commit(api, repo_id, revision, repo_type, raw)
     # The client found the token (MODELSCOPE_API_TOKEN or `modelscope login`): used, never kept.
     return Listing(source, repo_id, revision, commit, files, token=api.legacy.token or None)
 
@@ -318,21 +320,59 @@ def _ms_file(source: Source, repo_id: str, entry: Any) -> RemoteFile:
     return RemoteFile(path=path, size=size, sha256=sha256, lfs=True)
 
 
+def _ms_entries(raw: list[Any]) -> list[Any]:
+    """ModelScope's raw file entries as the client's FileInfo, read as `HubApi.list_repo_files`
+    reads them (modelscope_hub/api.py); an entry that is not an object is a malformed answer."""
+    from modelscope_hub.types import FileInfo
+
+    out = []
+    for item in raw:
+        if not isinstance(item, dict):
+            raise TypeError(f"a file entry that is a {type(item).__name__}")
+        normalised = {
+            "path": item.get("Path") or item.get("path") or item.get("Name") or "",
+            "size": int(item.get("Size") or item.get("size") or 0),
+            "blob_id": item.get("BlobId") or item.get("blob_id") or item.get("Sha256"),
+            "sha256": item.get("Sha256") or item.get("sha256"),
+            "type": item.get("Type") or item.get("type") or "blob",
+            "last_modified": item.get("CommittedDate") or item.get("last_modified"),
+            "lfs": item.get("Lfs") or item.get("lfs"),
+        }
+        out.append(FileInfo.from_dict(normalised))
+    return out
+
+
 def _modelscope_commit(
-    api: Any, repo_id: str, revision: str, repo_type: str = "model"
+    api: Any, repo_id: str, revision: str, repo_type: str = "model", raw: Any = None
 ) -> str | None:
-    """The commit a ModelScope branch or tag points at, when the hub says (it may not)."""
+    """The commit a ModelScope branch or tag points at, when the hub says (it may not).
+
+    In order: a revision that is a commit; the branch or tag's entry in the revisions list, when
+    it carries a commit id; else the "Revision" (a commit id, modelscope/hub/utils/caching.py)
+    the file listing gives each file, when every file names the same one. Anything else (no
+    answer, ids that are not 40 hex, files from several commits) is no commit: the files stay
+    pinned by their sha256, and the record says nothing it does not know.
+    """
     if COMMIT_RE.match(revision):
         return revision
     try:
         branches, tags = api.legacy.list_revisions_detail(repo_id, repo_type)
     except Exception:  # noqa: BLE001 - optional detail; the files are pinned by sha256 anyway
-        return None
-    for entry in [*branches, *tags]:
-        if entry.get("Revision") == revision:
+        branches, tags = [], []
+    for entry in [*(branches or []), *(tags or [])]:
+        if isinstance(entry, dict) and entry.get("Revision") == revision:
             commit = entry.get("CommitId") or entry.get("Commit") or entry.get("Sha")
             if isinstance(commit, str) and COMMIT_RE.match(commit):
                 return commit
+    named = {
+        item.get("Revision")
+        for item in (raw if isinstance(raw, list) else [])
+        if isinstance(item, dict) and (item.get("Type") or "blob") != "tree"
+    }
+    if len(named) == 1:
+        (commit,) = named
+        if isinstance(commit, str) and COMMIT_RE.match(commit):
+            return commit
     return None
 
 

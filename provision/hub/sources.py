@@ -2,17 +2,18 @@
 
 A source is named on the command line (`hf`, `hf-mirror`, `modelscope`, an HF-compatible URL,
 `modelscope:URL`, or a folder). `--source auto` probes the candidates concurrently with a short
-timeout and takes the first one, in preference order, that answers for the repository; the others
-stay in line as fallbacks should a transfer keep failing.
+timeout and takes the first good answer for the repository (a preferred source answering within a
+moment of it goes first; a hanging one is not waited for); the others stay in line as fallbacks
+should a transfer keep failing.
 """
 
 from __future__ import annotations
 
 import functools
 import os
+import threading
 import time
-from concurrent.futures import Future, ThreadPoolExecutor
-from concurrent.futures import TimeoutError as FutureTimeout
+from concurrent.futures import FIRST_COMPLETED, Future, wait
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -260,7 +261,7 @@ class Choice:
     pending: list[tuple[Source, Future[Probe]]] = field(default_factory=list, repr=False)
 
     def fallbacks(self) -> list[Source]:
-        """Sources after the chosen one that answered too (waits for probes still running)."""
+        """The other sources that answered too, in order (waits for probes still running)."""
         out = []
         for source, future in self.pending:
             try:
@@ -281,6 +282,27 @@ class Choice:
         }
 
 
+def _in_thread(fn: Any, *args: Any) -> Future[Any]:
+    """`fn(*args)` in a daemon thread: a probe of a hanging source must not hold the process at
+    exit (a ThreadPoolExecutor's workers are joined at exit, so `provision env` would print its
+    answer at once and then wait the whole probe timeout before returning)."""
+    future: Future[Any] = Future()
+
+    def run() -> None:
+        if not future.set_running_or_notify_cancel():
+            return
+        try:
+            future.set_result(fn(*args))
+        except BaseException as exc:  # noqa: BLE001 - handed to whoever reads the future
+            future.set_exception(exc)
+
+    threading.Thread(target=run, name="probe", daemon=True).start()
+    return future
+
+
+PROBE_GRACE_S = 0.25  # after the first good answer, how long a preferred source may still answer
+
+
 def choose_source(
     candidates: list[Source],
     repo_ids: dict[str, str | None] | None = None,
@@ -288,40 +310,73 @@ def choose_source(
     timeout: float | None = None,
     repo_type: str = "model",
 ) -> Choice:
-    """Probe all candidates at once; take the first, in order, that answers for its repository.
+    """Probe all candidates at once (threads) and take the first good answer.
 
-    `repo_ids` maps a source kind (hf, modelscope, local) to the repository to look for there.
+    A source earlier in the order that answers within PROBE_GRACE_S of that first good answer
+    is taken instead (the order is a preference), but a source that hangs is not waited for:
+    the choice comes a moment after the fastest good answer, not after the probe timeout. The
+    sources that answer later stay in line as fallbacks. `repo_ids` maps a source kind (hf,
+    modelscope, local) to the repository to look for there.
     """
     if timeout is None:
         from provision.variables import env_value
 
         timeout = env_value(PROBE_TIMEOUT_ENV)
     repo_ids = repo_ids or {}
-    pool = ThreadPoolExecutor(max_workers=len(candidates), thread_name_prefix="probe")
+    started = time.monotonic()
     futures = [
         (
             s,
-            pool.submit(probe, s, repo_ids.get(s.kind), _rev_for(s, revision), timeout, repo_type),
+            _in_thread(probe, s, repo_ids.get(s.kind), _rev_for(s, revision), timeout, repo_type),
         )
         for s in candidates
     ]
-    pool.shutdown(wait=False)
-    deadline = time.monotonic() + timeout + 2.0
-    probes: list[Probe] = []
-    for index, (source, future) in enumerate(futures):
-        try:
-            result = future.result(timeout=max(0.1, deadline - time.monotonic()))
-        except FutureTimeout:
-            result = Probe(source, False, f"timed out after {timeout:g} s")
-        probes.append(result)
-        if result.ok:
-            order = ", ".join(s.name for s, _ in futures)
-            skipped = "; ".join(f"{p.source.name} {p.detail}" for p in probes[:-1])
-            reason = f"{source.name} {result.detail}, first reachable in the order {order}"
-            if skipped:
-                reason += f" ({skipped})"
-            return Choice(source, reason, probes, futures[index + 1 :])
-    detail = "; ".join(f"{p.source.name} ({p.source.endpoint}) {p.detail}" for p in probes)
+    index_of = {future: i for i, (_s, future) in enumerate(futures)}
+    results: dict[int, Probe] = {}
+    deadline = started + timeout + 2.0
+    grace_end: float | None = None
+    while len(results) < len(futures):
+        ok = [i for i, r in results.items() if r.ok]
+        if ok and all(j in results for j in range(min(ok))):
+            break  # the most preferred source that answered well has no better one pending
+        limit = deadline if grace_end is None else min(grace_end, deadline)
+        left = limit - time.monotonic()
+        if left <= 0:
+            break
+        running = [f for f, i in index_of.items() if i not in results]
+        done, _ = wait(running, timeout=left, return_when=FIRST_COMPLETED)
+        for future in done:
+            i = index_of[future]
+            try:
+                results[i] = future.result()
+            except Exception as exc:  # noqa: BLE001 - a probe that crashed is a source we skip
+                results[i] = Probe(futures[i][0], False, f"probe failed ({_short(exc)})")
+            if results[i].ok and grace_end is None:
+                grace_end = time.monotonic() + PROBE_GRACE_S
+    waited = time.monotonic() - started
+    ok = [i for i, r in results.items() if r.ok]
+    if ok:
+        chosen = min(ok)
+        source, result = futures[chosen][0], results[chosen]
+        order = ", ".join(s.name for s, _ in futures)
+        others = "; ".join(
+            f"{futures[j][0].name} {results[j].detail}"
+            if j in results
+            else f"{futures[j][0].name} no answer yet after {waited * 1000:.0f} ms"
+            for j in range(chosen)
+        )
+        reason = f"{source.name} {result.detail}, first reachable in the order {order}"
+        if others:
+            reason += f" ({others})"
+        probes = [results[i] for i in sorted(results)]
+        pending = [(s, f) for i, (s, f) in enumerate(futures) if i != chosen]
+        return Choice(source, reason, probes, pending)
+    for i, (source, _future) in enumerate(futures):
+        results.setdefault(i, Probe(source, False, f"timed out after {timeout:g} s"))
+    detail = "; ".join(
+        f"{results[i].source.name} ({results[i].source.endpoint}) {results[i].detail}"
+        for i in sorted(results)
+    )
     raise ProvisionError(
         f"No source answered for this {repo_type}: {detail}.",
         "Check the network (on AutoDL: `source /etc/network_turbo`), pick one with --source, "

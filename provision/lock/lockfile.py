@@ -127,7 +127,8 @@ def lock_path(
 
 
 def read_lock(path: str | os.PathLike[str]) -> dict[str, Any]:
-    """The whole lockfile as data; a clear message when it is missing or not TOML."""
+    """The whole lockfile as data; a clear message when it is missing, not TOML, or has a value
+    of the wrong type (provision/lock/shape.py)."""
     lock = Path(path)
     try:
         text = lock.read_text(encoding="utf-8")
@@ -137,9 +138,13 @@ def read_lock(path: str | os.PathLike[str]) -> dict[str, Any]:
             "Run `provision lock PROFILE` first, or pass the lockfile you were given.",
         ) from exc
     try:
-        return tomllib.loads(text)
+        data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise ProvisionError(f"Lockfile {lock} is not valid TOML ({exc}).") from exc
+    from provision.lock.shape import check_lock_shape
+
+    check_lock_shape(data, lock)  # valid TOML with a wrong type is one message, not a TypeError
+    return data
 
 
 def tool_table(data: dict[str, Any]) -> dict[str, Any]:

@@ -57,7 +57,7 @@ else:  # pragma: no cover
 PIN = re.compile(r"^\s*([A-Za-z0-9][A-Za-z0-9._-]*)(\[[^\]]*\])?\s*==\s*([^\s;,]+)")
 _OWN_SECTIONS = (
     "profile", "target", "indexes", "model", "fixes", "env", "smoke", "dataset_smoke",
-    "tool-version",
+    "tool-version", "attention",
 )  # fmt: skip
 
 
@@ -209,6 +209,12 @@ def model_table(profile: Profile) -> dict[str, Any]:
     if profile.modelscope_repo:
         model["modelscope_repo_id"] = profile.modelscope_repo
     return model
+
+
+def attention_table(resolution: Resolution) -> dict[str, Any]:
+    """{"attention": [tool.provision.attention]} when flash-attn was asked for, else {}: the
+    release wheel picked for the locked torch, or the fallback and why (provision.attention)."""
+    return {"attention": resolution.attention.table()} if resolution.attention else {}
 
 
 def package_set(data: Mapping[str, Any]) -> set[tuple[str, str]]:
@@ -433,6 +439,7 @@ def lock_profile(
             [route],
             platform=platform,
             previous=None if upgrade else path,
+            min_cc=facts.min_cc,
         )
     except ProvisionError as exc:
         exc.explain_lines = decision_lines(facts, plan, indexes_table(plan, config))  # type: ignore[attr-defined]
@@ -456,6 +463,7 @@ def lock_profile(
         "env": public_env(resolution.install_env),
         "smoke": {},
     }
+    table.update(attention_table(resolution))
     kept = write_lock(
         path,
         _header(prof, task),
@@ -612,9 +620,15 @@ def lock_file_reasons(lock: Path) -> tuple[dict[str, Any] | None, list[str]]:
 def pin_reasons(requirements: Sequence[str], data: Mapping[str, Any], pinned_by: str) -> list[str]:
     """Each `name==version` requirement the lock does not hold at that version (local labels
     such as +cu124 aside); `pinned_by` names who asks for it in the message."""
+    from provision.attention import is_flash_attn
+
     locked = {canonical(p["name"]): str(p.get("version", "")) for p in data.get("packages", [])}
     reasons = []
+    attention = tool_table(data).get("attention", {})  # type: ignore[arg-type]
     for requirement in requirements:
+        if is_flash_attn(requirement):  # not in uv's packages: the lock picked a release wheel
+            reasons += _flash_attn_reasons(requirement, attention, pinned_by)
+            continue
         match = PIN.match(requirement)
         if not match:
             continue
@@ -625,6 +639,24 @@ def pin_reasons(requirements: Sequence[str], data: Mapping[str, Any], pinned_by:
         elif have.split("+", 1)[0] != version.split("+", 1)[0]:
             reasons.append(f"{name} is locked at {have}, {pinned_by} pins {version}")
     return reasons
+
+
+def _flash_attn_reasons(requirement: str, attention: Any, pinned_by: str) -> list[str]:
+    """Why the lock's [tool.provision.attention] does not answer a flash-attn requirement."""
+    from provision.attention import requested_versions
+
+    if not isinstance(attention, dict) or not attention.get("implementation"):
+        return ["flash-attn is not in the lock (no [tool.provision.attention] table)"]
+    try:
+        wanted = requested_versions(requirement)
+    except ProvisionError as exc:
+        return [exc.message]
+    have = attention.get("version")
+    if have in wanted or (have is None and attention.get("requested") == requirement):
+        return []
+    match = PIN.match(requirement)
+    asks = f"pins {match.group(3)}" if match else f"asks for {requirement}"
+    return [f"flash-attn is locked at {have}, {pinned_by} {asks}"]
 
 
 def stale_reasons(profile: Profile, task: str, lock: Path) -> list[str]:

@@ -27,6 +27,13 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
+from provision.attention import (
+    AttentionPick,
+    is_flash_attn,
+    pick_flash_attn,
+    requested_versions,
+    wheel_table,
+)
 from provision.errors import CheckFailed, ProvisionError
 from provision.lock.indexes import Index, IndexConfig, redact
 from provision.resources import load_table
@@ -84,6 +91,8 @@ class Resolution:
     install_env: dict[str, str] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
     data: dict[str, Any] = field(default_factory=dict, repr=False)  # `text`, parsed
+    # flash-attn, when asked for: its release wheel or the named fallback (provision.attention)
+    attention: AttentionPick | None = None
 
     def package(self, name: str) -> LockedPackage | None:
         for pkg in self.packages:
@@ -99,6 +108,7 @@ class Resolution:
             "seconds": round(self.seconds, 3),
             "install_env": dict(self.install_env),
             "notes": list(self.notes),
+            "attention": self.attention.table() if self.attention else None,
         }
 
 
@@ -163,6 +173,60 @@ def _direct_conflicts(who: Mapping[str, list[tuple[str, str]]]) -> list[str]:
         if len(pins) > 1:
             lines.append(f"{name}: " + "; ".join(f"{label} needs {req}" for label, req in asks))
     return lines
+
+
+def split_flash_attn(
+    sets: Sequence[RequirementSet],
+) -> tuple[list[RequirementSet], str | None]:
+    """The sets without their flash-attn requirement (whose dependencies take its place), and
+    that requirement: flash-attn is installed from a release wheel the lock picks for the
+    resolved torch (provision.attention), never resolved from PyPI's source archive."""
+    asked: str | None = None
+    out = []
+    for rset in sets:
+        kept = []
+        for req in rset.requirements:
+            if is_flash_attn(req):
+                requested_versions(req)  # a release the table knows, or exit 2 before uv runs
+                asked = asked if asked and "==" in asked else req.strip()
+                kept += [r for r in wheel_table()["requires"] if r not in kept]
+            else:
+                kept.append(req)
+        out.append(RequirementSet(rset.label, tuple(kept)))
+    return out, asked
+
+
+def _attention(
+    asked: str,
+    resolution: Resolution,
+    routes: Sequence[Route],
+    python: str,
+    platform: str,
+    min_cc: tuple[int, int] | None,
+) -> AttentionPick:
+    """The flash-attn wheel for the torch uv locked (its variant from the route's label, or the
+    PyPI build's), or the named fallback."""
+    from provision.torch_select import release_for, variant_info
+
+    torch = resolution.package("torch")
+    if torch is None:
+        return pick_flash_attn(asked, None, None, python, platform)
+    version, _, local = torch.version.partition("+")
+    variant: str | None = local or next(
+        (r.local for r in routes if "torch" in r.packages and r.local), None
+    )
+    if variant is None:
+        try:
+            variant = release_for(version).pypi_variant
+        except ProvisionError:
+            variant = None
+    cuda = None
+    if variant and variant != "cpu":
+        try:
+            cuda = variant_info(variant).cuda
+        except ProvisionError:
+            cuda = None
+    return pick_flash_attn(asked, version, variant, python, platform, cuda=cuda, min_cc=min_cc)
 
 
 def _bare(index: Index, secrets: dict[str, str]) -> str:
@@ -269,8 +333,13 @@ def resolve(
     timeout: float = 900,
     workdir: str | os.PathLike[str] | None = None,
     previous: str | os.PathLike[str] | None = None,
+    min_cc: tuple[int, int] | None = None,
 ) -> Resolution:
     """Resolve the sets together for `python` on `platform`: a PEP 751 lock with hashes.
+
+    A flash-attn requirement is not resolved: its dependencies are, and `attention` says which
+    release wheel fits the locked torch or that attention falls back to sdpa (`min_cc`, the
+    lowest compute capability planned for, rules out pre-Ampere GPUs).
 
     `previous` is an earlier lock of the same thing: uv prefers its versions where they still
     satisfy the requirements (as `uv pip compile -o` does with its own output file), so locking
@@ -290,9 +359,16 @@ def resolve(
             + "\n  ".join(conflicts),
             "Make the pins agree (or resolve these sets into separate environments).",
         )
+    split, flash_attn = split_flash_attn(sets)
+    merged, _ = _merge(split)
     secrets: dict[str, str] = {}
     pyproject = project_toml(merged, python, routes, secrets)
     command = compile_command(python, platform, indexes, secrets)
+    if python == f"{sys.version_info[0]}.{sys.version_info[1]}":
+        # The interpreter uv needs (for building an sdist's metadata) is this one; otherwise uv
+        # searches PATH for a python3.X and runs it, which through pyenv's shims is ~30 shell
+        # processes and 0.5 s of every lock here (--python-version still sets the target).
+        command += ["--python", sys.executable]
     binary = uv or uv_bin()
     env = uv_env(scrub=True)
     env.update(secrets)
@@ -326,6 +402,9 @@ def resolve(
     resolution = Resolution(text, packages, ["uv", *command], uv_version(), seconds, data=data)
     _check_routes(resolution, routes)
     _sdist_notes(resolution)
+    if flash_attn:
+        resolution.attention = _attention(flash_attn, resolution, routes, python, platform, min_cc)
+        resolution.notes.append(resolution.attention.note())
     return resolution
 
 

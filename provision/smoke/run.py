@@ -84,7 +84,7 @@ class SmokeResult:
     profile: str
     repo_id: str
     revision: str | None
-    location: str  # "hf-cache" or "modelscope-cache"
+    location: str  # "hf-cache", "modelscope-cache" or "folder" (a profile derived from one)
     python: Path
     ok: bool
     answer: str | None
@@ -242,6 +242,10 @@ def _locate(
     if record and record.get("source") != "local":
         revision = record.get("commit") or record.get("revision")
         return {"repo_id": record["repo_id"], "revision": revision, "path": None}, "hf-cache"
+    if profile.local_folder is not None:  # derived from a folder: its weights are there
+        return {"repo_id": profile.hf_repo, "revision": None, "path": str(profile.local_folder)}, (
+            "folder"
+        )
     return {"repo_id": profile.hf_repo, "revision": profile.revision, "path": None}, "hf-cache"
 
 

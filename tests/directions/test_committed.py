@@ -74,3 +74,39 @@ def test_internvl2_direction_holds_lmdeploy_and_xtuner_and_the_mmengine_pair():
     assert info.version_of("lmdeploy") == "0.7.3" and info.version_of("xtuner") == "0.1.23"
     # The direction file explains why these two may share: same version, same files.
     assert info.version_of("mmengine") == info.version_of("mmengine-lite") == "0.10.7"
+
+
+def test_internvl2_direction_installs_lmdeploy_s_gradio_demo_and_deepspeed():
+    """What the InternVL2 seeds ran besides the stacks: `lmdeploy serve gradio` (whose demo uses
+    gr.Chatbot's tuples format, gone in gradio 6) and DeepSpeed for XTuner's ZeRO configs, an
+    sdist locked without building it and built at install with DS_BUILD_OPS=0."""
+    from packaging.version import Version
+
+    path = direction_lock_path("internvl2-lmdeploy-xtuner", builtin_lock_dir())
+    info = lock_info(path)
+    assert Version("5") <= Version(info.version_of("gradio")) < Version("6")
+    assert info.version_of("deepspeed") == "0.16.7"
+    data = read_toml(path)
+    deepspeed = next(p for p in data["packages"] if p["name"] == "deepspeed")
+    assert "sdist" in deepspeed and not deepspeed.get("wheels")
+    assert data["tool"]["provision"]["env"]["DS_BUILD_OPS"] == "0"
+
+
+def test_okvqa_direction_installs_flash_attn_from_its_release_wheel_and_deepspeed():
+    """ms-swift's --attn_impl flash_attn and --deepspeed, as the OK-VQA seeds ran them: flash-attn
+    is the release wheel for the lock's torch (PyPI's 2.6.0 = cu124, pre-C++11 ABI) and Python,
+    never PyPI's source archive; DeepSpeed is its sdist, built at install with DS_BUILD_OPS=0."""
+    path = direction_lock_path("okvqa-vllm-swift", builtin_lock_dir())
+    data = read_toml(path)
+    names = {p["name"] for p in data["packages"]}
+    assert "flash-attn" not in names and "einops" in names
+    attention = data["tool"]["provision"]["attention"]
+    assert attention["implementation"] == "flash_attention_2"
+    assert attention["requested"] == "flash-attn==2.7.4.post1"
+    wheel = "flash_attn-2.7.4.post1+cu12torch2.6cxx11abiFALSE-cp311-cp311-linux_x86_64.whl"
+    assert attention["wheel"] == wheel
+    assert attention["url"] == (
+        f"https://github.com/Dao-AILab/flash-attention/releases/download/v2.7.4.post1/{wheel}"
+    )
+    assert lock_info(path).version_of("deepspeed") == "0.16.7"
+    assert data["tool"]["provision"]["env"]["DS_BUILD_OPS"] == "0"

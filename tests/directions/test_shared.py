@@ -24,7 +24,7 @@ from provision.directions.shared import (
     shared_umask,
     symlinks_supported,
 )
-from provision.env_registry import read_registry, record_use, registered
+from provision.env_registry import read_registry, record_use, registered, try_record_use
 from provision.errors import ProvisionError
 from tests.directions.helpers import write_profile
 
@@ -71,10 +71,44 @@ def test_registry_entry_says_who_and_what(tmp_path):
     assert entry.exists is False  # no pyvenv.cfg there
     registry.write_text("{not json")
     with pytest.raises(ProvisionError, match="registry .* is damaged"):
-        read_registry(registry)
-    with pytest.raises(ProvisionError, match="damaged"):
-        record_use(registry, env, kind="direction", name="x", status="ok")
-    assert registry.read_text() == "{not json"  # never rewritten blindly
+        read_registry(registry)  # the plain read says so; recording repairs
+
+
+@pytest.mark.parametrize(
+    "damage",
+    [b"{not json", b"[]", b'{"environments": []}', b'{"environments": {"/e": 1}}', b"\xff\xfe"],
+)
+def test_a_damaged_registry_is_moved_aside_and_recording_goes_on(tmp_path, damage):
+    registry = tmp_path / "envs" / "registry.json"
+    registry.parent.mkdir()
+    registry.write_bytes(damage)
+    env = tmp_path / "envs" / "direction-x"
+    entry = record_use(registry, env, kind="direction", name="x", status="ok", user="alice")
+    assert entry.status == "ok" and entry.users["alice"]["setups"] == 1
+    (aside,) = registry.parent.glob("registry.json.damaged-*")
+    assert aside.read_bytes() == damage  # kept whole, for whoever wants to look
+    assert len(entry.notes) == 1 and str(aside) in entry.notes[0] and "damaged" in entry.notes[0]
+    # The new registry is whole and holds the new entry; nothing left over to repair.
+    assert json.loads(registry.read_text())["environments"][str(env)]["status"] == "ok"
+    assert record_use(registry, env, kind="direction", name="x", status="ok").notes == []
+
+
+def test_listing_a_damaged_registry_repairs_it_with_a_note(tmp_path):
+    registry = tmp_path / "registry.json"
+    registry.write_text('{"environments": "cut sh')
+    notes: list[str] = []
+    assert registered(registry, notes) == []
+    assert len(notes) == 1 and "registry.json.damaged-" in notes[0]
+    assert registered(registry) == [] and not registry.exists()  # the next record writes it
+    (aside,) = tmp_path.glob("registry.json.damaged-*")
+    assert aside.read_text() == '{"environments": "cut sh'
+
+
+def test_an_unwritable_registry_is_a_note_not_an_error(tmp_path):
+    registry = tmp_path / "registry.json"
+    registry.mkdir()  # not a file: neither readable nor replaceable
+    entry, notes = try_record_use(registry, tmp_path / "e", kind="profile", name="x", status="ok")
+    assert entry is None and len(notes) == 1 and str(registry) in notes[0]
 
 
 def test_shared_umask_makes_group_writable_files_and_is_restored(tmp_path):

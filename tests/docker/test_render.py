@@ -13,6 +13,7 @@ from provision.docker.context import stage_context
 from provision.docker.engine import Engine, _context_archive, build_image, registry_of
 from provision.docker.spec import load_spec
 from provision.errors import CheckFailed, ProvisionError
+from provision.lock.lockfile import read_lock
 from provision.resources import REPO_DIR
 from tests.cli_helpers import run_cli
 from tests.docker.helpers import (
@@ -485,3 +486,52 @@ def test_hf_endpoint_with_a_password_stays_out_of_the_dockerfile(tmp_path: Path,
     assert all(
         secret not in p.read_text(errors="replace") for p in tmp_path.rglob("*") if p.is_file()
     )
+
+
+# Valid TOML, wrong shapes: each was a TypeError/AttributeError/ValueError traceback (exit 1)
+# from `provision docker --lock` before the lock's shapes were checked (issue 11, item 10).
+WRONG_SHAPES = [
+    (("tool", "provision", "target"), "cu124", "tool.provision.target must be a table"),
+    (("packages",), "torch", "packages must be a list"),
+    (("packages", 0), "torch", "packages[0] must be a table"),
+    (("packages", 0, "wheels"), "x.whl", "packages[0].wheels must be a list"),
+    (("packages", 0, "wheels", 0, "hashes"), ["ab"], "packages[0].wheels[0].hashes must be a t"),
+    (("tool", "provision", "indexes", "default"), 1, "indexes.default must be a string"),
+    (("tool", "provision", "model"), 1, "tool.provision.model must be a table"),
+    (("tool", "provision", "fixes"), ["x"], "tool.provision.fixes must be a table"),
+    (("tool", "provision", "profile"), "tiny", "tool.provision.profile must be a table"),
+    (("tool", "provision"), "x", "tool.provision must be a table"),
+    (("tool", "provision", "env"), "A=1", "tool.provision.env must be a table"),
+    (("tool", "provision", "target", "python"), 3.11, "target.python must be a string, got a n"),
+    (("tool", "provision", "fixes", "apply"), "x", "fixes.apply must be a list"),
+]
+
+
+@pytest.mark.parametrize(("where", "value", "message"), WRONG_SHAPES)
+def test_a_wrong_typed_lock_is_one_message_naming_the_file_and_field(
+    tmp_path: Path, profiles: Path, where, value, message
+):
+    import tomli_w
+
+    lock = write_lock(tmp_path)
+    data = read_lock(lock)
+    table = data
+    for key in where[:-1]:
+        table = table[key]
+    table[where[-1]] = value
+    lock.write_text(tomli_w.dumps(data))
+    proc = run_cli("docker", "tiny-vlm", "--lock", str(lock), "--out", str(tmp_path / "out"),
+                   env={"PROVISION_PROFILES_DIR": str(profiles)})  # fmt: skip
+    assert proc.returncode == 2, proc.stderr
+    assert "Traceback" not in proc.stderr
+    first = proc.stderr.splitlines()[0]
+    assert str(lock) in first and message in first
+    assert "provision lock" in proc.stderr  # the way out
+    assert not (tmp_path / "out").exists()
+
+
+def test_every_shipped_lock_has_the_shapes_its_readers_need():
+    locks = sorted((REPO_DIR / "lockfiles").glob("pylock.*.toml"))
+    assert len(locks) > 10
+    for lock in locks:
+        read_lock(lock)  # raises LockShapeError on the first wrong type

@@ -12,10 +12,12 @@ import threading
 from pathlib import Path
 
 import pytest
+import tomli_w
 
 from provision import envs
 from provision.envs import ensure_env, env_python, installed_packages, python_for
 from provision.errors import ProvisionError
+from provision.lock.lockfile import read_lock
 from provision.uv import uv_bin
 from tests.envs.helpers import compile_lock, make_wheel, run_in, write_pylock
 
@@ -161,9 +163,38 @@ def test_python_that_is_not_on_the_machine(tmp_path: Path, lock: Path) -> None:
     env = tmp_path / "env"
     with pytest.raises(ProvisionError) as err:
         ensure_env(env, lock, python="3.99")
-    assert "Python 3.99 is not installed" in err.value.message
-    assert "never downloads" in err.value.message
+    assert "is for Python 3.99, which is not installed here" in err.value.message
+    assert "never lets uv download" in (err.value.hint or "")
     assert not env.exists()
+
+
+def test_a_lock_naming_a_python_not_installed_says_so_before_building(tmp_path: Path) -> None:
+    """Issue 14, item 5: a provision lock for Python 3.10 on a machine with 3.11 only was built
+    with 3.11 (the lock's requires-python ">=3.10" allows it) and failed on the cp310 wheels."""
+    installed = envs.installed_pythons()  # what real uv finds here, never downloading
+    assert installed, "uv finds no Python at all"
+    missing = next(v for v in ("3.10", "3.12", "3.13", "3.9", "3.14") if v not in installed)
+    tag = f"cp{missing.replace('.', '')}"
+    wheel = make_wheel(
+        tmp_path / "w", "demo-native", "1.0", tag=f"{tag}-{tag}-manylinux_2_17_x86_64"
+    )
+    # As `provision lock --python X` writes it: requires-python ">=X" and the target X.
+    lock = write_pylock(
+        tmp_path / "l" / "pylock.toml",
+        [("demo-native", "1.0", wheel)],
+        requires_python=f">={missing}",
+    )
+    data = read_lock(lock)
+    data["tool"] = {"provision": {"target": {"python": missing, "platform": "x86_64-linux"}}}
+    lock.write_text(tomli_w.dumps(data))
+    env = tmp_path / "env"
+    with pytest.raises(ProvisionError) as err:
+        ensure_env(env, lock)
+    message, hint = err.value.message, err.value.hint or ""
+    assert f"pylock.toml is for Python {missing}, which is not installed here" in message
+    assert f"installed: {', '.join(installed)}" in message and "nothing was built" in message
+    assert f"uv python install {missing}" in hint and "provision lock PROFILE --python" in hint
+    assert not env.exists()  # nothing created, nothing installed
 
 
 def test_missing_wheel_offline_names_package_file_and_fix(

@@ -395,6 +395,10 @@ def test_modelscope_source_uses_its_own_verified_layout(hub, tiny, tmp_path):
     hub.fault("*00001-of-00002*", cut_after=1_000_000, times=1)
     rc, out = run_json("download", "tiny", "--source", "modelscope")
     assert rc == 0, out
+    # The commit it got is recorded, as for Hugging Face (issue 14, item 6): from the listing's
+    # per-file "Revision" (a commit id), the branch being named "master" on ModelScope.
+    assert out["commit"] == tiny.commit
+    assert model_record(tmp_path / "locks" / "pylock.tiny.toml")["commit"] == tiny.commit
     snapshot = tmp_path / "ms" / "models" / "org--tiny" / "snapshots" / "master"
     assert Path(out["snapshot"]) == snapshot
     for source in tiny.folder.rglob("*"):

@@ -9,6 +9,7 @@ import pytest
 
 from provision.errors import ProvisionError
 from provision.hub.sources import auto_candidates, choose_source, parse_source, probe
+from tests.cli_helpers import run_json
 from tests.servers.hub import HubServer
 
 
@@ -97,13 +98,40 @@ def test_probes_run_concurrently_and_the_first_answering_in_order_wins(tmp_path,
             parse_source(also_good.url),
         ]
         started = time.monotonic()
-        choice = choose_source(candidates, {"hf": "org/m"}, timeout=1.0)
+        choice = choose_source(candidates, {"hf": "org/m"}, timeout=3.0)
         elapsed = time.monotonic() - started
-        assert choice.source.endpoint == good.url
-        # One timeout for all of them (three hung sources would take 3 s one after another).
-        assert elapsed < 2.2
-        assert "timed out after 1 s" in choice.reason and "unreachable" in choice.reason
+        assert choice.source.endpoint == good.url  # both answer at once: the preferred one
+        # The hung sources are not waited for (before: their whole 3 s timeout).
+        assert elapsed < 2.5
+        assert "no answer yet" in choice.reason and "unreachable" in choice.reason
         assert [s.endpoint for s in choice.fallbacks()] == [also_good.url]
+        assert time.monotonic() - started >= 3.0  # fallbacks() waited for the hung probes
+
+
+def test_a_hanging_first_source_is_not_waited_for(tmp_path, silent_ports):
+    """Issue 14, item 6: the first source in the order hangs, a later one answers at once;
+    `provision env` (auto) took the later one only after the whole probe timeout."""
+    with HubServer(tmp_path / "fast") as fast:
+        folder = tmp_path / "repo"
+        folder.mkdir()
+        (folder / "config.json").write_text("{}")
+        fast.add_repo("org/m", folder)
+        hung = f"http://127.0.0.1:{silent_ports[0]}"
+        started = time.monotonic()
+        choice = choose_source([parse_source(hung), parse_source(fast.url)], {"hf": "org/m"},
+                               timeout=6.0)  # fmt: skip
+        assert time.monotonic() - started < 3.0  # well under the 6 s hang (2 CPUs, busy)
+        assert choice.source.endpoint == fast.url
+
+        # The command, end to end: a real process, the order from PROVISION_SOURCES.
+        env = {"PROVISION_SOURCES": f"{hung},{fast.url}", "PROVISION_PROBE_TIMEOUT": "12",
+               "PROVISION_DATA_DIR": str(tmp_path / "data")}  # fmt: skip
+        started = time.monotonic()
+        rc, out = run_json("env", env=env, timeout=60)
+        took = time.monotonic() - started
+        assert rc == 0, out
+        assert out["env"]["HF_ENDPOINT"] == fast.url and "no answer yet" in out["reason"]
+        assert took < 8.0, took  # start-up included; the hang alone is 12 s
 
 
 def test_probe_tells_apart_missing_repo_and_non_hub(tmp_path):

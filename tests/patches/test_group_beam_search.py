@@ -200,6 +200,13 @@ def test_a_file_changed_after_the_fix_is_told_apart_and_left_alone(
     assert str(path) in err.value.message and "transformers 4.51.3" in err.value.message
     with pytest.raises(ProvisionError):
         revert_fixes(tf451.python, [FIX], lock_copy)
+    # The commands: a refusal is exit 2, the input-error convention (issue 11, item 10).
+    for action in ("apply", "revert"):
+        proc = run_cli(
+            "patch", action, FIX, "--python", str(tf451.python), "--lock", str(lock_copy)
+        )
+        assert proc.returncode == 2, proc.stdout + proc.stderr
+        assert f"Refusing to {action}" in proc.stderr and "Traceback" not in proc.stderr
     assert path.read_bytes() == tweaked, "nothing was written"
 
 

@@ -5,7 +5,7 @@ download.pytorch.org:
 
     /simple/<project>/           "PyPI": torch 2.4.0 with no local label (built with cu121),
                                  torchvision 0.19.0, and ordinary packages (transformers 4.44.0,
-                                 tinylib, tinydep)
+                                 tinylib, tinydep, einops)
     /whl/<variant>/<project>/    "the PyTorch index": torch 2.4.0+<variant>, torchvision
                                  0.19.0+<variant>
     /decoy/simple/<project>/     another index with a torch 2.4.0+cu124 that must never be chosen
@@ -142,6 +142,7 @@ def build_tree(root: Path) -> FakeIndex:
     pypi["tinydep"] = build_wheel(files_dir / "pypi", "tinydep", "1.2")
     pypi["tinylib"] = build_wheel(files_dir / "pypi", "tinylib", "1.0", ["tinydep>=1"])
     pypi["transformers"] = build_wheel(files_dir / "pypi", "transformers", "4.44.0", ["tinydep"])
+    pypi["einops"] = build_wheel(files_dir / "pypi", "einops", "0.8.1")  # flash-attn's one dep
     index.files.update(pypi)
     _write_project_pages(root / "simple", list(pypi.values()), "/files/pypi")
     for variant in VARIANTS:

@@ -214,13 +214,40 @@ def test_smoke_failure_stops_setup_with_the_model_s_error(setup_world, tiny_llav
 def test_a_hub_cache_the_user_set_is_where_weights_go_and_where_the_smoke_looks(
     setup_world, tmp_path
 ):
-    """HF_HUB_CACHE alone (no HF_HOME) is kept: the download and the smoke agree on it."""
+    """HF_HUB_CACHE alone (no HF_HOME) is kept: the download and the smoke agree on it.
+    The machine's registry of environments is damaged: the setup still succeeds (issue 11)."""
     root = setup_world["root"]
     cache = tmp_path / "my-hub-cache"
+    registry = root / "data" / "envs" / "registry.json"
+    registry.parent.mkdir(parents=True, exist_ok=True)
+    registry.write_text("not json at all")
     rc, report = run_json(
         "setup", PROFILE, "--env", str(root / "envs" / "own-cache"), *TORCH,
         env={"HF_HUB_CACHE": str(cache)}, timeout=1800,
     )  # fmt: skip
     assert rc == 0, report
     assert stages(report)["smoke"] == "done"
+    assert len(report["notes"]) == 1 and "registry.json.damaged-" in report["notes"][0]
+    assert json.loads(registry.read_text())["environments"]  # a new registry, with this env
     assert list(cache.glob(f"models--{REPO.replace('/', '--')}/snapshots/*/config.json"))
+
+
+def test_a_damaged_registry_neither_fails_a_setup_nor_hides_a_stage_s_error(setup_world, tmp_path):
+    """The registry of environments is a side record: damaged, it is moved aside with a note;
+    it never turns a stage's own error into "registry damaged" (issue 11, item 10)."""
+    root = setup_world["root"]
+    registry = root / "data" / "envs" / "registry.json"
+    registry.parent.mkdir(parents=True, exist_ok=True)
+    registry.write_text('{"environments": {"/x": ')  # cut short
+    empty = tmp_path / "no-wheels"
+    empty.mkdir()
+    env = root / "envs" / "no-torch"
+    # No torch in that folder and no index: the lock stage fails with uv's own reason.
+    proc = run_cli("setup", PROFILE, "--env", str(env), "--torch-index", str(empty), timeout=600)
+    assert proc.returncode != 0 and "Traceback" not in proc.stderr
+    assert "torch" in proc.stderr and "damaged" not in proc.stderr
+    assert "registry.json.damaged-" in proc.stdout  # the note, under the stage table
+    (aside,) = registry.parent.glob("registry.json.damaged-*")
+    assert aside.read_text() == '{"environments": {"/x": '
+    entry = json.loads(registry.read_text())["environments"][str(env)]
+    assert entry["status"] == "failed: lock"
