@@ -18,6 +18,7 @@ TASKS = ("infer", "lora", "qlora", "full")
 DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
 QUANTS = ("bf16", "fp16", "fp8", "int8", "int4")
 ATTENTION = ("sdpa", "flash_attention_2", "eager")
+TRAIN_VISION = ("frozen", "lora", "full")  # --train-vision: what training does to the vision tower
 
 
 @cache
@@ -34,6 +35,7 @@ def _enum(name: str, values: tuple[str, ...] | list[str]) -> type[Enum]:
 Task = _enum("Task", TASKS)
 Quant = _enum("Quant", QUANTS)
 Attention = _enum("Attention", ATTENTION)
+TrainVision = _enum("TrainVision", TRAIN_VISION)
 Stack = _enum("Stack", sorted(stacks()))
 
 

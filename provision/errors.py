@@ -15,6 +15,9 @@ class ProvisionError(Exception):
     """A problem the user can fix: `message` says what, `hint` says how."""
 
     exit_code = EXIT_USAGE
+    # What went wrong, as a word scripts can match (the --json envelope's error.code); each
+    # subclass names its own.
+    code = "input"
 
     def __init__(self, message: str, hint: str | None = None) -> None:
         super().__init__(message)
@@ -29,3 +32,4 @@ class CheckFailed(ProvisionError):
     """The machine or the environment fails a check (exit 1), e.g. an unsatisfiable lock."""
 
     exit_code = EXIT_FAILED
+    code = "check_failed"

@@ -353,7 +353,9 @@ def suggest(
                         {"gradient_checkpointing": True},
                     )
                 )
-        if req.task == "infer" or (req.task == "full" and req.zero == 3):
+        if req.task != "infer":
+            out.extend(_training_suggestions(req, asked, machine, fits))
+        if req.task == "infer" or req.zero == 3:  # ZeRO-3 shards the frozen LoRA base too
             for count in range(machine.gpu_count + 1, 17):
                 if req.task == "infer" and not valid_tp(profile, req.stack, count):
                     continue  # the engine would refuse this tensor-parallel size
@@ -368,7 +370,7 @@ def suggest(
                         )
                     )
                     break
-        elif req.task == "full":
+        else:
             for count in range(max(machine.gpu_count, 1) + 1, 17):
                 ok, need = fits(replace(asked, zero=3), with_gpu_count(machine, count))
                 if ok:
@@ -418,6 +420,49 @@ def suggest(
                 )
                 break
     out.extend(_catalogue_suggestions(profile, asked, machine))
+    return out
+
+
+def _training_suggestions(
+    req: FitRequest, asked: FitRequest, machine: Machine, fits: Any
+) -> list[Suggestion]:
+    """Training set-ups that save memory without changing the data: vision checkpointing, ZeRO-3
+    sharding (the frozen base too, under LoRA) and ZeRO offload."""
+    out = []
+    vckpt = req.vision_gradient_checkpointing
+    if req.train_vision != "frozen" and vckpt is False:
+        ok, need = fits(replace(asked, vision_gradient_checkpointing=True))
+        if ok:
+            change = {"vision_gradient_checkpointing": True}
+            out.append(Suggestion("vision-checkpointing", "--vision-checkpointing", need, change))
+    zero = req.zero or 0
+    if machine.gpu_count > 1 and zero < 3:
+        ok, need = fits(replace(asked, zero=3))
+        if ok:
+            what = "the frozen base too" if req.task != "full" else "weights, gradients, states"
+            out.append(
+                Suggestion(
+                    "zero",
+                    f"--zero 3: DeepSpeed shards {what} over the {machine.gpu_count} GPUs",
+                    need,
+                    {"zero": 3},
+                )
+            )
+    if not req.cpu_offload:
+        for stage in sorted({max(zero, 2), 3}):
+            ok, need = fits(replace(asked, zero=stage, cpu_offload=True))
+            if ok:
+                out.append(
+                    Suggestion(
+                        "cpu-offload",
+                        f"--zero {stage} --cpu-offload: optimizer state"
+                        + " and parameters" * (stage == 3)
+                        + " in RAM (slower steps)",
+                        need,
+                        {"zero": stage, "cpu_offload": True},
+                    )
+                )
+                break
     return out
 
 

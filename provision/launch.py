@@ -7,7 +7,7 @@ the source file its names were read from. Training stacks get their own argument
 from __future__ import annotations
 
 import shlex
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from provision.memory import FitRequest, engine_of, stacks, vision_family
@@ -20,6 +20,7 @@ class Launch:
     argv: list[str]  # the command as argv; `line` joins it for a shell
     version: str
     source: str
+    notes: list[str] = field(default_factory=list)  # what the line cannot say
 
     @property
     def line(self) -> str:
@@ -32,6 +33,7 @@ class Launch:
             "line": self.line,
             "version": self.version,
             "source": self.source,
+            "notes": self.notes,
         }
 
 
@@ -42,10 +44,13 @@ def launch_for(profile: Profile, req: FitRequest, gpus: int) -> Launch | None:
     table = stacks().get(stack, {}).get("launch")
     if table is None:
         return None
-    argv = shlex.split(table["command"].format(repo=profile.hf_repo))
+    notes: list[str] = []
+    config = _config(profile, req, table, notes)
+    argv = shlex.split(table["command"].format(repo=profile.hf_repo, config=config))
     values = _values(profile, req, gpus, stack)
 
     env: list[str] = []
+    cfg: list[str] = []  # key=value overrides of a config file (XTuner --cfg-options)
 
     def add(key: str, value: Any) -> None:
         flag = table.get(key)
@@ -53,10 +58,14 @@ def launch_for(profile: Profile, req: FitRequest, gpus: int) -> Launch | None:
             return
         if key == "train_type" and value == "qlora" and "qlora" in table:
             argv.extend(table["qlora"])
+        elif key == "zero":
+            argv.extend(_zero(table, value, req.cpu_offload, notes))
         elif flag.startswith("env:"):  # a setting the stack reads from the environment
             env.append(f"{flag[4:]}={value}")
-        elif key == "zero":
-            argv.extend([flag, table.get("zero_format", "{n}").format(n=value)])
+        elif flag.startswith("cfg:"):
+            if table.get("bool_style") == "python" and value in ("true", "false"):
+                value = value.capitalize()
+            cfg.append(f"{flag[4:]}={value}")
         elif value is True:
             argv.append(flag)
         elif isinstance(value, dict):  # key=value pairs in one flag (vLLM's JSON form)
@@ -64,9 +73,55 @@ def launch_for(profile: Profile, req: FitRequest, gpus: int) -> Launch | None:
         else:
             argv.extend([flag, str(value)])
 
+    if req.task != "infer":
+        values.update(_vision_values(req, table, notes))
     for key, value in values.items():
         add(key, value)
-    return Launch(stack, env + argv, table["version"], table["source"])
+    if cfg:
+        argv.extend([table["cfg_flag"], *cfg])
+    return Launch(stack, env + argv, table["version"], table["source"], notes)
+
+
+def _config(profile: Profile, req: FitRequest, table: dict[str, Any], notes: list[str]) -> str:
+    """The stack's config file for this model and task, for stacks that start from one (XTuner);
+    a placeholder, said in a note, when the stack ships none for the model."""
+    if "configs" not in table:
+        return ""
+    base = table["configs"].get(profile.name)
+    if base is None:
+        notes.append(
+            f"{req.stack} ships no config for {profile.name}: copy the nearest one and put its "
+            f"name in place of {table['config_missing']}"
+        )
+        return str(table["config_missing"])
+    return str(base + table["config_suffix"][req.task])
+
+
+def _zero(table: dict[str, Any], stage: int, offload: bool, notes: list[str]) -> list[str]:
+    """The stack's DeepSpeed config for ZeRO `stage` (with CPU offload if asked), or nothing
+    and a note when the stack ships no such config."""
+    if offload and stage in table.get("zero_offload_stages", ()):
+        return [table["zero"], table["zero_offload_format"].format(n=stage)]
+    if offload:
+        notes.append(f"no ZeRO-{stage} offload config ships with this stack: add offload_optimizer")
+    if stage not in table.get("zero_stages", (1, 2, 3)):
+        notes.append(f"no ZeRO-{stage} config ships with this stack: write one, or use ZeRO-2/3")
+        return []
+    return [table["zero"], table.get("zero_format", "{n}").format(n=stage)]
+
+
+def _vision_values(req: FitRequest, table: dict[str, Any], notes: list[str]) -> dict[str, Any]:
+    """--train-vision as the stack's freeze flag: stacks whose unfrozen tower is trained the
+    task's way (ms-swift, LLaMA-Factory: LoRA under LoRA) or fully (XTuner)."""
+    if req.train_vision == "frozen":
+        return {}
+    way = "full" if req.task == "full" else "lora"
+    if table.get("unfreeze_trains") == "full":
+        way = "full"
+    if "freeze_vision" not in table or req.train_vision != way:
+        notes.append(f"--train-vision {req.train_vision} has no flag in {req.stack}'s command")
+        return {}
+    return {"freeze_vision": "false"}
 
 
 def _kv(pairs: dict[str, Any], style: str) -> str:
@@ -107,6 +162,7 @@ def _values(profile: Profile, req: FitRequest, gpus: int, stack: str) -> dict[st
         out["max_length"] = req.seq
         out["lora_rank"] = req.lora_rank if req.task in ("lora", "qlora") else None
         out["gradient_checkpointing"] = str(req.gradient_checkpointing).lower()
+        out["disable_gradient_checkpointing"] = None if req.gradient_checkpointing else "true"
         fam = vision_family(profile)
         if req.max_pixels is not None or "pixels_per_token" in fam:
             out["max_pixels"] = req.max_pixels or (req.image_tokens or 0) * fam.get(
@@ -116,4 +172,5 @@ def _values(profile: Profile, req: FitRequest, gpus: int, stack: str) -> dict[st
             out["max_tiles"] = req.max_tiles
         out["zero"] = req.zero or None
         out["nproc"] = gpus if gpus > 1 else None
+        out["trust_remote_code"] = bool(profile.data["source"].get("trust_remote_code"))
     return {k: v for k, v in out.items() if v not in (None, {}, 0) or v is False}

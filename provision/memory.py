@@ -13,7 +13,7 @@ from dataclasses import dataclass, replace
 from functools import cache
 from typing import Any
 
-from provision.choices import ATTENTION, QUANTS, TASKS, stacks
+from provision.choices import ATTENTION, QUANTS, TASKS, TRAIN_VISION, stacks
 from provision.errors import ProvisionError
 from provision.profiles import DTYPE_BYTES, Profile
 from provision.resources import load_table
@@ -86,7 +86,10 @@ class FitRequest:
     image_tokens: int | None = None  # per image
     gradient_checkpointing: bool = True
     vision_gradient_checkpointing: bool | None = None  # default: as gradient_checkpointing
-    train_vision: bool = False
+    # The vision tower under training: frozen (no gradient reaches it), lora (adapters on its
+    # linears) or full. A bool is read as full / frozen (older observation rows).
+    train_vision: str = "frozen"
+    cpu_offload: bool = False  # DeepSpeed ZeRO offload: optimizer (and ZeRO-3 parameters) in RAM
     stack: str | None = None  # default: the profile's stack for the task
     zero: int | None = None  # DeepSpeed ZeRO stage; default: the profile's
     lora_rank: int | None = None
@@ -111,6 +114,9 @@ class FitRequest:
     def __post_init__(self) -> None:
         from provision.bounds import check_bound
 
+        if isinstance(self.train_vision, bool):
+            object.__setattr__(self, "train_vision", "full" if self.train_vision else "frozen")
+
         for name in (
             "batch", "seq", "images", "image_tokens", "context", "zero", "lora_rank",
             "memory_fraction",
@@ -122,11 +128,17 @@ class FitRequest:
 
 
 def validate_request(req: FitRequest) -> None:
-    choices = {"task": TASKS, "quant": QUANTS, "attention": ATTENTION, "dtype": DTYPES}
+    choices = {
+        "task": TASKS,
+        "quant": QUANTS,
+        "attention": ATTENTION,
+        "dtype": DTYPES,
+        "train_vision": TRAIN_VISION,
+    }
     for name, allowed in choices.items():
         value = getattr(req, name)
         if value is not None and value not in allowed:
-            flag = "--task" if name == "task" else f"--{name}"
+            flag = "--task" if name == "task" else f"--{name.replace('_', '-')}"
             label = "Unknown task" if name == "task" else f"Unknown {flag}"
             raise ProvisionError(f"{label} '{value}'.", f"Use one of: {', '.join(allowed)}.")
     if req.stack is not None and req.stack not in stacks():
@@ -164,6 +176,16 @@ def validate_request(req: FitRequest) -> None:
         )
     if req.zero is not None and req.zero not in (0, 1, 2, 3):
         raise ProvisionError(f"--zero {req.zero} must be 0, 1, 2 or 3.")
+    if req.cpu_offload and req.task == "infer":
+        raise ProvisionError(
+            "--cpu-offload is DeepSpeed's ZeRO offload, a training setting.",
+            "Use it with --task lora, qlora or full (and --zero 1, 2 or 3).",
+        )
+    if req.task == "infer" and req.train_vision != "frozen":
+        raise ProvisionError(
+            f"--train-vision {req.train_vision} needs a training task.",
+            "Use --task lora, qlora or full, or drop --train-vision.",
+        )
     if req.memory_fraction is not None and not 0 < req.memory_fraction <= 1:
         raise ProvisionError(f"--memory-fraction {req.memory_fraction} must be in (0, 1].")
 
@@ -386,6 +408,11 @@ def resolve_request(profile: Profile, req: FitRequest) -> FitRequest:
     zero = req.zero
     if zero is None:
         zero = profile.task(req.task).zero if req.task in profile.data["tasks"] else 0
+    if req.cpu_offload and not zero:
+        raise ProvisionError(
+            "--cpu-offload is DeepSpeed's ZeRO offload: it needs a ZeRO stage.",
+            "Add --zero 2 (optimizer state in RAM) or --zero 3 (the parameters too).",
+        )
     paged = info["kind"] == "paged"
     context = req.context or (profile.text["max_context"] if paged else seq)
     _check_context(profile, req, seq, context, image_total, paged)
@@ -447,17 +474,25 @@ def estimate(profile: Profile, req: FitRequest, gpus: int = 1) -> Estimate:
         overhead += ovh["engine_gib"] * GIB
     parts.append(Component("overhead", overhead, "CUDA context, workspaces, fragmentation"))
     if req.task != "infer":
-        parts.append(
-            Component(
-                "training reserve",
-                ovh["train_reserve_gib"] * GIB,
-                "allocator pool and trainer temporaries (calibrated, see docs/calibration.md)",
-            )
-        )
+        parts.append(train_reserve(sum(p.bytes for p in parts if p.name != "overhead")))
     fraction = req.memory_fraction if req.memory_fraction is not None else 1.0
     if engine is not None and engine["name"] == "lmdeploy":
         fraction = 1.0  # LMDeploy sizes its cache from the free memory, not a share of the card
     return Estimate(req, parts, gpus, strategy, fraction, engine)
+
+
+def train_reserve(live: float) -> Component:
+    """What training holds beyond its live tensors: a share of them, capped (fit.toml
+    [overhead]), so that it also holds for small models instead of a flat 4 GiB."""
+    ovh = coefficients()["overhead"]
+    cap = ovh["train_reserve_gib"] * GIB
+    reserve = min(cap, ovh["train_reserve_share"] * live)
+    return Component(
+        "training reserve",
+        reserve,
+        f"allocator pool and trainer temporaries: {ovh['train_reserve_share']:.0%} of the live "
+        f"tensors, at most {ovh['train_reserve_gib']:g} GiB (calibrated, docs/calibration.md)",
+    )
 
 
 def _engine(
@@ -592,43 +627,96 @@ def _lm_eager_attention(profile: Profile, req: FitRequest, seq: int) -> float:
     return _attention_scores_bytes(profile.text["heads"], float(seq) ** 2, req.attention)
 
 
+def vision_lora_params(profile: Profile, rank: int) -> int:
+    """LoRA on every linear of the vision tower's blocks (qkv, proj, fc1, fc2): what
+    `--train-vision lora` trains (ms-swift freeze_vit false with LoRA; PEFT target_modules on
+    the tower). The MLP width is the profile's encoder_intermediate, else 4 x hidden."""
+    image = profile.image
+    h = image.get("encoder_hidden", 1024)
+    i = image.get("encoder_intermediate", 4 * h)
+    per_layer = (h + 3 * h) + (h + h) + (h + i) + (i + h)
+    return rank * per_layer * image.get("encoder_layers", 24)
+
+
+def zero_shards(task: str, zero: int, gpus: int) -> dict[str, int]:
+    """Over how many GPUs each training state is split by ZeRO stage (DeepSpeed: stage 1 the
+    optimizer states, 2 also the gradients, 3 also the parameters; under LoRA stage 3 splits the
+    frozen base as well, since zero.Init partitions every parameter it builds)."""
+    n = gpus if gpus > 1 else 1
+    return {
+        "optimizer": n if zero >= 1 else 1,
+        "grads": n if zero >= 2 else 1,
+        "weights": n if zero == 3 and task in ("lora", "qlora", "full") else 1,
+    }
+
+
 def _training(
     profile: Profile, req: FitRequest, gpus: int, info: dict[str, Any]
 ) -> tuple[list[Component], str]:
     c = coefficients()
     act, opt, t = c["activations"], c["optimizer"], profile.text
+    z3 = c["zero3"]
     assert req.seq and req.quant
     zero = req.zero or 0
+    shards = zero_shards(req.task, zero, gpus)
     lora_base = info.get("lora_base_bytes") if req.task == "lora" else None
     weights = loaded_weight_bytes(profile, req, lora_base)
-    shard_weights = gpus if (req.task == "full" and zero == 3) else 1
-    parts = [Component("weights", weights / shard_weights, f"{req.quant} base model")]
-    if req.task in ("lora", "qlora"):
-        n = lora_params(profile, req.lora_rank or 8)
+    offload_params = req.cpu_offload and zero == 3  # ZeRO-3 offload_param: weights in RAM
+    host = 0.0  # bytes the offload puts in the node's RAM
+    if offload_params:
+        host += weights
+        parts = [Component("weights", 0.0, f"{req.quant} base model in RAM (ZeRO-3 offload)")]
+    else:
+        split = f", ZeRO-3 split over {shards['weights']} GPUs" * (shards["weights"] > 1)
+        per_gpu = weights / shards["weights"]
+        parts = [Component("weights", per_gpu, f"{req.quant} base model{split}")]
+    if shards["weights"] > 1 or offload_params:
+        # ZeRO-3 gathers a module's full parameters to run it: the largest of the embedding
+        # and a few prefetched decoder layers (stage3_prefetch_bucket_size, max_live_parameters).
+        embed, _ = embedding_params(profile)
+        layer = language_linear_params(profile) / t["layers"]
+        gathered = min(max(embed, z3["live_layers"] * layer), z3["max_live_parameters"]) * 2.0
+        parts.append(
+            Component(
+                "zero-3 gathered",
+                gathered,
+                "full parameters of the modules running now (stage3 all-gather)",
+            )
+        )
+    rank = req.lora_rank or 8
+    trainable_full = profile.params["language"] if req.task == "full" else 0
+    if req.train_vision == "full":
+        trainable_full += profile.params["vision"]
+    n_lora = lora_params(profile, rank) if req.task in ("lora", "qlora") else 0
+    if req.train_vision == "lora":
+        n_lora += vision_lora_params(profile, rank)
+    if n_lora:
+        what = "LLM" * (req.task != "full") + " + vision" * (req.train_vision == "lora")
+        state = n_lora * opt["lora_bytes_per_param"]
+        if req.cpu_offload:  # the fp32 master and Adam moments go to RAM; the gradient stays
+            host += n_lora * (opt["lora_bytes_per_param"] - 4)
+            state = n_lora * 4.0
         parts.append(
             Component(
                 "lora state",
-                n * opt["lora_bytes_per_param"],
-                f"rank {req.lora_rank}, {n / 1e6:.0f}M params in fp32 with AdamW",
+                state,
+                f"rank {rank} on the {what.strip(' +')} linears, {n_lora / 1e6:.0f}M params "
+                "in fp32 with AdamW" + " (optimizer in RAM)" * req.cpu_offload,
             )
         )
-    else:
-        trainable = profile.params["language"]
-        if req.train_vision:
-            trainable += profile.params["vision"]
+    if trainable_full:
         per = opt["full_bytes_per_param"]
-        grads = 2.0 * trainable  # the 16-bit gradient, part of `per`
-        # ZeRO-1 shards optimizer states, ZeRO-2 also gradients, ZeRO-3 also the weights.
-        if zero == 0 or gpus == 1:
-            state = trainable * per
-        elif zero == 1:
-            state = grads + (trainable * per - grads) / gpus
+        grads = 2.0 * trainable_full  # the 16-bit gradient, part of `per`
+        rest = trainable_full * per - grads  # fp32 master copy and the two Adam moments
+        if req.cpu_offload:  # ZeRO-Offload: master, moments and fp32 gradients live in RAM
+            host += rest + 4.0 * trainable_full
+            state = grads / shards["grads"]
+            how = "AdamW in RAM (ZeRO offload); 16-bit gradients on the GPU"
         else:
-            state = trainable * per / gpus
+            state = grads / shards["grads"] + rest / shards["optimizer"]
+            how = "AdamW mixed precision"
         parts.append(
-            Component(
-                "optimizer+grads", state, f"AdamW mixed precision, {trainable / 1e9:.2f}B trainable"
-            )
+            Component("optimizer+grads", state, f"{how}, {trainable_full / 1e9:.2f}B trainable")
         )
     if zero and info.get("zero_bucket_gib"):
         parts.append(
@@ -643,8 +731,16 @@ def _training(
     else:
         lm = layer_full * t["layers"]
         how = "no gradient checkpointing"
-    vision = vision_bytes(profile, req, req.batch, train=req.train_vision) if req.images else 0.0
-    parts.append(Component("activations", lm + vision, f"{tokens} tokens, {how}"))
+    vision = 0.0
+    if req.images:
+        vision = vision_bytes(profile, req, req.batch, train=req.train_vision != "frozen")
+    vckpt = req.vision_gradient_checkpointing
+    if vckpt is None:
+        vckpt = req.gradient_checkpointing
+    tower = "vision tower frozen"
+    if req.train_vision != "frozen":
+        tower = f"vision tower {req.train_vision}, {'' if vckpt else 'no '}vision checkpointing"
+    parts.append(Component("activations", lm + vision, f"{tokens} tokens, {how}; {tower}"))
     parts.append(
         Component(
             "logits",
@@ -652,6 +748,14 @@ def _training(
             f"{tokens} tokens x vocab {t['vocab']} through the loss",
         )
     )
+    if req.cpu_offload:
+        parts.append(
+            Component(
+                "cpu offload",
+                0.0,
+                f"{host / GIB:.1f} GiB of the node's RAM (pinned) holds what ZeRO offloads",
+            )
+        )
     if gpus == 1:
         strategy = "one GPU"
     elif req.task == "full" and zero:
@@ -660,4 +764,6 @@ def _training(
         strategy = f"data parallel with ZeRO-{zero} over {gpus} GPUs"
     else:
         strategy = f"data parallel: a full replica on each of {gpus} GPUs"
+    if req.cpu_offload:
+        strategy += ", CPU offload"
     return parts, strategy

@@ -29,6 +29,7 @@ class FileError(ProvisionError):
     kind of file it is and which command shows a complete example."""
 
     kind = "file"
+    code = "bad_file"
     example = ""
 
     def __init__(self, path: Path | str, key: str | None, reason: str) -> None:

@@ -22,6 +22,18 @@ def _session_pycache(tmp_path_factory: pytest.TempPathFactory) -> None:
         os.environ["PROVISION_TEST_PYCACHE"] = str(tmp_path_factory.mktemp("pycache"))
 
 
+@pytest.fixture(autouse=True)
+def _cli_output_state() -> Iterator[None]:
+    """The CLI's --json state, as it was before the test: a test that runs the app in-process
+    (typer's CliRunner) leaves --json on for every later one otherwise."""
+    from provision.cli import output
+
+    saved = dict(output._STATE)
+    yield
+    output._STATE.clear()
+    output._STATE.update(saved)
+
+
 @pytest.fixture(scope="session", autouse=True)
 def _session_data_dir(tmp_path_factory: pytest.TempPathFactory) -> None:
     """provision's data dir (records, registry, caches) in this session's basetemp: without it
@@ -196,3 +208,55 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
         for fixture in getattr(item, "fixturenames", ()):
             for mark in NEEDS.get(fixture, ()):
                 item.add_marker(mark)
+
+
+# What a machine lacks for each marker's tests, and the fix. A run that selects such tests on a
+# machine without them stops before any test with ONE message (not one error per test, and
+# never a silent skip): install the packages, or leave the tests out by their marker.
+def _missing_podman() -> list[str]:
+    from tests.servers.podman import missing_tools
+
+    return missing_tools()
+
+
+def _missing_exfat() -> list[str]:
+    import shutil
+
+    from tests.directions.conftest import EXFAT_TOOLS
+
+    missing = [tool for tool in EXFAT_TOOLS if shutil.which(tool) is None]
+    return missing + ([] if Path("/dev/fuse").exists() else ["/dev/fuse"])
+
+
+def _missing_root() -> list[str]:
+    return [] if os.geteuid() == 0 else ["root (these tests mount file systems)"]
+
+
+MACHINE_NEEDS = {"podman": _missing_podman, "exfat": _missing_exfat, "root": _missing_root}
+
+
+def unmet_needs(items: list[pytest.Item]) -> dict[str, tuple[int, list[str]]]:
+    """marker -> (how many of `items` carry it, what this machine lacks for them)."""
+    unmet = {}
+    for marker, missing in MACHINE_NEEDS.items():
+        count = sum(1 for item in items if item.get_closest_marker(marker) is not None)
+        lacking = missing() if count else []
+        if lacking:
+            unmet[marker] = (count, lacking)
+    return unmet
+
+
+def pytest_collection_finish(session: pytest.Session) -> None:
+    if session.config.option.collectonly:
+        return  # listing the tests needs none of it
+    unmet = unmet_needs(session.items)
+    if unmet:
+        lines = [
+            f"{count} selected test(s) marked {marker!r} need {', '.join(lacking)}, missing here."
+            for marker, (count, lacking) in unmet.items()
+        ]
+        markers = " and ".join(f"not {marker}" for marker in unmet)
+        raise pytest.UsageError(
+            " ".join(lines) + " Install them with `scripts/install-test-deps` (the test command "
+            f'in docs/testing.md runs it), or leave those tests out: -m "{markers}".'
+        )

@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import json
 import subprocess
 import sys
 
-from tests.cli_helpers import invoke, run_cli, run_json
+from tests.cli_helpers import envelope_of, invoke, result_of, run_cli, run_json
 
 # Nothing on the path of --help or check: the big libraries, nor provision's resolver.
 HEAVY = (
@@ -132,7 +131,7 @@ def test_check_planned_target_json():
 def test_json_flag_after_the_command_too():
     proc = run_cli("check", "smolvlm-256m", "--gpu", "T4", "--json")
     assert proc.returncode == 0
-    assert json.loads(proc.stdout)["fit"]["verdict"] == "fits"
+    assert result_of(proc)["fit"]["verdict"] == "fits"
 
 
 def test_does_not_fit_exits_1_and_ranks_suggestions():
@@ -175,7 +174,8 @@ def test_debug_env_shows_the_traceback():
 def test_json_error_payload():
     proc = run_cli("--json", "check", "nope-model")
     assert proc.returncode == 2
-    assert json.loads(proc.stdout)["error"].startswith("Unknown profile")
+    error = envelope_of(proc)["error"]
+    assert error["message"].startswith("Unknown profile") and error["code"] == "input"
 
 
 def test_gpus_catalogue_lists_nvml_names():

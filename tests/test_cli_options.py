@@ -3,6 +3,7 @@ list of choices and exit 2, before any work. In-process (typer's CliRunner): par
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -10,6 +11,7 @@ from typer.testing import CliRunner
 
 from provision.choices import ATTENTION, QUANTS, TASKS, stacks
 from provision.cli.app import app
+from tests.json_contract import check_envelope
 
 CLI = Path(__file__).resolve().parent.parent / "provision" / "cli"
 
@@ -49,8 +51,10 @@ def test_a_valid_choice_reaches_the_library_as_a_plain_string():
         "--stack", "peft", "--attention", "eager", "--gpu", "A100-80GB",
     )  # fmt: skip
     assert result.exit_code == 0, result.output
-    assert '"task": "qlora"' in result.output and '"stack": "peft"' in result.output
-    assert '"attention": "eager"' in result.output and "Task." not in result.output
+    request = check_envelope(json.loads(result.output))["result"]["fit"]["request"]
+    assert (request["task"], request["quant"]) == ("qlora", "int4")
+    assert (request["stack"], request["attention"]) == ("peft", "eager")
+    assert "Task." not in result.output
 
 
 def test_profiles_dir_is_declared_once_in_options():
@@ -59,11 +63,11 @@ def test_profiles_dir_is_declared_once_in_options():
 
 
 def test_no_command_module_imports_another():
-    """cli/*.py may import the shared modules (options, output, shared, main, app), not a
+    """cli/*.py may import the shared modules (options, output, plain, shared, main, app), not a
     command module: what two commands share lives in shared.py."""
     import ast
 
-    shared = {"options", "output", "shared", "main", "app", "__init__"}
+    shared = {"options", "output", "plain", "shared", "main", "app", "__init__"}
     commands = {p.stem for p in CLI.glob("*.py")} - shared
     crossings = []
     for path in CLI.glob("*.py"):

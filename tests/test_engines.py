@@ -15,7 +15,7 @@ from provision.hardware.catalogue import target_machine
 from provision.memory import FitRequest, estimate, resolve_request, stacks, vision_bytes
 from provision.profiles import load_profile
 from provision.units import GIB
-from tests.cli_helpers import run_cli, run_json
+from tests.cli_helpers import invoke, invoke_json
 
 MLLAMA = load_profile("llama-3.2-11b-vision")
 QWEN7 = load_profile("qwen2.5-vl-7b")
@@ -180,7 +180,7 @@ MLLAMA_VLLM_CHECK = (
 
 
 def test_check_cli_new_flags_and_emit_json():
-    rc, data = run_json(
+    rc, data = invoke_json(
         *MLLAMA_VLLM_CHECK,
         *("--max-num-seqs", "32", "--enforce-eager", "--limit-mm", "image=1", "--emit"),
     )
@@ -201,7 +201,7 @@ def test_check_cli_new_flags_and_emit_json():
 
 
 def test_emit_applies_the_suggestion_that_makes_it_fit():
-    rc, data = run_json(*MLLAMA_VLLM_CHECK, "--emit")
+    rc, data = invoke_json(*MLLAMA_VLLM_CHECK, "--emit")
     assert rc == 1
     argv = data["launch"]["argv"]
     first = data["fit"]["suggestions"][0]
@@ -210,11 +210,12 @@ def test_emit_applies_the_suggestion_that_makes_it_fit():
 
 
 def test_lmdeploy_and_ms_swift_launch_lines():
-    _, out = run_json("check", "internvl2-1b", "--gpu", "RTX 4090", "--emit")
+    _, out = invoke_json("check", "internvl2-1b", "--gpu", "RTX 4090", "--emit")
     argv = out["launch"]["argv"]
     assert argv[:4] == ["lmdeploy", "serve", "api_server", "OpenGVLab/InternVL2-1B"]
     assert argv[argv.index("--session-len") + 1] == "8192"
-    _, swift = run_json("check", "qwen2.5-vl-7b", "--task", "lora", "--gpu", "A100-80GB", "--emit")
+    lora = ("check", "qwen2.5-vl-7b", "--task", "lora", "--gpu", "A100-80GB", "--emit")
+    _, swift = invoke_json(*lora)
     argv = swift["launch"]["argv"]
     assert argv[0] == "MAX_PIXELS=1003520" and argv[1:3] == ["swift", "sft"]
     assert argv[argv.index("--train_type") + 1] == "lora"
@@ -229,7 +230,7 @@ def test_lmdeploy_and_ms_swift_launch_lines():
     ],
 )
 def test_bad_engine_flags_exit_2_with_one_message(args, message):
-    result = run_cli("check", "llava-v1.5-7b", "--gpu", "RTX 3090", *args)
+    result = invoke("check", "llava-v1.5-7b", "--gpu", "RTX 3090", *args)
     out = result.stdout + result.stderr
     assert result.returncode == 2, out
     assert message in " ".join(out.split()) and "Traceback" not in out
@@ -256,14 +257,14 @@ def test_llava_quick_start_loads_the_model_twice():
 
 
 def test_lora_rank_and_direction_check_take_the_run_shape():
-    rc, data = run_json(
+    rc, data = invoke_json(
         "check", "internvl2-2b", "--task", "lora", "--lora-rank", "128", "--gpu", "A100-80GB"
     )
     assert data["fit"]["request"]["lora_rank"] == 128
-    rc, small = run_json(
+    rc, small = invoke_json(
         "direction", "check", "internvl2-lmdeploy-xtuner", "--task", "lora", "--gpu", "A100-80GB"
     )
-    rc, big = run_json(
+    rc, big = invoke_json(
         "direction",
         "check",
         "internvl2-lmdeploy-xtuner",

@@ -88,6 +88,19 @@ FAILING = [
     ("internvl2-8b", FitRequest(task="lora", batch=4), "RTX 4090"),
     ("qwen2.5-vl-7b", FitRequest(task="lora", seq=8192), "A100-40GB"),
     ("qwen2-vl-2b", FitRequest(task="lora", seq=4096, gradient_checkpointing=False), "RTX 4090"),
+    # Training set-ups (issue 12 item 3): ZeRO-3 of the frozen base, offload, vision checkpointing.
+    ("qwen2.5-vl-7b", FitRequest(task="lora", stack="ms-swift", seq=4096, zero=2), "RTX 3090 x4"),
+    (
+        "qwen2.5-vl-7b",
+        FitRequest(
+            task="lora",
+            train_vision="full",
+            vision_gradient_checkpointing=False,
+            image_tokens=5120,
+            images=2,
+        ),
+        "A100-80GB",
+    ),
 ]
 
 
@@ -129,5 +142,6 @@ def test_the_cases_above_cover_every_kind_of_suggestion():
     seen = {s.kind for case in FAILING for s in _checked(*case)[2].suggestions}
     assert seen == {
         "batch", "context", "image-tokens", "seq", "gradient-checkpointing",
-        "gpus", "quant", "qlora", "model", "gpu-model", "max-num-seqs",
+        "gpus", "quant", "qlora", "model", "gpu-model", "max-num-seqs", "zero", "cpu-offload",
+        "vision-checkpointing",
     }  # fmt: skip

@@ -9,7 +9,7 @@ import pytest
 
 from provision.errors import ProvisionError
 from provision.profiles import ProfileError, list_profiles, load_profile, load_profile_file
-from tests.cli_helpers import run_cli, run_json
+from tests.cli_helpers import invoke, invoke_json
 
 BUILTINS = {p.name: p for p in list_profiles()}
 REQUIRED = {
@@ -108,7 +108,7 @@ def test_invalid_toml(tmp_path):
 
 def test_bad_profile_on_the_cli_is_one_message_and_exit_2(tmp_path):
     _bad(tmp_path, "layers = 28", 'layers = "28"')
-    proc = run_cli(
+    proc = invoke(
         "check", "qwen2-vl-2b", "--gpu", "L4", env={"PROVISION_PROFILES_DIR": str(tmp_path)}
     )
     assert proc.returncode == 2
@@ -120,14 +120,14 @@ def test_unknown_profile_suggests_close_names():
     with pytest.raises(ProvisionError) as info:
         load_profile("qwen2.5-vl-7")
     assert "qwen2.5-vl-7b" in str(info.value)
-    proc = run_cli("profiles", "show", "qwen25")
+    proc = invoke("profiles", "show", "qwen25")
     assert proc.returncode == 2 and "Unknown profile 'qwen25'" in proc.stderr
 
 
 def test_profiles_list_and_show_json():
-    rc, rows = run_json("profiles")
+    rc, rows = invoke_json("profiles")
     assert rc == 0 and {r["name"] for r in rows} >= REQUIRED
-    rc, shown = run_json("profiles", "show", "gemma-3-12b-it")
+    rc, shown = invoke_json("profiles", "show", "gemma-3-12b-it")
     assert rc == 0 and shown["source"]["gated"] is True
     assert shown["text"]["sliding_window"] == 1024
 
@@ -135,7 +135,7 @@ def test_profiles_list_and_show_json():
 def test_a_broken_user_profile_does_not_break_other_checks(tmp_path):
     (tmp_path / "broken.toml").write_text("name = [\n")
     env = {"PROVISION_PROFILES_DIR": str(tmp_path)}
-    rc, report = run_json("check", "qwen2.5-vl-7b", "--gpu", "RTX 3080", env=env)
+    rc, report = invoke_json("check", "qwen2.5-vl-7b", "--gpu", "RTX 3080", env=env)
     assert rc == 1 and any(s["kind"] == "model" for s in report["fit"]["suggestions"])
-    proc = run_cli("check", "broken", env=env)
+    proc = invoke("check", "broken", env=env)
     assert proc.returncode == 2 and "broken.toml" in proc.stderr

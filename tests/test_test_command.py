@@ -68,3 +68,47 @@ def test_install_script_does_nothing_when_all_are_there(tmp_path):
     env, log = _fake_tools(tmp_path, set(listed_packages()))
     subprocess.run([str(SCRIPT)], env=env, check=True, capture_output=True, text=True)
     assert not log.exists()  # no apt-get update: a rerun costs nothing and needs no network
+
+
+def _pytest_without_podman(tmp_path: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    """pytest on the Docker tests with podman, runc, debootstrap and docker-registry hidden:
+    PATH holds only this Python, as on a machine where none of them is installed."""
+    import sys
+
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "python").symlink_to(sys.executable)
+    env = {**os.environ, "PATH": str(bin_dir)}
+    bt = str(tmp_path / "basetemp")
+    return subprocess.run(
+        # its own basetemp: in the shared /tmp/pytest-of-USER it would first clear out old runs
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "--basetemp", bt, *args],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+
+
+def test_without_podman_the_podman_tests_stop_the_run_with_one_message(tmp_path):
+    """Not one error per test (the fixture failing 13 times), not a skip: one message, naming
+    what is missing and both ways out, before any test runs."""
+    proc = _pytest_without_podman(tmp_path, "tests/docker")
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 4, out  # pytest's usage error
+    (line,) = [ln for ln in out.splitlines() if ln.startswith("ERROR")]
+    assert "marked 'podman' need podman, runc, debootstrap, docker-registry" in line
+    assert "scripts/install-test-deps" in line and '-m "not podman"' in line
+    assert "passed" not in out and "failed" not in out
+
+
+def test_without_podman_the_marker_leaves_those_tests_out(tmp_path):
+    # test_engine.py's two tests need podman; a quick test beside them does not
+    quick = "tests/test_bounds.py::test_bounds_hold_in_the_library_too"
+    proc = _pytest_without_podman(
+        tmp_path, "-m", "not podman", "tests/docker/test_engine.py", quick
+    )
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 0, out
+    assert re.search(r"\b1 passed, 2 deselected\b", out), out

@@ -16,7 +16,7 @@ import typer
 from typer.core import TyperGroup
 
 from provision import __version__
-from provision.cli.output import use_json
+from provision.cli.output import note_command, use_json
 
 # Command name -> the module under provision.cli whose register(app) defines it, in the order
 # `provision --help` lists them.
@@ -102,6 +102,8 @@ class LazyGroup(TyperGroup):
         return self.commands.get(cmd_name)
 
     def resolve_command(self, ctx: Any, args: list[str]) -> Any:
+        if args and args[0] in COMMANDS:
+            note_command(args[0])  # the --json envelope's command, until its own flag says more
         try:
             return super().resolve_command(ctx, args)
         except Exception as exc:  # click's UsageError: suggest from all names, built or not
@@ -113,6 +115,29 @@ class LazyGroup(TyperGroup):
                 names = ", ".join(f"{m!r}" for m in matches)
                 exc.message = f"{message.rstrip('.')}. Did you mean {names}?"  # type: ignore[attr-defined]
             raise
+
+    def parse_args(self, ctx: Any, args: list[str]) -> list[str]:
+        self.asked_json = "--json" in args  # before or after the command
+        return super().parse_args(ctx, args)
+
+    def invoke(self, ctx: Any) -> Any:
+        try:
+            return super().invoke(ctx)
+        except Exception as exc:
+            # click's usage errors (a bad choice, an unknown option): under --json, scripts get
+            # the envelope with ok false rather than click's usage text.
+            exit_code = getattr(exc, "exit_code", None)
+            if not hasattr(exc, "format_message") or not (use_json() or self.asked_json):
+                raise
+            from provision.cli.output import command_path, emit_error
+            from provision.errors import ProvisionError
+
+            if getattr(exc, "ctx", None) is not None and exc.ctx.parent is not None:
+                note_command(command_path(exc.ctx))  # the (sub)command that was misused
+            error = ProvisionError(exc.format_message(), "--help lists the options.")
+            error.code, error.exit_code = "usage", exit_code if exit_code is not None else 2
+            emit_error(error)
+            raise typer.Exit(error.exit_code) from None
 
     def format_commands(self, ctx: Any, formatter: Any) -> None:
         # The one-line summaries are data here: listing them imports no command module.
@@ -144,7 +169,7 @@ def _version(value: bool) -> None:
 @app.callback()
 def _global(
     json_output: Annotated[
-        bool, typer.Option("--json", help="Print results as JSON (any command that reports).")
+        bool, typer.Option("--json", help="Print results as JSON: one envelope (docs/json.md).")
     ] = False,
     version: Annotated[
         bool, typer.Option("--version", callback=_version, is_eager=True, help="Show the version.")

@@ -6,11 +6,12 @@ from typing import Annotated, Any
 
 import typer
 
-from provision.choices import Attention, Task, value
+from provision.choices import Attention, Task, TrainVision, value
 from provision.cli.options import (
     AttentionOpt,
     BatchOpt,
     CacheMaxEntryOpt,
+    CpuOffloadOpt,
     DriverOpt,
     DtypeOpt,
     EmitOpt,
@@ -31,11 +32,13 @@ from provision.cli.options import (
     SeqOpt,
     StackOpt,
     TaskOpt,
+    TrainVisionOpt,
+    VisionCheckpointingOpt,
     parse_limit_mm,
 )
-from provision.cli.output import JsonFlag, emit
+from provision.cli.output import JsonFlag, emit_result
 from provision.cli.shared import apply_offline, planned_machine
-from provision.errors import EXIT_FAILED
+from provision.errors import CheckFailed
 
 
 def check(
@@ -67,6 +70,9 @@ def check(
     gradient_checkpointing: Annotated[
         bool, typer.Option("--gradient-checkpointing/--no-gradient-checkpointing")
     ] = True,
+    vision_checkpointing: VisionCheckpointingOpt = None,
+    train_vision: TrainVisionOpt = TrainVision.frozen,
+    cpu_offload: CpuOffloadOpt = False,
     attention: AttentionOpt = Attention.sdpa,
     memory_fraction: Annotated[
         float | None,
@@ -104,6 +110,9 @@ def check(
         images=images,
         image_tokens=image_tokens,
         gradient_checkpointing=gradient_checkpointing,
+        vision_gradient_checkpointing=vision_checkpointing,
+        train_vision=train_vision.value,
+        cpu_offload=cpu_offload,
         stack=value(stack),
         zero=zero,
         lora_rank=lora_rank,
@@ -128,9 +137,16 @@ def check(
         report = check_nodes(profile, request, machine, nodes, profiles_dir)
     else:
         report = run_check(profile, request, machine, profiles_dir, emit=emit_launch)
-    emit(report, lambda con: render(con, report), json_output, plain=True)
-    if not report.ok:
-        raise typer.Exit(EXIT_FAILED)
+    error = None if report.ok else CheckFailed(_not_ok(report))
+    emit_result(report, lambda con: render(con, report), json_output, error, plain=True)
+
+
+def _not_ok(report: Any) -> str:
+    """Why a check fails, in one line (the result has the numbers and the suggestions)."""
+    where = report.machine.describe()
+    if not report.fit.fits:
+        return f"{report.profile.name} {report.fit.verdict} on {where}."
+    return f"Not enough disk for {report.profile.name}'s weights on {where}."
 
 
 _STYLE = {"fits": "bold green", "tight": "bold yellow", "does not fit": "bold red"}
@@ -208,6 +224,8 @@ def render(con: Any, report: Any) -> None:
             markup=False,
         )
         con.print(report.launch.line, markup=False)
+        for note in report.launch.notes:
+            con.print(f"  note: {note}", markup=False)
 
 
 def register(app: typer.Typer) -> None:

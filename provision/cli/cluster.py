@@ -10,7 +10,7 @@ from typing import Annotated, Any
 import typer
 
 from provision.cli.options import ProfilesDir, SourceOpt
-from provision.cli.output import JsonFlag, emit
+from provision.cli.output import JsonFlag, emit, emit_result
 
 group = typer.Typer(
     help="Provision a cluster's nodes from the same lock (Slurm).",
@@ -84,7 +84,6 @@ def slurm(
         allocated_nodes,
         collect,
         prepare,
-        require_ok,
         target_kind,
     )
     from provision.cluster.submit import submit as do_submit
@@ -124,9 +123,8 @@ def slurm(
             from provision.cluster.submit import job_state  # noqa: F401 - same module
 
             rendered.report = collect(job.job_dir, job_id, allocated_nodes(_nodelist(job_id)))
-    emit(rendered, lambda con: render(con, rendered), json_output)
-    if rendered.report is not None:
-        require_ok(rendered.report)
+    failure = None if rendered.report is None else _failure(rendered.report)
+    emit_result(rendered, lambda con: render(con, rendered), json_output, failure, tell=True)
 
 
 def _nodelist(job_id: str) -> str | None:
@@ -234,12 +232,23 @@ def report(
     """The nodes' reports of one job; exit 1 naming the node and stage that failed."""
     import os
 
-    from provision.cluster.submit import allocated_nodes, collect, require_ok
+    from provision.cluster.submit import allocated_nodes, collect
 
     expected = allocated_nodes(os.environ.get("SLURM_JOB_NODELIST"))
     result = collect(job_dir, job, expected)
-    emit(result, lambda con: report_table(con, result), json_output)
-    require_ok(result)
+    emit_result(result, lambda con: report_table(con, result), json_output, _failure(result), True)
+
+
+def _failure(report: Any) -> Any:
+    """The job's failure (no node reported, or a node's stage failed), or None."""
+    from provision.cluster.submit import require_ok
+    from provision.errors import CheckFailed
+
+    try:
+        require_ok(report)
+    except CheckFailed as exc:
+        return exc
+    return None
 
 
 group.command("slurm")(slurm)

@@ -29,7 +29,7 @@ from provision.cli.options import (
     VariantOpt,
     WheelhouseOpt,
 )
-from provision.cli.output import JsonFlag, emit, use_json
+from provision.cli.output import JsonFlag, emit, emit_error, emit_result, use_json
 from provision.cli.shared import (
     LockFlags,
     emit_checks,
@@ -67,13 +67,13 @@ def _load(name: str, directions_dir: str | None, profiles_dir: str | None) -> An
 
 
 def _conflict_exit(exc: Any, json_output: bool) -> None:
-    """A conflict under --json: the whole analysis as JSON, exit 1 (people get the message)."""
+    """A conflict under --json: the whole analysis as the result, exit 1 (people get the
+    message)."""
     from provision.directions.conflict import DirectionConflict
-    from provision.errors import EXIT_FAILED
 
     if isinstance(exc, DirectionConflict) and use_json(json_output):
-        emit({"ok": False, "conflict": exc.to_json()}, lambda con: None, True)
-        raise typer.Exit(EXIT_FAILED)
+        emit_error(exc, {"conflict": exc.to_json()})
+        raise typer.Exit(exc.exit_code)
 
 
 def _members_text(direction: Any) -> str:
@@ -229,7 +229,7 @@ def check(
 ) -> None:
     """Does every member fit this machine (or a planned one), for each task? Exit 1 if not."""
     from provision.directions.setup import check_direction
-    from provision.errors import EXIT_FAILED
+    from provision.errors import CheckFailed
 
     direction = _load(name, directions_dir, profiles_dir)
     report = check_direction(
@@ -275,9 +275,8 @@ def check(
         verdict = "[bold green]fits[/]" if report.ok else "[bold red]does not fit[/]"
         con.print(f"Direction: {verdict}")
 
-    emit(report, render, json_output)
-    if not report.ok:
-        raise typer.Exit(EXIT_FAILED)
+    failure = None if report.ok else CheckFailed(f"Not every member of {direction.name} fits.")
+    emit_result(report, render, json_output, failure)
 
 
 # --- lock -----------------------------------------------------------------------------------------

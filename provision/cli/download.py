@@ -8,8 +8,8 @@ from typing import Annotated, Any
 import typer
 
 from provision.cli.options import ProfilesDir, SourceOpt
-from provision.cli.output import JsonFlag, emit, use_json
-from provision.errors import EXIT_FAILED, ProvisionError
+from provision.cli.output import JsonFlag, emit, emit_result, use_json
+from provision.errors import CheckFailed, ProvisionError
 
 LockOpt = Annotated[
     Path | None,
@@ -197,9 +197,14 @@ def verify(
             con.print(f"  {escape(c.path)}: {what}")
         con.print(f"Fetch them again: {escape(again)}")
 
-    emit(result, render, json_output)
+    failure = None
     if not result.ok:
-        raise typer.Exit(EXIT_FAILED)
+        failure = CheckFailed(
+            f"{len(result.problems)} of {len(result.checks)} files of {result.repo_id} do not "
+            f"match {result.lock_file}.",
+            f"Fetch them again: {again}",
+        )
+    emit_result(result, render, json_output, failure)
 
 
 def register(app: typer.Typer) -> None:

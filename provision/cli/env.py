@@ -38,6 +38,7 @@ def env(
     json_output: JsonFlag = False,
 ) -> None:
     """Print the hub variables (HF_HOME, HF_ENDPOINT, MODELSCOPE_CACHE) as shell code."""
+    from provision.secrets import redact_text
     from provision.settings import (
         autodl_notes,
         detect_shell,
@@ -77,7 +78,8 @@ def env(
     payload = {
         "env": variables,
         "shell": shell,
-        "source": getattr(chosen, "name", chosen),
+        # a --source URL as given may carry a password: the endpoint above is the public one
+        "source": redact_text(str(getattr(chosen, "name", chosen))),
         "reason": reason,
         "persisted": persisted,
         "notes": notes,

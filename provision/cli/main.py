@@ -70,18 +70,9 @@ def print_error(exc: ProvisionError) -> None:
     exc.hint = redact_text(exc.hint) if exc.hint else exc.hint
 
     if use_json():
-        import json
+        from provision.cli.output import emit_error
 
-        payload: dict[str, object] = {
-            "error": exc.message,
-            "hint": exc.hint,
-            "exit_code": exc.exit_code,
-        }
-        # A setup that failed part-way: the stages it got through, as the table shows them.
-        partial = getattr(exc, "setup_result", None)
-        if partial is not None and hasattr(partial, "to_json"):
-            payload["partial"] = partial.to_json()
-        sys.stdout.write(json.dumps(payload) + "\n")
+        emit_error(exc)  # the envelope, ok false (a failed setup prints its own, stages and all)
         return
     from rich.markup import escape
 

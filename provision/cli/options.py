@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from provision.choices import Attention, Quant, Stack, Task
+from provision.choices import Attention, Quant, Stack, Task, TrainVision
 
 # What a run is: check, lock, setup, docker, direction add. Fixed choices are enums, so a typo
 # fails with the list (exit 2).
@@ -191,6 +191,29 @@ MaxTilesOpt = Annotated[
     int | None,
     typer.Option(
         "--max-tiles", help="Tiled models (InternVL max_dynamic_patch, SmolVLM, Mllama): tiles."
+    ),
+]
+# Training set-ups (issue 12 item 3).
+TrainVisionOpt = Annotated[
+    TrainVision,
+    typer.Option(
+        "--train-vision",
+        help="The vision tower under training: frozen (default), lora (adapters on its linears) "
+        "or full.",
+    ),
+]
+VisionCheckpointingOpt = Annotated[
+    bool | None,
+    typer.Option(
+        "--vision-checkpointing/--no-vision-checkpointing",
+        help="Gradient checkpointing in a trained vision tower (default: as the language model's).",
+    ),
+]
+CpuOffloadOpt = Annotated[
+    bool,
+    typer.Option(
+        "--cpu-offload",
+        help="DeepSpeed ZeRO offload: optimizer state in RAM (ZeRO-3: the parameters too).",
     ),
 ]
 FramesOpt = Annotated[int | None, typer.Option("--frames", help="Video frames per sample.")]

@@ -7,7 +7,7 @@ from typing import Annotated, Any
 
 import typer
 
-from provision.cli.output import JsonFlag, emit
+from provision.cli.output import JsonFlag, emit_result
 
 FixArg = Annotated[
     str | None,
@@ -64,12 +64,11 @@ def _render(results: list[Any], title: str) -> Any:
 
 
 def _finish(results: list[Any], title: str, json_output: bool) -> None:
-    emit(results, _render(results, title), json_output)
-    failed = [r.fix for r in results if r.check is not None and r.check.get("ok") is False]
-    if failed:
-        from provision.errors import EXIT_FAILED
+    from provision.errors import CheckFailed
 
-        raise typer.Exit(EXIT_FAILED)
+    failed = [r.fix for r in results if r.check is not None and r.check.get("ok") is False]
+    failure = CheckFailed(f"The check of {', '.join(failed)} failed.") if failed else None
+    emit_result(results, _render(results, title), json_output, failure)
 
 
 @group.command("status")

@@ -11,9 +11,10 @@ from typing import TYPE_CHECKING, Any
 
 import typer
 
-from provision.cli.output import emit, use_json
+from provision.cli.output import emit_error, emit_result
 
 if TYPE_CHECKING:
+    from provision.errors import ProvisionError
     from provision.setup import StageReport
 
 
@@ -38,7 +39,7 @@ def emit_checks(
 ) -> None:
     """Print `--check` results (fresh or stale, and why); exit 1 when any is stale.
     `label(item)` names what each lock is for; `what` says what was checked, `hint` the fix."""
-    from provision.errors import EXIT_FAILED, CheckFailed
+    from provision.errors import CheckFailed
 
     def render(con: Any) -> None:
         from rich.markup import escape
@@ -49,19 +50,16 @@ def emit_checks(
             for reason in item.reasons:
                 con.print(f"    {escape(reason)}")
 
-    emit(results, render, json_output)
     stale = [r for r in results if not r.fresh]
-    if stale:
-        if use_json(json_output):
-            raise typer.Exit(EXIT_FAILED)  # the JSON above already says which and why
-        raise CheckFailed(f"{len(stale)} of {len(results)} {what} stale.", hint)
+    error = CheckFailed(f"{len(stale)} of {len(results)} {what} stale.", hint) if stale else None
+    emit_result(results, render, json_output, error, tell=True)
 
 
 def emit_locked(
     items: Sequence[Any], json_output: bool, label: Callable[[Any], str], what: str
 ) -> None:
     """Print `--all` lock results (locked or failed, and the summary); exit 1 when any failed."""
-    from provision.errors import EXIT_FAILED, CheckFailed
+    from provision.errors import CheckFailed
 
     def render(con: Any) -> None:
         from rich.markup import escape
@@ -70,12 +68,9 @@ def emit_locked(
             mark = "[green]locked[/]" if item.ok else "[red]failed[/]"
             con.print(f"{mark} {label(item)}: {escape(item.message)}")
 
-    emit(items, render, json_output)
     failed = [i for i in items if not i.ok]
-    if failed:
-        if use_json(json_output):
-            raise typer.Exit(EXIT_FAILED)
-        raise CheckFailed(f"{len(failed)} of {len(items)} {what} failed (listed above).")
+    error = CheckFailed(f"{len(failed)} of {len(items)} {what} failed (listed above).")
+    emit_result(items, render, json_output, error if failed else None, tell=True)
 
 
 def progress_printer(quiet: bool) -> Callable[[StageReport], None]:
@@ -92,10 +87,14 @@ def progress_printer(quiet: bool) -> Callable[[StageReport], None]:
     return progress
 
 
-def show_partial(exc: Exception, render_result: Callable[[Any], None], quiet: bool) -> None:
-    """A setup that failed part-way: print how far it got (the error follows), unless --json."""
+def show_partial(exc: ProvisionError, render_result: Callable[[Any], None], quiet: bool) -> None:
+    """A setup that failed part-way: people get the table of how far it got (the error follows);
+    under --json the envelope carries it as the result, with ok false and the error."""
     partial = getattr(exc, "setup_result", None)
-    if partial is not None and not quiet:
+    if quiet:
+        emit_error(exc, partial)
+        raise typer.Exit(exc.exit_code)
+    if partial is not None:
         render_result(partial)
 
 

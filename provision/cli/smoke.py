@@ -9,8 +9,8 @@ from typing import Annotated, Any
 import typer
 
 from provision.cli.options import ProfilesDir, ServedOpt
-from provision.cli.output import JsonFlag, emit, use_json
-from provision.errors import EXIT_FAILED, ProvisionError
+from provision.cli.output import JsonFlag, emit_result, use_json
+from provision.errors import CheckFailed, ProvisionError
 
 
 def _interpreter(profile: str, env: Path | None, python: Path | None) -> tuple[Path, str]:
@@ -237,9 +237,8 @@ def smoke(
             served=served,
             profiles_dir=profiles_dir,
         )
-        emit(found, _render_dataset(found), use_json(json_output))
-        if not found.ok:
-            raise typer.Exit(EXIT_FAILED)
+        failure = None if found.ok else CheckFailed(f"The dataset smoke of {loaded.name} failed.")
+        emit_result(found, _render_dataset(found), use_json(json_output), failure)
         return
     result = run_smoke(
         loaded,
@@ -252,9 +251,8 @@ def smoke(
         target=target,
         into_lock=into_lock,
     )
-    emit(result, _render(result), use_json(json_output))
-    if not result.ok:
-        raise typer.Exit(EXIT_FAILED)
+    failure = None if result.ok else CheckFailed(f"The smoke test of {loaded.name} failed.")
+    emit_result(result, _render(result), use_json(json_output), failure)
 
 
 def register(app: typer.Typer) -> None:

@@ -44,6 +44,8 @@ OWNER = "owner.json"
 class LeaseTimeout(ProvisionError):
     """The lease could not be taken in time; nothing was changed."""
 
+    code = "lease_timeout"
+
 
 def _pid_alive(pid: int) -> bool:
     try:

@@ -144,6 +144,7 @@ def _now() -> str:
 class NodeFailed(ProvisionError):
     """A stage failed on this node; the message names the node and the stage."""
 
+    code = "node_failed"
     exit_code = 1
 
 

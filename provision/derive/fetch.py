@@ -399,6 +399,8 @@ def _basic_auth(url: str) -> str | None:
 class UnreachableError(ProvisionError):
     """The source did not answer at all (the next source may)."""
 
+    code = "unreachable"
+
 
 def hub_repos(repo_id: str, revision: str | None, source: str | None) -> list[Repo]:
     """`source` alone, or every source of the default order (HF_ENDPOINT first)."""

@@ -130,6 +130,8 @@ def member_pairs(found: Sequence[Disagreement]) -> set[frozenset[str]]:
 class DirectionConflict(CheckFailed):
     """The members cannot share one environment: who disagrees about what, and a split."""
 
+    code = "conflict"
+
     def __init__(
         self,
         direction: str,

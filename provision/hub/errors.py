@@ -11,6 +11,8 @@ class SourceFailed(ProvisionError):
     `--source auto` moves on to the next source when it sees one of these.
     """
 
+    code = "source_failed"
+
 
 class HashMismatch(Exception):
     """Bytes that arrived differ from what the hub says (internal: the file is fetched again)."""

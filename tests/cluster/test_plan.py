@@ -3,7 +3,7 @@ data-parallel replicas, and node counts among the suggestions."""
 
 from __future__ import annotations
 
-from tests.cli_helpers import run_cli, run_json
+from tests.cli_helpers import invoke, invoke_json
 
 
 def per_gpu(report: dict) -> float:
@@ -11,7 +11,7 @@ def per_gpu(report: dict) -> float:
 
 
 def test_training_shards_over_all_nodes_gpus():
-    rc, two = run_json("check", "qwen2.5-vl-7b", "--task", "full", "--zero", "3",
+    rc, two = invoke_json("check", "qwen2.5-vl-7b", "--task", "full", "--zero", "3",
                        "--nodes", "2", "--gpu", "A100-80GB x8")  # fmt: skip
     assert rc == 0, two
     assert two["cluster"] == {
@@ -19,17 +19,17 @@ def test_training_shards_over_all_nodes_gpus():
         "tensor_parallel": 1, "zero_shards": 16, "notes": two["cluster"]["notes"],
     }  # fmt: skip
     # The same as one machine with all 16 GPUs: ZeRO-3 does not care where they sit.
-    _, flat = run_json("check", "qwen2.5-vl-7b", "--task", "full", "--zero", "3",
+    _, flat = invoke_json("check", "qwen2.5-vl-7b", "--task", "full", "--zero", "3",
                        "--gpu", "A100-80GB x16")  # fmt: skip
     assert per_gpu(two) == per_gpu(flat)
-    _, one = run_json("check", "qwen2.5-vl-7b", "--task", "full", "--zero", "3",
+    _, one = invoke_json("check", "qwen2.5-vl-7b", "--task", "full", "--zero", "3",
                       "--nodes", "1", "--gpu", "A100-80GB x8")  # fmt: skip
     assert per_gpu(two) < per_gpu(one)
 
 
 def test_inference_is_tensor_parallel_inside_a_node():
-    _, four = run_json("check", "qwen2.5-vl-7b", "--nodes", "4", "--gpu", "L4 x2")
-    _, node = run_json("check", "qwen2.5-vl-7b", "--gpu", "L4 x2")
+    _, four = invoke_json("check", "qwen2.5-vl-7b", "--nodes", "4", "--gpu", "L4 x2")
+    _, node = invoke_json("check", "qwen2.5-vl-7b", "--gpu", "L4 x2")
     plan = four["cluster"]
     assert (plan["data_parallel"], plan["tensor_parallel"], plan["zero_shards"]) == (4, 2, 1)
     assert per_gpu(four) == per_gpu(node)  # more nodes: more replicas, same memory per GPU
@@ -37,23 +37,23 @@ def test_inference_is_tensor_parallel_inside_a_node():
 
 
 def test_suggestions_name_a_node_count_that_fits():
-    rc, report = run_json("check", "qwen2.5-vl-7b", "--task", "full", "--zero", "3",
+    rc, report = invoke_json("check", "qwen2.5-vl-7b", "--task", "full", "--zero", "3",
                           "--nodes", "1", "--gpu", "RTX 4090 x2")  # fmt: skip
     assert rc == 1 and report["fit"]["verdict"] == "does not fit"
     first = report["fit"]["suggestions"][0]
     assert first["kind"] == "nodes" and first["text"].startswith("use ")
     n = first["change"]["nodes"]
-    rc, fits = run_json("check", "qwen2.5-vl-7b", "--task", "full", "--zero", "3",
+    rc, fits = invoke_json("check", "qwen2.5-vl-7b", "--task", "full", "--zero", "3",
                         "--nodes", str(n), "--gpu", "RTX 4090 x2")  # fmt: skip
     assert rc == 0 and fits["fit"]["verdict"] == "fits"
-    rc, short = run_json("check", "qwen2.5-vl-7b", "--task", "full", "--zero", "3",
+    rc, short = invoke_json("check", "qwen2.5-vl-7b", "--task", "full", "--zero", "3",
                          "--nodes", str(n - 1), "--gpu", "RTX 4090 x2")  # fmt: skip
     assert short["fit"]["verdict"] != "fits"  # the smallest count, not just one that fits
 
 
 def test_nodes_needs_a_planned_node():
-    proc = run_cli("check", "qwen2.5-vl-7b", "--nodes", "2")
+    proc = invoke("check", "qwen2.5-vl-7b", "--nodes", "2")
     assert proc.returncode == 2 and "describe one node's GPUs with --gpu" in proc.stderr
-    proc = run_cli("check", "qwen2.5-vl-7b", "--nodes", "0", "--gpu", "L4")
+    proc = invoke("check", "qwen2.5-vl-7b", "--nodes", "0", "--gpu", "L4")
     assert proc.returncode == 2 and "must be at least 1" in proc.stderr
     assert "Traceback" not in proc.stderr

@@ -8,7 +8,7 @@ import subprocess
 import pytest
 
 from provision.cluster.render import SlurmJob, launcher_block, launcher_line
-from tests.cli_helpers import run_cli, run_json
+from tests.cli_helpers import invoke, invoke_json
 from tests.cluster.conftest import PROFILE, write_profile
 
 
@@ -22,7 +22,7 @@ def world(tmp_path, monkeypatch):
 
 
 def render(world, *extra: str):
-    return run_cli(
+    return invoke(
         "cluster", "slurm", PROFILE, "--shared-dir", str(world["shared"]),
         "--lock", str(world["lock"]), *extra,
     )  # fmt: skip
@@ -69,17 +69,17 @@ def test_bad_input_is_one_message(world, args, message):
 
 
 def test_missing_lock_relative_dir_and_no_slurm(world, tmp_path):
-    proc = run_cli("cluster", "slurm", PROFILE, "--shared-dir", str(world["shared"]),
+    proc = invoke("cluster", "slurm", PROFILE, "--shared-dir", str(world["shared"]),
                    "--lock", str(tmp_path / "none.toml"))  # fmt: skip
     assert proc.returncode == 2 and "No lockfile at" in proc.stderr
     assert f"provision lock {PROFILE}" in proc.stderr
-    proc = run_cli("cluster", "slurm", PROFILE, "--shared-dir", "rel/dir",
+    proc = invoke("cluster", "slurm", PROFILE, "--shared-dir", "rel/dir",
                    "--lock", str(world["lock"]))  # fmt: skip
     assert proc.returncode == 2 and "must be an absolute path" in proc.stderr
-    proc = run_cli("cluster", "slurm", "no-such-thing", "--shared-dir", str(world["shared"]))
+    proc = invoke("cluster", "slurm", "no-such-thing", "--shared-dir", str(world["shared"]))
     assert proc.returncode == 2 and "neither a profile nor a direction" in proc.stderr
     # --submit where Slurm's commands are not on PATH.
-    proc = run_cli(
+    proc = invoke(
         "cluster", "slurm", PROFILE, "--shared-dir", str(world["shared"]),
         "--lock", str(world["lock"]), "--submit", env={"PATH": "/nonexistent"},
     )  # fmt: skip
@@ -87,7 +87,7 @@ def test_missing_lock_relative_dir_and_no_slurm(world, tmp_path):
 
 
 def test_json_and_default_launcher_from_the_stack(world):
-    rc, out = run_json("cluster", "slurm", PROFILE, "--shared-dir", str(world["shared"]),
+    rc, out = invoke_json("cluster", "slurm", PROFILE, "--shared-dir", str(world["shared"]),
                        "--lock", str(world["lock"]))  # fmt: skip
     assert rc == 0 and out["job"]["launcher"] == "torchrun" and out["job_id"] is None
     assert out["job"]["env_mode"] == "shared"

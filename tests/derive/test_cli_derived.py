@@ -5,18 +5,18 @@ from __future__ import annotations
 import subprocess
 import sys
 
-from tests.cli_helpers import run_cli, run_json
+from tests.cli_helpers import invoke_json, run_cli
 
 REPO = "Qwen/Qwen2.5-VL-3B-Instruct"
 
 
 def test_check_takes_a_repo_id_and_the_second_run_is_offline(derive_env, derive_hub) -> None:
-    rc, cold = run_json("check", f"{REPO}@main", "--gpu", "RTX 4090")
+    rc, cold = invoke_json("check", f"{REPO}@main", "--gpu", "RTX 4090")
     assert rc == 0, cold
     assert cold["profile"] == "qwen2.5-vl-3b-instruct"
     assert cold["profile_origin"].startswith(f"derived from {REPO} at ")
     derive_hub.reset_counters()
-    rc, warm = run_json("check", f"{REPO}@main", "--gpu", "RTX 4090", "--offline")
+    rc, warm = invoke_json("check", f"{REPO}@main", "--gpu", "RTX 4090", "--offline")
     assert rc == 0 and derive_hub.requests == []
     assert warm["fit"] == cold["fit"]
     # the human view says where the profile came from
@@ -45,17 +45,17 @@ def test_profiles_add_writes_an_editable_profile_and_show_says_derived(
     derive_env, tmp_path
 ) -> None:
     folder = tmp_path / "mine"
-    rc, added = run_json(
+    rc, added = invoke_json(
         "profiles", "add", REPO, "--name", "my-qwen", "--profiles-dir", str(folder)
     )
     assert rc == 0, added
     written = folder / "my-qwen.toml"
     assert added["path"] == str(written) and written.is_file()
     assert 'name = "my-qwen"' in written.read_text()
-    rc, shown = run_json("profiles", "show", "my-qwen", "--profiles-dir", str(folder))
+    rc, shown = invoke_json("profiles", "show", "my-qwen", "--profiles-dir", str(folder))
     assert rc == 0 and shown["origin"].startswith(f"derived from {REPO} at ")
     assert shown["derived"]["commit"] in shown["origin"]
-    rc, curated = run_json("profiles", "show", "qwen2.5-vl-3b")
+    rc, curated = invoke_json("profiles", "show", "qwen2.5-vl-3b")
     assert curated["origin"] == "curated"
     # a second add to the same name is refused, with the fix named
     again = run_cli("profiles", "add", REPO, "--name", "my-qwen", "--profiles-dir", str(folder))
@@ -63,13 +63,13 @@ def test_profiles_add_writes_an_editable_profile_and_show_says_derived(
 
 
 def test_profiles_add_without_a_folder_uses_the_config_folder(derive_env, tmp_path) -> None:
-    rc, added = run_json("profiles", "add", REPO)
+    rc, added = invoke_json("profiles", "add", REPO)
     assert rc == 0, added
     assert added["path"] == str(
         tmp_path / "config" / "provision" / "profiles" / "qwen2.5-vl-3b-instruct.toml"
     )
     # found by name afterwards, without flags
-    rc, shown = run_json("profiles", "show", "qwen2.5-vl-3b-instruct")
+    rc, shown = invoke_json("profiles", "show", "qwen2.5-vl-3b-instruct")
     assert rc == 0 and shown["path"] == added["path"]
 
 
@@ -91,14 +91,14 @@ def test_download_works_on_a_derived_profile(derive_env, derive_hub, tiny_qwen2_
     """A real (tiny) model on the hub: derived from its metadata, then downloaded, pinned to
     the commit the metadata was read at; later commands find it by its profile name."""
     commit = derive_hub.add_repo("tiny-org/tiny-qwen2-vl", tiny_qwen2_vl)
-    rc, shown = run_json("profiles", "show", "tiny-org/tiny-qwen2-vl")
+    rc, shown = invoke_json("profiles", "show", "tiny-org/tiny-qwen2-vl")
     assert rc == 0, shown
     assert shown["source"]["revision"] == commit
-    rc, got = run_json("download", "tiny-org/tiny-qwen2-vl", "--source", derive_hub.url)
+    rc, got = invoke_json("download", "tiny-org/tiny-qwen2-vl", "--source", derive_hub.url)
     assert rc == 0, got
     assert got["commit"] == commit
     names = {f["path"] for f in got["files"]}
     assert "config.json" in names and any(n.endswith(".safetensors") for n in names)
     # the profile name a lock or Dockerfile records resolves from the metadata cache
-    rc, again = run_json("profiles", "show", shown["name"], "--offline")
+    rc, again = invoke_json("profiles", "show", shown["name"], "--offline")
     assert rc == 0 and again["derived"]["commit"] == commit

@@ -102,10 +102,9 @@ def write_tiny_pair(dirs: Dirs) -> None:
 def tiny_pair(tmp_path_factory: pytest.TempPathFactory) -> TinyPair:
     """`provision direction lock tiny-pair` run for real: torch 2.13.0+cpu from the local wheel
     folder, the rest from PyPI and the machine's indexes."""
-    import json
     import time
 
-    from tests.cli_helpers import run_cli
+    from tests.cli_helpers import result_of, run_cli
     from tests.directions.helpers import lock_args
 
     dirs = make_dirs(tmp_path_factory.mktemp("tiny-pair"))
@@ -116,7 +115,7 @@ def tiny_pair(tmp_path_factory: pytest.TempPathFactory) -> TinyPair:
     seconds = time.perf_counter() - started
     assert proc.returncode == 0, proc.stdout + proc.stderr
     lock = dirs.locks / "pylock.direction-tiny-pair.toml"
-    return TinyPair(dirs, lock, json.loads(proc.stdout), seconds)
+    return TinyPair(dirs, lock, result_of(proc), seconds)
 
 
 # --- a file system without symlinks -------------------------------------------------------------

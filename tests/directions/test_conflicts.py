@@ -15,7 +15,7 @@ from provision.directions import load_direction
 from provision.directions.conflict import DirectionConflict
 from provision.directions.lock import lock_direction
 from provision.errors import CheckFailed
-from tests.cli_helpers import run_cli, run_json
+from tests.cli_helpers import run_cli, run_envelope
 from tests.directions.helpers import TINY, lock_args, lock_kwargs, write_direction, write_profile
 
 OLD = ["torch==2.13.0", "transformers==4.47.1", "huggingface_hub<1.0"]
@@ -96,9 +96,9 @@ def test_split_groups_are_checked_by_resolving_them(dirs):
     write_profile(dirs.profiles, "tiny-old", infer=OLD)
     members = [("tiny-a", ["infer"]), ("tiny-old", ["infer"]), ("tiny-b", ["infer"])]
     write_direction(dirs.directions, "three", members)
-    code, payload = run_json("direction", "lock", "three", *lock_args())
-    assert code == 1, payload
-    conflict = payload["conflict"]
+    code, envelope = run_envelope("direction", "lock", "three", *lock_args())
+    assert code == 1 and envelope["error"]["code"] == "conflict", envelope
+    conflict = envelope["result"]["conflict"]
     assert conflict["suggested_split"] == [["tiny-a", "tiny-b"], ["tiny-old"]]
     assert conflict["conflicting_members"] == [["tiny-a", "tiny-old"], ["tiny-b", "tiny-old"]]
     assert conflict["notes"] == []  # the [tiny-a, tiny-b] group was resolved, not assumed

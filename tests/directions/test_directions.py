@@ -20,7 +20,7 @@ from provision.directions import (
 from provision.errors import ProvisionError
 from provision.profiles import load_profile_file
 from provision.resources import builtin_dir
-from tests.cli_helpers import invoke, run_cli, run_json
+from tests.cli_helpers import invoke, invoke_json
 from tests.directions.helpers import TINY, direction_text, write_direction, write_profile
 
 
@@ -109,11 +109,11 @@ def test_bad_direction_is_one_message_naming_file_key_reason(dirs, text, key, re
 def test_bad_direction_cli_exits_2_without_traceback(dirs):
     write_profile(dirs.profiles, "tiny-a")
     (dirs.directions / "bad.toml").write_text(BAD[7][0])
-    proc = run_cli("direction", "show", "bad")
+    proc = invoke("direction", "show", "bad")
     assert proc.returncode == 2
     assert "key 'members[0].tasks'" in proc.stderr and "bad.toml" in proc.stderr
     assert "Traceback" not in proc.stderr
-    proc = run_cli("direction", "show", "nope")
+    proc = invoke("direction", "show", "nope")
     assert proc.returncode == 2 and "Unknown direction 'nope'" in proc.stderr
 
 
@@ -125,7 +125,7 @@ def test_user_direction_takes_the_builtins_place_and_list_shows_both(dirs):
     assert found["okvqa-vllm-swift"].member_names == ["tiny-a"]
     assert not found["okvqa-vllm-swift"].builtin
     assert found["internvl2-lmdeploy-xtuner"].builtin
-    code, payload = run_json("direction", "list")
+    code, payload = invoke_json("direction", "list")
     assert code == 0
     rows = {r["name"]: r for r in payload["directions"]}
     assert rows["mine"]["members"] == {"tiny-a": ["infer"]}
@@ -142,12 +142,12 @@ def test_machine_shared_folder_is_searched_after_the_users(dirs, monkeypatch):
 
 
 def test_show_prints_members_env_and_lock_state(dirs):
-    code, payload = run_json("direction", "show", "internvl2-lmdeploy-xtuner")
+    code, payload = invoke_json("direction", "show", "internvl2-lmdeploy-xtuner")
     assert code == 0
     assert payload["members"] == [{"profile": "internvl2-2b", "tasks": ["infer", "lora"]}]
     assert payload["env"] == str(dirs.data / "envs" / "direction-internvl2-lmdeploy-xtuner")
     assert payload["lock"]["fresh"] is False  # PROVISION_LOCK_DIR is an empty folder here
-    proc = run_cli("direction", "show", "okvqa-vllm-swift")
+    proc = invoke("direction", "show", "okvqa-vllm-swift")
     assert proc.returncode == 0
     assert "qwen2.5-vl-7b (infer+lora)" in proc.stdout
     assert "datasets==3.3.2" in proc.stdout
@@ -202,13 +202,13 @@ def test_direction_text_helper_round_trips(dirs):
 
 
 def test_lock_file_name_is_checked_before_resolving(dirs, tmp_path):
-    proc = run_cli(
+    proc = invoke(
         "direction", "lock", "internvl2-lmdeploy-xtuner", "-o", str(tmp_path / "x.y.toml")
     )
     assert proc.returncode == 2 and "is not a PEP 751 name" in proc.stderr
-    proc = run_cli("direction", "lock", "--all", "okvqa-vllm-swift")
+    proc = invoke("direction", "lock", "--all", "okvqa-vllm-swift")
     assert proc.returncode == 2 and "give no NAME" in proc.stderr
-    proc = run_cli("direction", "lock")
+    proc = invoke("direction", "lock")
     assert proc.returncode == 2 and "Which direction?" in proc.stderr
 
 

@@ -20,12 +20,14 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
 
 from provision.envs import ensure_env, env_python, installed_packages
 from provision.lock.reader import lock_info
+from tests.cli_helpers import result_of
 from tests.directions.conftest import PAIR_MEMBERS, Dirs, TinyPair, make_dirs
 from tests.directions.helpers import lock_args, tool
 from tests.hub.helpers import make_vqa_dataset
@@ -133,8 +135,8 @@ def _concurrent_setups(hub_url: str, dirs: Dirs, users: list[str]) -> list[Run]:
     for user, proc in zip(users, procs, strict=True):
         out, err = proc.communicate(timeout=1500)
         try:
-            payload = json.loads(out)
-        except json.JSONDecodeError:
+            payload = result_of(SimpleNamespace(stdout=out, returncode=proc.returncode))
+        except AssertionError:
             payload = {"stdout": out}
         runs.append(Run(user, proc.returncode, payload, err, time.perf_counter() - started))
     return runs
@@ -266,7 +268,7 @@ def test_registry_knows_the_environment_its_direction_and_both_users(pair):
         text=True,
         timeout=120,
     )
-    listed = json.loads(proc.stdout)
+    listed = result_of(proc)
     (env,) = listed["environments"]
     assert env["path"] == str(pair.env) and env["exists"] is True
     rows = {r["name"]: r for r in listed["directions"]}
@@ -305,7 +307,7 @@ def test_setup_with_the_cache_on_a_file_system_without_symlinks(pair, exfat_dir)
         timeout=900,
     )
     assert proc.returncode == 0, proc.stdout + proc.stderr
-    result = json.loads(proc.stdout)
+    result = result_of(proc)
     shared = result["shared"]
     assert shared["symlinks"] is False
     assert shared["env"]["HF_HUB_DISABLE_SYMLINKS"] == "1"

@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 import subprocess
 import sys
 import threading
 from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
@@ -17,7 +17,7 @@ from provision.errors import ProvisionError
 from provision.hub import download_profile, model_record, verify_profile
 from provision.hub.errors import SourceFailed
 from provision.profiles import load_profile
-from tests.cli_helpers import run_cli, run_json
+from tests.cli_helpers import invoke, invoke_json, result_of
 from tests.conftest import remount_read_only
 from tests.hub import helpers
 from tests.servers.hub import HubServer
@@ -40,7 +40,7 @@ def _no_partials(tmp_path: Path) -> list[Path]:
 
 
 def test_full_download_cache_layout_lock_record_and_offline_reuse(hub, tiny, tmp_path):
-    rc, out = run_json("download", "tiny", "--source", "auto")
+    rc, out = invoke_json("download", "tiny", "--source", "auto")
     assert rc == 0, out
     assert out["source"] == hub.url and "first reachable" in out["reason"]
     assert out["commit"] == tiny.commit and out["revision"] == "main"
@@ -122,7 +122,7 @@ def test_corrupted_bytes_are_detected_and_fetched_again(hub, tiny, tmp_path):
 
 def test_corruption_that_persists_is_one_clear_error_and_places_nothing(hub, tiny, tmp_path):
     hub.fault("*00001-of-00002*", corrupt=True)
-    proc = run_cli("download", "tiny", "--source", hub.url)
+    proc = invoke("download", "tiny", "--source", hub.url)
     assert proc.returncode == 2, proc.stderr
     assert "failed its check 3 times" in proc.stderr and "Traceback" not in proc.stderr
     blobs = tmp_path / "hf" / "hub" / "models--org--tiny" / "blobs"
@@ -151,7 +151,7 @@ def test_a_failing_source_hands_over_to_the_next_one(hub, tiny, tmp_path, monkey
         hub.fault("*00001-of-00002*", fail_first=10**6, skip=1, status=503)
         monkeypatch.setenv("PROVISION_SOURCES", f"{hub.url},{second.url}")
         monkeypatch.setenv("PROVISION_RETRIES", "2")
-        rc, out = run_json("download", "tiny")
+        rc, out = invoke_json("download", "tiny")
         assert rc == 0, out
         assert out["source"] == second.url
         assert out["fallbacks"][0]["source"] == hub.url and "kept failing" in out["reason"]
@@ -183,7 +183,7 @@ def test_two_processes_downloading_one_repo_cooperate(hub, tiny, tmp_path):
     ]
     results = [p.communicate(timeout=120) for p in procs]
     assert [p.returncode for p in procs] == [0, 0], results
-    outs = [json.loads(stdout) for stdout, _ in results]
+    outs = [result_of(SimpleNamespace(stdout=out, returncode=0)) for out, _ in results]
     # Each file crossed the wire once in total, whichever process fetched it.
     assert hub.bytes_sent == tiny.size
     assert sum(o["bytes_fetched"] for o in outs) == tiny.size
@@ -215,7 +215,7 @@ def test_killed_download_resumes_and_the_server_sends_only_the_missing_bytes(
 
     hub.clear_faults()
     hub.reset_counters()
-    rc, out = run_json("download", "big", "--source", hub.url)
+    rc, out = invoke_json("download", "big", "--source", hub.url)
     assert rc == 0, out
     assert hub.bytes_for("org/big/model.safetensors") == 12_000_000 - kept
     assert out["bytes_reused"] >= kept
@@ -263,18 +263,18 @@ def test_gated_repo_names_the_license_page_and_how_to_give_a_token(hub, tmp_path
     folder = helpers.make_repo(tmp_path / "src" / "gated", {"model.safetensors": 10_000})
     hub.add_repo("org/gated", folder, gated=True)
     helpers.write_profile(tmp_path / "profiles", "gated", "org/gated", gated=True)
-    proc = run_cli("download", "gated", "--source", hub.url)
+    proc = invoke("download", "gated", "--source", hub.url)
     assert proc.returncode == 2
     assert f"{hub.url}/org/gated" in proc.stderr
     assert "HF_TOKEN" in proc.stderr and "hf auth login" in proc.stderr
     assert "Traceback" not in proc.stderr
 
     token = "hf_secret_token_for_tests"
-    stranger = run_cli("download", "gated", "--source", hub.url, env={"HF_TOKEN": token})
+    stranger = invoke("download", "gated", "--source", hub.url, env={"HF_TOKEN": token})
     assert stranger.returncode == 2 and "not on its access list" in stranger.stderr
 
     hub.grant(token, "org/gated")
-    ok = run_cli("download", "gated", "--source", hub.url, env={"HF_TOKEN": token})
+    ok = invoke("download", "gated", "--source", hub.url, env={"HF_TOKEN": token})
     assert ok.returncode == 0, ok.stderr
     # The token went to the hub, and nowhere else.
     assert all(token not in r.path for r in hub.requests)
@@ -282,28 +282,28 @@ def test_gated_repo_names_the_license_page_and_how_to_give_a_token(hub, tmp_path
         if path.is_file() and not path.is_symlink() and "hub-root" not in path.parts:
             assert token.encode() not in path.read_bytes(), path
     # Files already in the cache need no token: only a request for a file is refused.
-    again = run_cli("download", "gated", "--source", hub.url)
+    again = invoke("download", "gated", "--source", hub.url)
     assert again.returncode == 0, again.stderr
 
 
 def test_missing_repo_and_missing_revision(hub, tiny, tmp_path):
     helpers.write_profile(tmp_path / "profiles", "ghost", "org/ghost")
-    proc = run_cli("download", "ghost", "--source", hub.url)
+    proc = invoke("download", "ghost", "--source", hub.url)
     assert proc.returncode == 2
     assert "Repository org/ghost was not found" in proc.stderr and "Traceback" not in proc.stderr
 
-    proc = run_cli("download", "tiny", "--source", hub.url, "--revision", "v9")
+    proc = invoke("download", "tiny", "--source", hub.url, "--revision", "v9")
     assert proc.returncode == 2
     assert "Revision 'v9' of org/tiny does not exist" in proc.stderr
 
     # A revision is a file name under refs/ in the cache: one that climbs out is refused first.
     for bad in ("../../escape", "/etc/x", "a//b"):
-        proc = run_cli("download", "tiny", "--source", hub.url, "--revision", bad)
+        proc = invoke("download", "tiny", "--source", hub.url, "--revision", bad)
         assert proc.returncode == 2 and "is not a branch, tag or commit name" in proc.stderr
     assert not list(Path(os.environ["HF_HOME"]).rglob("escape"))
 
     # The record goes into a PEP 751 lock: a name `provision lock` would refuse is refused here.
-    proc = run_cli("download", "tiny", "--source", hub.url, "--lock", str(tmp_path / "my.lock"))
+    proc = invoke("download", "tiny", "--source", hub.url, "--lock", str(tmp_path / "my.lock"))
     assert proc.returncode == 2 and "is not a PEP 751 name" in proc.stderr
     assert not (tmp_path / "my.lock").exists()
 
@@ -323,7 +323,7 @@ def test_a_url_that_is_not_a_hub(tiny, tmp_path):
     threading.Thread(target=server.serve_forever, daemon=True).start()
     try:
         url = f"http://127.0.0.1:{server.server_address[1]}"
-        proc = run_cli("download", "tiny", "--source", url)
+        proc = invoke("download", "tiny", "--source", url)
         assert proc.returncode == 2
         assert f"{url} does not answer like a Hugging Face hub" in proc.stderr
         assert "Traceback" not in proc.stderr
@@ -332,7 +332,7 @@ def test_a_url_that_is_not_a_hub(tiny, tmp_path):
         server.server_close()
 
     closed = f"http://127.0.0.1:{server.server_address[1]}"
-    proc = run_cli("download", "tiny", "--source", closed)
+    proc = invoke("download", "tiny", "--source", closed)
     assert proc.returncode == 2 and f"Cannot reach {closed}" in proc.stderr
 
 
@@ -342,7 +342,7 @@ def test_a_file_name_that_escapes_the_cache_is_refused(hub, tiny, tmp_path):
     before = {p: p.read_bytes() for p in first.snapshot.rglob("*") if p.is_file()}
     evil = helpers.make_repo(tmp_path / "src" / "evil", {"model.safetensors": 1000})
     hub.add_repo("org/tiny", evil, revision="evil", extra_files={"../../../../escaped.txt": b"x"})
-    proc = run_cli("download", "tiny", "--source", hub.url, "--revision", "evil")
+    proc = invoke("download", "tiny", "--source", hub.url, "--revision", "evil")
     assert proc.returncode == 2
     assert "'../../../../escaped.txt'" in proc.stderr and "outside the cache" in proc.stderr
     assert not list(tmp_path.rglob("escaped.txt"))
@@ -352,18 +352,18 @@ def test_a_file_name_that_escapes_the_cache_is_refused(hub, tiny, tmp_path):
 
 def test_verify_finds_missing_and_wrong_files(hub, tiny, tmp_path):
     result = download_profile(load_profile("tiny"), source=hub.url, progress=False)
-    assert run_cli("verify", "tiny").returncode == 0
+    assert invoke("verify", "tiny").returncode == 0
     shard = result.snapshot / "model-00001-of-00002.safetensors"
     blob = shard.resolve()
     data = bytearray(blob.read_bytes())
     data[100] ^= 1
     blob.write_bytes(bytes(data))
     (result.snapshot / "sub" / "notes.txt").resolve().unlink()
-    rc, out = run_json("verify", "tiny")
+    rc, out = invoke_json("verify", "tiny")
     assert rc == 1
     assert out["missing"] == ["sub/notes.txt"]
     assert out["wrong"] == ["model-00001-of-00002.safetensors"]
-    human = run_cli("verify", "tiny")
+    human = invoke("verify", "tiny")
     assert human.returncode == 1 and "sub/notes.txt: missing" in human.stdout
 
     # A second download repairs what verify found (the damaged blob has the right size, so it is
@@ -374,7 +374,7 @@ def test_verify_finds_missing_and_wrong_files(hub, tiny, tmp_path):
 
 
 def test_verify_without_a_record_is_a_usage_error(tiny, tmp_path):
-    proc = run_cli("verify", "tiny")
+    proc = invoke("verify", "tiny")
     assert proc.returncode == 2 and "provision download tiny" in proc.stderr
 
 
@@ -393,7 +393,7 @@ def test_the_lock_pins_the_commit_until_a_revision_is_asked_for(hub, tiny, tmp_p
 def test_modelscope_source_uses_its_own_verified_layout(hub, tiny, tmp_path):
     hub.fault("*00002-of-00002*", corrupt=True, times=1)
     hub.fault("*00001-of-00002*", cut_after=1_000_000, times=1)
-    rc, out = run_json("download", "tiny", "--source", "modelscope")
+    rc, out = invoke_json("download", "tiny", "--source", "modelscope")
     assert rc == 0, out
     # The commit it got is recorded, as for Hugging Face (issue 14, item 6): from the listing's
     # per-file "Revision" (a commit id), the branch being named "master" on ModelScope.
@@ -407,7 +407,7 @@ def test_modelscope_source_uses_its_own_verified_layout(hub, tiny, tmp_path):
     per = hub.bytes_sent_per_path
     assert per["org/tiny/model-00001-of-00002.safetensors"] == 3_000_000
     assert per["org/tiny/model-00002-of-00002.safetensors"] == 2 * 2_000_000
-    assert run_cli("verify", "tiny").returncode == 0
+    assert invoke("verify", "tiny").returncode == 0
     # modelscope's own client finds it offline.
     code = (
         "from modelscope.hub.snapshot_download import snapshot_download; "
@@ -477,7 +477,7 @@ def test_a_cache_that_cannot_be_written_is_named_not_called_full(hub, tiny, tmp_
         (blocker / "hf", "is a file, not a folder"),
         (read_only / "hf", "read-only"),
     ]:
-        proc = run_cli("download", "tiny", "--source", hub.url, env={"HF_HOME": str(home)})
+        proc = invoke("download", "tiny", "--source", hub.url, env={"HF_HOME": str(home)})
         err = " ".join(proc.stderr.split())
         assert proc.returncode == 2, err
         assert "cannot be used" in err and reason in err and "HF_HOME" in err
@@ -487,8 +487,8 @@ def test_a_cache_that_cannot_be_written_is_named_not_called_full(hub, tiny, tmp_
 def test_a_complete_cache_on_a_read_only_volume_is_used_as_it_is(hub, tiny, tmpfs_volume):
     """A lab's shared, read-only HF cache that already holds the model: nothing to write."""
     home = {"HF_HOME": str(tmpfs_volume / "hf")}
-    first = run_cli("download", "tiny", "--source", hub.url, env=home)
+    first = invoke("download", "tiny", "--source", hub.url, env=home)
     assert first.returncode == 0, first.stderr
     remount_read_only(tmpfs_volume)
-    again = run_cli("download", "tiny", "--source", hub.url, env=home)
+    again = invoke("download", "tiny", "--source", hub.url, env=home)
     assert again.returncode == 0, again.stderr

@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from tests.cli_helpers import run_cli, run_json
+from tests.cli_helpers import invoke, invoke_json
 
 TREE = "/api/models/org/tiny/tree/*"
 
@@ -68,7 +68,7 @@ def test_etag_injection_creates_nothing_outside_the_cache(hub, tiny, tmp_path, p
         oid = str(victim)
     hub.fault(TREE, edit=_set_oid(path, oid, lfs))
     before = _around(tmp_path)
-    proc = run_cli("download", "tiny", "--source", hub.url)
+    proc = invoke("download", "tiny", "--source", hub.url)
     _assert_refused(proc, repr(path), "oid", "Nothing was downloaded")
     assert _around(tmp_path) == before
     assert victim.read_bytes() == b"v" * victim.stat().st_size
@@ -130,7 +130,7 @@ def test_malformed_answers_are_one_clear_message(hub, tiny, tmp_path, case):
     pattern, fault = MALFORMED[case]
     hub.fault(pattern, **fault)
     before = _around(tmp_path)
-    proc = run_cli("download", "tiny", "--source", hub.url)
+    proc = invoke("download", "tiny", "--source", hub.url)
     assert proc.returncode == 2, (case, proc.stdout, proc.stderr)
     assert "Traceback" not in proc.stderr, proc.stderr
     assert hub.url.split("//")[1] in proc.stderr, proc.stderr  # names the source
@@ -149,16 +149,16 @@ def _no_sha(payload: Any) -> Any:
 def test_modelscope_listing_without_hashes_is_recorded_and_verified_as_unverified(hub, tiny):
     hub.fault("/api/v1/models/org/tiny/repo/files", edit=_no_sha)
     hub.fault("*model-00002-of-00002.safetensors", corrupt=True)  # wrong bytes, nothing to see it
-    rc, out = run_json("download", "tiny", "--source", "modelscope")
+    rc, out = invoke_json("download", "tiny", "--source", "modelscope")
     assert rc == 0, out
     assert all(f.get("unverified") is True for f in out["files"]), out["files"]
     lock = Path(out["lock_file"]).read_text()
     assert lock.count("unverified = true") == len(out["files"])
-    rc, checked = run_json("verify", "tiny")
+    rc, checked = invoke_json("verify", "tiny")
     assert rc == 0, checked
     assert sorted(checked["unverified"]) == sorted(f["path"] for f in out["files"])
     assert {c["status"] for c in checked["checks"]} == {"unverified"}
-    text = run_cli("verify", "tiny")
+    text = invoke("verify", "tiny")
     assert "unverified" in text.stdout and "no sha256" in text.stdout
 
 
@@ -168,32 +168,32 @@ def test_modelscope_listing_with_a_malformed_hash_is_refused(hub, tiny, tmp_path
         return payload
 
     hub.fault("/api/v1/models/org/tiny/repo/files", edit=bad)
-    proc = run_cli("download", "tiny", "--source", "modelscope")
+    proc = invoke("download", "tiny", "--source", "modelscope")
     _assert_refused(proc, "Sha256", "Nothing was downloaded")
 
 
 def test_a_transient_5xx_on_the_metadata_call_is_tried_again(hub, tiny):
     """Item 10: file transfers retried 5xx, the metadata calls did not."""
     fault = hub.fault("/api/models/org/tiny/revision/*", status=503, fail_first=2)
-    rc, out = run_json("download", "tiny", "--source", hub.url)
+    rc, out = invoke_json("download", "tiny", "--source", hub.url)
     assert rc == 0, out
     assert fault.hits == 2 and out["commit"] == tiny.commit
 
 
 def test_a_lasting_5xx_on_the_metadata_call_is_one_message(hub, tiny):
     hub.fault("/api/models/org/tiny/revision/*", status=503, fail_first=100)
-    proc = run_cli("download", "tiny", "--source", hub.url)
+    proc = invoke("download", "tiny", "--source", hub.url)
     _assert_refused(proc, "503")
 
 
 def test_a_lock_with_a_bad_revision_is_refused_before_any_transfer(hub, tiny, tmp_path):
     """Item 10: it was refused only after the whole download."""
-    rc, out = run_json("download", "tiny", "--source", hub.url)
+    rc, out = invoke_json("download", "tiny", "--source", hub.url)
     assert rc == 0, out
     lock = Path(out["lock_file"])
     lock.write_text(lock.read_text().replace('revision = "main"', 'revision = "../../x"', 1))
     shutil.rmtree(tmp_path / "hf")
     hub.reset_counters()
-    proc = run_cli("download", "tiny", "--source", hub.url)
+    proc = invoke("download", "tiny", "--source", hub.url)
     _assert_refused(proc, "../../x")
     assert hub.bytes_sent == 0

@@ -11,7 +11,7 @@ from pathlib import Path
 
 from provision.hub import verify_profile
 from provision.profiles import load_profile
-from tests.cli_helpers import run_cli, run_json
+from tests.cli_helpers import invoke, invoke_json
 
 SHARD = "model-00001-of-00002.safetensors"
 
@@ -34,7 +34,7 @@ def _sha(path: Path) -> str:
 
 
 def _download(*extra: str) -> dict:
-    rc, out = run_json("download", "tiny", *extra)
+    rc, out = invoke_json("download", "tiny", *extra)
     assert rc == 0, out
     return out
 
@@ -43,13 +43,13 @@ def test_flipped_byte_in_an_lfs_blob_is_fetched_again(hub, tiny):
     first = _download()
     placed = Path(first["snapshot"]) / SHARD
     _flip(placed)
-    assert run_cli("verify", "tiny").returncode == 1
+    assert invoke("verify", "tiny").returncode == 1
 
     again = _download()
     assert again["bytes_fetched"] == (tiny.folder / SHARD).stat().st_size
     assert again["files_fetched"] == 1
     assert _sha(placed) == _sha(tiny.folder / SHARD)
-    assert run_cli("verify", "tiny").returncode == 0
+    assert invoke("verify", "tiny").returncode == 0
     # Unchanged since: the next run reads nothing over the network.
     assert _download()["bytes_fetched"] == 0
 
@@ -61,7 +61,7 @@ def test_flipped_byte_in_a_git_blob_is_fetched_again(hub, tiny):
     again = _download()
     assert again["files_fetched"] == 1
     assert placed.read_bytes() == (tiny.folder / "config.json").read_bytes()
-    assert run_cli("verify", "tiny").returncode == 0
+    assert invoke("verify", "tiny").returncode == 0
 
 
 def test_force_hashes_a_blob_whose_mtime_was_put_back(hub, tiny):
@@ -102,13 +102,13 @@ def test_a_refused_resume_point_starts_the_file_over(hub, tiny, tmp_path):
     assert out["bytes_fetched"] == size
     ranges = [r.range for r in hub.requests if r.file and r.file.endswith(SHARD)]
     assert ranges[0] == "bytes=1000000-" and ranges[1:] in ([None], ["bytes=0-"])
-    assert run_cli("verify", "tiny").returncode == 0
+    assert invoke("verify", "tiny").returncode == 0
 
 
 def test_after_a_refused_resume_the_message_keeps_no_bytes_it_lost(hub, tiny, tmp_path):
     partial = _seed_partial(tmp_path, tiny.folder, 1_000_000)
     hub.fault(f"*{SHARD}", status=416, fail_first=1000)
-    proc = run_cli("download", "tiny", "--include", SHARD)
+    proc = invoke("download", "tiny", "--include", SHARD)
     assert proc.returncode == 2, proc.stderr
     assert "are kept" not in proc.stderr and "Nothing of it is kept" in proc.stderr, proc.stderr
     assert not partial.exists()

@@ -27,6 +27,7 @@ from provision.lock.lockfile import (
 )
 from provision.resources import REPO_DIR, builtin_dir
 from provision.uv import uv_bin
+from tests.cli_helpers import result_of
 
 SHIPPED = builtin_dir("lockfiles")
 
@@ -167,7 +168,8 @@ def test_installed_wheel_uses_the_shipped_locks_from_an_empty_folder(
     # The commands the issue names, as a user types them.
     one = _run(installed, empty, "lock", "--check", "qwen2.5-vl-7b", "--json")
     assert one.returncode == 0, one.stdout + one.stderr
-    assert shipped + "pylock.qwen2_5-vl-7b.toml" in one.stdout and '"fresh": true' in one.stdout
+    (checked_one,) = result_of(one)
+    assert shipped + "pylock.qwen2_5-vl-7b.toml" in checked_one["path"] and checked_one["fresh"]
 
     show = _run(installed, empty, "direction", "show", "okvqa-vllm-swift")
     assert show.returncode == 0, show.stderr
@@ -175,8 +177,7 @@ def test_installed_wheel_uses_the_shipped_locks_from_an_empty_folder(
 
     plan = _run(installed, empty, "setup", "qwen2-vl-2b", "--dry-run", "--json")
     assert plan.returncode == 0, plan.stdout + plan.stderr
-    dry = json.loads(plan.stdout)
-    dry = dry.get("data", dry)  # the JSON envelope, where main has it
+    dry = result_of(plan)
     assert dry["lock_action"] == "use" and shipped + "pylock.qwen2-vl-2b.toml" in dry["lock"]
     assert dry["records"].startswith("this machine's record " + str(empty / "data"))
     assert list(empty.iterdir()) == []  # nothing written in the user's folder
@@ -284,8 +285,7 @@ def test_stages_in_a_checkout_leave_locks_and_dockerfiles_clean(
     assert member["qwen2.5-vl-7b"]["model"]["commit"]  # under the member, not top level
 
     smoke = provision("smoke", "qwen2-vl-2b", "--python", sys.executable, "--json")
-    report = json.loads(smoke.stdout)
-    report = report.get("data", report)
+    report = result_of(smoke)
     assert report["repo_id"] == "Qwen/Qwen2-VL-2B-Instruct" and report["revision"] == commit
     # This venv is not the lock's environment (torch 2.13 here, 2.6.0 locked): not recorded.
     assert "the environment is not the lock's" in report["not_recorded"]

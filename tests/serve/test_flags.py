@@ -114,7 +114,6 @@ def test_print_shows_the_vllm_command_with_the_fit_s_limits_and_starts_nothing()
         "8123",
     )
     assert rc == 0, plan
-    plan = result_of(plan)
     argv = plan["argv"]
     assert argv[0].endswith("/bin/vllm") and argv[1] == "serve"
     assert argv[argv.index("--max-model-len") + 1] == "8192"

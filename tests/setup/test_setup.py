@@ -16,7 +16,7 @@ import pytest
 
 from provision.lock.lockfile import read_lock, recorded_table, tool_table
 from provision.uv import uv_bin
-from tests.cli_helpers import run_cli, run_json
+from tests.cli_helpers import run_cli, run_envelope, run_json
 from tests.envs.helpers import torch_wheel_dir
 from tests.setup.conftest import PROFILE, REPO, write_profile
 
@@ -205,9 +205,11 @@ def test_smoke_failure_stops_setup_with_the_model_s_error(setup_world, tiny_llav
     assert state["weights"]["status"] == "done" and state["smoke"]["status"] == "failed"
     assert os.path.isdir(env / "bin")
     # Under --json the failure carries the stage table too: what ran, what was skipped.
-    rc, failed = run_json("setup", "broken-llava", "--env", str(env), *TORCH, timeout=1800)
-    assert rc == 1 and "Smoke inference of broken-llava failed" in failed["error"]
-    done = stages(failed["partial"])
+    # It is the envelope's result (ok false), the error beside it.
+    rc, failed = run_envelope("setup", "broken-llava", "--env", str(env), *TORCH, timeout=1800)
+    assert rc == 1 and failed["ok"] is False and failed["command"] == "setup"
+    assert "Smoke inference of broken-llava failed" in failed["error"]["message"]
+    done = stages(failed["result"])
     assert done["weights"] == "skipped" and done["smoke"] == "failed"
 
 

@@ -16,7 +16,7 @@ import pytest
 
 from provision.lock.lockfile import read_lock, tool_table
 from provision.smoke.dataset import exact_match, normalise
-from tests.cli_helpers import run_cli
+from tests.cli_helpers import result_of, run_cli
 from tests.hub import helpers
 from tests.servers.hub import HubServer
 from tests.smoke.helpers import write_smoke_profile
@@ -55,10 +55,7 @@ def _smoke(env: dict[str, str], lock: Path, dataset: str, n: int) -> tuple[int, 
         "--json", "smoke", PROFILE, "--python", sys.executable, "--lock", str(lock),
         "--dataset", dataset, "--n", str(n), env=env, timeout=600,
     )  # fmt: skip
-    try:
-        return proc.returncode, json.loads(proc.stdout), proc.stderr
-    except json.JSONDecodeError as exc:
-        raise AssertionError(f"{proc.stdout}\n{proc.stderr}") from exc
+    return proc.returncode, result_of(proc), proc.stderr  # the envelope's, contract checked
 
 
 def test_normalised_exact_match_against_any_reference() -> None:

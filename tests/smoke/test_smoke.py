@@ -21,7 +21,7 @@ from provision.lock.lockfile import (
 )
 from provision.profiles import load_profile
 from provision.smoke.run import run_smoke
-from tests.cli_helpers import run_cli
+from tests.cli_helpers import result_of, run_cli
 from tests.smoke.conftest import PROFILE_NAMES, SmokeModels
 from tests.smoke.helpers import PROMPT, write_smoke_profile
 
@@ -137,7 +137,7 @@ def test_transformers_5_llava_through_the_cli(smoke_models: SmokeModels, tmp_pat
         env={"PROVISION_PROFILES_DIR": str(smoke_models.profiles)},
     )
     assert proc.returncode == 0, proc.stdout + proc.stderr
-    payload = json.loads(proc.stdout)
+    payload = result_of(proc)
     assert payload["ok"] is True
     assert payload["answer"] and payload["prompt"] == PROMPT
     # The profile names vLLM, but there is no GPU: transformers runs it, and says why.
