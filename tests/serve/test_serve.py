@@ -350,7 +350,7 @@ def test_end_to_end_setup_serve_chat_then_the_dataset_smoke_served_and_nothing_l
             "smoke", PROFILE, "--dataset", DATASET, "--n", "3", *extra, timeout=900
         )  # fmt: skip
         assert rc == 0, out
-        return result_of(out)
+        return out  # the envelope's result
 
     served = smoke("--served")
     assert live_processes_naming(str(env_python)) == []  # the smoke's server is gone too
