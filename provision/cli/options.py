@@ -24,6 +24,17 @@ StackOpt = Annotated[
 ]
 AttentionOpt = Annotated[Attention, typer.Option("--attention", help="Attention kernel.")]
 
+# How a dataset smoke reaches the model: smoke (and any later stage that runs items).
+ServedOpt = Annotated[
+    bool,
+    typer.Option(
+        "--served",
+        help="With --dataset: send the items to the model served by `provision serve` (OpenAI "
+        "chat requests, the image as a data: URI; --backend names the stack) instead of "
+        "loading it in-process.",
+    ),
+]
+
 # Where profiles come from: every command that names a profile.
 ProfilesDir = Annotated[
     str | None,

@@ -8,7 +8,7 @@ from typing import Annotated, Any
 
 import typer
 
-from provision.cli.options import ProfilesDir
+from provision.cli.options import ProfilesDir, ServedOpt
 from provision.cli.output import JsonFlag, emit_result, use_json
 from provision.errors import CheckFailed, ProvisionError
 
@@ -123,7 +123,8 @@ def _render_dataset(result: Any) -> Any:
         )
         con.print(
             f"{result.repo_id} @ {result.commit or '?'}, {len(result.items)} of {result.n} items "
-            f"asked, backend {result.backend} on {result.device}",
+            f"asked, backend {result.backend} "
+            + ("served (OpenAI endpoint)" if result.via == "served" else f"on {result.device}"),
             markup=False,
         )
         from rich.markup import escape
@@ -191,6 +192,7 @@ def smoke(
         ),
     ] = None,
     n: Annotated[int, typer.Option("--n", help="How many dataset items (with --dataset).")] = 20,
+    served: ServedOpt = False,
     profiles_dir: ProfilesDir = None,
     json_output: JsonFlag = False,
 ) -> None:
@@ -203,6 +205,11 @@ def smoke(
     if backend is not None and backend not in ("transformers", "lmdeploy", "vllm"):
         raise ProvisionError(
             f"Unknown backend {backend!r}.", "Use transformers, lmdeploy or vllm (or leave it out)."
+        )
+    if served and dataset is None:
+        raise ProvisionError(
+            "--served runs a dataset's items through the served model; it needs --dataset.",
+            "Add --dataset NAME (and --n N), or drop --served.",
         )
     loaded = load_profile(profile, profiles_dir)
     interpreter, target = _interpreter(loaded.name, env, python)
@@ -228,6 +235,8 @@ def smoke(
             timeout=timeout,
             backend=backend,
             into_lock=into_lock,
+            served=served,
+            profiles_dir=profiles_dir,
         )
         failure = None if found.ok else CheckFailed(f"The dataset smoke of {loaded.name} failed.")
         emit_result(found, _render_dataset(found), use_json(json_output), failure)

@@ -96,6 +96,7 @@ class DatasetSmokeResult:
     not_recorded: str | None = None
     log_tail: str = ""
     files: list[str] = field(default_factory=list)  # the data files read, in the repository
+    via: str = "in-process"  # or "served": through `provision serve`'s OpenAI endpoint
 
     @property
     def scored(self) -> int:
@@ -132,6 +133,7 @@ class DatasetSmokeResult:
             "metric": "exact match (case, punctuation, whitespace normalised; any reference)",
             "items": [i.to_json() for i in self.items],
             "backend": self.backend,
+            "via": self.via,
             "device": self.device,
             "versions": self.versions,
             "error": self.error,
@@ -153,6 +155,7 @@ class DatasetSmokeResult:
             "scored": self.scored,
             "correct": self.correct,
             "metric": "exact_match",
+            "via": self.via,
             "wall_seconds": self.wall_seconds,
             "at": self.at,
             "versions": self.versions,
@@ -263,10 +266,17 @@ def run_dataset_smoke(
     record_under: Sequence[str] | None = None,
     hub_cache: Path | None = None,
     into_lock: bool = False,
+    served: bool = False,
+    profiles_dir: str | None = None,
 ) -> DatasetSmokeResult:
     """Run the first `n` items of `dataset` (a catalogue name or hub id, downloaded and
     recorded) through `profile`'s model in the environment of `python`, score them, and record
-    the result for `lock_file` (the profile's lock) when given."""
+    the result for `lock_file` (the profile's lock) when given.
+
+    `served`: the model is not loaded in-process but served by `provision serve` (`backend`
+    names the stack, default the profile's) from the environment of `python`; the runner, in
+    that environment, reads the items and sends each as an OpenAI chat request with the image
+    as a data: URI. Scoring and recording are the same; the record says `via = "served"`."""
     from provision.smoke import run as single
 
     if n < 1:
@@ -294,6 +304,73 @@ def run_dataset_smoke(
         "dataset": {k: v for k, v in spec.items() if k != "relative"} | {"n": n},
     }
     started = time.perf_counter()
+    if served:
+        from provision.serve import served as serving
+
+        stack = backend  # None: the profile's (provision.serve picks it as `serve` does)
+        with serving(
+            profile.name,
+            stack=stack,
+            env=_env_folder(python),
+            lock=lock_file,
+            timeout=timeout,
+            profiles_dir=profiles_dir,
+        ) as server:
+            request["served"] = {
+                "base_url": server.base_url,
+                "model": server.plan.repo_id,
+                "stack": server.plan.stack,
+                "timeout": timeout,
+            }
+            report, log_tail = _run_runner(python, request, hf_home, hub_cache, timeout)
+            if report.get("error") is None and not report.get("ok"):
+                log_tail += "\n--- server log ---\n" + server.log_tail()
+    else:
+        report, log_tail = _run_runner(python, request, hf_home, hub_cache, timeout)
+    items = [_item(raw, i) for i, raw in enumerate(report.get("items") or [])]
+    result = DatasetSmokeResult(
+        profile=profile.name,
+        dataset=key,
+        repo_id=record["repo_id"],
+        commit=record.get("commit"),
+        model_repo=model["repo_id"],
+        python=python,
+        n=n,
+        items=items,
+        backend=report.get("backend"),
+        device=report.get("device"),
+        versions=report.get("versions") or {},
+        error=report.get("error"),
+        wall_seconds=round(time.perf_counter() - started, 3),
+        at=datetime.now(timezone.utc).replace(microsecond=0).isoformat(),
+        log_tail=log_tail,
+        files=spec["relative"],
+        via="served" if served else "in-process",
+    )
+    if lock_file is not None:
+        result.lock_file = Path(lock_file)
+        result.not_recorded = single.not_the_locks_env(Path(lock_file), result.versions)
+        if result.not_recorded is None:
+            record_dataset_smoke(Path(lock_file), key, result.record(), record_under, into_lock)
+    return result
+
+
+def _env_folder(python: Path) -> Path | None:
+    """The virtual environment `python` belongs to (what `provision serve --env` takes)."""
+    folder = Path(python).parent.parent
+    return folder if (folder / "pyvenv.cfg").is_file() else None
+
+
+def _run_runner(
+    python: Path,
+    request: dict[str, Any],
+    hf_home: Path | None,
+    hub_cache: Path | None,
+    timeout: float,
+) -> tuple[dict[str, Any], str]:
+    """The runner's report for `request` (run in the target environment) and its log's end."""
+    from provision.smoke import run as single
+
     with tempfile.TemporaryDirectory(prefix="provision-smoke-") as tmp:
         request_file = Path(tmp) / "request.json"
         out_file = Path(tmp) / "result.json"
@@ -315,33 +392,9 @@ def run_dataset_smoke(
         report: dict[str, Any] | None = None
         if out_file.exists():
             report = json.loads(out_file.read_text(encoding="utf-8"))
-    if report is None:
+    if not isinstance(report, dict):
         report = single._no_report(code, timeout, log_tail)
-    items = [_item(raw, i) for i, raw in enumerate(report.get("items") or [])]
-    result = DatasetSmokeResult(
-        profile=profile.name,
-        dataset=key,
-        repo_id=record["repo_id"],
-        commit=record.get("commit"),
-        model_repo=model["repo_id"],
-        python=python,
-        n=n,
-        items=items,
-        backend=report.get("backend"),
-        device=report.get("device"),
-        versions=report.get("versions") or {},
-        error=report.get("error"),
-        wall_seconds=round(time.perf_counter() - started, 3),
-        at=datetime.now(timezone.utc).replace(microsecond=0).isoformat(),
-        log_tail=log_tail,
-        files=spec["relative"],
-    )
-    if lock_file is not None:
-        result.lock_file = Path(lock_file)
-        result.not_recorded = single.not_the_locks_env(Path(lock_file), result.versions)
-        if result.not_recorded is None:
-            record_dataset_smoke(Path(lock_file), key, result.record(), record_under, into_lock)
-    return result
+    return report, log_tail
 
 
 def _item(raw: Any, index: int) -> DatasetItem:

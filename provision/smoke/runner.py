@@ -568,6 +568,99 @@ def run_dataset(request: dict) -> dict:
     return report
 
 
+def run_served_dataset(request: dict) -> dict:
+    """The first N records of a dataset through a running OpenAI-compatible server (provision
+    serve): one chat request per item, the image as a PNG data: URI, greedy (temperature 0).
+    Nothing is loaded here; the items are reported as run_dataset reports them, so provision
+    scores and records both ways with the same code."""
+    import base64
+    import io
+    import urllib.error
+    import urllib.request
+
+    spec = request["dataset"]
+    served = request["served"]
+    url = served["base_url"].rstrip("/") + "/chat/completions"
+    report: dict = {
+        "schema": SCHEMA,
+        "ok": False,
+        "repo_id": request.get("repo_id"),
+        "backend": served.get("stack"),
+        "device": None,
+        "error": None,
+        "items": [],
+        "versions": {"python": platform.python_version()},
+    }
+    # The environment's packages, as the in-process smoke reports them (read, not imported).
+    for name in ("torch", "transformers", "tokenizers", "huggingface_hub", "lmdeploy", "vllm"):
+        found = package_version(name)
+        if found:
+            report["versions"][name] = found
+    max_new_tokens = int(request.get("max_new_tokens") or 32)
+    # The server is local: a proxy from the environment must not carry the requests away.
+    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+    try:
+        rows = read_rows(spec, int(spec.get("n") or 20))
+    except Exception as exc:  # noqa: BLE001 - an unreadable dataset is the result
+        report["error"] = error_report("dataset", exc)
+        return report
+    for index, (data_file, row) in enumerate(rows):
+        item = {
+            "index": index,
+            "id": str(row.get(spec.get("id") or "question_id", index)),
+            "question": str(row.get(spec["question"], "")),
+            "answers": answer_list(row.get(spec["answers"])),
+            "prediction": None,
+        }
+        try:
+            image = row_image(row.get(spec["image"]), data_file, spec["base"])
+            png = io.BytesIO()
+            image.save(png, format="PNG")  # lossless: the server sees the pixels read here
+            uri = "data:image/png;base64," + base64.b64encode(png.getvalue()).decode("ascii")
+            body = {
+                "model": served["model"],
+                "max_tokens": max_new_tokens,
+                "temperature": 0,
+                "messages": [
+                    {
+                        "role": "user",
+                        "content": [
+                            {"type": "image_url", "image_url": {"url": uri}},
+                            {"type": "text", "text": item["question"]},
+                        ],
+                    }
+                ],
+            }
+            call = urllib.request.Request(
+                url, json.dumps(body).encode(), {"Content-Type": "application/json"}
+            )
+            start = time.perf_counter()
+            try:
+                with opener.open(call, timeout=float(served.get("timeout") or 600)) as response:
+                    answer = chat_answer(json.loads(response.read(4 * 1024 * 1024)))
+            except urllib.error.HTTPError as exc:  # the server's own reason, not just the code
+                said = exc.read(2000).decode("utf-8", "replace")
+                raise RuntimeError(f"the server answered {exc.code}: {said}") from None
+            item["prediction"] = answer
+            item["latency_s"] = round(time.perf_counter() - start, 4)
+        except Exception as exc:  # noqa: BLE001 - one item's failure is that item's result
+            item["error"] = error_report("item", exc)
+        report["items"].append(item)
+    report["ok"] = bool(report["items"]) and all("error" not in i for i in report["items"])
+    return report
+
+
+def chat_answer(body) -> str:
+    """choices[0].message.content of a chat completion, checked: it is another process's JSON."""
+    try:
+        content = body["choices"][0]["message"]["content"]
+    except (KeyError, IndexError, TypeError) as exc:
+        raise ValueError(f"not a chat completion: {str(body)[:200]}") from exc
+    if not isinstance(content, str):
+        raise ValueError(f"the answer is {type(content).__name__}, not text")
+    return content
+
+
 def run(request: dict) -> dict:
     report: dict = {
         "schema": SCHEMA,
@@ -711,7 +804,10 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     started = time.perf_counter()
-    report = run_dataset(request) if "dataset" in request else run(request)
+    if "served" in request:
+        report = run_served_dataset(request)
+    else:
+        report = run_dataset(request) if "dataset" in request else run(request)
     report["wall_seconds"] = round(time.perf_counter() - started, 3)
     tmp = args.out + ".tmp"
     with open(tmp, "w", encoding="utf-8") as handle:

@@ -17,8 +17,9 @@ from pathlib import Path
 
 import pytest
 
+from provision.smoke.dataset import exact_match
 from provision.smoke.run import IMAGE
-from tests.cli_helpers import run_cli
+from tests.cli_helpers import run_cli, run_json
 from tests.json_contract import check_envelope
 from tests.serve.conftest import PROFILE, REPO
 
@@ -289,3 +290,86 @@ def test_a_server_that_dies_after_it_was_ready_ends_serve_with_its_log(served_wo
     assert "exited with code -9" in said
     assert "loaded LlavaForConditionalGeneration" in said  # the server's own last log lines
     assert group_members(server) == []
+
+
+def live_processes_naming(text: str) -> list[int]:
+    """Live (not zombie) processes whose command line mentions `text`, from /proc."""
+    found = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            cmdline = Path(f"/proc/{entry}/cmdline").read_bytes()
+            state = Path(f"/proc/{entry}/stat").read_text().rsplit(")", 1)[1].split()[0]
+        except OSError:
+            continue
+        if text.encode() in cmdline and state != "Z":
+            found.append(int(entry))
+    return found
+
+
+def test_end_to_end_setup_serve_chat_then_the_dataset_smoke_served_and_nothing_left(
+    served_world,
+):
+    """Issue 16's Must show, in one run: `provision setup` (the fixture, with the tiny VQA
+    dataset downloaded into the lock from the local hub), `provision serve` on the CPU answers
+    an OpenAI chat request with an image, `provision smoke --dataset --served` reports the
+    exact-match accuracy of the served answers (the same answers the in-process smoke gives),
+    and after each stop no process of the environment is left."""
+    from provision.lock.lockfile import recorded_table
+    from tests.hub.helpers import TINY_VQA
+    from tests.serve.conftest import DATASET
+
+    lock = served_world["lock"]
+    env_python = served_world["root"] / "data" / "envs" / PROFILE / "bin" / "python"
+    # serve, one chat request with an image, stop
+    proc = start_serve("--stack", "transformers", "--port", str(free_port()))
+    try:
+        base = read_ready(proc)["base_url"]
+        (server,) = children(proc.pid)
+        image = base64.b64encode(IMAGE.read_bytes()).decode()
+        content = [
+            {"type": "image_url", "image_url": {"url": f"data:image/jpeg;base64,{image}"}},
+            {"type": "text", "text": "What is in this picture?"},
+        ]
+        answer = post(
+            f"{base}/chat/completions",
+            {"model": REPO, "max_tokens": 4, "messages": [{"role": "user", "content": content}]},
+        )
+        assert isinstance(answer["choices"][0]["message"]["content"], str)
+        assert answer["usage"]["completion_tokens"] >= 1
+    finally:
+        os.kill(proc.pid, signal.SIGTERM)
+        proc.wait(timeout=60)
+    assert group_members(server) == []
+    assert live_processes_naming(str(env_python)) == []
+
+    # the dataset smoke through the served model, then in-process for comparison
+    def smoke(*extra: str) -> dict:  # recorded for the profile's lock, as after setup
+        rc, out = run_json(
+            "smoke", PROFILE, "--dataset", DATASET, "--n", "3", *extra, timeout=900
+        )  # fmt: skip
+        assert rc == 0, out
+        return out  # the envelope's result
+
+    served = smoke("--served")
+    assert live_processes_naming(str(env_python)) == []  # the smoke's server is gone too
+    assert served["via"] == "served" and served["backend"] == "transformers"
+    assert served["dataset"] == DATASET and served["items_run"] == served["scored"] == 3
+    assert [i["question"] for i in served["items"]] == [i["question"] for i in TINY_VQA[:3]]
+    for item in served["items"]:
+        assert isinstance(item["prediction"], str) and item["prediction"]
+        assert item["match"] == exact_match(item["prediction"], item["answers"])
+    correct = sum(i["match"] for i in served["items"])
+    assert served["correct"] == correct and served["accuracy"] == round(correct / 3, 4)
+    recorded = recorded_table(lock)["dataset_smoke"][DATASET]
+    assert recorded["via"] == "served" and recorded["correct"] == correct
+    assert [a["prediction"] for a in recorded["answers"]] == [
+        i["prediction"] for i in served["items"]
+    ]
+    # Greedy decoding of the same pixels (a lossless PNG data: URI) through the same loader:
+    # the served answers are the in-process ones, so the two ways score alike.
+    local = smoke()
+    assert local["via"] == "in-process"
+    assert [i["prediction"] for i in local["items"]] == [i["prediction"] for i in served["items"]]
+    assert recorded_table(lock)["dataset_smoke"][DATASET]["via"] == "in-process"

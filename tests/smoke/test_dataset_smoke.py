@@ -241,3 +241,85 @@ def test_parquet_rows_as_ok_vqa_stores_them_are_read_by_the_runner(tmp_path: Pat
         check=True, capture_output=True, text=True,
     )  # fmt: skip
     assert [r["id"] for r in json.loads(two.stdout)] == ["10", "11"]  # --n stops the reading
+
+
+def test_served_items_take_only_a_chat_completion_s_text_from_the_server(tmp_path: Path) -> None:
+    """The served way's runner against a local HTTP server: each item is one chat request with
+    the image as a PNG data: URI; a reply that is not a chat completion with text, or an HTTP
+    error, is that item's error (with the server's reason), never a prediction."""
+    import base64
+    import io
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    from PIL import Image
+
+    from provision.smoke import runner
+
+    folder = helpers.make_vqa_dataset(tmp_path / "vqa")
+    replies = [
+        (200, {"choices": [{"message": {"role": "assistant", "content": "Cat"}}]}),
+        (200, {"choices": [{"message": {"content": 5}}]}),
+        (200, {"choices": []}),
+        (400, {"error": {"message": "too long for max model length"}}),
+    ]
+    seen: list[dict] = []
+
+    class Handler(BaseHTTPRequestHandler):
+        def log_message(self, *args: object) -> None:
+            pass
+
+        def do_POST(self) -> None:  # noqa: N802
+            seen.append(json.loads(self.rfile.read(int(self.headers["Content-Length"]))))
+            code, body = replies[len(seen) - 1]
+            data = json.dumps(body).encode()
+            self.send_response(code)
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        report = runner.run_served_dataset(
+            {
+                "max_new_tokens": 7,
+                "dataset": {
+                    "files": [str(folder / "data" / "val.jsonl")],
+                    "question": "question",
+                    "answers": "answers",
+                    "image": "image",
+                    "base": str(folder),
+                    "n": 4,
+                },
+                "served": {
+                    "base_url": f"http://127.0.0.1:{server.server_port}/v1",
+                    "model": "tiny-org/m",
+                    "stack": "transformers",
+                },
+            }
+        )
+    finally:
+        server.shutdown()
+    items = report["items"]
+    assert [i.get("prediction") for i in items] == ["Cat", None, None, None]
+    assert "not text" in items[1]["error"]["message"]
+    assert "not a chat completion" in items[2]["error"]["message"]
+    refused = items[3]["error"]["message"]
+    assert "400" in refused and "max model length" in refused
+    assert report["ok"] is False and report["backend"] == "transformers"
+    first = seen[0]
+    assert first["model"] == "tiny-org/m" and first["max_tokens"] == 7
+    image_part, text_part = first["messages"][0]["content"]
+    assert text_part == {"type": "text", "text": helpers.TINY_VQA[0]["question"]}
+    head, payload = image_part["image_url"]["url"].split(",", 1)
+    assert head == "data:image/png;base64"
+    sent = Image.open(io.BytesIO(base64.b64decode(payload)))
+    on_disk = Image.open(folder / "images" / "1.png").convert("RGB")
+    assert sent.convert("RGB").tobytes() == on_disk.tobytes()  # the dataset's pixels, lossless
+
+
+def test_served_needs_a_dataset(tmp_path: Path) -> None:
+    proc = run_cli("smoke", "any-profile", "--served", env={"PROVISION_DATA_DIR": str(tmp_path)})
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert "--served" in proc.stderr and "--dataset" in proc.stderr
