@@ -253,9 +253,8 @@ CONTRACTS: dict[str, list[Any]] = {
             "backend": (str, N),
             "device": (str, N),
             "modes": dict,
-            "error": (str, N),
+            "error": (dict, N),  # {stage, type, message, ...} from the runner
             "versions": dict,
-            "notes": list,
         },
         {  # smoke --dataset NAME --n N
             "profile": str,

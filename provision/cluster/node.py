@@ -307,6 +307,19 @@ def _lease(options: NodeOptions, report: NodeReport):  # noqa: ANN202
     )
 
 
+def _download_result(stdout: str) -> dict[str, Any]:
+    """The result inside `provision --json download`'s envelope ({version, command, ok, result,
+    error}: docs/json.md); one message when it is not one."""
+    try:
+        doc = json.loads(stdout)
+        result = doc["result"]
+    except (ValueError, KeyError, TypeError) as exc:
+        raise ProvisionError(f"the download printed no JSON envelope: {stdout[-300:]!r}") from exc
+    if not isinstance(result, dict):
+        raise ProvisionError(f"the download's JSON result is not an object: {result!r:.300}")
+    return result
+
+
 def _wait_note(taken: Any) -> str:
     parts = [f"waited {taken.waited:.1f} s"]
     if taken.last_holder:
@@ -391,7 +404,7 @@ def _local(options: NodeOptions, report: NodeReport) -> None:
             raise ProvisionError(
                 f"the download into the shared cache failed: {proc.stderr.strip()[-500:]}"
             )
-        got = json.loads(proc.stdout)
+        got = _download_result(proc.stdout)
         taken.check()
         fetched = got.get("bytes_fetched", 0)
         report.stage(

@@ -250,22 +250,35 @@ def record(
     """
     path = Path(lock)
     if not path.exists() or (into_lock and not is_shipped(path)):
+        before = record_file(path, data_dir) if path.exists() else None
         update_lock(path, change, create=create)
+        if before is not None and before.is_file():
+            # What this machine recorded for the lock's old bytes (a setup run without --lock)
+            # would be orphaned by the new bytes: it goes on under them, with the same change.
+            _write_record(path, record_file(path, data_dir), change, start=before)
         return path
-    target = record_file(path, data_dir)
+    return _write_record(path, record_file(path, data_dir), change)
+
+
+def _write_record(
+    lock: Path, target: Path, change: Callable[[dict[str, Any]], None], start: Path | None = None
+) -> Path:
+    """Apply `change` to this machine's record (read from `start`, else `target`, else a copy of
+    the lock's table) and write it to `target` atomically."""
     target.parent.mkdir(parents=True, exist_ok=True)
     with file_lock(str(target) + ".lock"):
         data: dict[str, Any] | None = None
-        if target.is_file():
+        source = start or target
+        if source.is_file():
             try:
-                data = tomllib.loads(target.read_text(encoding="utf-8"))
+                data = tomllib.loads(source.read_text(encoding="utf-8"))
             except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError):
                 data = None
         if data is None or not isinstance(data.get("tool", {}).get("provision"), dict):
-            data = {"tool": {"provision": copy.deepcopy(tool_table(read_lock(path)))}}
+            data = {"tool": {"provision": copy.deepcopy(tool_table(read_lock(lock)))}}
         change(data)
         header = (
-            f"# What provision recorded on this machine for {path.absolute()}\n"
+            f"# What provision recorded on this machine for {lock.absolute()}\n"
             "# (the lock itself is not rewritten: docs/lock-contract.md).\n"
         )
         atomic_write_text(target, header + dump_lock({"tool": data["tool"]}))

@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 
 from provision.lock.lockfile import read_lock, tool_table
-from tests.cli_helpers import run_cli, run_json
+from tests.cli_helpers import run_cli, run_envelope, run_json
 from tests.derive.index import build_index_for
 from tests.servers.pypi_index import FakeIndex, serve
 
@@ -130,9 +130,9 @@ def test_setup_by_repo_id_runs_every_stage_on_the_derived_profile(
     (the derived commit), fixes (the family's); the smoke then runs in that env, where torch is
     the index's stand-in wheel, and fails at its import: the one stage a real torch is for."""
     index = index_for(REPO)
-    rc, report = run_json("setup", REPO, "--torch-index", index.torch_template, timeout=900)
-    partial = report.get("partial", report)
-    stages = {s["stage"]: s["status"] for s in partial["stages"]}
+    rc, doc = run_envelope("setup", REPO, "--torch-index", index.torch_template, timeout=900)
+    report = doc["result"]  # a failed setup's stages are the envelope's result
+    stages = {s["stage"]: s["status"] for s in report["stages"]}
     assert stages == {
         "check": "done",
         "lock": "done",
@@ -141,12 +141,12 @@ def test_setup_by_repo_id_runs_every_stage_on_the_derived_profile(
         "fixes": "done",
         "smoke": "failed",
     }, report
-    assert rc == 1 and "failed at import" in report["error"]
-    assert partial["profile"] == NAME
-    assert Path(partial["env"]) == tmp_path / "data" / "envs" / NAME
-    assert partial["outputs"]["weights"]["commit"] == published
-    assert partial["outputs"]["check"]["profile_origin"].startswith(f"derived from {REPO} at ")
-    assert Path(partial["lock_file"]).name == f"pylock.{NAME}.toml"
+    assert rc == 1 and "failed at import" in doc["error"]["message"]
+    assert report["profile"] == NAME
+    assert Path(report["env"]) == tmp_path / "data" / "envs" / NAME
+    assert report["outputs"]["weights"]["commit"] == published
+    assert report["outputs"]["check"]["profile_origin"].startswith(f"derived from {REPO} at ")
+    assert Path(report["lock_file"]).name == f"pylock.{NAME}.toml"
 
 
 def test_direction_add_records_the_profile_and_its_pinned_repo(

@@ -77,6 +77,30 @@ def test_recording_for_a_shipped_lock_goes_to_this_machine_s_record(
     assert "commit" not in recorded_table(other)["model"]
 
 
+def test_a_write_into_a_named_lock_carries_this_machine_s_record_over(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """After a setup recorded on this machine (no --lock), a later `--lock FILE` write changes
+    the lock's bytes; what the machine recorded for the old bytes must still be read."""
+    monkeypatch.setenv("PROVISION_DATA_DIR", str(tmp_path / "data"))
+    lock = tmp_path / "pylock.qwen2-vl-2b.toml"
+    shutil.copy(SHIPPED / "pylock.qwen2-vl-2b.toml", lock)
+
+    def weights(data: dict) -> None:
+        data["tool"]["provision"]["model"]["commit"] = "c" * 40
+
+    def dataset(data: dict) -> None:
+        data["tool"]["provision"].setdefault("datasets", {})["org/vqa"] = {"commit": "d" * 40}
+
+    assert record(lock, weights) == record_file(lock)  # the machine's record, lock untouched
+    assert record(lock, dataset, into_lock=True) == lock
+    on_disk = tool_table(read_lock(lock))
+    assert on_disk["datasets"]["org/vqa"]["commit"] == "d" * 40
+    assert "commit" not in on_disk["model"]  # the machine's record stays the machine's
+    seen = recorded_table(lock)
+    assert seen["model"]["commit"] == "c" * 40 and seen["datasets"] == on_disk["datasets"]
+
+
 def test_download_into_a_direction_lock_records_under_the_member(tmp_path: Path) -> None:
     from provision.hub.download import _record, model_record
     from provision.lock.lockfile import member_path
