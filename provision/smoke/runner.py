@@ -541,6 +541,19 @@ def run_dataset(request: dict) -> dict:
         return report
     backend = report.pop("_backend")
     max_new_tokens = int(request.get("max_new_tokens") or 32)
+
+    def answer(question: str, image) -> tuple[str, float]:
+        out = backend.generate(backend.inputs(question, image), "greedy", max_new_tokens)
+        return out["answer"], out["latency_s"]
+
+    return _answer_items(report, spec, answer)
+
+
+def _answer_items(report: dict, spec: dict, answer) -> dict:
+    """The first N records of the dataset, each answered by `answer(question, image)` ->
+    (prediction, latency in s), into report["items"]; one item's failure is that item's result,
+    an unreadable dataset the report's. Both ways of running (in-process, served) go through
+    here, so their items read alike and provision scores them with the same code."""
     try:
         rows = read_rows(spec, int(spec.get("n") or 20))
     except Exception as exc:  # noqa: BLE001 - an unreadable dataset is the result
@@ -557,10 +570,8 @@ def run_dataset(request: dict) -> dict:
         }
         try:
             image = row_image(row.get(spec["image"]), data_file, spec["base"])
-            inputs = backend.inputs(item["question"], image)
-            out = backend.generate(inputs, "greedy", max_new_tokens)
-            item["prediction"] = out["answer"]
-            item["latency_s"] = round(out["latency_s"], 4)
+            item["prediction"], latency = answer(item["question"], image)
+            item["latency_s"] = round(latency, 4)
         except Exception as exc:  # noqa: BLE001 - one item's failure is that item's result
             item["error"] = error_report("item", exc)
         report["items"].append(item)
@@ -599,55 +610,38 @@ def run_served_dataset(request: dict) -> dict:
     max_new_tokens = int(request.get("max_new_tokens") or 32)
     # The server is local: a proxy from the environment must not carry the requests away.
     opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
-    try:
-        rows = read_rows(spec, int(spec.get("n") or 20))
-    except Exception as exc:  # noqa: BLE001 - an unreadable dataset is the result
-        report["error"] = error_report("dataset", exc)
-        return report
-    for index, (data_file, row) in enumerate(rows):
-        item = {
-            "index": index,
-            "id": str(row.get(spec.get("id") or "question_id", index)),
-            "question": str(row.get(spec["question"], "")),
-            "answers": answer_list(row.get(spec["answers"])),
-            "prediction": None,
+
+    def answer(question: str, image) -> tuple[str, float]:
+        png = io.BytesIO()
+        image.save(png, format="PNG")  # lossless: the server sees the pixels read here
+        uri = "data:image/png;base64," + base64.b64encode(png.getvalue()).decode("ascii")
+        body = {
+            "model": served["model"],
+            "max_tokens": max_new_tokens,
+            "temperature": 0,
+            "messages": [
+                {
+                    "role": "user",
+                    "content": [
+                        {"type": "image_url", "image_url": {"url": uri}},
+                        {"type": "text", "text": question},
+                    ],
+                }
+            ],
         }
+        call = urllib.request.Request(
+            url, json.dumps(body).encode(), {"Content-Type": "application/json"}
+        )
+        start = time.perf_counter()
         try:
-            image = row_image(row.get(spec["image"]), data_file, spec["base"])
-            png = io.BytesIO()
-            image.save(png, format="PNG")  # lossless: the server sees the pixels read here
-            uri = "data:image/png;base64," + base64.b64encode(png.getvalue()).decode("ascii")
-            body = {
-                "model": served["model"],
-                "max_tokens": max_new_tokens,
-                "temperature": 0,
-                "messages": [
-                    {
-                        "role": "user",
-                        "content": [
-                            {"type": "image_url", "image_url": {"url": uri}},
-                            {"type": "text", "text": item["question"]},
-                        ],
-                    }
-                ],
-            }
-            call = urllib.request.Request(
-                url, json.dumps(body).encode(), {"Content-Type": "application/json"}
-            )
-            start = time.perf_counter()
-            try:
-                with opener.open(call, timeout=float(served.get("timeout") or 600)) as response:
-                    answer = chat_answer(json.loads(response.read(4 * 1024 * 1024)))
-            except urllib.error.HTTPError as exc:  # the server's own reason, not just the code
-                said = exc.read(2000).decode("utf-8", "replace")
-                raise RuntimeError(f"the server answered {exc.code}: {said}") from None
-            item["prediction"] = answer
-            item["latency_s"] = round(time.perf_counter() - start, 4)
-        except Exception as exc:  # noqa: BLE001 - one item's failure is that item's result
-            item["error"] = error_report("item", exc)
-        report["items"].append(item)
-    report["ok"] = bool(report["items"]) and all("error" not in i for i in report["items"])
-    return report
+            with opener.open(call, timeout=float(served.get("timeout") or 600)) as response:
+                said = chat_answer(json.loads(response.read(4 * 1024 * 1024)))
+        except urllib.error.HTTPError as exc:  # the server's own reason, not just the code
+            reason = exc.read(2000).decode("utf-8", "replace")
+            raise RuntimeError(f"the server answered {exc.code}: {reason}") from None
+        return said, time.perf_counter() - start
+
+    return _answer_items(report, spec, answer)
 
 
 def chat_answer(body) -> str:
