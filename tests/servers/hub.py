@@ -718,33 +718,7 @@ class _Handler(BaseHTTPRequestHandler):
         if action == "repo/tree" and repo_type == "dataset":
             return self._ms_dataset_tree(files, commit)
         if action == "repo/files":
-            recursive = self.query.get("Recursive", "False").lower() == "true"
-            root = self.query.get("Root", "").strip("/")
-            prefix = f"{root}/" if root else ""
-            listing: dict[str, dict[str, Any]] = {}
-            for path, f in sorted(files.items()):
-                if not path.startswith(prefix):
-                    continue
-                parts = path[len(prefix) :].split("/")
-                if len(parts) > 1:
-                    folder = prefix + parts[0]
-                    listing.setdefault(
-                        folder,
-                        {"Name": parts[0], "Path": folder, "Type": "tree", "Size": 0},
-                    )
-                    if not recursive:
-                        continue
-                listing[path] = {
-                    "Name": path.rsplit("/", 1)[-1],
-                    "Path": path,
-                    "Type": "blob",
-                    "Size": f.size,
-                    "Sha256": f.sha256,
-                    "Revision": commit,
-                    "IsLFS": f.lfs,
-                    "Mode": "33188",
-                }
-            return self._ms_ok({"Files": [listing[k] for k in sorted(listing)]})
+            return self._ms_ok({"Files": self._ms_listing(files, commit, dataset=False)})
         if action == "repo" and method in ("GET", "HEAD"):
             allowed = self.hub._allowed(repo, self._token())
             if allowed != 200:
@@ -757,8 +731,11 @@ class _Handler(BaseHTTPRequestHandler):
             return None
         return self._ms_error(404, "unknown route")
 
-    def _ms_dataset_tree(self, files: dict[str, HubFile], commit: str) -> None:
-        """modelscope-hub pages datasets: PageNumber from 1, PageSize each, until a short page."""
+    def _ms_listing(
+        self, files: dict[str, HubFile], commit: str, dataset: bool
+    ) -> list[dict[str, Any]]:
+        """ModelScope's file listing under ?Root=, sorted. Models list a folder's entry even in a
+        recursive listing, with a Mode per file; datasets list folders only when not recursive."""
         recursive = self.query.get("Recursive", "False").lower() == "true"
         root = self.query.get("Root", "").strip("/")
         prefix = f"{root}/" if root else ""
@@ -767,12 +744,13 @@ class _Handler(BaseHTTPRequestHandler):
             if not path.startswith(prefix):
                 continue
             parts = path[len(prefix) :].split("/")
-            if len(parts) > 1 and not recursive:
+            if len(parts) > 1 and (not dataset or not recursive):
                 folder = prefix + parts[0]
                 listing.setdefault(
                     folder, {"Name": parts[0], "Path": folder, "Type": "tree", "Size": 0}
                 )
-                continue
+                if not recursive:
+                    continue
             listing[path] = {
                 "Name": path.rsplit("/", 1)[-1],
                 "Path": path,
@@ -781,8 +759,12 @@ class _Handler(BaseHTTPRequestHandler):
                 "Sha256": f.sha256,
                 "Revision": commit,
                 "IsLFS": f.lfs,
-            }
-        entries = [listing[k] for k in sorted(listing)]
+            } | ({} if dataset else {"Mode": "33188"})
+        return [listing[k] for k in sorted(listing)]
+
+    def _ms_dataset_tree(self, files: dict[str, HubFile], commit: str) -> None:
+        """modelscope-hub pages datasets: PageNumber from 1, PageSize each, until a short page."""
+        entries = self._ms_listing(files, commit, dataset=True)
         number = max(1, int(self.query.get("PageNumber", "1") or 1))
         size = max(1, int(self.query.get("PageSize", "200") or 200))
         page = entries[(number - 1) * size : number * size]
