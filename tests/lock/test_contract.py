@@ -421,6 +421,14 @@ def test_stages_in_a_checkout_leave_locks_and_dockerfiles_clean(
             check=True,
         )
         assert status.stdout == ""
+        everything = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=all"],
+            cwd=checkout,
+            capture_output=True,
+            text=True,
+            check=True,
+        )
+        assert everything.stdout == ""  # nor anything else in the checkout
         check = provision("docker", "--all", "--check")
         assert check.returncode == 0, check.stdout + check.stderr
     finally:
