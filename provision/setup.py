@@ -159,6 +159,9 @@ class Plan:
     # Datasets fetched with the weights and pinned in [tool.provision.datasets] (a direction's
     # `datasets`): catalogue names or hub ids, see provision.hub.datasets.
     datasets: tuple[str, ...] = ()
+    # The torch build `relock` makes ("pypi", "cu124", "cpu"...; None: the machine decides), for
+    # the check stage to say what a GPU-less machine gets before the lock is made.
+    relock_variant: Callable[[], str | None] = lambda: None
 
 
 @dataclass
@@ -292,8 +295,25 @@ def _profile_plan(profile_name: str, options: SetupOptions) -> tuple[Plan, Path 
         lock_is_current=current,
         given_lock=options.from_lock is not None,
         into_lock=options.lock_file is not None and options.from_lock is None,
+        relock_variant=lambda: relock_variant(previous, options.torch_index)[0],
     )
     return plan, previous
+
+
+def _made_build_note(variant: str | None) -> str:
+    """The check stage's note on a GPU-less machine for a lock the lock stage is about to make
+    with `variant` (Plan.relock_variant)."""
+    if variant is None:
+        return "the lock is made for this machine"
+    if variant == "cpu":
+        return "the lock is made for a CPU build: the environment is for CPU use"
+    build = (
+        "PyPI's torch build (CUDA)" if variant == "pypi" else f"a CUDA build of torch ({variant})"
+    )
+    return (
+        f"the lock is made with {build}: it installs as locked, and the model runs on the CPU "
+        "until a GPU is there"
+    )
 
 
 def choose_lock(
@@ -494,9 +514,16 @@ class _Runner:
 
     def _build_note(self) -> str:
         """What a machine without a GPU gets from the lock: a CUDA build of torch installs from
-        a CUDA lock (and runs on the CPU); only a CPU lock makes a CPU environment."""
+        a CUDA lock (and runs on the CPU); only a CPU lock makes a CPU environment. When the
+        lock stage will (re)make the lock, the build it makes: the one kept from the previous
+        lock or asked for, not the one of a stale or missing file."""
         from provision.lock.locking import lock_target
 
+        fresh = self.plan.given_lock or (
+            "lock" not in self.options.force and self.plan.lock_is_current()
+        )
+        if not fresh:
+            return _made_build_note(self.plan.relock_variant())
         variant = lock_target(self.lock).get("variant")
         if not variant:
             return "the lock is made for this machine"

@@ -212,11 +212,15 @@ def setup_direction(
     registry = registry_path(data_dir)
     user = current_user()
 
+    torch_index = lock_options.torch_index or options.torch_index
+
+    def build() -> tuple[str | None, str]:
+        if lock_options.variant is not None:
+            return lock_options.variant, ""
+        return relock_variant(previous, torch_index)  # the lock's build unless told otherwise
+
     def relock() -> tuple[str, dict[str, Any]]:
-        torch_index = lock_options.torch_index or options.torch_index
-        variant, note = lock_options.variant, ""
-        if variant is None:  # a re-lock keeps the lock's build unless told otherwise
-            variant, note = relock_variant(previous, torch_index)
+        variant, note = build()
         made = lock_direction(
             direction,
             python=lock_options.python,
@@ -242,6 +246,7 @@ def setup_direction(
         into_lock=options.lock_file is not None and options.from_lock is None,
         member_section="members",
         datasets=direction.datasets if options.datasets else (),
+        relock_variant=lambda: build()[0],
     )
     with shared_umask(direction.shared):
         # Folders first: an empty env folder made here carries the group and setgid bit into

@@ -212,15 +212,12 @@ def test_installed_wheel_uses_the_shipped_locks_from_an_empty_folder(
 # --- defect 3: a re-lock keeps the lock's build -------------------------------------------------
 
 
-def test_setup_relocks_a_stale_lock_into_the_user_s_folder_keeping_its_build(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    from provision.setup import SetupOptions, dry_run
-
+def _stale_cu121_lock(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A user's profile `mine` (no shipped lock) in tmp_path/profiles, whose project lock
+    (./lockfiles, tmp_path the current folder) is a cu121 build gone stale; the lock's path."""
     monkeypatch.setenv("PROVISION_DATA_DIR", str(tmp_path / "data"))
     monkeypatch.delenv("PROVISION_LOCK_DIR", raising=False)
     monkeypatch.chdir(tmp_path)
-    # A user's profile (no shipped lock) whose project lock is a cu121 build gone stale.
     profiles = tmp_path / "profiles"
     profiles.mkdir()
     source = (builtin_dir("profiles") / "qwen2-vl-2b.toml").read_text(encoding="utf-8")
@@ -233,15 +230,61 @@ def test_setup_relocks_a_stale_lock_into_the_user_s_folder_keeping_its_build(
     text = text.replace('name = "qwen2-vl-2b"', 'name = "mine"', 1)
     text = text.replace('variant = "cu124"', 'variant = "cu121"', 1)
     stale.write_text(text.replace('route = "pypi"\nrule', 'route = "index"\nrule', 1))
+    return stale
+
+
+def test_setup_relocks_a_stale_lock_into_the_user_s_folder_keeping_its_build(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from provision.setup import SetupOptions, dry_run
+
+    stale = _stale_cu121_lock(tmp_path, monkeypatch)
     before = stale.read_bytes()
 
-    planned = dry_run("mine", SetupOptions(profiles_dir=str(profiles)))
+    planned = dry_run("mine", SetupOptions(profiles_dir=str(tmp_path / "profiles")))
 
     assert planned.lock_action == "relock"
     assert planned.lock == tmp_path / "data" / "lockfiles" / "pylock.mine.toml"
     assert planned.relock_from == Path("lockfiles") / stale.name
     assert planned.variant == "cu121"  # kept, not re-targeted to this GPU-less machine's cpu
     assert stale.read_bytes() == before
+
+
+def test_setup_s_check_on_a_machine_without_a_gpu_names_the_build_the_relock_makes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Before, the check read the build from the lock file setup was about to write: missing
+    (or stale) there, it said "the lock is made for this machine" while the re-lock kept the
+    old lock's CUDA build and the env stage installed it."""
+    from provision.errors import ProvisionError
+    from provision.setup import SetupOptions, _profile_plan, run_plan
+    from tests.hardware.test_probe import fake_pynvml
+
+    monkeypatch.setitem(sys.modules, "pynvml", fake_pynvml([]))  # a driver, no GPU
+    _stale_cu121_lock(tmp_path, monkeypatch)
+
+    def check_detail(**asked: str) -> str:
+        options = SetupOptions(
+            profiles_dir=str(tmp_path / "profiles"), env=tmp_path / "env", **asked
+        )
+        plan, _previous = _profile_plan("mine", options)
+
+        def stop() -> tuple[str, dict]:  # the re-lock itself (uv) is not what is tested here
+            raise ProvisionError("stopped before resolving")
+
+        plan.relock = stop
+        with pytest.raises(ProvisionError) as caught:
+            run_plan(plan, options)
+        stages = {s.name: s for s in caught.value.setup_result.stages}  # type: ignore[attr-defined]
+        assert stages["lock"].status == "failed" and stages["check"].status == "done"
+        return stages["check"].detail
+
+    kept = check_detail()
+    assert "a CUDA build of torch (cu121): it installs as locked" in kept, kept
+    assert "made for this machine" not in kept and "CPU use" not in kept
+    # Another index asked for: the machine decides the build, as for a first lock.
+    told = check_detail(torch_index="http://127.0.0.1:9/whl/{variant}")
+    assert "the lock is made for this machine" in told and "installs as locked" not in told
 
 
 # --- must show: the stages run in a checkout leave its locks and Dockerfiles as committed -------
@@ -405,6 +448,8 @@ def test_stages_in_a_checkout_leave_locks_and_dockerfiles_clean(
         stages = _stages(result["setup"])
         assert all(status == "done" for status, _ in stages.values()), stages
         assert "qwen2.5-vl-3b: greedy ok" in stages["smoke"][1], stages
+        # Checked before the lock is made: the build it is made with, not "for this machine".
+        assert "made with PyPI's torch build (CUDA): it installs as locked" in stages["check"][1]
         # A direction that is not built in is locked into this machine's own folder.
         made = data / "lockfiles" / "pylock.direction-qwen-pair.toml"
         assert Path(result["lock"]) == made and made.is_file()
