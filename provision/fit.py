@@ -16,6 +16,7 @@ from provision.memory import (
     estimate,
     resolve_request,
     stacks,
+    vision_family,
 )
 from provision.profiles import Profile
 from provision.units import GIB
@@ -318,20 +319,10 @@ def suggest(
                     n //= 2
                 if n >= 1:
                     break
-        if req.image_tokens and req.images and req.image_tokens > 64:
-            best = _largest(
-                lambda n: fits(replace(asked, image_tokens=n)), 64, req.image_tokens - 1
-            )
-            if best:
-                n, need = best
-                out.append(
-                    Suggestion(
-                        "image-tokens",
-                        f"--image-tokens {n}{_pixels_hint(profile, n)}",
-                        need,
-                        {"image_tokens": n},
-                    )
-                )
+        if req.image_tokens and req.images:
+            found = _image_suggestion(profile, asked, req, fits)
+            if found:
+                out.append(found)
         in_text = profile.image.get("in_text_sequence", True)
         shortest = max(512, (req.image_tokens or 0) * req.images * in_text + 128)
         if req.task != "infer" and req.seq and req.seq > shortest:
@@ -525,6 +516,69 @@ def _largest_round(test: Any, low: int, high: int) -> tuple[int, float] | None:
         return None
     n = round_down(best[0], low)
     return n, test(n)[1]
+
+
+def _image_suggestion(
+    profile: Profile, asked: FitRequest, req: FitRequest, fits: Any
+) -> Suggestion | None:
+    """Fewer image tokens, said with the lever the model's processor has, at a value a person
+    would type: fewer tiles (InternVL, SmolVLM, Mllama), a smaller pixel budget (Qwen-VL), or, for
+    a model whose images always cost the same (LLaVA-1.5, Gemma 3), fewer images per sample.
+    `--image-tokens` itself only where the profile names a processor setting but no family rule."""
+    fam = vision_family(profile)
+    # A suggestion replaces whatever set the resolution: they cannot be given together.
+    clear = {"image_tokens": None, "max_pixels": None, "max_tiles": None}
+    if "tokens_per_tile" in fam:
+        per_tile = fam["tokens_per_tile"]
+        thumb = 1 if fam.get("thumbnail") else 0
+        now = req.max_tiles or max(req.image_tokens // per_tile - thumb, 1)
+        for n in range(min(now, fam.get("max_tiles", now)) - 1, 0, -1):
+            change = clear | {"max_tiles": n}
+            ok, need = fits(replace(asked, **change))
+            if ok:
+                setting = fam.get("max_tiles_setting")
+                hint = f" (the processor's {setting})" if setting else ""
+                return Suggestion("max-tiles", f"--max-tiles {n}{hint}", need, change)
+        return None
+    if "pixels_per_token" in fam:
+        unit = fam["pixels_per_token"]
+        step = fam.get("temporal_patch_size", 1)
+        per_frame = req.image_tokens // -(-req.frames // step) if req.frames else req.image_tokens
+        if per_frame <= 64:
+            return None
+        best = _largest_round(
+            lambda n: fits(replace(asked, **(clear | {"max_pixels": n * unit}))), 64, per_frame - 1
+        )
+        if best is None:
+            return None
+        n, need = best
+        side = int(unit**0.5)
+        what = "frame" if req.frames else "image"
+        text = f"--max-pixels {n * unit} ({n} tokens per {what}: max_pixels={n}*{side}*{side})"
+        return Suggestion("max-pixels", text, need, clear | {"max_pixels": n * unit})
+    if profile.image.get("tokens_setting") and req.image_tokens > 64:
+        best = _largest_round(
+            lambda n: fits(replace(asked, **(clear | {"image_tokens": n}))),
+            64,
+            req.image_tokens - 1,
+        )
+        if best:
+            n, need = best
+            return Suggestion(
+                "image-tokens",
+                f"--image-tokens {n}{_pixels_hint(profile, n)}",
+                need,
+                clear | {"image_tokens": n},
+            )
+        return None
+    if req.images > 1:
+        found = _largest(lambda n: fits(replace(asked, images=n)), 1, req.images - 1)
+        if found:
+            n, need = found
+            return Suggestion(
+                "images", f"--images {n} (fewer images per sample)", need, {"images": n}
+            )
+    return None
 
 
 def _pixels_hint(profile: Profile, tokens: int) -> str:

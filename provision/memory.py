@@ -390,7 +390,8 @@ def resolve_request(profile: Profile, req: FitRequest) -> FitRequest:
     if from_setting is None and req.image_tokens is None and stack_tiles and tiled:
         # The stack's own default resolution (XTuner: the model's max_dynamic_patch).
         from_setting = image_tokens_for(profile, replace(req, max_tiles=stack_tiles))
-    if req.image_tokens is not None and from_setting is not None:
+    # A resolved request keeps its setting and the tokens it gave, so resolving it again agrees.
+    if req.image_tokens is not None and from_setting not in (None, req.image_tokens):
         raise ProvisionError(
             "Give --image-tokens or a resolution setting (--max-pixels, --max-tiles), not both."
         )

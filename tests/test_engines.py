@@ -155,6 +155,44 @@ def test_resolution_flags_become_tokens_by_the_family_rule():
         resolve_request(MLLAMA, FitRequest(max_tiles=6))
 
 
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["llama-3.2-11b-vision", "--max-tiles", "2"],
+        ["internvl2-1b", "--max-tiles", "6"],
+        ["qwen2-vl-2b", "--max-pixels", "1003520"],
+        ["qwen2.5-vl-7b", "--frames", "16"],
+        ["qwen2.5-vl-7b", "--max-pixels", "100352", "--frames", "12", "--task", "lora"],
+    ],
+)
+def test_check_takes_a_resolution_setting(args):
+    """A resolved request keeps the setting that gave its tokens, and the estimate resolves it
+    again: before, every --max-tiles, --max-pixels or --frames check stopped with "Give
+    --image-tokens or a resolution setting, not both"."""
+    code, result = invoke_json("check", *args, "--gpu", "H100-80GB")
+    assert code in (0, 1), result
+    expect = resolve_request(load_profile(args[0]), _request_of(args[1:]))
+    assert result["fit"]["request"]["image_tokens"] == expect.image_tokens
+    assert result["fit"]["verdict"] in {"fits", "tight", "does not fit"}
+
+
+def _request_of(flags: list[str]) -> FitRequest:
+    pairs = dict(zip(flags[::2], flags[1::2], strict=True))
+    return FitRequest(
+        task=pairs.get("--task", "infer"),
+        max_tiles=int(pairs["--max-tiles"]) if "--max-tiles" in pairs else None,
+        max_pixels=int(pairs["--max-pixels"]) if "--max-pixels" in pairs else None,
+        frames=int(pairs["--frames"]) if "--frames" in pairs else None,
+    )
+
+
+def test_image_tokens_and_a_setting_that_disagree_are_refused():
+    with pytest.raises(ProvisionError, match="not both"):
+        resolve_request(QWEN7, FitRequest(max_pixels=1003520, image_tokens=300))
+    resolved = resolve_request(QWEN7, FitRequest(max_pixels=1003520))
+    assert resolve_request(QWEN7, resolved) == resolved
+
+
 def test_a_sample_longer_than_the_context_is_an_error():
     with pytest.raises(ProvisionError, match="longer than llava-v1.5-7b's 4096-token context"):
         resolve_request(LLAVA, FitRequest(images=15))
