@@ -205,6 +205,16 @@ def check_fit(
         if refused is not None:
             name = est.engine["name"] if est.engine else "the engine"
             reason += f"; {name} would refuse to start: {refused.engine_error}"
+        eng = est.engine
+        if eng and eng["name"] == "lmdeploy" and not worst.engine_error:
+            pool = worst.need - (est.per_gpu - eng["kv_bytes"])
+            if pool > eng["kv_bytes"]:
+                notes.append(
+                    f"LMDeploy takes {eng['cache_max_entry_count']} of the memory left after the "
+                    f"weights for its KV cache (--cache-max-entry-count): {_b(pool)} on "
+                    f"{worst.name}, so it holds {_b(worst.need)} in all, not only the "
+                    f"{_b(est.per_gpu)} the run itself needs."
+                )
         tp_note = tp_problem(profile, resolved.stack, machine.gpu_count)
         if tp_note:
             notes.append(tp_note)

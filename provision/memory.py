@@ -260,6 +260,15 @@ def loaded_weight_bytes(profile: Profile, req: FitRequest, lora_base: float | No
     return weights + (profile.params["total"] - language_linear_params(profile)) * 2.0
 
 
+def loaded_as(req: FitRequest) -> str:
+    """How the weights sit on the GPU, in words: the quantisation, or fp32 where --dtype fp32
+    loads the 16-bit weights (or the parts a quantisation leaves) at 4 bytes."""
+    quant = req.quant or "bf16"
+    if req.dtype != "fp32":
+        return quant
+    return "fp32" if quant in ("bf16", "fp16") else f"{quant} linears, fp32 rest"
+
+
 def weight_bytes(profile: Profile, quant: str, lora_base_bytes: float | None = None) -> float:
     """Bytes of the weights on the GPU. Quantisation shrinks the language model's linear layers;
     embeddings, lm_head and the vision tower stay 16-bit. A stack may hold the frozen LoRA base at
@@ -515,7 +524,9 @@ def _engine(
     if req.images == 0:
         limit = 0
     out: dict[str, Any] = {"name": eng["name"], "version": eng["version"], "max_num_seqs": seqs}
-    parts = [Component("weights", weights / gpus, f"{req.quant}, {weights / GIB:.1f} GiB in all")]
+    parts = [
+        Component("weights", weights / gpus, f"{loaded_as(req)}, {weights / GIB:.1f} GiB in all")
+    ]
     if eng["name"] == "vllm":
         v0 = fam.get("vllm_profile") == "encoder-decoder"
         batched = req.max_batched_tokens or (
@@ -609,7 +620,7 @@ def _inference(
         Component(
             "weights",
             weights / gpus,
-            f"{req.quant}, {weights / GIB:.1f} GiB in all"
+            f"{loaded_as(req)}, {weights / GIB:.1f} GiB in all"
             + (f": the stack loads the model {copies} times ({req.stack})" if copies > 1 else ""),
         ),
         Component(
@@ -663,14 +674,17 @@ def _training(
     lora_base = info.get("lora_base_bytes") if req.task == "lora" else None
     weights = loaded_weight_bytes(profile, req, lora_base)
     offload_params = req.cpu_offload and zero == 3  # ZeRO-3 offload_param: weights in RAM
+    held = f"{loaded_as(req)} base model"
+    if lora_base is not None:  # the stack's own width for the frozen base, whatever --dtype says
+        held = f"{lora_base:g}-byte base model ({req.stack} casts it)"
     host = 0.0  # bytes the offload puts in the node's RAM
     if offload_params:
         host += weights
-        parts = [Component("weights", 0.0, f"{req.quant} base model in RAM (ZeRO-3 offload)")]
+        parts = [Component("weights", 0.0, f"{held} in RAM (ZeRO-3 offload)")]
     else:
         split = f", ZeRO-3 split over {shards['weights']} GPUs" * (shards["weights"] > 1)
         per_gpu = weights / shards["weights"]
-        parts = [Component("weights", per_gpu, f"{req.quant} base model{split}")]
+        parts = [Component("weights", per_gpu, f"{held}{split}")]
     if shards["weights"] > 1 or offload_params:
         # ZeRO-3 gathers a module's full parameters to run it: the largest of the embedding
         # and a few prefetched decoder layers (stage3_prefetch_bucket_size, max_live_parameters).

@@ -330,3 +330,32 @@ def test_an_fp32_load_doubles_the_16_bit_weights():
     assert int4.part("weights") < int4_fp32.part("weights") < fp32.part("weights")
     with pytest.raises(ProvisionError, match="Unknown --dtype 'fp64'"):
         estimate(LLAVA, FitRequest(dtype="fp64"))
+
+
+def test_lmdeploy_says_what_its_cache_share_holds():
+    """The table lists what one session needs; LMDeploy takes its share of the free memory on top,
+    and the verdict's larger figure is explained, with the flag that sets it."""
+    machine = target_machine(gpu="A100-80GB")
+    half = check_fit(QWEN7, FitRequest(stack="lmdeploy", cache_max_entry_count=0.5), machine)
+    note = next(n for n in half.notes if n.startswith("LMDeploy takes 0.5"))
+    assert "--cache-max-entry-count" in note
+    held = half.gpus[0].need
+    assert held > half.estimate.per_gpu
+    assert f"holds {held / GIB:.1f} GiB" in note
+    default = check_fit(QWEN7, FitRequest(stack="lmdeploy"), machine)
+    assert default.gpus[0].need > held  # the default share (0.8) holds more
+    vllm = check_fit(QWEN7, FitRequest(stack="vllm"), machine)
+    assert not [n for n in vllm.notes if n.startswith("LMDeploy")]
+
+
+def test_the_weights_line_names_the_width_they_are_held_at():
+    machine = target_machine(gpu="A100-80GB")
+    fp32 = check_fit(QWEN7, FitRequest(task="lora", dtype="fp32"), machine).estimate
+    bf16 = check_fit(QWEN7, FitRequest(task="lora"), machine).estimate
+    line = {c.name: c for c in fp32.components}["weights"]
+    assert line.detail.startswith("fp32 base model")
+    assert line.bytes == pytest.approx(2 * {c.name: c for c in bf16.components}["weights"].bytes)
+    infer = check_fit(QWEN7, FitRequest(dtype="fp32"), machine).estimate
+    assert {c.name: c for c in infer.components}["weights"].detail.startswith("fp32, ")
+    xtuner = check_fit(INTERNVL1, FitRequest(task="lora", stack="xtuner"), machine).estimate
+    assert {c.name: c for c in xtuner.components}["weights"].detail.startswith("4-byte base model")
