@@ -116,6 +116,8 @@ def judge(profile: Profile, req: FitRequest, machine: Machine) -> tuple[Estimate
         need, error = est.per_gpu, None
         if est.engine is not None:
             need, usable, error = engine_check(est, gpu.memory_total)
+            if error is None and not parallel_ok(profile, est.request.stack, machine.gpu_count):
+                error = _parallel_refusal(profile, est.request.stack, machine.gpu_count)
         verdict = verdict_for(need, usable)
         if error is not None:
             verdict = "does not fit"
@@ -357,7 +359,12 @@ def suggest(
         if req.task != "infer":
             out.extend(_training_suggestions(req, asked, machine, fits))
         if req.task == "infer" or req.zero == 3:  # ZeRO-3 shards the frozen LoRA base too
-            for count in range(machine.gpu_count + 1, 17):
+            first = machine.gpu_count + 1
+            if req.task == "infer" and not parallel_ok(profile, req.stack, machine.gpu_count):
+                first = 2  # the engine refuses this count: any it accepts, fewer ones included
+            for count in range(first, 17):
+                if count == machine.gpu_count:
+                    continue
                 if req.task == "infer" and not valid_tp(profile, req.stack, count):
                     continue  # the engine would refuse this tensor-parallel size
                 ok, need = fits(asked, with_gpu_count(machine, count))
@@ -488,6 +495,30 @@ def valid_tp(profile: Profile, stack: str | None, count: int) -> bool:
     return all(profile.text[key] % count == 0 for key in eng.get("tp_divides", ()))
 
 
+def pp_allowed(profile: Profile, stack: str | None) -> bool:
+    """Whether the engine runs this model with pipeline parallelism (vLLM's encoder-decoder
+    runner, which serves Mllama, refuses it: stacks.toml pp_refused_runners)."""
+    eng = engine_of(stack) or {}
+    v0 = vision_family(profile).get("vllm_profile") == "encoder-decoder"
+    runner = "V0 encoder-decoder" if v0 else "V1"
+    return runner not in eng.get("pp_refused_runners", ())
+
+
+def parallel_ok(profile: Profile, stack: str | None, count: int) -> bool:
+    """Whether the engine starts on `count` GPUs: a tensor-parallel size it accepts, or else
+    pipeline parallelism over them."""
+    return valid_tp(profile, stack, count) or pp_allowed(profile, stack)
+
+
+def _parallel_refusal(profile: Profile, stack: str | None, count: int) -> str:
+    eng = stacks()[stack or ""]["engine"]
+    what = " and ".join(f"{profile.text[k]} {k.replace('_', ' ')}" for k in eng["tp_divides"])
+    return (
+        f"tensor parallel size {count} does not divide {what}, and pipeline parallelism is "
+        f"refused: {eng['pp_refused_error']}"
+    )
+
+
 def tp_problem(profile: Profile, stack: str | None, count: int) -> str | None:
     """A note when the engine would refuse this many GPUs as its tensor-parallel size."""
     if valid_tp(profile, stack, count):
@@ -496,7 +527,7 @@ def tp_problem(profile: Profile, stack: str | None, count: int) -> str | None:
     what = " and ".join(f"{profile.text[k]} {k.replace('_', ' ')}" for k in eng["tp_divides"])
     nxt = next((n for n in range(count + 1, 65) if valid_tp(profile, stack, n)), None)
     pp = stacks()[stack or ""].get("launch", {}).get("pp")
-    alt = f", or {count} GPUs with {pp} {count}" if pp else ""
+    alt = f", or {count} GPUs with {pp} {count}" if pp and pp_allowed(profile, stack) else ""
     return (
         f"{eng['name']} refuses tensor parallel size {count}: {profile.name} has {what}, which "
         f"{count} does not divide ({eng['tp_source'].split(':')[0]}). Use {nxt} GPUs{alt}."

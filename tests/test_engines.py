@@ -106,20 +106,37 @@ def test_lmdeploy_cache_share_of_the_free_memory():
 
 
 def test_tensor_parallel_sizes_divide_the_heads():
-    """Llama-3.2-11B has 32 heads: vLLM refuses 3 GPUs, so 3 is never suggested."""
+    """Llama-3.2-11B has 32 heads: vLLM refuses 3 GPUs as a TP size, and its encoder-decoder
+    runner refuses pipeline parallelism, so 3 GPUs do not fit and are never suggested."""
     assert not valid_tp(MLLAMA, "vllm", 3) and valid_tp(MLLAMA, "vllm", 4)
     assert valid_tp(MLLAMA, "transformers", 3)  # device_map="auto" splits by layers
     note = tp_problem(MLLAMA, "vllm", 3)
-    assert note and "32 heads" in note and "Use 4 GPUs" in note
-    assert "--pipeline-parallel-size 3" in note
+    assert note and "32 heads" in note and "Use 4 GPUs." in note
+    assert "pipeline" not in note
     req = FitRequest(stack="vllm", context=8192, max_num_seqs=16, enforce_eager=True)
     result = _check(MLLAMA, req, "RTX 4080")
-    three_fit = check_fit(MLLAMA, req, target_machine(gpu="RTX 4080", gpus=3))
-    assert three_fit.verdict == "fits"  # by memory alone, 3 would do
+    three = check_fit(MLLAMA, req, target_machine(gpu="RTX 4080", gpus=3))
+    assert three.verdict == "does not fit"  # by memory alone 3 would do; the engine refuses
+    assert "Pipeline parallelism is not currently supported with encoder/decoder" in three.reason
+    assert [s.change["gpus"] for s in three.suggestions if s.kind == "gpus"] == [4]
     counts = [s.change["gpus"] for s in result.suggestions if s.kind == "gpus"]
     assert counts == [4]
-    three = check_fit(MLLAMA, FitRequest(stack="vllm"), target_machine(gpu="RTX 3090", gpus=3))
-    assert any("refuses tensor parallel size 3" in n for n in three.notes)
+    defaults = check_fit(MLLAMA, FitRequest(stack="vllm"), target_machine(gpu="RTX 3090", gpus=3))
+    assert any("refuses tensor parallel size 3" in n for n in defaults.notes)
+
+
+def test_a_model_the_v1_runner_serves_takes_pipeline_parallelism_instead():
+    """Qwen2.5-VL-7B has 28 heads: 3 GPUs are no TP size, but vLLM's V1 runner takes
+    --pipeline-parallel-size 3, which the note and the launch line say."""
+    note = tp_problem(QWEN7, "vllm", 3)
+    assert note and "--pipeline-parallel-size 3" in note
+    three = check_fit(QWEN7, FitRequest(stack="vllm"), target_machine(gpu="RTX 3090", gpus=3))
+    assert three.verdict == "fits"
+    code, result = invoke_json(
+        "check", "qwen2.5-vl-7b", "--stack", "vllm", "--gpu", "RTX 3090", "--gpus", "3", "--emit"
+    )
+    assert code == 0
+    assert "--pipeline-parallel-size 3" in json.dumps(result["launch"])
 
 
 def test_internvl_attends_per_tile_not_across_tiles():
