@@ -434,7 +434,7 @@ def resolve_request(profile: Profile, req: FitRequest) -> FitRequest:
         image_tokens=image_tokens,
         seq=seq,
         zero=zero,
-        lora_rank=req.lora_rank or d["lora_rank"],
+        lora_rank=req.lora_rank or info.get("default_lora_rank", d["lora_rank"]),
         context=context,
         largest_image_tokens=req.largest_image_tokens or largest,
         memory_fraction=fraction,
@@ -698,7 +698,7 @@ def _training(
                 "full parameters of the modules running now (stage3 all-gather)",
             )
         )
-    rank = req.lora_rank or 8
+    rank = req.lora_rank or coefficients()["defaults"]["lora_rank"]
     trainable_full = profile.params["language"] if req.task == "full" else 0
     if req.train_vision == "full":
         trainable_full += profile.params["vision"]
