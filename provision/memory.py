@@ -68,10 +68,26 @@ def image_tokens_for(profile: Profile, req: FitRequest) -> int | None:
             raise ProvisionError("Give --max-pixels or --max-tiles, not both.")
         tokens = max(req.max_pixels // fam["pixels_per_token"], 4)
     if req.frames is not None:
-        per_frame = tokens or profile.image["tokens"]
         step = fam.get("temporal_patch_size", 1)
+        per_frame = tokens or _video_frame_tokens(fam, req.frames) or profile.image["tokens"]
         tokens = per_frame * -(-req.frames // step)
     return tokens
+
+
+def media_text(req: FitRequest, per_item: int | None = None) -> str:
+    """What each sample carries, in words: "2 image(s) x 1280 tokens", or with --frames
+    "1 video(s) of 64 frames x 24576 tokens"."""
+    what = f"video(s) of {req.frames} frames" if req.frames else "image(s)"
+    return f"{req.images} {what} x {per_item if per_item is not None else req.image_tokens} tokens"
+
+
+def _video_frame_tokens(fam: dict[str, Any], frames: int) -> int | None:
+    """Tokens per frame (pair) a video gets by the processor's own budget, where the family has
+    one (qwen-vl-utils: a per-frame cap, shrunk so the whole video stays under a total)."""
+    if "video_pair_max_tokens" not in fam:
+        return None
+    share = fam["video_total_tokens"] * fam.get("temporal_patch_size", 1) // frames
+    return max(min(fam["video_pair_max_tokens"], share), int(fam["video_pair_min_tokens"] * 1.05))
 
 
 @dataclass(frozen=True)
@@ -447,14 +463,19 @@ def _check_context(
     """A sample longer than the model's context is an input error, never a silent "fits"."""
     limit = profile.text["max_context"]
     if seq > limit:
-        parts = f" ({req.images} image(s) x {image_total // max(req.images, 1)} tokens)" * bool(
+        parts = f" ({media_text(req, image_total // max(req.images, 1))})" * bool(
             image_total and req.seq is None
+        )
+        fewer = (
+            "Use fewer --frames, fewer tokens per frame (--max-pixels)"
+            if req.frames
+            else "Use fewer --images, fewer tokens per image (--image-tokens, --max-pixels, "
+            "--max-tiles)"
         )
         raise ProvisionError(
             f"{seq} tokens per sample{parts} is longer than {profile.name}'s {limit}-token "
             "context.",
-            "Use fewer --images, fewer tokens per image (--image-tokens, --max-pixels, "
-            f"--max-tiles) or --seq {limit} or less.",
+            f"{fewer} or --seq {limit} or less.",
         )
     if paged and context > limit:
         raise ProvisionError(

@@ -12,7 +12,14 @@ import pytest
 from provision.errors import ProvisionError
 from provision.fit import check_fit, round_down, tp_problem, valid_tp
 from provision.hardware.catalogue import target_machine
-from provision.memory import FitRequest, estimate, resolve_request, stacks, vision_bytes
+from provision.memory import (
+    FitRequest,
+    estimate,
+    image_tokens_for,
+    resolve_request,
+    stacks,
+    vision_bytes,
+)
 from provision.profiles import load_profile
 from provision.units import GIB
 from tests.cli_helpers import invoke, invoke_json
@@ -376,3 +383,22 @@ def test_the_weights_line_names_the_width_they_are_held_at():
     assert {c.name: c for c in infer.components}["weights"].detail.startswith("fp32, ")
     xtuner = check_fit(INTERNVL1, FitRequest(task="lora", stack="xtuner"), machine).estimate
     assert {c.name: c for c in xtuner.components}["weights"].detail.startswith("4-byte base model")
+
+
+def test_a_qwen_video_takes_the_processors_video_budget():
+    """qwen-vl-utils sizes a video's frames by its own budget, not the image default: at most 768
+    tokens per frame pair, and 115200 for the whole video. 64 frames are 32 pairs x 768 = 24576
+    tokens, inside the 32768-token context (before: 32 x 1280 = 40960, an error)."""
+    assert resolve_request(QWEN7, FitRequest(frames=64)).image_tokens == 32 * 768
+    assert resolve_request(QWEN7, FitRequest(frames=16)).image_tokens == 8 * 768
+    with pytest.raises(ProvisionError, match=r"1 video\(s\) of 256 frames x 98304 tokens") as err:
+        resolve_request(QWEN7, FitRequest(frames=256))
+    assert "fewer --frames" in err.value.hint
+    # 2000 frames: the total budget shrinks each pair below the cap, to the floor of 134.
+    assert image_tokens_for(QWEN7, FitRequest(frames=2000)) == 1000 * 134
+    # --max-pixels still sets the frame size the user asked for.
+    asked = resolve_request(QWEN7, FitRequest(frames=64, max_pixels=200704))
+    assert asked.image_tokens == 32 * 256
+    result = invoke("check", "qwen2.5-vl-7b", "--frames", "64", "--gpu", "H100-80GB")
+    assert result.returncode == 0, result.stderr
+    assert "1 video(s) of 64 frames x 24576 tokens" in result.stdout
