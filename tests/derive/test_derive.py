@@ -203,16 +203,14 @@ def test_a_repo_without_config_gets_one_message(derive_env, derive_hub, tmp_path
 
 
 def _internvl_folder(tmp_path: Path) -> Path:
-    """InternVL2-1B's real configs; the Qwen2 language model's real tensors (meta device) under
-    language_model., a few vision and projector tensors (InternViT is remote code)."""
-    from tests.derive.headers import meta_tensors
+    """InternVL2-1B's real configs; the Qwen2 language model's real tensors (meta device, as
+    recorded from its llm_config) under language_model., a few vision and projector tensors
+    (InternViT is remote code)."""
+    from tests.derive.headers import recorded_tensors
 
     folder = copy_configs(FIXTURES / "OpenGVLab--InternVL2-1B", tmp_path / "ivl")
-    llm = tmp_path / "llm"
-    llm.mkdir()
-    llm_config = json.loads((folder / "config.json").read_text())["llm_config"]
-    (llm / "config.json").write_text(json.dumps(llm_config))
-    tensors = [(f"language_model.{n}", d, s) for n, d, s in meta_tensors(llm)]
+    recorded = recorded_tensors("OpenGVLab--InternVL2-1B.llm_config")
+    tensors = [(f"language_model.{n}", d, s) for n, d, s in recorded]
     tensors += [
         ("vision_model.embeddings.patch_embedding.weight", "BF16", [1024, 3, 14, 14]),
         ("mlp1.1.weight", "BF16", [896, 4096]),
