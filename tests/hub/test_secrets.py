@@ -74,13 +74,15 @@ def test_env_persist_and_docker_endpoint_leave_the_password_out(hub, tiny, tmp_p
 
 
 class _SlowIndex(BaseHTTPRequestHandler):
-    """A find-links page that takes its time: uv stays alive long enough to be looked at."""
+    """A find-links page that takes its time: uv stays alive until it has been looked at (the
+    test's watcher sets `looked_at`; 5 s at most), rather than a fixed wait per request."""
 
     seen_auth: list[str] = []
+    looked_at = threading.Event()
 
     def do_GET(self) -> None:  # noqa: N802
         type(self).seen_auth.append(self.headers.get("Authorization", ""))
-        time.sleep(1.5)
+        type(self).looked_at.wait(5)
         body = b"<html><body></body></html>"
         self.send_response(200)
         self.send_header("Content-Type", "text/html")
@@ -121,9 +123,14 @@ def test_find_links_password_reaches_uv_through_its_environment_not_argv(tmp_pat
     seen: list[list[str]] = []
     stop = threading.Event()
 
+    _SlowIndex.looked_at.clear()
+
     def watch() -> None:
         while not stop.is_set():
-            seen.extend(a for a in _argv_of_all_processes() if "compile" in a)
+            found = [a for a in _argv_of_all_processes() if "compile" in a]
+            seen.extend(found)
+            if any(x.endswith("uv") for a in found for x in a[:1]):
+                _SlowIndex.looked_at.set()  # uv's argv has been read: let it finish
             time.sleep(0.05)
 
     watcher = threading.Thread(target=watch)
