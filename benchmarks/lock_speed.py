@@ -14,7 +14,8 @@ untimed run of each tool, runs interleaved so that network weather hits all tool
 Both sides get the same requirements, indexes, uv binary, output options (pylock.toml with
 hashes, the previous output as preferences) and interpreter (`--python`: provision gives uv this
 one; without it a bare `uv pip compile` searches PATH for a python3.X: about 25 ms a run here
-with .venv/bin first on PATH, 0.5 s through pyenv's shims, which flattered the ratio). provision runs as users run it, through its console script.
+with .venv/bin first on PATH, 0.5 s through pyenv's shims, which flattered the ratio).
+provision runs as users run it, through its console script.
 
 Prints median and best seconds, the ratio provision / uv (target: at most 1.2) and the seconds
 provision adds (its Python start-up, about 0.3 s here, dominates when uv needs only 0.1 s).
