@@ -212,8 +212,7 @@ def shrink(raw: dict[str, Any], kind: str) -> dict[str, Any]:
     if kind == "gemma-3":
         t.update(head_dim=32, sliding_window=64)
         t["sliding_window_pattern"] = 2
-    if kind == "idefics3":
-        raw.pop("text_config")["vocab_size"] = raw.get("vocab_size")
+    if kind == "idefics3":  # SmolVLM's text_config is a Llama's; its vocab is top-level
         raw["text_config"] = {**t, "model_type": "llama", "vocab_size": raw["vocab_size"]}
     return raw
 
