@@ -131,7 +131,7 @@ def test_recorded_traces_name_their_versions_and_cover_every_profile():
     assert {"torch", "transformers"} <= set(RECORDED["versions"])
     assert RECORDED["architecture"] == "real"
     names = {p.name for p in list_profiles()}
-    for task in ("infer", "lora"):
+    for task in ("infer", "lora", "full"):
         assert names <= {r["profile"] for r in ROWS if r["task"] == task}, task
     assert all(r["image_tokens"] > 0 for r in ROWS)
     assert all("traced_vision" in r for r in ROWS if r["task"] == "infer")
