@@ -593,17 +593,21 @@ class _Plan:
             gated_page=source.license_page(repo_id, self.repo_type),
             hub="modelscope" if source.kind == "modelscope" else "huggingface",
         )
+
+        def done(outcome: Outcome) -> None:
+            # In the worker that placed the file (run_jobs), while the others still transfer.
+            if outcome.sha256 and not outcome.placed_by_other:
+                stamps.record(root, outcome.job.target, outcome.sha256)
+            if placed is not None:
+                placed(outcome)
+
         display.start(f"{repo_id} from {source.name}", total, total - need)
         try:
-            outcomes = run_jobs(fetcher, jobs, self.workers, still_needed, placed)
+            return run_jobs(fetcher, jobs, self.workers, still_needed, done)
         finally:
             display.stop()
             if client is not None:
                 client.close()
-        for outcome in outcomes:
-            if outcome.sha256 and not outcome.placed_by_other:
-                stamps.record(root, outcome.job.target, outcome.sha256)
-        return outcomes
 
     def _check_pins(self, kind: str, repo_id: str, hashes: dict[str, str | None]) -> None:
         expected = self.pinned_hashes(kind, repo_id)

@@ -422,7 +422,13 @@ def run_jobs(
     on_done: Any = None,
 ) -> list[Outcome]:
     """Fetch `jobs`, several at once; the first hard failure stops the others (their partial
-    files stay for the next run) and is raised."""
+    files stay for the next run) and is raised.
+
+    `on_done(outcome)` runs in the worker that placed the file, right after it: the per-file
+    bookkeeping (links, stamps) overlaps the other transfers. Run by the main thread, it waited
+    for the last transfer (`wait` returns when all are done) and then ran file after file, a
+    serial tail that grew with the file count (issue 17). It must be safe to call from several
+    threads at once for different files."""
     from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
 
     if not jobs:
@@ -431,9 +437,16 @@ def run_jobs(
     # Biggest first: the long transfers start early and the small ones fill the gaps.
     ordered = sorted(jobs, key=lambda j: -j.size)
     error: BaseException | None = None
+
+    def work(job: Job) -> Outcome:
+        outcome = fetcher.run(job, still_needed)
+        if on_done is not None:
+            on_done(outcome)
+        return outcome
+
     try:
         with ThreadPoolExecutor(max_workers=max(1, min(workers, len(jobs)))) as pool:
-            futures = {pool.submit(fetcher.run, job, still_needed): job for job in ordered}
+            futures = {pool.submit(work, job): job for job in ordered}
             pending = set(futures)
             while pending:
                 try:
@@ -450,10 +463,7 @@ def run_jobs(
                 for future in done:
                     exc = future.exception()
                     if exc is None:
-                        outcome = future.result()
-                        outcomes.append(outcome)
-                        if on_done is not None:
-                            on_done(outcome)
+                        outcomes.append(future.result())
                     elif not isinstance(exc, Cancelled) and error is None:
                         error = exc
                         fetcher.stop.set()

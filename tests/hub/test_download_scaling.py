@@ -88,3 +88,43 @@ def test_leftovers_of_a_killed_hf_download_are_found_from_one_listing(tmp_path):
     found = cache.all_leftovers()
     assert found == {a: [blobs / f"{a}.1a2b.incomplete", blobs / f"{a}.incomplete"]}
     assert cache_module.HfCache(tmp_path / "none", "org/x").all_leftovers() == {}
+
+
+def test_each_file_is_linked_and_stamped_while_the_others_still_transfer(
+    hub, hub_env, tmp_path, monkeypatch
+):
+    """A placed file's snapshot link and stamp are made by the worker that placed it, while a
+    slow file is still coming: the old code made them in the main thread after the last
+    transfer had ended (a serial tail that grew with the file count)."""
+    from provision.hub import stamps
+
+    slow = "big.safetensors"
+    shards = {slow: 600_000, **{f"tile-{i:02d}.bin": 2000 + i for i in range(12)}}
+    folder = helpers.make_repo(tmp_path / "src" / "mixed", shards)
+    hub.add_repo("org/mixed", folder)
+    helpers.write_profile(tmp_path / "profiles", "mixed", "org/mixed")
+    hub.fault(slow, throttle=500_000)  # 1.2 s for the big file, the others at full speed
+    key = f"org/mixed/{slow}"
+    during: dict[str, list[bool]] = {"link": [], "stamp": []}
+    real_link, real_record = cache_module.HfCache.link, stamps.record
+
+    def in_flight() -> bool:  # not all of it sent yet (or not started: it is one of 16)
+        return hub.bytes_for(key) < shards[slow]
+
+    def link(self, commit, path, etag):
+        during["link"].append(in_flight())
+        return real_link(self, commit, path, etag)
+
+    def record(root, target, sha256):
+        during["stamp"].append(in_flight())
+        return real_record(root, target, sha256)
+
+    monkeypatch.setattr(cache_module.HfCache, "link", link)
+    monkeypatch.setattr(stamps, "record", record)
+    result = _download(hub, "mixed")
+    assert result.files_fetched == len(shards) + 3
+    assert hub.bytes_for(key) == shards[slow]
+    # Every file but the slow one was linked and stamped while the slow one was still sent.
+    assert sum(during["link"]) >= len(shards) - 1, during
+    assert sum(during["stamp"]) >= len(shards) - 1, during
+    assert all((result.snapshot / f.path).is_symlink() for f in result.files)
