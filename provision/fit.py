@@ -16,6 +16,7 @@ from provision.memory import (
     estimate,
     resolve_request,
     stacks,
+    vision_family,
 )
 from provision.profiles import Profile
 from provision.units import GIB
@@ -115,6 +116,8 @@ def judge(profile: Profile, req: FitRequest, machine: Machine) -> tuple[Estimate
         need, error = est.per_gpu, None
         if est.engine is not None:
             need, usable, error = engine_check(est, gpu.memory_total)
+            if error is None and not parallel_ok(profile, est.request.stack, machine.gpu_count):
+                error = _parallel_refusal(profile, est.request.stack, machine.gpu_count)
         verdict = verdict_for(need, usable)
         if error is not None:
             verdict = "does not fit"
@@ -204,6 +207,16 @@ def check_fit(
         if refused is not None:
             name = est.engine["name"] if est.engine else "the engine"
             reason += f"; {name} would refuse to start: {refused.engine_error}"
+        eng = est.engine
+        if eng and eng["name"] == "lmdeploy" and not worst.engine_error:
+            pool = worst.need - (est.per_gpu - eng["kv_bytes"])
+            if pool > eng["kv_bytes"]:
+                notes.append(
+                    f"LMDeploy takes {eng['cache_max_entry_count']} of the memory left after the "
+                    f"weights for its KV cache (--cache-max-entry-count): {_b(pool)} on "
+                    f"{worst.name}, so it holds {_b(worst.need)} in all, not only the "
+                    f"{_b(est.per_gpu)} the run itself needs."
+                )
         tp_note = tp_problem(profile, resolved.stack, machine.gpu_count)
         if tp_note:
             notes.append(tp_note)
@@ -318,20 +331,10 @@ def suggest(
                     n //= 2
                 if n >= 1:
                     break
-        if req.image_tokens and req.images and req.image_tokens > 64:
-            best = _largest(
-                lambda n: fits(replace(asked, image_tokens=n)), 64, req.image_tokens - 1
-            )
-            if best:
-                n, need = best
-                out.append(
-                    Suggestion(
-                        "image-tokens",
-                        f"--image-tokens {n}{_pixels_hint(profile, n)}",
-                        need,
-                        {"image_tokens": n},
-                    )
-                )
+        if req.image_tokens and req.images:
+            found = _image_suggestion(profile, asked, req, fits)
+            if found:
+                out.append(found)
         in_text = profile.image.get("in_text_sequence", True)
         shortest = max(512, (req.image_tokens or 0) * req.images * in_text + 128)
         if req.task != "infer" and req.seq and req.seq > shortest:
@@ -356,7 +359,12 @@ def suggest(
         if req.task != "infer":
             out.extend(_training_suggestions(req, asked, machine, fits))
         if req.task == "infer" or req.zero == 3:  # ZeRO-3 shards the frozen LoRA base too
-            for count in range(machine.gpu_count + 1, 17):
+            first = machine.gpu_count + 1
+            if req.task == "infer" and not parallel_ok(profile, req.stack, machine.gpu_count):
+                first = 2  # the engine refuses this count: any it accepts, fewer ones included
+            for count in range(first, 17):
+                if count == machine.gpu_count:
+                    continue
                 if req.task == "infer" and not valid_tp(profile, req.stack, count):
                     continue  # the engine would refuse this tensor-parallel size
                 ok, need = fits(asked, with_gpu_count(machine, count))
@@ -487,6 +495,30 @@ def valid_tp(profile: Profile, stack: str | None, count: int) -> bool:
     return all(profile.text[key] % count == 0 for key in eng.get("tp_divides", ()))
 
 
+def pp_allowed(profile: Profile, stack: str | None) -> bool:
+    """Whether the engine runs this model with pipeline parallelism (vLLM's encoder-decoder
+    runner, which serves Mllama, refuses it: stacks.toml pp_refused_runners)."""
+    eng = engine_of(stack) or {}
+    v0 = vision_family(profile).get("vllm_profile") == "encoder-decoder"
+    runner = "V0 encoder-decoder" if v0 else "V1"
+    return runner not in eng.get("pp_refused_runners", ())
+
+
+def parallel_ok(profile: Profile, stack: str | None, count: int) -> bool:
+    """Whether the engine starts on `count` GPUs: a tensor-parallel size it accepts, or else
+    pipeline parallelism over them."""
+    return valid_tp(profile, stack, count) or pp_allowed(profile, stack)
+
+
+def _parallel_refusal(profile: Profile, stack: str | None, count: int) -> str:
+    eng = stacks()[stack or ""]["engine"]
+    what = " and ".join(f"{profile.text[k]} {k.replace('_', ' ')}" for k in eng["tp_divides"])
+    return (
+        f"tensor parallel size {count} does not divide {what}, and pipeline parallelism is "
+        f"refused: {eng['pp_refused_error']}"
+    )
+
+
 def tp_problem(profile: Profile, stack: str | None, count: int) -> str | None:
     """A note when the engine would refuse this many GPUs as its tensor-parallel size."""
     if valid_tp(profile, stack, count):
@@ -495,7 +527,7 @@ def tp_problem(profile: Profile, stack: str | None, count: int) -> str | None:
     what = " and ".join(f"{profile.text[k]} {k.replace('_', ' ')}" for k in eng["tp_divides"])
     nxt = next((n for n in range(count + 1, 65) if valid_tp(profile, stack, n)), None)
     pp = stacks()[stack or ""].get("launch", {}).get("pp")
-    alt = f", or {count} GPUs with {pp} {count}" if pp else ""
+    alt = f", or {count} GPUs with {pp} {count}" if pp and pp_allowed(profile, stack) else ""
     return (
         f"{eng['name']} refuses tensor parallel size {count}: {profile.name} has {what}, which "
         f"{count} does not divide ({eng['tp_source'].split(':')[0]}). Use {nxt} GPUs{alt}."
@@ -525,6 +557,69 @@ def _largest_round(test: Any, low: int, high: int) -> tuple[int, float] | None:
         return None
     n = round_down(best[0], low)
     return n, test(n)[1]
+
+
+def _image_suggestion(
+    profile: Profile, asked: FitRequest, req: FitRequest, fits: Any
+) -> Suggestion | None:
+    """Fewer image tokens, said with the lever the model's processor has, at a value a person
+    would type: fewer tiles (InternVL, SmolVLM, Mllama), a smaller pixel budget (Qwen-VL), or, for
+    a model whose images always cost the same (LLaVA-1.5, Gemma 3), fewer images per sample.
+    `--image-tokens` itself only where the profile names a processor setting but no family rule."""
+    fam = vision_family(profile)
+    # A suggestion replaces whatever set the resolution: they cannot be given together.
+    clear = {"image_tokens": None, "max_pixels": None, "max_tiles": None}
+    if "tokens_per_tile" in fam:
+        per_tile = fam["tokens_per_tile"]
+        thumb = 1 if fam.get("thumbnail") else 0
+        now = req.max_tiles or max(req.image_tokens // per_tile - thumb, 1)
+        for n in range(min(now, fam.get("max_tiles", now)) - 1, 0, -1):
+            change = clear | {"max_tiles": n}
+            ok, need = fits(replace(asked, **change))
+            if ok:
+                setting = fam.get("max_tiles_setting")
+                hint = f" (the processor's {setting})" if setting else ""
+                return Suggestion("max-tiles", f"--max-tiles {n}{hint}", need, change)
+        return None
+    if "pixels_per_token" in fam:
+        unit = fam["pixels_per_token"]
+        step = fam.get("temporal_patch_size", 1)
+        per_frame = req.image_tokens // -(-req.frames // step) if req.frames else req.image_tokens
+        if per_frame <= 64:
+            return None
+        best = _largest_round(
+            lambda n: fits(replace(asked, **(clear | {"max_pixels": n * unit}))), 64, per_frame - 1
+        )
+        if best is None:
+            return None
+        n, need = best
+        side = int(unit**0.5)
+        what = "frame" if req.frames else "image"
+        text = f"--max-pixels {n * unit} ({n} tokens per {what}: max_pixels={n}*{side}*{side})"
+        return Suggestion("max-pixels", text, need, clear | {"max_pixels": n * unit})
+    if profile.image.get("tokens_setting") and req.image_tokens > 64:
+        best = _largest_round(
+            lambda n: fits(replace(asked, **(clear | {"image_tokens": n}))),
+            64,
+            req.image_tokens - 1,
+        )
+        if best:
+            n, need = best
+            return Suggestion(
+                "image-tokens",
+                f"--image-tokens {n}{_pixels_hint(profile, n)}",
+                need,
+                clear | {"image_tokens": n},
+            )
+        return None
+    if req.images > 1:
+        found = _largest(lambda n: fits(replace(asked, images=n)), 1, req.images - 1)
+        if found:
+            n, need = found
+            return Suggestion(
+                "images", f"--images {n} (fewer images per sample)", need, {"images": n}
+            )
+    return None
 
 
 def _pixels_hint(profile: Profile, tokens: int) -> str:

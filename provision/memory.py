@@ -68,10 +68,26 @@ def image_tokens_for(profile: Profile, req: FitRequest) -> int | None:
             raise ProvisionError("Give --max-pixels or --max-tiles, not both.")
         tokens = max(req.max_pixels // fam["pixels_per_token"], 4)
     if req.frames is not None:
-        per_frame = tokens or profile.image["tokens"]
         step = fam.get("temporal_patch_size", 1)
+        per_frame = tokens or _video_frame_tokens(fam, req.frames) or profile.image["tokens"]
         tokens = per_frame * -(-req.frames // step)
     return tokens
+
+
+def media_text(req: FitRequest, per_item: int | None = None) -> str:
+    """What each sample carries, in words: "2 image(s) x 1280 tokens", or with --frames
+    "1 video(s) of 64 frames x 24576 tokens"."""
+    what = f"video(s) of {req.frames} frames" if req.frames else "image(s)"
+    return f"{req.images} {what} x {per_item if per_item is not None else req.image_tokens} tokens"
+
+
+def _video_frame_tokens(fam: dict[str, Any], frames: int) -> int | None:
+    """Tokens per frame (pair) a video gets by the processor's own budget, where the family has
+    one (qwen-vl-utils: a per-frame cap, shrunk so the whole video stays under a total)."""
+    if "video_pair_max_tokens" not in fam:
+        return None
+    share = fam["video_total_tokens"] * fam.get("temporal_patch_size", 1) // frames
+    return max(min(fam["video_pair_max_tokens"], share), int(fam["video_pair_min_tokens"] * 1.05))
 
 
 @dataclass(frozen=True)
@@ -260,6 +276,15 @@ def loaded_weight_bytes(profile: Profile, req: FitRequest, lora_base: float | No
     return weights + (profile.params["total"] - language_linear_params(profile)) * 2.0
 
 
+def loaded_as(req: FitRequest) -> str:
+    """How the weights sit on the GPU, in words: the quantisation, or fp32 where --dtype fp32
+    loads the 16-bit weights (or the parts a quantisation leaves) at 4 bytes."""
+    quant = req.quant or "bf16"
+    if req.dtype != "fp32":
+        return quant
+    return "fp32" if quant in ("bf16", "fp16") else f"{quant} linears, fp32 rest"
+
+
 def weight_bytes(profile: Profile, quant: str, lora_base_bytes: float | None = None) -> float:
     """Bytes of the weights on the GPU. Quantisation shrinks the language model's linear layers;
     embeddings, lm_head and the vision tower stay 16-bit. A stack may hold the frozen LoRA base at
@@ -390,7 +415,8 @@ def resolve_request(profile: Profile, req: FitRequest) -> FitRequest:
     if from_setting is None and req.image_tokens is None and stack_tiles and tiled:
         # The stack's own default resolution (XTuner: the model's max_dynamic_patch).
         from_setting = image_tokens_for(profile, replace(req, max_tiles=stack_tiles))
-    if req.image_tokens is not None and from_setting is not None:
+    # A resolved request keeps its setting and the tokens it gave, so resolving it again agrees.
+    if req.image_tokens is not None and from_setting not in (None, req.image_tokens):
         raise ProvisionError(
             "Give --image-tokens or a resolution setting (--max-pixels, --max-tiles), not both."
         )
@@ -424,7 +450,7 @@ def resolve_request(profile: Profile, req: FitRequest) -> FitRequest:
         image_tokens=image_tokens,
         seq=seq,
         zero=zero,
-        lora_rank=req.lora_rank or d["lora_rank"],
+        lora_rank=req.lora_rank or info.get("default_lora_rank", d["lora_rank"]),
         context=context,
         largest_image_tokens=req.largest_image_tokens or largest,
         memory_fraction=fraction,
@@ -437,14 +463,19 @@ def _check_context(
     """A sample longer than the model's context is an input error, never a silent "fits"."""
     limit = profile.text["max_context"]
     if seq > limit:
-        parts = f" ({req.images} image(s) x {image_total // max(req.images, 1)} tokens)" * bool(
+        parts = f" ({media_text(req, image_total // max(req.images, 1))})" * bool(
             image_total and req.seq is None
+        )
+        fewer = (
+            "Use fewer --frames, fewer tokens per frame (--max-pixels)"
+            if req.frames
+            else "Use fewer --images, fewer tokens per image (--image-tokens, --max-pixels, "
+            "--max-tiles)"
         )
         raise ProvisionError(
             f"{seq} tokens per sample{parts} is longer than {profile.name}'s {limit}-token "
             "context.",
-            "Use fewer --images, fewer tokens per image (--image-tokens, --max-pixels, "
-            f"--max-tiles) or --seq {limit} or less.",
+            f"{fewer} or --seq {limit} or less.",
         )
     if paged and context > limit:
         raise ProvisionError(
@@ -514,7 +545,9 @@ def _engine(
     if req.images == 0:
         limit = 0
     out: dict[str, Any] = {"name": eng["name"], "version": eng["version"], "max_num_seqs": seqs}
-    parts = [Component("weights", weights / gpus, f"{req.quant}, {weights / GIB:.1f} GiB in all")]
+    parts = [
+        Component("weights", weights / gpus, f"{loaded_as(req)}, {weights / GIB:.1f} GiB in all")
+    ]
     if eng["name"] == "vllm":
         v0 = fam.get("vllm_profile") == "encoder-decoder"
         batched = req.max_batched_tokens or (
@@ -608,7 +641,7 @@ def _inference(
         Component(
             "weights",
             weights / gpus,
-            f"{req.quant}, {weights / GIB:.1f} GiB in all"
+            f"{loaded_as(req)}, {weights / GIB:.1f} GiB in all"
             + (f": the stack loads the model {copies} times ({req.stack})" if copies > 1 else ""),
         ),
         Component(
@@ -662,14 +695,17 @@ def _training(
     lora_base = info.get("lora_base_bytes") if req.task == "lora" else None
     weights = loaded_weight_bytes(profile, req, lora_base)
     offload_params = req.cpu_offload and zero == 3  # ZeRO-3 offload_param: weights in RAM
+    held = f"{loaded_as(req)} base model"
+    if lora_base is not None:  # the stack's own width for the frozen base, whatever --dtype says
+        held = f"{lora_base:g}-byte base model ({req.stack} casts it)"
     host = 0.0  # bytes the offload puts in the node's RAM
     if offload_params:
         host += weights
-        parts = [Component("weights", 0.0, f"{req.quant} base model in RAM (ZeRO-3 offload)")]
+        parts = [Component("weights", 0.0, f"{held} in RAM (ZeRO-3 offload)")]
     else:
         split = f", ZeRO-3 split over {shards['weights']} GPUs" * (shards["weights"] > 1)
         per_gpu = weights / shards["weights"]
-        parts = [Component("weights", per_gpu, f"{req.quant} base model{split}")]
+        parts = [Component("weights", per_gpu, f"{held}{split}")]
     if shards["weights"] > 1 or offload_params:
         # ZeRO-3 gathers a module's full parameters to run it: the largest of the embedding
         # and a few prefetched decoder layers (stage3_prefetch_bucket_size, max_live_parameters).
@@ -683,7 +719,7 @@ def _training(
                 "full parameters of the modules running now (stage3 all-gather)",
             )
         )
-    rank = req.lora_rank or 8
+    rank = req.lora_rank or coefficients()["defaults"]["lora_rank"]
     trainable_full = profile.params["language"] if req.task == "full" else 0
     if req.train_vision == "full":
         trainable_full += profile.params["vision"]

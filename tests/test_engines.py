@@ -12,7 +12,14 @@ import pytest
 from provision.errors import ProvisionError
 from provision.fit import check_fit, round_down, tp_problem, valid_tp
 from provision.hardware.catalogue import target_machine
-from provision.memory import FitRequest, estimate, resolve_request, stacks, vision_bytes
+from provision.memory import (
+    FitRequest,
+    estimate,
+    image_tokens_for,
+    resolve_request,
+    stacks,
+    vision_bytes,
+)
 from provision.profiles import load_profile
 from provision.units import GIB
 from tests.cli_helpers import invoke, invoke_json
@@ -106,20 +113,37 @@ def test_lmdeploy_cache_share_of_the_free_memory():
 
 
 def test_tensor_parallel_sizes_divide_the_heads():
-    """Llama-3.2-11B has 32 heads: vLLM refuses 3 GPUs, so 3 is never suggested."""
+    """Llama-3.2-11B has 32 heads: vLLM refuses 3 GPUs as a TP size, and its encoder-decoder
+    runner refuses pipeline parallelism, so 3 GPUs do not fit and are never suggested."""
     assert not valid_tp(MLLAMA, "vllm", 3) and valid_tp(MLLAMA, "vllm", 4)
     assert valid_tp(MLLAMA, "transformers", 3)  # device_map="auto" splits by layers
     note = tp_problem(MLLAMA, "vllm", 3)
-    assert note and "32 heads" in note and "Use 4 GPUs" in note
-    assert "--pipeline-parallel-size 3" in note
+    assert note and "32 heads" in note and "Use 4 GPUs." in note
+    assert "pipeline" not in note
     req = FitRequest(stack="vllm", context=8192, max_num_seqs=16, enforce_eager=True)
     result = _check(MLLAMA, req, "RTX 4080")
-    three_fit = check_fit(MLLAMA, req, target_machine(gpu="RTX 4080", gpus=3))
-    assert three_fit.verdict == "fits"  # by memory alone, 3 would do
+    three = check_fit(MLLAMA, req, target_machine(gpu="RTX 4080", gpus=3))
+    assert three.verdict == "does not fit"  # by memory alone 3 would do; the engine refuses
+    assert "Pipeline parallelism is not currently supported with encoder/decoder" in three.reason
+    assert [s.change["gpus"] for s in three.suggestions if s.kind == "gpus"] == [4]
     counts = [s.change["gpus"] for s in result.suggestions if s.kind == "gpus"]
     assert counts == [4]
-    three = check_fit(MLLAMA, FitRequest(stack="vllm"), target_machine(gpu="RTX 3090", gpus=3))
-    assert any("refuses tensor parallel size 3" in n for n in three.notes)
+    defaults = check_fit(MLLAMA, FitRequest(stack="vllm"), target_machine(gpu="RTX 3090", gpus=3))
+    assert any("refuses tensor parallel size 3" in n for n in defaults.notes)
+
+
+def test_a_model_the_v1_runner_serves_takes_pipeline_parallelism_instead():
+    """Qwen2.5-VL-7B has 28 heads: 3 GPUs are no TP size, but vLLM's V1 runner takes
+    --pipeline-parallel-size 3, which the note and the launch line say."""
+    note = tp_problem(QWEN7, "vllm", 3)
+    assert note and "--pipeline-parallel-size 3" in note
+    three = check_fit(QWEN7, FitRequest(stack="vllm"), target_machine(gpu="RTX 3090", gpus=3))
+    assert three.verdict == "fits"
+    code, result = invoke_json(
+        "check", "qwen2.5-vl-7b", "--stack", "vllm", "--gpu", "RTX 3090", "--gpus", "3", "--emit"
+    )
+    assert code == 0
+    assert "--pipeline-parallel-size 3" in json.dumps(result["launch"])
 
 
 def test_internvl_attends_per_tile_not_across_tiles():
@@ -153,6 +177,44 @@ def test_resolution_flags_become_tokens_by_the_family_rule():
         resolve_request(QWEN7, FitRequest(max_tiles=4))
     with pytest.raises(ProvisionError, match="at most 4"):
         resolve_request(MLLAMA, FitRequest(max_tiles=6))
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["llama-3.2-11b-vision", "--max-tiles", "2"],
+        ["internvl2-1b", "--max-tiles", "6"],
+        ["qwen2-vl-2b", "--max-pixels", "1003520"],
+        ["qwen2.5-vl-7b", "--frames", "16"],
+        ["qwen2.5-vl-7b", "--max-pixels", "100352", "--frames", "12", "--task", "lora"],
+    ],
+)
+def test_check_takes_a_resolution_setting(args):
+    """A resolved request keeps the setting that gave its tokens, and the estimate resolves it
+    again: before, every --max-tiles, --max-pixels or --frames check stopped with "Give
+    --image-tokens or a resolution setting, not both"."""
+    code, result = invoke_json("check", *args, "--gpu", "H100-80GB")
+    assert code in (0, 1), result
+    expect = resolve_request(load_profile(args[0]), _request_of(args[1:]))
+    assert result["fit"]["request"]["image_tokens"] == expect.image_tokens
+    assert result["fit"]["verdict"] in {"fits", "tight", "does not fit"}
+
+
+def _request_of(flags: list[str]) -> FitRequest:
+    pairs = dict(zip(flags[::2], flags[1::2], strict=True))
+    return FitRequest(
+        task=pairs.get("--task", "infer"),
+        max_tiles=int(pairs["--max-tiles"]) if "--max-tiles" in pairs else None,
+        max_pixels=int(pairs["--max-pixels"]) if "--max-pixels" in pairs else None,
+        frames=int(pairs["--frames"]) if "--frames" in pairs else None,
+    )
+
+
+def test_image_tokens_and_a_setting_that_disagree_are_refused():
+    with pytest.raises(ProvisionError, match="not both"):
+        resolve_request(QWEN7, FitRequest(max_pixels=1003520, image_tokens=300))
+    resolved = resolve_request(QWEN7, FitRequest(max_pixels=1003520))
+    assert resolve_request(QWEN7, resolved) == resolved
 
 
 def test_a_sample_longer_than_the_context_is_an_error():
@@ -292,3 +354,51 @@ def test_an_fp32_load_doubles_the_16_bit_weights():
     assert int4.part("weights") < int4_fp32.part("weights") < fp32.part("weights")
     with pytest.raises(ProvisionError, match="Unknown --dtype 'fp64'"):
         estimate(LLAVA, FitRequest(dtype="fp64"))
+
+
+def test_lmdeploy_says_what_its_cache_share_holds():
+    """The table lists what one session needs; LMDeploy takes its share of the free memory on top,
+    and the verdict's larger figure is explained, with the flag that sets it."""
+    machine = target_machine(gpu="A100-80GB")
+    half = check_fit(QWEN7, FitRequest(stack="lmdeploy", cache_max_entry_count=0.5), machine)
+    note = next(n for n in half.notes if n.startswith("LMDeploy takes 0.5"))
+    assert "--cache-max-entry-count" in note
+    held = half.gpus[0].need
+    assert held > half.estimate.per_gpu
+    assert f"holds {held / GIB:.1f} GiB" in note
+    default = check_fit(QWEN7, FitRequest(stack="lmdeploy"), machine)
+    assert default.gpus[0].need > held  # the default share (0.8) holds more
+    vllm = check_fit(QWEN7, FitRequest(stack="vllm"), machine)
+    assert not [n for n in vllm.notes if n.startswith("LMDeploy")]
+
+
+def test_the_weights_line_names_the_width_they_are_held_at():
+    machine = target_machine(gpu="A100-80GB")
+    fp32 = check_fit(QWEN7, FitRequest(task="lora", dtype="fp32"), machine).estimate
+    bf16 = check_fit(QWEN7, FitRequest(task="lora"), machine).estimate
+    line = {c.name: c for c in fp32.components}["weights"]
+    assert line.detail.startswith("fp32 base model")
+    assert line.bytes == pytest.approx(2 * {c.name: c for c in bf16.components}["weights"].bytes)
+    infer = check_fit(QWEN7, FitRequest(dtype="fp32"), machine).estimate
+    assert {c.name: c for c in infer.components}["weights"].detail.startswith("fp32, ")
+    xtuner = check_fit(INTERNVL1, FitRequest(task="lora", stack="xtuner"), machine).estimate
+    assert {c.name: c for c in xtuner.components}["weights"].detail.startswith("4-byte base model")
+
+
+def test_a_qwen_video_takes_the_processors_video_budget():
+    """qwen-vl-utils sizes a video's frames by its own budget, not the image default: at most 768
+    tokens per frame pair, and 115200 for the whole video. 64 frames are 32 pairs x 768 = 24576
+    tokens, inside the 32768-token context (before: 32 x 1280 = 40960, an error)."""
+    assert resolve_request(QWEN7, FitRequest(frames=64)).image_tokens == 32 * 768
+    assert resolve_request(QWEN7, FitRequest(frames=16)).image_tokens == 8 * 768
+    with pytest.raises(ProvisionError, match=r"1 video\(s\) of 256 frames x 98304 tokens") as err:
+        resolve_request(QWEN7, FitRequest(frames=256))
+    assert "fewer --frames" in err.value.hint
+    # 2000 frames: the total budget shrinks each pair below the cap, to the floor of 134.
+    assert image_tokens_for(QWEN7, FitRequest(frames=2000)) == 1000 * 134
+    # --max-pixels still sets the frame size the user asked for.
+    asked = resolve_request(QWEN7, FitRequest(frames=64, max_pixels=200704))
+    assert asked.image_tokens == 32 * 256
+    result = invoke("check", "qwen2.5-vl-7b", "--frames", "64", "--gpu", "H100-80GB")
+    assert result.returncode == 0, result.stderr
+    assert "1 video(s) of 64 frames x 24576 tokens" in result.stdout

@@ -101,6 +101,8 @@ FAILING = [
         ),
         "A100-80GB",
     ),
+    # LLaVA-1.5's images always cost 576 tokens: the lever is fewer images per sample.
+    ("llava-1.5-7b-hf", FitRequest(task="lora", images=6), "L4"),
 ]
 
 
@@ -141,7 +143,48 @@ def test_every_suggestion_alone_makes_it_fit(name, req, gpu):
 def test_the_cases_above_cover_every_kind_of_suggestion():
     seen = {s.kind for case in FAILING for s in _checked(*case)[2].suggestions}
     assert seen == {
-        "batch", "context", "image-tokens", "seq", "gradient-checkpointing",
+        "batch", "context", "max-tiles", "max-pixels", "images", "seq", "gradient-checkpointing",
         "gpus", "quant", "qlora", "model", "gpu-model", "max-num-seqs", "zero", "cpu-offload",
         "vision-checkpointing",
     }  # fmt: skip
+
+
+def _suggested(name: str, req: FitRequest, gpu: str, kind: str):
+    found = [s for s in _checked(name, req, gpu)[2].suggestions if s.kind == kind]
+    assert found, kind
+    return found[0]
+
+
+def test_fewer_image_tokens_is_said_with_the_processors_own_lever():
+    """Issue 12 item 8: a suggestion a person can type. Mllama's images are cut into tiles, so the
+    lever is --max-tiles, never an --image-tokens count that no processor setting can give; Qwen's
+    is a pixel budget, at a round token count."""
+    tiles = _suggested(
+        "llama-3.2-11b-vision", FitRequest(stack="vllm", context=1024), "A100-80GB", "max-tiles"
+    )
+    assert tiles.text.startswith("--max-tiles 2 ") and "max_image_tiles" in tiles.text
+    assert tiles.change == {"image_tokens": None, "max_pixels": None, "max_tiles": 2}
+    pixels = _suggested(
+        "qwen2.5-vl-7b", FitRequest(stack="transformers", image_tokens=16000), "L4", "max-pixels"
+    )
+    tokens = pixels.change["max_pixels"] // 784
+    assert pixels.change["max_pixels"] == tokens * 784
+    assert tokens & (tokens - 1) == 0 or (tokens // 3) & (tokens // 3 - 1) == 0  # 2^k or 3 x 2^k
+    assert f"max_pixels={tokens}*28*28" in pixels.text
+
+
+def test_a_profile_without_a_family_rule_is_offered_round_image_tokens():
+    """A derived profile of a family vision.toml does not know keeps --image-tokens, with the
+    processor setting it names, at a value a person would type."""
+    qwen = load_profile("qwen2.5-vl-7b")
+    unknown = replace(qwen, data={**qwen.data, "family": "not-in-vision-toml"})
+    machine = target_machine(gpu="L4")
+    req = FitRequest(stack="transformers", image_tokens=16000)
+    result = check_fit(unknown, req, machine)
+    found = [s for s in result.suggestions if s.kind == "image-tokens"]
+    assert found, [s.kind for s in result.suggestions]
+    n = found[0].change["image_tokens"]
+    assert n in {1 << k for k in range(6, 15)} | {3 << k for k in range(5, 14)}
+    assert f"max_pixels={n}*28*28" in found[0].text
+    after = check_fit(unknown, replace(req, **found[0].change), machine)
+    assert after.verdict == "fits"

@@ -4,6 +4,7 @@ training reserve that also holds for small models."""
 
 from __future__ import annotations
 
+import json
 from dataclasses import replace
 
 import pytest
@@ -16,11 +17,12 @@ from provision.memory import (
     coefficients,
     estimate,
     lora_params,
+    resolve_request,
     vision_lora_params,
 )
 from provision.profiles import load_profile
 from provision.units import GIB
-from tests.cli_helpers import invoke, result_of
+from tests.cli_helpers import invoke, invoke_json, result_of
 
 QWEN7 = load_profile("qwen2.5-vl-7b")
 INTERNVL2 = load_profile("internvl2-2b")
@@ -258,3 +260,19 @@ def test_more_gpus_with_zero3_is_suggested_for_lora_too():
         target_machine(gpu="RTX 3090", gpus=gpus.change["gpus"]),
     )
     assert after.verdict == "fits"
+
+
+def test_a_stack_with_its_own_lora_rank_is_sized_and_launched_at_it():
+    """XTuner's InternVL configs set r=128 (issue 12 item 8): that is the run a user gets, so it is
+    what the check sizes and what the launch line passes, unless --lora-rank says otherwise."""
+    internvl = load_profile("internvl2-2b")
+    xtuner = resolve_request(internvl, FitRequest(task="lora", stack="xtuner"))
+    assert xtuner.lora_rank == 128
+    assert resolve_request(internvl, FitRequest(task="lora", stack="ms-swift")).lora_rank == 8
+    asked = resolve_request(internvl, FitRequest(task="lora", stack="xtuner", lora_rank=16))
+    assert asked.lora_rank == 16
+    code, result = invoke_json(
+        "check", "internvl2-2b", "--task", "lora", "--stack", "xtuner", "--gpu", "A100-80GB",
+        "--emit",
+    )  # fmt: skip
+    assert code == 0 and "model.llm_lora.r=128" in json.dumps(result["launch"])

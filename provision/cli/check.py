@@ -155,6 +155,7 @@ _STYLE = {"fits": "bold green", "tight": "bold yellow", "does not fit": "bold re
 def render(con: Any, report: Any) -> None:
     """The report for people, through provision.cli.plain (check does not import rich)."""
     from provision.cli.plain import Table
+    from provision.memory import media_text
 
     fit, machine, profile = report.fit, report.machine, report.profile
     est, req = fit.estimate, fit.request
@@ -190,7 +191,7 @@ def render(con: Any, report: Any) -> None:
                 f"  compute capability {gpu.cc_text}: bf16 {'yes' if gpu.bf16 else 'no'}, "
                 f"FlashAttention-2 {'yes' if gpu.flash_attn2 else 'no'}"
             )
-    images = f"{req.images} image(s) x {req.image_tokens} tokens"
+    images = media_text(req)
     shape = f"batch {req.batch}, {req.seq} tokens per sample, {images}"
     con.print(f"Requirement: {shape}; {est.strategy}")
     table = Table(["per GPU", "GiB", ""], right=[1])
