@@ -579,11 +579,11 @@ class _Plan:
         need = sum(j.size for j in jobs) - have
         _check_space(where, need, repo_id)
         display: Progress = make_progress(self.progress and bool(jobs))
-        client = None
+        client, owned = None, False
         if any(j.url for j in jobs):
-            from provision.hub.sources import http_client
+            from provision.hub.sources import transfer_client
 
-            client = http_client()
+            client, owned = transfer_client(source)
         fetcher = Fetcher(
             client,
             headers,
@@ -606,7 +606,7 @@ class _Plan:
             return run_jobs(fetcher, jobs, self.workers, still_needed, done)
         finally:
             display.stop()
-            if client is not None:
+            if owned:
                 client.close()
 
     def _check_pins(self, kind: str, repo_id: str, hashes: dict[str, str | None]) -> None:

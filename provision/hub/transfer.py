@@ -160,7 +160,16 @@ class Fetcher:
     ) -> None:
         self.client = client
         self.repo_id = repo_id
-        self.headers = {"Accept-Encoding": "identity", **(headers or {})}
+        from provision.hub.sources import USER_AGENT
+
+        # Per request, not per client: the client may be huggingface_hub's shared one
+        # (sources.transfer_client), which sets neither.
+        self.headers = {"User-Agent": USER_AGENT, "Accept-Encoding": "identity", **(headers or {})}
+        self.timeout: Any = None
+        if client is not None:
+            from provision.hub.sources import transfer_timeout
+
+            self.timeout = transfer_timeout()
         self.progress = progress or Progress()
         self.stop = threading.Event()
         self.describe = describe  # the source, for messages
@@ -335,7 +344,7 @@ class Fetcher:
         headers = dict(self.headers)
         if offset:
             headers["Range"] = f"bytes={offset}-"
-        with self.client.stream("GET", job.url, headers=headers) as response:
+        with self.client.stream("GET", job.url, headers=headers, timeout=self.timeout) as response:
             status = response.status_code
             if status == 206:
                 start = _range_start(response.headers.get("Content-Range"))

@@ -128,3 +128,28 @@ def test_each_file_is_linked_and_stamped_while_the_others_still_transfer(
     assert sum(during["link"]) >= len(shards) - 1, during
     assert sum(during["stamp"]) >= len(shards) - 1, during
     assert all((result.snapshot / f.path).is_symlink() for f in result.files)
+
+
+def test_files_come_through_the_listings_client_with_one_tls_context(hub, tiny, monkeypatch):
+    """A Hugging Face download builds one TLS context (huggingface_hub's shared client, which
+    the listing uses and the transfers reuse), not a second one for a client of its own: each
+    loads the CA bundle again (~50 ms of CPU per run, issue 17). The shared client stays open
+    for whoever uses huggingface_hub next in the process."""
+    import httpx2._transports.default as transport
+    from huggingface_hub.utils import close_session, get_session
+
+    built: list[object] = []
+    real = transport.create_ssl_context
+
+    def counting(*args, **kwargs):
+        built.append(kwargs.get("verify"))
+        return real(*args, **kwargs)
+
+    close_session()  # a fresh process: no client yet
+    monkeypatch.setattr(transport, "create_ssl_context", counting)
+    result = _download(hub, tiny.profile)
+    assert result.files_fetched == 5 and result.bytes_fetched == tiny.size
+    assert len(built) == 1, built
+    assert not get_session().is_closed
+    gets = [r for r in hub.requests if r.method == "GET" and "/resolve/" in r.path]
+    assert len(gets) == 5
