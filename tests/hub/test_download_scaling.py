@@ -4,6 +4,7 @@ thing wrapped is os.fsync / HfCache.blob, to count calls (each still does its re
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
@@ -190,3 +191,42 @@ def test_a_snapshot_folder_linked_outside_is_still_refused(hub, tiny, tmp_path):
     with pytest.raises(ValueError, match="is outside"):
         _download(hub, tiny.profile)
     assert list(outside.iterdir()) == []
+
+
+def test_ref_and_tree_are_written_while_the_files_transfer(hub, hub_env, tmp_path, monkeypatch):
+    """refs/main and trees/{commit}.json come from the listing alone: written (durably) while
+    the files come, as huggingface_hub writes them before its files, not after the last one."""
+    slow = "big.safetensors"
+    folder = helpers.make_repo(tmp_path / "src" / "meta", {slow: 400_000})
+    commit = hub.add_repo("org/meta", folder)
+    helpers.write_profile(tmp_path / "profiles", "meta", "org/meta")
+    hub.fault(slow, throttle=400_000)  # about a second
+    key = f"org/meta/{slow}"
+    during: list[bool] = []
+    real_ref, real_tree = cache_module.HfCache.write_ref, cache_module.HfCache.write_tree
+
+    def write_ref(self, revision, sha):
+        during.append(hub.bytes_for(key) < 400_000)
+        return real_ref(self, revision, sha)
+
+    def write_tree(self, sha, files):
+        during.append(hub.bytes_for(key) < 400_000)
+        return real_tree(self, sha, files)
+
+    monkeypatch.setattr(cache_module.HfCache, "write_ref", write_ref)
+    monkeypatch.setattr(cache_module.HfCache, "write_tree", write_tree)
+    result = _download(hub, "meta")
+    assert during == [True, True]
+    storage = result.snapshot.parent.parent
+    assert (storage / "refs" / "main").read_text() == commit
+    tree = json.loads((storage / "trees" / f"{commit}.json").read_text())
+    assert set(tree["files"]) == {f.path for f in result.files}
+
+
+def test_a_tree_that_cannot_be_written_still_fails_the_download(hub, tiny, hub_env, tmp_path):
+    """Written in a thread of its own, the tree's failure still reaches the caller."""
+    storage = tmp_path / "hf" / "hub" / "models--org--tiny"
+    storage.mkdir(parents=True)
+    (storage / "trees").write_text("not a folder")
+    with pytest.raises(OSError):
+        _download(hub, tiny.profile)
