@@ -177,6 +177,9 @@ class Fetcher:
         self.hub = hub
         self.retries, self.wait = _settings()
         self.folders: set[Path] = set()  # where files were renamed into place (sync_folders)
+        # At most this many transfers at once (run_jobs sets it to `workers`); the fsync and
+        # rename of a file already fetched happen outside it (see run_jobs).
+        self.slots: threading.Semaphore | None = None
         self._lock = threading.Lock()
 
     # --- one job -----------------------------------------------------------------------------
@@ -188,23 +191,29 @@ class Fetcher:
             if still_needed is not None and not still_needed(job):
                 return Outcome(job, job.sha256 or "", placed_by_other=True)
             self._adopt_leftovers(job)
-            wasted = 0  # bytes of earlier attempts that failed the check
-            for attempt in range(1, HASH_ATTEMPTS + 1):
-                try:
-                    outcome = self._fetch(job)
-                    outcome.fetched += wasted
-                    break
-                except HashMismatch as exc:
-                    wasted += exc.args[1] if len(exc.args) > 1 else 0
-                    job.partial.unlink(missing_ok=True)
-                    if attempt == HASH_ATTEMPTS:
-                        raise SourceFailed(
-                            f"{job.path} from {self.describe} failed its check {attempt} times "
-                            f"({exc.args[0]}).",
-                            "The source is serving wrong bytes; try another --source.",
-                        ) from exc
-            self._place(job)
+            with self.slots if self.slots is not None else contextlib.nullcontext():
+                outcome = self._verified(job)
+            self._place(job)  # the slot is free for the next transfer while this file syncs
         return outcome
+
+    def _verified(self, job: Job) -> Outcome:
+        """The file's bytes in its partial file, checked; fetched again when they are wrong."""
+        wasted = 0  # bytes of earlier attempts that failed the check
+        for attempt in range(1, HASH_ATTEMPTS + 1):
+            try:
+                outcome = self._fetch(job)
+                outcome.fetched += wasted
+                return outcome
+            except HashMismatch as exc:
+                wasted += exc.args[1] if len(exc.args) > 1 else 0
+                job.partial.unlink(missing_ok=True)
+                if attempt == HASH_ATTEMPTS:
+                    raise SourceFailed(
+                        f"{job.path} from {self.describe} failed its check {attempt} times "
+                        f"({exc.args[0]}).",
+                        "The source is serving wrong bytes; try another --source.",
+                    ) from exc
+        raise AssertionError("unreachable")
 
     def _adopt_leftovers(self, job: Job) -> None:
         """A partial file huggingface_hub left when killed is a prefix of the same blob: keep the
@@ -437,7 +446,12 @@ def run_jobs(
     bookkeeping (links, stamps) overlaps the other transfers. Run by the main thread, it waited
     for the last transfer (`wait` returns when all are done) and then ran file after file, a
     serial tail that grew with the file count (issue 17). It must be safe to call from several
-    threads at once for different files."""
+    threads at once for different files.
+
+    At most `workers` files transfer at once (`Fetcher.slots`), as many as `hf download`'s
+    default; twice as many threads run, so that while a fetched file waits for its fsync
+    (milliseconds each, tens when other processes write to the same disk) the next transfer
+    starts instead of waiting with it."""
     from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
 
     if not jobs:
@@ -453,8 +467,10 @@ def run_jobs(
             on_done(outcome)
         return outcome
 
+    workers = max(1, workers)
+    fetcher.slots = threading.Semaphore(workers)
     try:
-        with ThreadPoolExecutor(max_workers=max(1, min(workers, len(jobs)))) as pool:
+        with ThreadPoolExecutor(max_workers=min(2 * workers, len(jobs))) as pool:
             futures = {pool.submit(work, job): job for job in ordered}
             pending = set(futures)
             while pending:

@@ -230,3 +230,51 @@ def test_a_tree_that_cannot_be_written_still_fails_the_download(hub, tiny, hub_e
     (storage / "trees").write_text("not a folder")
     with pytest.raises(OSError):
         _download(hub, tiny.profile)
+
+
+def test_a_file_waiting_for_its_fsync_does_not_hold_a_transfer_slot(
+    hub, hub_env, tmp_path, monkeypatch
+):
+    """With 2 workers, at most 2 files transfer at once, and a fetched file waiting for its fsync
+    lets the next transfer start: here each fsync waits until all 4 files were asked for. The
+    old code fetched and synced in one worker, so 2 files in fsync stopped every transfer (the
+    fsyncs would wait forever; they give up after 10 s and the check fails)."""
+    import threading
+
+    shards = {f"tile-{i}.bin": 3000 + i for i in range(4)}
+    folder = tmp_path / "src" / "four"
+    folder.mkdir(parents=True)
+    for name, size in shards.items():
+        (folder / name).write_bytes(os.urandom(size))
+    hub.add_repo("org/four", folder)
+    helpers.write_profile(tmp_path / "profiles", "four", "org/four")
+    asked = threading.Event()
+    waited: list[bool] = []
+    in_flight, most = [0], [0]
+    lock = threading.Lock()
+    real_fsync, real_fetch = os.fsync, transfer_module.Fetcher._fetch
+
+    def fetch(self, job):
+        with lock:
+            in_flight[0] += 1
+            most[0] = max(most[0], in_flight[0])
+        try:
+            return real_fetch(self, job)
+        finally:
+            with lock:
+                in_flight[0] -= 1
+            gets = [r for r in hub.requests if r.method == "GET" and "/resolve/" in r.path]
+            if len(gets) == len(shards):
+                asked.set()
+
+    def fsync(fd):
+        if os.readlink(f"/proc/self/fd/{fd}").endswith(cache_module.PARTIAL_SUFFIX):
+            waited.append(asked.wait(10))
+        return real_fsync(fd)
+
+    monkeypatch.setattr(transfer_module.Fetcher, "_fetch", fetch)
+    monkeypatch.setattr(transfer_module.os, "fsync", fsync)
+    result = download_profile(load_profile("four"), source=hub.url, progress=False, workers=2)
+    assert result.files_fetched == len(shards)
+    assert waited == [True] * len(shards), waited
+    assert most[0] <= 2, most
