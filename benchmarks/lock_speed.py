@@ -11,6 +11,12 @@ untimed run of each tool, runs interleaved so that network weather hits all tool
 2. the local PEP 503 index from tests/servers with a CUDA variant routed to its own index:
    `provision lock` vs `uv pip compile --default-index SIMPLE --index TORCH_INDEX`.
 
+Both sides get the same requirements, indexes, uv binary, output options (pylock.toml with
+hashes, the previous output as preferences) and interpreter (`--python`: provision gives uv this
+one; without it a bare `uv pip compile` searches PATH for a python3.X: about 25 ms a run here
+with .venv/bin first on PATH, 0.5 s through pyenv's shims, which flattered the ratio).
+provision runs as users run it, through its console script.
+
 Prints median and best seconds, the ratio provision / uv (target: at most 1.2) and the seconds
 provision adds (its Python start-up, about 0.3 s here, dominates when uv needs only 0.1 s).
 """
@@ -37,6 +43,10 @@ from provision.torch_select import plan_torch  # noqa: E402
 from provision.uv import uv_bin  # noqa: E402
 
 PLATFORM = "x86_64-manylinux_2_28"
+# What a user types: the console script installed beside this interpreter (`python -m provision`
+# where there is none, which also pays for runpy).
+_SCRIPT = Path(sys.executable).with_name("provision")
+PROVISION = [str(_SCRIPT)] if _SCRIPT.is_file() else [sys.executable, "-m", "provision"]
 PYPI = "https://pypi.org/simple"
 
 
@@ -69,7 +79,10 @@ def base_env(work: Path) -> dict[str, str]:
 
 
 def uv_compile(requirements: Path, python: str, index: str, output: Path, *extra: str) -> list[str]:
-    """The `uv pip compile` a user would type for a pylock.toml with hashes."""
+    """The `uv pip compile` a user would type for a pylock.toml with hashes, in an activated
+    environment of the target Python: given that interpreter, as provision gives it, so that
+    neither side searches PATH for a python3.X (through pyenv's shims that alone is 0.5 s)."""
+    here = f"{sys.version_info[0]}.{sys.version_info[1]}"
     return [
         uv_bin(),
         "pip",
@@ -85,6 +98,7 @@ def uv_compile(requirements: Path, python: str, index: str, output: Path, *extra
         "--default-index",
         index,
         *extra,
+        *(["--python", sys.executable] if python == here else []),
         "-o",
         str(output),
     ]
@@ -124,9 +138,7 @@ def scenario_pypi(profile_name: str, runs: int, with_pip_compile: bool, work: Pa
     tools: dict[str, Callable[[], float]] = {
         "provision lock": lambda: timed(
             [
-                sys.executable,
-                "-m",
-                "provision",
+                *PROVISION,
                 "lock",
                 profile_name,
                 "--variant",
@@ -195,9 +207,7 @@ def scenario_local(runs: int, work: Path) -> None:
         tools = {
             "provision lock": lambda: timed(
                 [
-                    sys.executable,
-                    "-m",
-                    "provision",
+                    *PROVISION,
                     "lock",
                     "bench-vl",
                     "--driver",

@@ -66,7 +66,9 @@ def main() -> None:
             for tree in list(trees) if i % 2 == 0 else list(trees)[::-1]:
                 lock = ["--json", "lock", args.profile, "--variant", "pypi", "--ignore-pip-config"]
                 seconds, stdout = wall(tree, [*lock, "-o", f"{out}/pylock.{tree}.toml"])
-                own[tree].append(seconds - json.loads(stdout)["resolution"]["seconds"])
+                doc = json.loads(stdout)
+                result = doc["result"] if "ok" in doc else doc  # the --json envelope, or older
+                own[tree].append(seconds - result["resolution"]["seconds"])
     b = statistics.median(base)
     print(f"python -c pass: {b * 1000:.1f} ms (median of {args.runs}); load {os.getloadavg()}")
     for name in cases:

@@ -2,14 +2,8 @@
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 from typing import Any
-
-if sys.version_info >= (3, 11):
-    import tomllib
-else:  # pragma: no cover
-    import tomli as tomllib
 
 PACKAGE_DIR = Path(__file__).resolve().parent
 REPO_DIR = PACKAGE_DIR.parent
@@ -29,5 +23,7 @@ def data_file(name: str) -> Path:
 
 def load_table(name: str) -> dict[str, Any]:
     """A built-in table from provision/data, parsed (callers cache what they read often)."""
+    from provision import tomlparse
+
     with data_file(name).open("rb") as handle:
-        return tomllib.load(handle)
+        return tomlparse.load(handle)

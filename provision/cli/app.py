@@ -37,6 +37,13 @@ COMMANDS = {
     "cluster": "cluster",
 }
 
+# Commands that run to their end with Python's cyclic garbage collector off (cli/main.py turns it
+# off for the start-up): short runs whose allocations are bounded. Every other command turns it
+# back on as soon as it is known, so long runs (downloads, setups, servers) collect as usual.
+COLLECTOR_OFF = frozenset({"check", "lock", "profiles", "gpus", "env"})
+# Whether the collector was on when main() started (the in-process tests run main() too).
+collect_after_start = True
+
 # One example per command, shown under `provision --help` (the single place they are listed).
 EXAMPLES = [
     ("check", "provision check qwen2.5-vl-7b --gpu 'RTX 4090' --task lora"),
@@ -104,6 +111,10 @@ class LazyGroup(TyperGroup):
     def resolve_command(self, ctx: Any, args: list[str]) -> Any:
         if args and args[0] in COMMANDS:
             note_command(args[0])  # the --json envelope's command, until its own flag says more
+        if collect_after_start and not (args and args[0] in COLLECTOR_OFF):
+            import gc
+
+            gc.enable()
         try:
             return super().resolve_command(ctx, args)
         except Exception as exc:  # click's UsageError: suggest from all names, built or not

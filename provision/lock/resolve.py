@@ -38,12 +38,8 @@ from provision.errors import CheckFailed, ProvisionError
 from provision.lock.indexes import Index, IndexConfig, redact
 from provision.resources import load_table
 from provision.secrets import redact_text
+from provision.tomlparse import loads as parse_toml
 from provision.uv import uv_bin, uv_env, uv_version
-
-if sys.version_info >= (3, 11):
-    import tomllib
-else:  # pragma: no cover
-    import tomli as tomllib
 
 DEFAULT_PLATFORM = "x86_64-manylinux_2_28"
 PROJECT = "provision-resolve"
@@ -397,7 +393,7 @@ def resolve(
             raise explain_failure(done.stderr, sets, who, indexes, routes, python, platform)
         text = Path(tmp, "pylock.toml").read_text(encoding="utf-8")
 
-    data = tomllib.loads(text)
+    data = parse_toml(text)  # once per run: write_lock and the checks use `data`
     packages = [_locked(p) for p in data.get("packages", [])]
     resolution = Resolution(text, packages, ["uv", *command], uv_version(), seconds, data=data)
     _check_routes(resolution, routes)
