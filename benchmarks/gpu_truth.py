@@ -5,8 +5,9 @@ What it does, with no network and no weights (torch and transformers installed):
 1. reads the machine: NVML (pynvml / nvidia-ml-py, if installed) and `nvidia-smi`, and runs
    `provision check PROFILE --json` on it for each profile;
 2. builds each profile's language model at real size with random bf16 weights on the GPU (the
-   Llama-shaped decoder of benchmarks/trace_oracle.py: the vision tower is not built, images count
-   as tokens of the sequence), and for inference (prefill with the KV cache) and one LoRA step
+   Llama-shaped decoder of benchmarks/trace_oracle.py's decoder_config: the vision tower is not
+   built here, images count as tokens of the sequence; the trace oracle builds the real
+   architectures), and for inference (prefill with the KV cache) and one LoRA step
    (rank 8 on every decoder linear, gradient checkpointing, AdamW) records
    torch.cuda.max_memory_allocated, max_memory_reserved and NVML's figure for this process;
    an out-of-memory is recorded as such;

@@ -372,6 +372,10 @@ def vision_bytes(
         linear = patches * hidden * 2 * layers + per_layer
     else:
         linear = per_layer
+    if not memory_efficient:
+        # Encoders that return every layer's output keep them all until the end (vision.toml
+        # hidden_states_kept: Mllama's local transformer in transformers).
+        linear += fam.get("hidden_states_kept", 0) * patches * hidden * 2.0
     scope = fam.get("scope", "batch" if image.get("encoder_dense_mask") else "image")
     if image.get("encoder_dense_mask") and not memory_efficient:
         pairs = float(patches) ** 2

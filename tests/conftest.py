@@ -196,6 +196,8 @@ NEEDS = {
     "tmpfs_volume": ("root",),
     "full_disk": ("root",),  # tests/test_write_errors.py, on mounted_tmpfs
     "small_disk": ("root",),  # tests/hub/test_disk_full.py, on mounted_tmpfs
+    # munged, slurmctld and two slurmd on this host (tests/servers/slurm_cluster.py): root only
+    "slurm_cluster": ("slurm", "root"),
     # Building tiny models with transformers and loading them in child processes (30-140 s a
     # test on the shared 2-core machine), and a real direction lock with uv: not the fast loop.
     "tiny_vlm_factory": ("slow",),

@@ -31,7 +31,7 @@ def test_help_lists_every_command_with_an_example():
         assert example in proc.stdout
     # Each one-line description is whole, even in an 80-column terminal (click cuts a longer
     # one, or one with an inline "e.g.", with "...").
-    narrow = run_cli("--help", env={"COLUMNS": "80"}).stdout
+    narrow = invoke("--help", env={"COLUMNS": "80"}).stdout
     commands = narrow.split("Commands:")[1].split("Examples:")[0]
     from provision.cli.app import SUMMARIES
 
@@ -39,9 +39,10 @@ def test_help_lists_every_command_with_an_example():
     for line in filter(str.strip, commands.splitlines()):
         name, summary = line.split(maxsplit=1)
         assert summary == SUMMARIES[name], line
-    # And each command's own --help ends with its example.
+    # And each command's own --help ends with its example (in-process: the start-up path is
+    # the top-level --help above, one child process rather than one per command).
     for name, example in examples.items():
-        own = run_cli(name, "--help")
+        own = invoke(name, "--help")
         assert own.returncode == 0 and example in own.stdout, name
 
 

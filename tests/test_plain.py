@@ -13,7 +13,7 @@ from rich.table import Table as RichTable
 from rich.text import Text
 
 from provision.cli.plain import PlainConsole, Table, render_markup
-from tests.cli_helpers import run_cli, run_json
+from tests.cli_helpers import invoke, invoke_json
 
 MARKUP = [
     "[bold]Qwen2.5-VL-7B-Instruct[/] — infer, bf16, stack vllm",
@@ -89,8 +89,8 @@ def test_a_check_imports_neither_rich_nor_json() -> None:
 
 def test_the_printed_check_carries_the_report() -> None:
     """The human view shows every component of the JSON report, with its GiB."""
-    rc, report = run_json("check", "qwen2.5-vl-7b", "--gpu", "RTX 4090", "--task", "lora")
-    proc = run_cli("check", "qwen2.5-vl-7b", "--gpu", "RTX 4090", "--task", "lora")
+    rc, report = invoke_json("check", "qwen2.5-vl-7b", "--gpu", "RTX 4090", "--task", "lora")
+    proc = invoke("check", "qwen2.5-vl-7b", "--gpu", "RTX 4090", "--task", "lora")
     assert proc.returncode == rc
     lines = proc.stdout.splitlines()
     for comp in report["fit"]["estimate"]["components"]:

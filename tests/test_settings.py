@@ -13,7 +13,7 @@ import pytest
 
 from provision import settings
 from provision.hardware import disks
-from tests.cli_helpers import run_cli, run_json
+from tests.cli_helpers import invoke, invoke_json
 
 
 @pytest.fixture
@@ -86,7 +86,7 @@ def test_fish_syntax():
 
 
 def test_cli_env_output_is_evaluated_by_bash(clean_env, tmp_path):
-    proc = run_cli("env", "--source", "hf-mirror", "--shell", "bash")
+    proc = invoke("env", "--source", "hf-mirror", "--shell", "bash")
     assert proc.returncode == 0, proc.stderr
     script = f"eval \"$(cat <<'EOF'\n{proc.stdout}EOF\n)\"; env"
     shown = subprocess.run(
@@ -114,7 +114,7 @@ def test_env_with_a_profile_probes_its_repository(clean_env, tmp_path, monkeypat
             "PROVISION_PROFILES_DIR": str(tmp_path / "profiles"),
             "PROVISION_SOURCES": f"http://127.0.0.1:1,{hub.url}",
         }
-        rc, out = run_json("env", "m", env=env)
+        rc, out = invoke_json("env", "m", env=env)
         assert rc == 0, out
         assert out["env"]["HF_ENDPOINT"] == hub.url
         assert "first reachable" in out["reason"]
@@ -128,7 +128,7 @@ def test_persist_twice_leaves_one_block_and_keeps_the_rest(clean_env, tmp_path):
     (venv / "bin" / "activate").write_text("# activate\nexport VIRTUAL_ENV=/v\n")
     (venv / "bin" / "activate.fish").write_text("# fish activate\n")
     for source in ("hf", "hf-mirror"):
-        proc = run_cli(
+        proc = invoke(
             "env", "--source", source, "--shell", "bash", "--persist", "--venv", str(venv)
         )
         assert proc.returncode == 0, proc.stderr
@@ -152,7 +152,7 @@ def test_persist_twice_leaves_one_block_and_keeps_the_rest(clean_env, tmp_path):
 
 def test_tokens_are_never_printed_or_written(clean_env, tmp_path):
     token = "hf_do_not_write_me_123"
-    proc = run_cli(
+    proc = invoke(
         "env", "--source", "hf", "--persist", "--shell", "zsh",
         env={"HF_TOKEN": token, "MODELSCOPE_API_TOKEN": token},
     )  # fmt: skip
@@ -199,7 +199,7 @@ def test_apply_environment_warns_when_the_hub_library_came_first(tmp_path):
 
 
 def test_unknown_shell_is_a_usage_error(clean_env):
-    proc = run_cli("env", "--source", "hf", "--shell", "tcsh")
+    proc = invoke("env", "--source", "hf", "--shell", "tcsh")
     assert proc.returncode == 2 and "Unknown shell 'tcsh'" in proc.stderr
 
 
@@ -222,13 +222,13 @@ def test_persist_writes_through_a_symlinked_rc_and_keeps_non_utf8_bytes(clean_en
     original = b"# caf\xe9 (latin-1)\nalias ll='ls -l'\n"
     (dotfiles / "bashrc").write_bytes(original)
     (home / ".bashrc").symlink_to(dotfiles / "bashrc")
-    proc = run_cli("env", "--source", "hf-mirror", "--shell", "bash", "--persist")
+    proc = invoke("env", "--source", "hf-mirror", "--shell", "bash", "--persist")
     assert proc.returncode == 0, proc.stderr
     assert (home / ".bashrc").is_symlink()
     written = (dotfiles / "bashrc").read_bytes()
     assert written.startswith(original)
     assert b"export HF_ENDPOINT=https://hf-mirror.com" in written
-    again = run_cli("env", "--source", "hf", "--shell", "bash", "--persist")
+    again = invoke("env", "--source", "hf", "--shell", "bash", "--persist")
     assert again.returncode == 0, again.stderr
     assert (dotfiles / "bashrc").read_bytes().startswith(original)
     assert (dotfiles / "bashrc").read_bytes().count(settings.BLOCK_BEGIN.encode()) == 1

@@ -112,3 +112,20 @@ def test_without_podman_the_marker_leaves_those_tests_out(tmp_path):
     out = proc.stdout + proc.stderr
     assert proc.returncode == 0, out
     assert re.search(r"\b1 passed, 2 deselected\b", out), out
+
+
+def test_the_slurm_cluster_tests_are_marked_root_from_their_fixture(tmp_path):
+    """The one-host Slurm cluster starts munged and slurmd as root: `-m "not root"` (a machine
+    without root) leaves its tests out, as it does the mount tests; a test beside them stays."""
+    import sys
+
+    proc = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "--collect-only",
+         "--basetemp", str(tmp_path / "bt"), "-m", "not root", "tests/cluster/test_render.py"],
+        cwd=REPO, capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 0, out
+    assert "test_the_launcher_line_expands_on_every_node_of_a_real_job" not in out
+    assert "test_the_script_carries_the_options_and_is_valid_bash" in out
+    assert re.search(r"\b3 deselected\b", out), out

@@ -1,108 +1,204 @@
-"""The trace oracle (issue 12 item 6): torch's FakeTensorMode and MemTracker count what a forward
-and a training step of a decoder really hold, without memory or weights; the estimate's tensor
-terms are held to those counts, on tiny configs here (traced in the test) and on the real-size
-grid benchmarks/trace_oracle.py recorded (read from its JSON, no torch needed)."""
+"""The trace oracle (issue 12 item 6): torch's FakeTensorMode and MemTracker count what a prefill
+with images and a training step of each profile's own architecture (vision tower included) really
+hold, without memory or weights. Tiny configs of every real class are traced here; the estimate
+is held to the real-size rows benchmarks/trace_oracle.py recorded (read from its JSON, no torch
+needed for those)."""
 
 from __future__ import annotations
 
 import json
-from dataclasses import replace
+import subprocess
+import sys
 
 import pytest
 
 from benchmarks import trace_oracle
-from provision.profiles import load_profile
+from provision.memory import lora_params
+from provision.profiles import list_profiles, load_profile
 
-TINY = {
-    "hidden": 256,
-    "intermediate": 688,
-    "layers": 2,
-    "heads": 4,
-    "kv_heads": 2,
-    "head_dim": 64,
-    "vocab": 1024,
-}
-QWEN7 = load_profile("qwen2.5-vl-7b")  # generate keeps every position's logits (prefill_logits_all)
-LLAVA = load_profile("llava-v1.5-7b")  # keeps the last one
-
-
-def _tiny(profile):
-    text = {**profile.text, **TINY}
-    return replace(profile, data={**profile.data, "text": text}), text
+# One profile per transformers class (InternVL twice: a Qwen2 and a Llama decoder).
+KINDS = [
+    "qwen2-vl-2b",
+    "qwen2.5-vl-7b",
+    "gemma-3-12b-it",
+    "llama-3.2-11b-vision",
+    "llava-1.5-7b-hf",
+    "smolvlm-256m",
+    "internvl2-1b",
+    "internvl2-2b",
+]
+# Tiny Qwen images: 16 LLM tokens (8 x 8 patches); the other families' image sizes are fixed.
+TINY_IMAGE_TOKENS = {"qwen2-vl-2b": 16, "qwen2.5-vl-7b": 16}
 
 
-def test_trace_counts_the_weights_the_formula_counts():
-    probe, text = _tiny(LLAVA)
-    traced = trace_oracle.trace(text, "infer", 1, 128)
-    assert traced["by_kind"]["parameter"] == 2 * traced["params"]  # bf16
-    # text_only's parameter count from the shape is the model's own.
-    counted = trace_oracle.text_only(probe).params["language"]
-    assert counted == traced["params"]
+def _tiny_trace(name: str, task: str, batch: int = 1):
+    profile = load_profile(name)
+    tokens = TINY_IMAGE_TOKENS.get(name, profile.image["tokens"])
+    seq = trace_oracle.default_seq(profile, task, tokens)
+    traced = trace_oracle.trace(name, profile.text, task, batch, seq, tokens, tiny=True)
+    cfg = trace_oracle.build_config(name, profile.text, tiny=True)
+    return profile, cfg, seq, traced
+
+
+def _class_params(name: str) -> tuple[int, int]:
+    """Parameter counts of the tiny class built for real on the CPU (no fake mode)."""
+    import torch
+
+    cfg = trace_oracle.build_config(name, load_profile(name).text, tiny=True)
+    with torch.device("meta"):
+        model = trace_oracle.model_class(name)(cfg)
+    return sum(p.numel() for p in model.parameters()), trace_oracle.vision_params(model)
+
+
+# Tracing a tiny model takes seconds each (torch and transformers imports first): slow.
+@pytest.mark.slow
+@pytest.mark.parametrize("name", KINDS)
+def test_each_real_class_traces_a_prefill_with_its_image(name):
+    profile, cfg, seq, traced = _tiny_trace(name, "infer")
+    assert type(cfg).__name__.replace("Config", "ForConditionalGeneration") == (
+        trace_oracle.model_class(name).__name__
+    )
+    total, vision = _class_params(name)
+    assert (traced["params"], traced["vision_params"]) == (total, vision)
+    assert 0 < vision < total
+    assert traced["by_kind"]["parameter"] == 2 * total  # bf16, as built in the mode
+    # The vision tower ran on the image and held activations beyond its weights.
+    v = traced["vision"]
+    assert v["peak"] - v["by_kind"]["parameter"] > 0
     assert traced["peak"] > traced["by_kind"]["parameter"]
+    row = trace_oracle.compare(profile, cfg, "infer", 1, seq, traced)
+    assert row["estimate_vision"] > 0 and row["traced_vision"] > 0
+    # The image's tokens are where the family puts them: in the text, or read by cross-attention.
+    in_text = profile.image.get("in_text_sequence", True)
+    assert (traced["image_tokens"] > 1) is in_text
 
 
-@pytest.mark.parametrize(
-    ("profile", "task", "batch", "seq"),
-    [
-        (QWEN7, "infer", 1, 256),
-        (QWEN7, "infer", 2, 512),
-        (LLAVA, "infer", 2, 512),
-        (LLAVA, "lora", 1, 256),
-        (LLAVA, "lora", 2, 512),
-        (LLAVA, "full", 1, 256),
-        (LLAVA, "full", 2, 512),
-    ],
-    ids=lambda v: getattr(v, "name", v),
-)
-def test_estimate_holds_to_the_trace_on_tiny_configs(profile, task, batch, seq):
-    probe, text = _tiny(profile)
-    row = trace_oracle.compare(probe, task, batch, seq, trace_oracle.trace(text, task, batch, seq))
-    assert abs(row["error"]) <= 0.25, row
-    # The terms beyond the weights (KV, activations, logits, trainer state) carry the error.
-    beyond = row["estimate_beyond_weights"] / row["traced_beyond_weights"] - 1
-    assert abs(beyond) <= 0.35, row
+@pytest.mark.slow
+@pytest.mark.parametrize("name", KINDS)
+def test_lora_step_trains_what_the_estimate_counts(name):
+    """LoRA rank 8 on every linear of the decoder layers: the adapters the real class gets are
+    exactly the estimate's lora_params for the same shape (cross-attention and sliding layers
+    included), and the step holds gradients and AdamW states for them only."""
+    profile, cfg, seq, traced = _tiny_trace(name, "lora")
+    probe = trace_oracle.probe_profile(profile, cfg, traced)
+    assert traced["trainable"] == lora_params(probe, 8)
+    kinds = traced["by_kind"]
+    assert kinds.get("optstate", 0) > 0 or kinds.get("optimizer", 0) > 0, kinds
+    row = trace_oracle.compare(profile, cfg, "lora", 1, seq, traced)
+    assert row["estimate_terms"]["lora state"] == 16 * traced["trainable"]
 
 
+@pytest.mark.slow
+def test_full_step_trains_the_language_model():
+    profile, cfg, seq, traced = _tiny_trace("llava-1.5-7b-hf", "full")
+    assert traced["trainable"] == traced["params"] - traced["vision_params"]
+    row = trace_oracle.compare(profile, cfg, "full", 1, seq, traced)
+    assert row["traced_peak"] == traced["peak"] + 8 * traced["trainable"]
+
+
+@pytest.mark.slow
 def test_prefill_logits_rule_is_what_the_trace_sees():
-    """Qwen2.5-VL's forward has no logits_to_keep: the prefill holds every position's logits,
-    which the trace shows as more than LLaVA's at the same shape."""
-    vocab = 32768  # large enough for the logits to make the peak, as at real size
-    text_q = {**QWEN7.text, **TINY, "vocab": vocab}
-    text_l = {**LLAVA.text, **TINY, "vocab": vocab}
-    all_pos = trace_oracle.trace(text_q, "infer", 2, 512)["peak"]
-    last = trace_oracle.trace(text_l, "infer", 2, 512)["peak"]
-    assert all_pos - last >= 2 * 512 * vocab * 2 * 0.9  # bf16 logits of every position
+    """Qwen2-VL's generate under the profile's transformers keeps every position's logits at
+    prefill (prefill_logits_all); LLaVA's keeps the last: the trace of the same class with and
+    without the rule differs by the bf16 logits of every position."""
+    name = "qwen2-vl-2b"
+    profile = load_profile(name)
+    text_all = {**profile.text, "prefill_logits_all": True}
+    text_last = {**profile.text, "prefill_logits_all": False}
+    args = ("infer", 1, 512, 16)
+    all_pos = trace_oracle.trace(name, text_all, *args, tiny=True)["peak"]
+    last = trace_oracle.trace(name, text_last, *args, tiny=True)["peak"]
+    vocab = trace_oracle.build_config(name, profile.text, tiny=True).get_text_config().vocab_size
+    assert all_pos - last >= 511 * vocab * 2 * 0.9
+
+
+@pytest.mark.slow
+def test_profile_shapes_are_the_configs_they_are_traced_from():
+    """The estimate reads the profile's [text] and encoder shape; the trace builds from the hub
+    config: the two agree for every profile (a profile edited away from its config fails)."""
+    for profile in list_profiles():
+        cfg = trace_oracle.build_config(profile.name, profile.text)
+        text, image = trace_oracle._shape_from_config(cfg, profile.name)
+        assert {k: profile.text.get(k) for k in text} == text, profile.name
+        assert {k: profile.image.get(k) for k in image} == image, profile.name
 
 
 RECORDED = json.loads(trace_oracle.RESULTS.read_text())
+ROWS = RECORDED["rows"]
 
 
 def test_recorded_traces_name_their_versions_and_cover_every_profile():
     assert {"torch", "transformers"} <= set(RECORDED["versions"])
-    names = {r["profile"] for r in RECORDED["rows"]}
-    from provision.profiles import list_profiles
+    assert RECORDED["architecture"] == "real"
+    names = {p.name for p in list_profiles()}
+    for task in ("infer", "lora", "full"):
+        assert names <= {r["profile"] for r in ROWS if r["task"] == task}, task
+    assert all(r["image_tokens"] > 0 for r in ROWS)
+    assert all("traced_vision" in r for r in ROWS if r["task"] == "infer")
 
-    assert {p.name for p in list_profiles()} <= names
-    assert {r["task"] for r in RECORDED["rows"]} == {"infer", "lora"}
+
+# Rows the estimate is known to be under, and why (docs/fit-engines.md, The trace oracle): under
+# transformers 5.x, gradient_checkpointing_enable hooks every sub-model's input embeddings to
+# require grad, the frozen vision tower's patch embedding included, and Mllama's vision layers
+# are not checkpointing layers: the LoRA step keeps all 40 layers' activations of the tower
+# (6.5 GiB at 4 tiles). The profile's pinned transformers 4.51 hooks the text embedding only.
+KNOWN_UNDER = {("llama-3.2-11b-vision", "lora"): -0.20}
+
+
+def _now(row):
+    """Today's estimate of a recorded row (no torch): the profile with the traced parameter
+    counts, at the recorded shape."""
+    profile = load_profile(row["profile"])
+    traced = {
+        "params": row["params"],
+        "vision_params": row["vision_params"],
+        "image_tokens": row["image_tokens"],
+    }
+    data = dict(profile.data)
+    data["params"] = {
+        **profile.params,
+        "total": row["params"],
+        "language": row["params"] - row["vision_params"],
+        "vision": row["vision_params"],
+    }
+    data["weights"] = {**profile.weights, "dtype": "bfloat16", "bytes": 2 * row["params"]}
+    from dataclasses import replace
+
+    probe = replace(profile, data=data)
+    tokens = trace_oracle.estimate_image_tokens(profile, traced)
+    terms = trace_oracle.estimate_terms(
+        probe, row["task"], row["batch"], row["seq"], images=1, image_tokens=tokens
+    )
+    vision = None
+    if row["task"] == "infer":
+        vision = trace_oracle.estimate_vision(probe, "infer", row["batch"], row["seq"], tokens)
+    return sum(terms.values()), vision
 
 
 @pytest.mark.parametrize(
-    "row",
-    RECORDED["rows"],
-    ids=[f"{r['profile']}-{r['task']}-{r['batch']}x{r['seq']}" for r in RECORDED["rows"]],
+    "row", ROWS, ids=[f"{r['profile']}-{r['task']}-{r['batch']}x{r['seq']}" for r in ROWS]
 )
 def test_estimate_holds_to_the_recorded_real_size_traces(row):
     """Today's estimate against the traced peak recorded at real size: a formula change that
-    moves the estimate away from what the tensors hold fails here."""
-    profile = load_profile(row["profile"])
-    traced = {
-        # Rows of the first infer run predate these two keys: there the peak is the raw one and
-        # the parameters are all bf16.
-        "peak": row.get("traced_raw_peak", row["traced_peak"]),
-        "by_kind": row["traced_by_kind"],
-        "params": row.get("params", row["traced_by_kind"]["parameter"] // 2),
-        "seconds": row["trace_seconds"],
-    }
-    now = trace_oracle.compare(profile, row["task"], row["batch"], row["seq"], traced)
-    assert now["traced_peak"] == row["traced_peak"]
-    assert abs(now["error"]) <= 0.15, now
+    moves the estimate away from what the tensors hold fails here. The bounds are the gaps the
+    docs explain (docs/fit-engines.md, The trace oracle)."""
+    ours, vision = _now(row)
+    error = (ours - row["traced_peak"]) / row["traced_peak"]
+    low = KNOWN_UNDER.get((row["profile"], row["task"]), -0.10)
+    assert low <= error <= 0.25, (row["profile"], row["task"], error)
+    if vision is not None:
+        # The vision tower's own peak beyond its weights against the estimate's vision term.
+        assert 0.5 <= vision / row["traced_vision"] <= 2.0, (vision, row["traced_vision"])
+
+
+def test_the_recorded_comparison_imports_no_torch():
+    code = (
+        "import sys, json; sys.path.insert(0, '.');"
+        "import tests.test_trace_oracle as t;"
+        "[t._now(r) for r in t.ROWS];"
+        "print(json.dumps(sorted(m for m in ('torch', 'transformers') if m in sys.modules)))"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd="."
+    )
+    assert json.loads(out.stdout.strip().splitlines()[-1]) == []

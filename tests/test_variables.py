@@ -10,7 +10,7 @@ import pytest
 
 from provision.errors import ProvisionError
 from provision.variables import env_value, variables
-from tests.cli_helpers import run_cli
+from tests.cli_helpers import invoke
 
 REPO = Path(__file__).resolve().parents[1]
 NAME = re.compile(r"\bPROVISION_[A-Z][A-Z0-9_]*[A-Z0-9]\b")
@@ -91,7 +91,7 @@ def test_numbers_take_the_tables_default_and_bounds():
 def test_a_bad_worker_count_is_one_message_not_a_traceback(tmp_path, value):
     # Before the table, `int(os.environ[...])` raised ValueError out of `provision download`
     # (a traceback), and 0 reached ThreadPoolExecutor.
-    proc = run_cli(
+    proc = invoke(
         "download",
         "qwen2-vl-2b",
         "--source",

@@ -1,6 +1,7 @@
 """A local hub serving real config files (tests/fixtures/hub-configs, copied from public repos,
 each folder's SOURCE.md names where) with safetensors shards whose headers are real (built from
-the config by transformers on the meta device) and whose bodies are holes."""
+the config by transformers on the meta device, recorded in tests/fixtures/derive-tensors: see
+tests/derive/headers.py) and whose bodies are holes."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.derive.headers import meta_tensors, write_sparse_safetensors
+from tests.derive.headers import recorded_tensors, write_sparse_safetensors
 
 FIXTURES = Path(__file__).resolve().parent.parent / "fixtures" / "hub-configs"
 CONFIG_FILES = (
@@ -52,7 +53,7 @@ def model_folders(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     out = {}
     for folder, shards in MODELS.items():
         dst = copy_configs(FIXTURES / folder, root / folder)
-        write_sparse_safetensors(dst, meta_tensors(dst), shards=shards)
+        write_sparse_safetensors(dst, recorded_tensors(folder), shards=shards)
         out[repo_id(folder)] = dst
     return out
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import subprocess
 import sys
 
-from tests.cli_helpers import invoke_json, run_cli
+from tests.cli_helpers import invoke, invoke_json
 
 REPO = "Qwen/Qwen2.5-VL-3B-Instruct"
 
@@ -20,12 +20,12 @@ def test_check_takes_a_repo_id_and_the_second_run_is_offline(derive_env, derive_
     assert rc == 0 and derive_hub.requests == []
     assert warm["fit"] == cold["fit"]
     # the human view says where the profile came from
-    text = run_cli("check", f"{REPO}@main", "--gpu", "RTX 4090", "--offline").stdout
+    text = invoke("check", f"{REPO}@main", "--gpu", "RTX 4090", "--offline").stdout
     assert f"Profile derived from {REPO} at" in text
 
 
 def test_a_warm_check_imports_no_hub_client_torch_or_transformers(derive_env) -> None:
-    assert run_cli("check", f"{REPO}@main", "--gpu", "RTX 4090").returncode == 0
+    assert invoke("check", f"{REPO}@main", "--gpu", "RTX 4090").returncode == 0
     code = (
         "import sys\n"
         "from provision.cli.main import main\n"
@@ -58,7 +58,7 @@ def test_profiles_add_writes_an_editable_profile_and_show_says_derived(
     rc, curated = invoke_json("profiles", "show", "qwen2.5-vl-3b")
     assert curated["origin"] == "curated"
     # a second add to the same name is refused, with the fix named
-    again = run_cli("profiles", "add", REPO, "--name", "my-qwen", "--profiles-dir", str(folder))
+    again = invoke("profiles", "add", REPO, "--name", "my-qwen", "--profiles-dir", str(folder))
     assert again.returncode == 2 and "--force" in again.stderr + again.stdout
 
 
@@ -74,14 +74,14 @@ def test_profiles_add_without_a_folder_uses_the_config_folder(derive_env, tmp_pa
 
 
 def test_unknown_name_still_suggests_and_mentions_repo_ids(derive_env) -> None:
-    proc = run_cli("check", "qwen2.5-vl-7", "--gpu", "RTX 4090")
+    proc = invoke("check", "qwen2.5-vl-7", "--gpu", "RTX 4090")
     assert proc.returncode == 2
     out = proc.stdout + proc.stderr
     assert "Did you mean" in out and "org/name" in out and "Traceback" not in out
 
 
 def test_a_missing_repo_on_the_cli_is_one_message(derive_env, derive_hub) -> None:
-    proc = run_cli("check", "nobody/missing-model", "--gpu", "RTX 4090")
+    proc = invoke("check", "nobody/missing-model", "--gpu", "RTX 4090")
     assert proc.returncode == 2
     assert "No repository nobody/missing-model" in proc.stdout + proc.stderr
     assert "Traceback" not in proc.stderr

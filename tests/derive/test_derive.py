@@ -4,6 +4,7 @@ totals, the request budget, the cache, and one clear message per problem."""
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import struct
 from pathlib import Path
@@ -145,7 +146,8 @@ def test_a_gated_repo_without_a_token_gets_one_message(
     derive_env, derive_hub, tmp_path, monkeypatch
 ) -> None:
     folder = copy_configs(FIXTURES / "HuggingFaceTB--SmolVLM-256M-Instruct", tmp_path / "g")
-    shutil.copy(
+    # a link, not a copy: the sparse checkpoint's 0.5 GB of holes would be read and written
+    os.link(
         derive_hub.repos["HuggingFaceTB/SmolVLM-256M-Instruct"]
         .commits[derive_hub.repos["HuggingFaceTB/SmolVLM-256M-Instruct"].refs["main"]][
             "model.safetensors"
@@ -203,16 +205,14 @@ def test_a_repo_without_config_gets_one_message(derive_env, derive_hub, tmp_path
 
 
 def _internvl_folder(tmp_path: Path) -> Path:
-    """InternVL2-1B's real configs; the Qwen2 language model's real tensors (meta device) under
-    language_model., a few vision and projector tensors (InternViT is remote code)."""
-    from tests.derive.headers import meta_tensors
+    """InternVL2-1B's real configs; the Qwen2 language model's real tensors (meta device, as
+    recorded from its llm_config) under language_model., a few vision and projector tensors
+    (InternViT is remote code)."""
+    from tests.derive.headers import recorded_tensors
 
     folder = copy_configs(FIXTURES / "OpenGVLab--InternVL2-1B", tmp_path / "ivl")
-    llm = tmp_path / "llm"
-    llm.mkdir()
-    llm_config = json.loads((folder / "config.json").read_text())["llm_config"]
-    (llm / "config.json").write_text(json.dumps(llm_config))
-    tensors = [(f"language_model.{n}", d, s) for n, d, s in meta_tensors(llm)]
+    recorded = recorded_tensors("OpenGVLab--InternVL2-1B.llm_config")
+    tensors = [(f"language_model.{n}", d, s) for n, d, s in recorded]
     tensors += [
         ("vision_model.embeddings.patch_embedding.weight", "BF16", [1024, 3, 14, 14]),
         ("mlp1.1.weight", "BF16", [896, 4096]),
@@ -222,7 +222,10 @@ def _internvl_folder(tmp_path: Path) -> Path:
 
 
 def test_a_remote_code_family_is_marked(derive_env, derive_hub, tmp_path) -> None:
-    derive_hub.add_repo("OpenGVLab/InternVL2-1B", _internvl_folder(tmp_path), unhashed=("*.st*",))
+    # "*.safetensors": the old "*.st*" matched no shard, so its 1 GB of holes was hashed
+    derive_hub.add_repo(
+        "OpenGVLab/InternVL2-1B", _internvl_folder(tmp_path), unhashed=("*.safetensors",)
+    )
     profile = load_profile("OpenGVLab/InternVL2-1B@main")
     assert profile.trust_remote_code
     assert any("trust_remote_code" in n for n in profile.derived["notes"])
@@ -276,7 +279,7 @@ def test_a_gptq_checkpoint_is_sized_by_its_real_bytes(derive_env, derive_hub, tm
         ("model.embed_tokens.weight", "F16", [151936, 1536]),
     ]
     write_sparse_safetensors(folder, tensors)
-    derive_hub.add_repo("lab/qwen2-vl-gptq", folder)
+    derive_hub.add_repo("lab/qwen2-vl-gptq", folder, unhashed=("*.safetensors",))  # sparse
     profile = load_profile("lab/qwen2-vl-gptq")
     real = 1536 // 8 * 8960 * 4 + 1536 // 128 * 8960 * 2 + 1536 // 128 * 8960 // 8 * 4
     real += 151936 * 1536 * 2

@@ -15,7 +15,7 @@ from provision.docker.spec import load_spec
 from provision.errors import CheckFailed, ProvisionError
 from provision.lock.lockfile import read_lock
 from provision.resources import REPO_DIR
-from tests.cli_helpers import run_cli
+from tests.cli_helpers import invoke
 from tests.docker.helpers import (
     fake_sha,
     hadolint,
@@ -50,7 +50,7 @@ def test_committed_dockerfiles_are_current():
     assert {r.dockerfile.name for r in results} == {
         p.name for p in DOCKERFILES.glob("*.Dockerfile")
     }
-    proc = run_cli("docker", "--all", "--check")
+    proc = invoke("docker", "--all", "--check")
     assert proc.returncode == 0, proc.stderr
 
 
@@ -61,7 +61,7 @@ def test_check_notices_a_stale_dockerfile(tmp_path: Path):
     first.write_text(first.read_text() + "# edited by hand\n")
     with pytest.raises(CheckFailed, match=first.name):
         render_builtins(out, check=True)
-    proc = run_cli("docker", "--all", "--check", "--out", str(out))
+    proc = invoke("docker", "--all", "--check", "--out", str(out))
     assert proc.returncode == 1 and "provision docker --all" in proc.stderr
 
 
@@ -328,7 +328,7 @@ def test_no_lock_bake_without_weights_gated_without_token(
 def test_no_engine_says_how_to_start_one(tmp_path: Path, profiles: Path):
     lock = write_lock(tmp_path)
     env = {**no_docker_env(), "PROVISION_PROFILES_DIR": str(profiles)}
-    proc = run_cli(
+    proc = invoke(
         "docker", "tiny-vlm", "--lock", str(lock), "--out", str(tmp_path), "--build", env=env
     )
     assert proc.returncode == 2, proc.stdout + proc.stderr
@@ -351,7 +351,7 @@ def test_a_secret_as_build_arg_is_refused_before_any_build(tmp_path: Path, profi
     """Build arguments end up in `docker history`; a token or password must not go in as one."""
     lock = write_lock(tmp_path)
     env = {**no_docker_env(), "PROVISION_PROFILES_DIR": str(profiles)}
-    proc = run_cli(
+    proc = invoke(
         "docker", "tiny-vlm", "--lock", str(lock), "--out", str(tmp_path), "--build",
         "--build-arg", arg, env=env,
     )  # fmt: skip
@@ -366,7 +366,7 @@ def test_a_build_arg_that_only_looks_like_a_secret_word_is_accepted(tmp_path, pr
     """TOKENIZERS_PARALLELISM is not a token: refused only by the missing engine, later."""
     lock = write_lock(tmp_path)
     env = {**no_docker_env(), "PROVISION_PROFILES_DIR": str(profiles)}
-    proc = run_cli(
+    proc = invoke(
         "docker", "tiny-vlm", "--lock", str(lock), "--out", str(tmp_path), "--build",
         "--build-arg", "TOKENIZERS_PARALLELISM=false", env=env,
     )  # fmt: skip
@@ -394,7 +394,7 @@ def test_push_needs_a_registry_in_the_tag():
 def test_push_without_a_registry_tag_is_refused_before_building(tmp_path: Path, profiles: Path):
     lock = write_lock(tmp_path)
     env = {**no_docker_env(), "PROVISION_PROFILES_DIR": str(profiles)}
-    proc = run_cli(
+    proc = invoke(
         "docker", "tiny-vlm", "--lock", str(lock), "--out", str(tmp_path), "--build", "--push",
         env=env,
     )  # fmt: skip
@@ -520,7 +520,7 @@ def test_a_wrong_typed_lock_is_one_message_naming_the_file_and_field(
         table = table[key]
     table[where[-1]] = value
     lock.write_text(tomli_w.dumps(data))
-    proc = run_cli("docker", "tiny-vlm", "--lock", str(lock), "--out", str(tmp_path / "out"),
+    proc = invoke("docker", "tiny-vlm", "--lock", str(lock), "--out", str(tmp_path / "out"),
                    env={"PROVISION_PROFILES_DIR": str(profiles)})  # fmt: skip
     assert proc.returncode == 2, proc.stderr
     assert "Traceback" not in proc.stderr

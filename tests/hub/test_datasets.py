@@ -17,7 +17,7 @@ from provision.hub.datasets import (
     parse_dataset,
     verify_dataset,
 )
-from tests.cli_helpers import run_cli, run_json
+from tests.cli_helpers import invoke, invoke_json
 from tests.hub import helpers
 
 LOCK = "pylock.datasets.toml"
@@ -38,7 +38,7 @@ def vqa(hub, hub_env, tmp_path):
 
 def test_hf_dataset_goes_to_the_dataset_cache_and_is_recorded_and_verified(hub, vqa, tmp_path):
     folder, commit = vqa
-    rc, out = run_json("download", "--dataset", "org/tiny-vqa")
+    rc, out = invoke_json("download", "--dataset", "org/tiny-vqa")
     assert rc == 0, out
     assert out["repo_type"] == "dataset" and out["commit"] == commit
     snapshot = tmp_path / "hf" / "hub" / "datasets--org--tiny-vqa" / "snapshots" / commit
@@ -58,7 +58,7 @@ def test_hf_dataset_goes_to_the_dataset_cache_and_is_recorded_and_verified(hub, 
     assert {f["path"]: f["sha256"] for f in record["files"]} == {
         s.relative_to(folder).as_posix(): _sha(s) for s in folder.rglob("*") if s.is_file()
     }
-    rc, checked = run_json("verify", "--dataset", "org/tiny-vqa")
+    rc, checked = invoke_json("verify", "--dataset", "org/tiny-vqa")
     assert rc == 0 and checked["ok"] and checked["files"] == len(record["files"])
 
     # A flipped byte in the cache is found by verify (exit 1, the file named).
@@ -66,9 +66,9 @@ def test_hf_dataset_goes_to_the_dataset_cache_and_is_recorded_and_verified(hub, 
     data = bytearray(blob.read_bytes())
     data[3] ^= 1
     blob.write_bytes(bytes(data))
-    rc, checked = run_json("verify", "--dataset", "org/tiny-vqa")
+    rc, checked = invoke_json("verify", "--dataset", "org/tiny-vqa")
     assert rc == 1 and checked["wrong"] == ["data/val.jsonl"]
-    human = run_cli("verify", "--dataset", "org/tiny-vqa")
+    human = invoke("verify", "--dataset", "org/tiny-vqa")
     assert "provision download --dataset org/tiny-vqa" in human.stdout
 
 
@@ -83,7 +83,7 @@ def test_a_flipped_byte_in_transfer_is_refused_and_fetched_again(hub, vqa, tmp_p
     # Bytes that keep arriving wrong: one clear error, nothing placed.
     other = tmp_path / "other"
     hub.fault(f"*{big}", corrupt=True)
-    proc = run_cli("download", "--dataset", "org/tiny-vqa", env={"HF_HOME": str(other)})
+    proc = invoke("download", "--dataset", "org/tiny-vqa", env={"HF_HOME": str(other)})
     assert proc.returncode == 2, proc.stderr
     assert "failed its check 3 times" in proc.stderr and "Traceback" not in proc.stderr
     blobs = other / "hub" / "datasets--org--tiny-vqa" / "blobs"
@@ -112,7 +112,7 @@ def test_a_killed_dataset_download_resumes_with_a_range_request(hub, hub_env, tm
 
     hub.clear_faults()
     hub.reset_counters()
-    rc, out = run_json("download", "--dataset", "org/big-vqa")
+    rc, out = invoke_json("download", "--dataset", "org/big-vqa")
     assert rc == 0, out
     assert hub.bytes_for("org/big-vqa/data/big.parquet") == 12_000_000 - kept
     resumed = [r.range for r in hub.requests if r.file == "org/big-vqa/data/big.parquet"]
@@ -127,7 +127,7 @@ def test_a_killed_dataset_download_resumes_with_a_range_request(hub, hub_env, tm
 def test_modelscope_dataset_uses_the_modelscope_dataset_layout(hub, vqa, tmp_path):
     folder, _ = vqa
     hub.fault("*val-00000-of-00001.parquet", cut_after=500_000, times=1)
-    rc, out = run_json("download", "--dataset", "modelscope:org/tiny-vqa")
+    rc, out = invoke_json("download", "--dataset", "modelscope:org/tiny-vqa")
     assert rc == 0, out
     snapshot = tmp_path / "ms" / "datasets" / "org--tiny-vqa" / "snapshots" / "master"
     assert Path(out["snapshot"]) == snapshot
@@ -159,30 +159,30 @@ def test_the_lock_pins_the_dataset_commit_until_a_revision_is_asked_for(hub, vqa
 
 
 def test_a_dataset_id_given_as_a_profile_points_at_dataset(hub, vqa):
-    proc = run_cli("download", "org/tiny-vqa")
+    proc = invoke("download", "org/tiny-vqa")
     assert proc.returncode == 2
     assert "org/tiny-vqa is a dataset" in proc.stderr
     assert "provision download --dataset org/tiny-vqa" in proc.stderr
     assert "Traceback" not in proc.stderr
-    proc = run_cli("check", "modelscope:org/tiny-vqa")  # ModelScope's dataset route, too
+    proc = invoke("check", "modelscope:org/tiny-vqa")  # ModelScope's dataset route, too
     assert proc.returncode == 2 and "org/tiny-vqa is a dataset" in proc.stderr, proc.stderr
     assert "provision download --dataset modelscope:org/tiny-vqa" in proc.stderr
-    proc = run_cli("download", "org/nothing-at-all")  # neither: the usual message, with a hint
+    proc = invoke("download", "org/nothing-at-all")  # neither: the usual message, with a hint
     assert proc.returncode == 2 and "No repository org/nothing-at-all" in proc.stderr
     assert "--dataset" in proc.stderr
 
 
 def test_unknown_dataset_and_bad_ids_are_one_message(hub, vqa):
-    proc = run_cli("download", "--dataset", "org/missing")
+    proc = invoke("download", "--dataset", "org/missing")
     assert proc.returncode == 2 and "No source answered for this dataset" in proc.stderr
-    proc = run_cli("download", "--dataset", "modelscope:org/missing")
+    proc = invoke("download", "--dataset", "modelscope:org/missing")
     assert proc.returncode == 2 and "Dataset org/missing was not found" in proc.stderr
     for bad in ("not-an-id", "org/x@../../etc", "../org/x"):
-        proc = run_cli("download", "--dataset", bad)
+        proc = invoke("download", "--dataset", bad)
         assert proc.returncode == 2 and "Traceback" not in proc.stderr, bad
-    proc = run_cli("download")
+    proc = invoke("download")
     assert proc.returncode == 2 and "--dataset" in proc.stderr
-    proc = run_cli("download", "--dataset", "org/tiny-vqa", "--source", "modelscope")
+    proc = invoke("download", "--dataset", "org/tiny-vqa", "--source", "modelscope")
     assert proc.returncode == 2 and "names no ModelScope repository" in proc.stderr
     assert "modelscope:ORG/NAME" in proc.stderr
 
@@ -196,7 +196,7 @@ def test_a_dataset_file_name_that_escapes_the_cache_is_refused(hub, vqa, tmp_pat
         extra_files={"../../../../escaped.txt": b"x"},
         repo_type="dataset",
     )
-    proc = run_cli("download", "--dataset", "org/tiny-vqa", "--revision", "evil")
+    proc = invoke("download", "--dataset", "org/tiny-vqa", "--revision", "evil")
     assert proc.returncode == 2
     assert "outside the cache" in proc.stderr
     assert not list(tmp_path.rglob("escaped.txt"))
@@ -255,12 +255,12 @@ def test_a_relock_keeps_pinned_datasets_and_drops_a_dataset_smoke_of_other_packa
 def test_a_gated_dataset_names_its_dataset_page_and_the_token(hub, vqa, tmp_path):
     folder, _ = vqa
     hub.add_repo("org/gated-vqa", folder, repo_type="dataset", gated=True)
-    proc = run_cli("download", "--dataset", "org/gated-vqa")
+    proc = invoke("download", "--dataset", "org/gated-vqa")
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
     assert "org/gated-vqa is gated" in proc.stderr and "HF_TOKEN" in proc.stderr
     assert f"{hub.url}/datasets/org/gated-vqa" in proc.stderr  # the dataset's page, not a model's
     hub.grant("hf_granted_token")  # every gated repository lets this token through
-    rc, out = run_json(
+    rc, out = invoke_json(
         "download", "--dataset", "org/gated-vqa", env={"HF_TOKEN": "hf_granted_token"}
     )
     assert rc == 0, out

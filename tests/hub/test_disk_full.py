@@ -18,7 +18,7 @@ import pytest
 
 from provision.hub import verify_profile
 from provision.profiles import load_profile
-from tests.cli_helpers import run_cli, run_json
+from tests.cli_helpers import invoke, invoke_json
 from tests.conftest import mounted_tmpfs
 from tests.hub import helpers
 
@@ -46,13 +46,13 @@ def test_not_enough_space_is_refused_before_anything_is_fetched(hub, tmp_path, s
     small = helpers.make_repo(tmp_path / "src" / "small", {"model.safetensors": 2_000_000})
     hub.add_repo("org/small", small)
     helpers.write_profile(tmp_path / "profiles", "small", "org/small")
-    assert run_cli("download", "small", "--source", hub.url).returncode == 0
+    assert invoke("download", "small", "--source", hub.url).returncode == 0
 
     big = helpers.make_repo(tmp_path / "src" / "big", {"model.safetensors": 30_000_000})
     hub.add_repo("org/big", big)
     helpers.write_profile(tmp_path / "profiles", "big", "org/big")
     hub.reset_counters()
-    proc = run_cli("download", "big", "--source", hub.url)
+    proc = invoke("download", "big", "--source", hub.url)
     assert proc.returncode == 2
     assert "Not enough free space" in proc.stderr and "org/big" in proc.stderr
     assert "PROVISION_DATA_DIR" in proc.stderr and "Traceback" not in proc.stderr
@@ -64,7 +64,7 @@ def test_disk_filling_up_mid_transfer_keeps_everything_and_resumes(hub, tmp_path
     small = helpers.make_repo(tmp_path / "src" / "small", {"model.safetensors": 2_000_000})
     hub.add_repo("org/small", small)
     helpers.write_profile(tmp_path / "profiles", "small", "org/small")
-    assert run_cli("download", "small", "--source", hub.url).returncode == 0
+    assert invoke("download", "small", "--source", hub.url).returncode == 0
 
     size = 6_000_000
     big = helpers.make_repo(tmp_path / "src" / "big", {"model.safetensors": size}, seed=3)
@@ -99,7 +99,7 @@ def test_disk_filling_up_mid_transfer_keeps_everything_and_resumes(hub, tmp_path
     hub.wait_idle()
     hub.clear_faults()
     hub.reset_counters()
-    rc, out = run_json("download", "big", "--source", hub.url)
+    rc, out = invoke_json("download", "big", "--source", hub.url)
     assert rc == 0, out
     assert hub.bytes_for("org/big/model.safetensors") == size - kept
     assert verify_profile(load_profile("big")).ok

@@ -8,7 +8,7 @@ import signal
 import subprocess
 import sys
 
-from tests.cli_helpers import run_json
+from tests.cli_helpers import invoke_json
 from tests.hub import helpers
 
 SIZE = 8_000_000
@@ -39,6 +39,6 @@ def test_sigint_stops_the_transfer_and_keeps_the_partial(hub, tmp_path, hub_env)
 
     hub.clear_faults()
     hub.reset_counters()
-    rc, out = run_json("download", "big", "--source", hub.url)
+    rc, out = invoke_json("download", "big", "--source", hub.url)
     assert rc == 0, out
     assert hub.bytes_for("org/big/model.safetensors") == SIZE - kept

@@ -12,7 +12,7 @@ from pathlib import Path
 from provision.lock.indexes import Index, IndexConfig
 from provision.lock.resolve import RequirementSet, compile_command, resolve
 from provision.secrets import public, redact, redact_text
-from tests.cli_helpers import run_cli, run_json
+from tests.cli_helpers import invoke, invoke_json
 
 PASSWORD = "pw-n0t-f0r-fi1es"
 
@@ -35,7 +35,7 @@ def test_redaction_forms():
 
 def test_download_through_a_mirror_url_with_a_password_writes_and_shows_none(hub, tiny, tmp_path):
     source = _with_password(hub.url)
-    proc = run_cli("--json", "download", "tiny", "--source", source)
+    proc = invoke("--json", "download", "tiny", "--source", source)
     assert proc.returncode == 0, proc.stderr
     assert PASSWORD not in proc.stdout + proc.stderr
     lock = (tmp_path / "locks" / "pylock.tiny.toml").read_text()
@@ -44,7 +44,7 @@ def test_download_through_a_mirror_url_with_a_password_writes_and_shows_none(hub
         assert PASSWORD.encode() not in path.read_bytes(), path
     # An error path quotes the source too: still no password.
     hub.stop()
-    failed = run_cli("download", "tiny", "--source", source, "--revision", "v9")
+    failed = invoke("download", "tiny", "--source", source, "--revision", "v9")
     assert failed.returncode == 2 and PASSWORD not in failed.stdout + failed.stderr
 
 
@@ -52,7 +52,7 @@ def test_a_malformed_source_url_is_one_message_without_the_password(hub, tiny):
     # An unclosed IPv6 bracket: the HTTP client raised InvalidURL at the first request, a
     # traceback quoting the URL's port; now one message at parse time, exit 2.
     for args in (("download", "tiny"), ("--json", "download", "tiny")):
-        proc = run_cli(*args, "--source", f"https://alice:{PASSWORD}@[::1")
+        proc = invoke(*args, "--source", f"https://alice:{PASSWORD}@[::1")
         out = proc.stdout + proc.stderr
         assert proc.returncode == 2, out
         assert "Traceback" not in out and PASSWORD not in out
@@ -64,23 +64,25 @@ def test_env_persist_and_docker_endpoint_leave_the_password_out(hub, tiny, tmp_p
     home.mkdir()
     env = {"HOME": str(home), "VIRTUAL_ENV": ""}
     source = _with_password(hub.url)
-    proc = run_cli("env", "--source", source, "--shell", "bash", "--persist", env=env)
+    proc = invoke("env", "--source", source, "--shell", "bash", "--persist", env=env)
     assert proc.returncode == 0, proc.stderr
     assert PASSWORD not in proc.stdout + proc.stderr
     rc = (home / ".bashrc").read_text()
     assert f"export HF_ENDPOINT={hub.url}" in rc and PASSWORD not in rc
-    rc_json, out = run_json("env", "--source", source, env=env)
+    rc_json, out = invoke_json("env", "--source", source, env=env)
     assert rc_json == 0 and out["env"]["HF_ENDPOINT"] == hub.url
 
 
 class _SlowIndex(BaseHTTPRequestHandler):
-    """A find-links page that takes its time: uv stays alive long enough to be looked at."""
+    """A find-links page that takes its time: uv stays alive until it has been looked at (the
+    test's watcher sets `looked_at`; 5 s at most), rather than a fixed wait per request."""
 
     seen_auth: list[str] = []
+    looked_at = threading.Event()
 
     def do_GET(self) -> None:  # noqa: N802
         type(self).seen_auth.append(self.headers.get("Authorization", ""))
-        time.sleep(1.5)
+        type(self).looked_at.wait(5)
         body = b"<html><body></body></html>"
         self.send_response(200)
         self.send_header("Content-Type", "text/html")
@@ -121,9 +123,14 @@ def test_find_links_password_reaches_uv_through_its_environment_not_argv(tmp_pat
     seen: list[list[str]] = []
     stop = threading.Event()
 
+    _SlowIndex.looked_at.clear()
+
     def watch() -> None:
         while not stop.is_set():
-            seen.extend(a for a in _argv_of_all_processes() if "compile" in a)
+            found = [a for a in _argv_of_all_processes() if "compile" in a]
+            seen.extend(found)
+            if any(x.endswith("uv") for a in found for x in a[:1]):
+                _SlowIndex.looked_at.set()  # uv's argv has been read: let it finish
             time.sleep(0.05)
 
     watcher = threading.Thread(target=watch)

@@ -12,7 +12,7 @@ from provision.lock.locking import builtin_lock_dir, check_builtins
 from provision.lock.reader import lock_info
 from provision.profiles import load_profile_file
 from provision.resources import builtin_dir
-from tests.cli_helpers import run_cli
+from tests.cli_helpers import invoke
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -38,7 +38,7 @@ def test_check_all_passes_offline(offline, monkeypatch):
 
 def test_check_all_cli_exit_code(monkeypatch):
     monkeypatch.delenv("PROVISION_LOCK_DIR", raising=False)
-    proc = run_cli("lock", "--check", "--all", env={"PROVISION_PROFILES_DIR": ""})
+    proc = invoke("lock", "--check", "--all", env={"PROVISION_PROFILES_DIR": ""})
     assert proc.returncode == 0, proc.stdout + proc.stderr
     # the built-in directions' joint locks are checked too (provision direction lock --all)
     directions = len(list(builtin_dir("directions").glob("*.toml")))

@@ -8,7 +8,7 @@ import os
 
 from provision.lock.lockfile import read_lock, tool_table
 from provision.lock.locking import check_lock, lock_profile
-from tests.cli_helpers import run_cli, run_json
+from tests.cli_helpers import invoke, invoke_json
 from tests.lock.conftest import TASKS, write_profile
 
 CU124_DRIVER = {"PROVISION_CUDA_DRIVER": "550.54.14"}
@@ -40,7 +40,7 @@ def test_cuda_lock_records_the_release_wheel_and_locks_its_dependency(lock_env, 
 
 def test_cpu_lock_falls_back_to_sdpa_by_name_in_output_and_lock(lock_env, fake_index):
     _with_flash_attn(lock_env)
-    proc = run_cli("lock", "tiny-vl", "--torch-index", fake_index.torch_template)
+    proc = invoke("lock", "tiny-vl", "--torch-index", fake_index.torch_template)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     out = " ".join(proc.stdout.split())
     assert "flash-attn==2.7.4.post1: no release wheel fits" in out
@@ -58,7 +58,7 @@ def test_a_changed_flash_attn_pin_stales_the_lock(lock_env, fake_index):
     assert table["attention"]["wheel"].startswith("flash_attn-2.7.4.post1+cu12torch2.4")
     assert check_lock("tiny-vl").fresh
     _with_flash_attn(lock_env, "flash-attn==2.6.3")
-    code, payload = run_json("lock", "--check", "tiny-vl")
+    code, payload = invoke_json("lock", "--check", "tiny-vl")
     assert code == 1
     assert "flash-attn is locked at 2.7.4.post1, the profile pins 2.6.3" in payload[0]["reasons"]
     # re-locking picks 2.6.3's wheel (its CUDA tag was major and minor then: cu123)
@@ -92,7 +92,7 @@ def test_a_range_is_locked_to_the_newest_release_in_it_and_checked_against_it(lo
 
 def test_an_unknown_flash_attn_release_is_one_message_before_uv_runs(lock_env, fake_index):
     _with_flash_attn(lock_env, "flash-attn==2.5.0")
-    proc = run_cli("lock", "tiny-vl", "--variant", "pypi")
+    proc = invoke("lock", "tiny-vl", "--variant", "pypi")
     assert proc.returncode == 2
     assert "No flash-attn release whose wheels provision knows satisfies" in proc.stderr
     assert "Traceback" not in proc.stderr and "uv" not in proc.stderr.split("\n")[0]

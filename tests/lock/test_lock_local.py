@@ -16,7 +16,7 @@ from provision.lock.lockfile import read_lock, set_tool_section, tool_table
 from provision.lock.locking import check_lock, lock_profile
 from provision.lock.resolve import RequirementSet, Route, resolve
 from provision.uv import uv_bin
-from tests.cli_helpers import run_cli, run_json
+from tests.cli_helpers import invoke, invoke_json
 from tests.lock.conftest import TASKS, write_profile
 from tests.servers.pypi_index import sha256
 
@@ -157,7 +157,7 @@ def test_lock_round_trips_and_installs(lock_env, fake_index, tmp_path):
 
 
 def test_unsatisfiable_names_the_conflict_and_exits_1(lock_env, fake_index):
-    proc = run_cli("lock", "tiny-vl", "--task", "lora", "--variant", "pypi")
+    proc = invoke("lock", "tiny-vl", "--task", "lora", "--variant", "pypi")
     assert proc.returncode == 1, proc.stderr
     err = proc.stderr
     assert "cannot be satisfied" in err and "tinydep" in err and "torch" in err
@@ -167,25 +167,27 @@ def test_unsatisfiable_names_the_conflict_and_exits_1(lock_env, fake_index):
 
 
 def test_python_without_wheels_exits_2(lock_env, fake_index):
-    proc = run_cli("lock", "tiny-vl", "--variant", "pypi", "--python", "3.12")
+    proc = invoke("lock", "tiny-vl", "--variant", "pypi", "--python", "3.12")
     assert proc.returncode == 2, proc.stderr
     assert "No wheel of torch" in proc.stderr and "Python 3.12" in proc.stderr
     # outside what the matrix knows: refused before resolving
-    proc = run_cli("lock", "tiny-vl", "--python", "3.7")
+    proc = invoke("lock", "tiny-vl", "--python", "3.7")
     assert proc.returncode == 2 and "no wheels for Python 3.7" in proc.stderr
 
 
 def test_index_down_exits_2(lock_env):
-    proc = run_cli(
-        "lock", "tiny-vl", "--driver", "550.54.14", "--torch-index", "http://127.0.0.1:9/{variant}"
-    )
+    # uv's own retries (3 by default, with back-off) only delay the same message: none here.
+    proc = invoke(
+        "lock", "tiny-vl", "--driver", "550.54.14", "--torch-index", "http://127.0.0.1:9/{variant}",
+        env={"UV_HTTP_RETRIES": "0"},
+    )  # fmt: skip
     assert proc.returncode == 2, proc.stderr
     assert "Could not reach" in proc.stderr and "127.0.0.1:9" in proc.stderr
     assert "Traceback" not in proc.stderr
 
 
 def test_not_an_index_exits_2(lock_env, fake_index):
-    proc = run_cli(
+    proc = invoke(
         "lock",
         "tiny-vl",
         "--driver",
@@ -199,15 +201,15 @@ def test_not_an_index_exits_2(lock_env, fake_index):
 
 def test_malformed_pip_conf_and_unknown_profile_exit_2(lock_env):
     Path(lock_env["env"]["PIP_CONFIG_FILE"]).write_text("this is not ini\n")
-    proc = run_cli("lock", "tiny-vl")
+    proc = invoke("lock", "tiny-vl")
     assert proc.returncode == 2 and "is malformed" in proc.stderr
     assert lock_env["env"]["PIP_CONFIG_FILE"] in proc.stderr
-    proc = run_cli("lock", "no-such-model")
+    proc = invoke("lock", "no-such-model")
     assert proc.returncode == 2 and "Unknown profile 'no-such-model'" in proc.stderr
 
 
 def test_explain_and_json(lock_env, fake_index):
-    proc = run_cli(
+    proc = invoke(
         "lock",
         "tiny-vl",
         "--driver",
@@ -225,7 +227,7 @@ def test_explain_and_json(lock_env, fake_index):
         "uv pip compile",
     ):
         assert text in out, out
-    code, payload = run_json("lock", "tiny-vl", "--driver", "535.104.05")
+    code, payload = invoke_json("lock", "tiny-vl", "--driver", "535.104.05")
     assert code == 0, payload
     assert payload["variant"] == "cu121" and payload["decision"]["index"]["route"] == "pypi"
     assert payload["indexes"]["default"] == fake_index.simple
@@ -262,7 +264,7 @@ def test_relock_keeps_download_results_while_they_hold(lock_env, fake_index):
 
 def test_check_tells_stale_from_fresh_without_network(lock_env, fake_index):
     lock_profile("tiny-vl", variant="pypi")
-    code, payload = run_json("lock", "--check", "tiny-vl")
+    code, payload = invoke_json("lock", "--check", "tiny-vl")
     assert code == 0 and payload[0]["fresh"], payload
     # a comment or a memory figure does not stale the lock ...
     path = lock_env["profiles"] / "tiny-vl.toml"
@@ -272,7 +274,7 @@ def test_check_tells_stale_from_fresh_without_network(lock_env, fake_index):
     write_profile(
         lock_env["profiles"], tasks={**TASKS, "infer": TASKS["infer"][:-1] + ["tinylib==2.0"]}
     )
-    proc = run_cli("lock", "--check", "tiny-vl")
+    proc = invoke("lock", "--check", "tiny-vl")
     assert proc.returncode == 1
     assert "tinylib is locked at 1.0, the profile pins 2.0" in proc.stdout
     assert "stale" in proc.stderr

@@ -14,7 +14,7 @@ from provision.memory import stacks
 from provision.profiles import list_profiles
 from provision.resources import load_table
 from provision.serve.plan import plan_serve, servers
-from tests.cli_helpers import result_of, run_cli, run_json
+from tests.cli_helpers import invoke, invoke_json, result_of
 
 FLAGS = load_table("engine_flags.toml")["engine"]
 ENGINES = ("vllm", "lmdeploy")
@@ -93,7 +93,7 @@ def test_every_builtin_profile_s_serve_line_uses_known_flags(gpus):
 
 
 def test_print_shows_the_vllm_command_with_the_fit_s_limits_and_starts_nothing():
-    rc, plan = run_json(
+    rc, plan = invoke_json(
         "serve",
         "qwen2-vl-2b",
         "--stack",
@@ -129,7 +129,7 @@ def test_print_shows_the_vllm_command_with_the_fit_s_limits_and_starts_nothing()
 
 
 def test_print_shows_the_lmdeploy_command():
-    proc = run_cli(
+    proc = invoke(
         "serve",
         "internvl2-2b",
         "--print",
@@ -146,15 +146,15 @@ def test_print_shows_the_lmdeploy_command():
 
 
 def test_bad_stack_and_gpu_engine_without_a_gpu_are_one_message_each():
-    proc = run_cli("serve", "qwen2-vl-2b", "--stack", "tgi", "--print")
+    proc = invoke("serve", "qwen2-vl-2b", "--stack", "tgi", "--print")
     assert proc.returncode == 2 and "Unknown stack 'tgi'" in proc.stderr
     assert "Traceback" not in proc.stderr
-    proc = run_cli("serve", "qwen2-vl-2b", "--stack", "sglang", "--print")
+    proc = invoke("serve", "qwen2-vl-2b", "--stack", "sglang", "--print")
     assert proc.returncode == 2 and "sglang" in proc.stderr and "Traceback" not in proc.stderr
     # This machine has no GPU (NVML absent): vLLM cannot start here, --print still shows it.
     with pytest.raises(CheckFailed, match="no GPU"):
         plan_serve("qwen2-vl-2b", stack="vllm")
-    proc = run_cli("serve", "qwen2-vl-2b", "--stack", "vllm", "--port", "70000", "--print")
+    proc = invoke("serve", "qwen2-vl-2b", "--stack", "vllm", "--port", "70000", "--print")
     assert proc.returncode == 2 and "--port 70000" in proc.stderr
 
 
@@ -164,14 +164,14 @@ def test_no_secret_in_the_shown_command_or_variables():
         "HF_TOKEN": "hf_SeRvEsEcReT123",
         "HF_ENDPOINT": "https://alice:pAsSw0rd@mirror.example.com",
     }
-    proc = run_cli("--json", "serve", "qwen2-vl-2b", "--stack", "vllm", "--print", env=secret_env)
+    proc = invoke("--json", "serve", "qwen2-vl-2b", "--stack", "vllm", "--print", env=secret_env)
     assert proc.returncode == 0, proc.stderr
     out = proc.stdout + proc.stderr
     assert "hf_SeRvEsEcReT123" not in out and "pAsSw0rd" not in out
     plan = result_of(proc)
     assert plan["env"]["HF_ENDPOINT"] == "https://***@mirror.example.com"
     assert not any("SeRvEsEcReT" in a or "pAsSw0rd" in a for a in plan["argv"])
-    proc = run_cli("serve", "qwen2-vl-2b", "--stack", "vllm", "--print", env=secret_env)
+    proc = invoke("serve", "qwen2-vl-2b", "--stack", "vllm", "--print", env=secret_env)
     assert "pAsSw0rd" not in proc.stdout + proc.stderr and "mirror.example.com" in proc.stdout
 
 
@@ -179,6 +179,6 @@ def test_the_default_stack_is_the_profile_s_and_original_llava_is_pointed_elsewh
     assert plan_serve("internvl2-2b", print_only=True).stack == "lmdeploy"
     assert plan_serve("qwen2.5-vl-7b", print_only=True).stack == "vllm"
     assert plan_serve("smolvlm-256m", print_only=True).stack == "transformers"
-    proc = run_cli("serve", "llava-v1.5-7b", "--print")
+    proc = invoke("serve", "llava-v1.5-7b", "--print")
     assert proc.returncode == 2 and "provision serve llava-1.5-7b-hf" in proc.stderr
     assert "Traceback" not in proc.stderr

@@ -16,7 +16,7 @@ import pytest
 
 from provision.lock.lockfile import read_lock, tool_table
 from provision.smoke.dataset import exact_match, normalise
-from tests.cli_helpers import result_of, run_cli
+from tests.cli_helpers import invoke, result_of, run_cli
 from tests.hub import helpers
 from tests.servers.hub import HubServer
 from tests.smoke.helpers import write_smoke_profile
@@ -27,13 +27,12 @@ PROFILE = "tiny-llava-data"
 
 
 @pytest.fixture(scope="module")
-def world(tmp_path_factory: pytest.TempPathFactory):
-    """A tiny LLaVA (this interpreter's transformers) and a tiny VQA dataset on a local hub."""
+def hub_world(tmp_path_factory: pytest.TempPathFactory):
+    """A tiny VQA dataset on a local hub, downloaded into a lock, and a profile naming a model
+    repo (not published here: `world` adds it)."""
     root = tmp_path_factory.mktemp("dataset-smoke")
-    model = build_tiny_vlm(root / "built" / "llava", "llava", sys.executable)
     dataset = helpers.make_vqa_dataset(root / "datasets" / "tiny-vqa")
     with HubServer(root / "hub") as hub:
-        hub.add_repo(REPO, model)
         hub.add_repo("org/tiny-vqa", dataset, repo_type="dataset")
         write_smoke_profile(root / "profiles", PROFILE, REPO)
         env = {
@@ -44,10 +43,21 @@ def world(tmp_path_factory: pytest.TempPathFactory):
         }
         env.pop("HF_TOKEN")
         lock = root / "locks" / f"pylock.{PROFILE}.toml"
-        for args in (["download", PROFILE], ["download", "--dataset", "org/tiny-vqa"]):
-            proc = run_cli(*args, "--lock", str(lock), env=env)
-            assert proc.returncode == 0, proc.stderr
+        proc = invoke("download", "--dataset", "org/tiny-vqa", "--lock", str(lock), env=env)
+        assert proc.returncode == 0, proc.stderr
         yield root, hub, env, lock
+
+
+@pytest.fixture(scope="module")
+def world(hub_world):
+    """`hub_world` plus a tiny LLaVA (this interpreter's transformers) published and downloaded
+    into the lock: the tests using it build a model and run it, so they are `slow`."""
+    root, hub, env, lock = hub_world
+    model = build_tiny_vlm(root / "built" / "llava", "llava", sys.executable)
+    hub.add_repo(REPO, model)
+    proc = invoke("download", PROFILE, "--lock", str(lock), env=env)
+    assert proc.returncode == 0, proc.stderr
+    return hub_world
 
 
 def _smoke(env: dict[str, str], lock: Path, dataset: str, n: int) -> tuple[int, dict, str]:
@@ -68,6 +78,7 @@ def test_normalised_exact_match_against_any_reference() -> None:
     assert not exact_match(None, ["yes"])
 
 
+@pytest.mark.slow  # builds and runs a tiny model (world)
 def test_dataset_smoke_reports_answers_and_the_accuracy_they_give(world) -> None:
     root, _hub, env, lock = world
     rc, out, err = _smoke(env, lock, "org/tiny-vqa", 3)
@@ -107,6 +118,7 @@ def test_dataset_smoke_reports_answers_and_the_accuracy_they_give(world) -> None
     assert again["correct"] == 3 and again["accuracy"] == 1.0
 
 
+@pytest.mark.slow  # builds and runs a tiny model (world)
 def test_the_human_report_shows_each_question_and_the_score(world) -> None:
     _root, _hub, env, lock = world
     proc = run_cli(
@@ -118,15 +130,16 @@ def test_the_human_report_shows_each_question_and_the_score(world) -> None:
     assert "What colour is it?" in proc.stdout and "How many?" not in proc.stdout
 
 
-def test_a_dataset_not_downloaded_or_not_readable_is_one_message(world) -> None:
-    _root, _hub, env, lock = world
-    proc = run_cli(
+def test_a_dataset_not_downloaded_or_not_readable_is_one_message(hub_world) -> None:
+    # Both are refused before any model is loaded: no model is published in hub_world.
+    _root, _hub, env, lock = hub_world
+    proc = invoke(
         "smoke", PROFILE, "--python", sys.executable, "--lock", str(lock),
         "--dataset", "org/never-fetched", env=env,
     )  # fmt: skip
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
     assert "provision download --dataset org/never-fetched" in proc.stderr
-    proc = run_cli(
+    proc = invoke(
         "smoke", PROFILE, "--python", sys.executable, "--lock", str(lock),
         "--dataset", "org/tiny-vqa", "--n", "0", env=env,
     )  # fmt: skip
@@ -320,6 +333,6 @@ def test_served_items_take_only_a_chat_completion_s_text_from_the_server(tmp_pat
 
 
 def test_served_needs_a_dataset(tmp_path: Path) -> None:
-    proc = run_cli("smoke", "any-profile", "--served", env={"PROVISION_DATA_DIR": str(tmp_path)})
+    proc = invoke("smoke", "any-profile", "--served", env={"PROVISION_DATA_DIR": str(tmp_path)})
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
     assert "--served" in proc.stderr and "--dataset" in proc.stderr

@@ -21,7 +21,7 @@ from provision.profiles import load_profile
 from provision.smoke import run as smoke_run
 from provision.smoke.hints import _table, hint_for
 from provision.smoke.run import run_smoke
-from tests.cli_helpers import run_cli
+from tests.cli_helpers import invoke
 from tests.smoke.helpers import write_smoke_profile
 
 
@@ -153,7 +153,7 @@ def test_cli_bad_input_exits_2_with_one_message(
     a_file = tmp_path / "file"
     a_file.write_text("not an env")
     filled = [a.format(file=a_file, tmp=tmp_path) for a in args]
-    proc = run_cli(
+    proc = invoke(
         "smoke",
         "tiny-absent",
         *filled,
@@ -317,7 +317,7 @@ def test_a_crash_whose_last_words_look_like_markup_is_printed_as_they_are(
     dying = tmp_path / "python"
     dying.write_text("#!/bin/sh\necho 'cannot open [/opt/conda/lib] [bold]'\nexit 3\n")
     dying.chmod(0o755)
-    proc = run_cli(
+    proc = invoke(
         "smoke",
         "tiny-absent",
         "--python",
