@@ -62,6 +62,8 @@ def _env(work: Path, hub: HubServer, cache: str) -> dict[str, str]:
             "HF_HOME": str(work / cache),
             "HF_HUB_DISABLE_TELEMETRY": "1",
             "HF_HUB_DISABLE_PROGRESS_BARS": "1",
+            # Off for both (huggingface_hub 2.x no longer uses hf_transfer; said for the record).
+            "HF_HUB_ENABLE_HF_TRANSFER": "0",
             "PROVISION_PROFILES_DIR": str(work / "profiles"),
             "PROVISION_LOCK_DIR": str(work / "locks"),
         }

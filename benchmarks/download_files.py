@@ -6,6 +6,13 @@ rounds in alternating order. Printed: each tool's median wall time and CPU time 
 the process and its children), and the ratio provision / hf (the target from issue 17: <= 1.0 at
 every size). Wall time includes the interpreter's start-up: what a user waits for.
 
+What each side gets is what a user gets by default: 8 transfers at once on both sides
+(`hf download --max-workers` defaults to 8, PROVISION_DOWNLOAD_WORKERS to 8), no hf_transfer
+(HF_HUB_ENABLE_HF_TRANSFER=0; huggingface_hub 2.x ignores it anyway), no progress bars, the same
+hub (plain HTTP: no Xet), a fresh cache each round (and for provision no lockfile). hf checks
+each file's size; provision checks size and sha256 (and git's blob id for plain-git files)
+before a file is placed, and fsyncs each file before its rename.
+
     python benchmarks/download_files.py [--counts 1,20,200,1000] [--file-kb 16] [--rounds 3]
 """
 
@@ -86,6 +93,13 @@ def measure(work: Path, hub: HubServer, count: int, file_bytes: int, rounds: int
     }
 
 
+def _commit() -> str | None:
+    done = subprocess.run(
+        ["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"], capture_output=True, text=True
+    )
+    return done.stdout.strip() or None
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--counts", default="1,20,200,1000")
@@ -96,6 +110,7 @@ def main() -> int:
     args = parser.parse_args()
 
     counts = [int(c) for c in args.counts.split(",")]
+    load_before = os.getloadavg()
     work = Path(tempfile.mkdtemp(prefix="provision-bench-files-", dir=args.dir))
     rows = []
     try:
@@ -104,11 +119,20 @@ def main() -> int:
                 rows.append(measure(work, hub, count, args.file_kb * 1024, args.rounds))
     finally:
         shutil.rmtree(work, ignore_errors=True)
-    result = {"rows": rows, "cpus": os.cpu_count(), "load_avg": os.getloadavg()}
+    result = {
+        "rows": rows,
+        "cpus": os.cpu_count(),
+        "load_avg_before": load_before,
+        "load_avg": os.getloadavg(),
+        "commit": _commit(),
+    }
     if args.json:
         print(json.dumps(result, indent=2))
         return 0
-    print(f"{args.rounds} rounds, alternating; files of {args.file_kb} KiB; {os.cpu_count()} CPUs")
+    print(
+        f"{args.rounds} rounds, alternating; files of {args.file_kb} KiB; {os.cpu_count()} CPUs; "
+        f"load {load_before[0]:.1f} -> {result['load_avg'][0]:.1f}; commit {result['commit']}"
+    )
     print(f"{'files':>6} {'provision s':>12} {'hf s':>8} {'prov CPU s':>11} {'hf CPU s':>9} "
           f"{'ratio':>6}")  # fmt: skip
     for row in rows:

@@ -30,6 +30,7 @@ import shutil
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 from provision.atomic import atomic_write_text
 from provision.errors import ProvisionError
@@ -56,12 +57,31 @@ def _removed_on_failure(tmp: Path) -> Iterator[None]:
         raise
 
 
-def _inside(base: Path, path: Path) -> Path:
-    """`path`, after checking it stays under `base` (listing.check_path ran already: twice safe)."""
-    resolved = path.parent.resolve() / path.name  # the file itself may be a symlink to a blob
-    if not resolved.is_relative_to(base.resolve()):
+def _inside(base: Path, path: Path, resolve: Any = Path.resolve) -> Path:
+    """`path`, after checking it stays under `base` (listing.check_path ran already: twice safe).
+    `resolve(folder)` gives a folder's real path (a cache's `_Folders.resolve`: once per folder)."""
+    resolved = resolve(path.parent) / path.name  # the file itself may be a symlink to a blob
+    if not resolved.is_relative_to(resolve(base)):
         raise ValueError(f"{path} is outside {base}")
     return path
+
+
+class _Folders:
+    """Real paths of a cache's folders, each resolved once per download. Resolving resolves
+    every component (an lstat each): asked twice per file (planning, then linking), with the
+    snapshot folder each time, it was most of the planning of a 1000-file repository (issue 17).
+    A repository has a few folders, so the check of each file against symlinks leading out of
+    the snapshot stays, made once per folder. Safe from several threads: at worst a folder is
+    resolved twice."""
+
+    def __init__(self) -> None:
+        self._seen: dict[Path, Path] = {}
+
+    def resolve(self, folder: Path) -> Path:
+        real = self._seen.get(folder)
+        if real is None:
+            real = self._seen[folder] = folder.resolve()
+        return real
 
 
 def check_revision(revision: str) -> None:
@@ -92,6 +112,7 @@ class HfCache:
         self.repo_type = repo_type
         self.folder_name = f"{repo_type}s--" + repo_id.replace("/", "--")
         self.storage = self.cache / self.folder_name
+        self._folders = _Folders()
 
     # Every path built from an etag checks it first: it comes from a server's listing or a lock.
     def blob(self, etag: str) -> Path:
@@ -109,7 +130,7 @@ class HfCache:
 
     def pointer(self, commit: str, path: str) -> Path:
         snapshot = self.snapshot(commit)
-        return _inside(snapshot, snapshot / Path(*path.split("/")))
+        return _inside(snapshot, snapshot / Path(*path.split("/")), self._folders.resolve)
 
     def all_leftovers(self) -> dict[str, list[Path]]:
         """Partial files huggingface_hub left when it was killed (it never resumes them), for
@@ -192,6 +213,7 @@ class ModelScopeCache:
         self.repo_id = repo_id
         self.repo_type = repo_type
         self.storage = self.cache / f"{repo_type}s" / repo_id.replace("/", "--")
+        self._folders = _Folders()
 
     def snapshot(self, revision: str) -> Path:
         check_revision(revision)  # may come from a lock someone handed over
@@ -199,7 +221,7 @@ class ModelScopeCache:
 
     def file(self, revision: str, path: str) -> Path:
         snapshot = self.snapshot(revision)
-        return _inside(snapshot, snapshot / Path(*path.split("/")))
+        return _inside(snapshot, snapshot / Path(*path.split("/")), self._folders.resolve)
 
     def partial(self, revision: str, path: str) -> Path:
         target = self.file(revision, path)

@@ -475,9 +475,23 @@ class _Plan:
 
         headers = {"Authorization": f"Bearer {token}"} if token else {}
         blobs = cache.storage / "blobs"
-        outcomes = self._fetch(
-            source, repo_id, unique, headers, files, still_needed, placed, blobs, cache.cache
-        )
+
+        # The ref and the tree listing come from the listing alone: they are written while the
+        # files transfer (huggingface_hub's snapshot_download writes both before its files), so
+        # their durable writes (an fsync of the file and one of its folder, each) overlap the
+        # transfers instead of following the last one (issue 17).
+        def meta_files() -> None:
+            cache.write_ref(listing.revision, commit)
+            cache.write_tree(commit, listing.files)
+
+        meta = _Background(meta_files)
+        try:
+            outcomes = self._fetch(
+                source, repo_id, unique, headers, files, still_needed, placed, blobs, cache.cache
+            )
+        finally:
+            meta.wait()
+        meta.reraise()
         hashes = dict(reused)
         for outcome in outcomes:
             sha = outcome.sha256 or file_sha256(outcome.job.target)
@@ -487,8 +501,6 @@ class _Plan:
             if f.path not in hashes:
                 hashes[f.path] = f.sha256 if f.lfs and f.sha256 else file_sha256(cache.blob(f.etag))
         self._check_pins(source.kind, repo_id, hashes)
-        cache.write_ref(listing.revision, commit)
-        cache.write_tree(commit, listing.files)
         snapshot = cache.snapshot(commit)
         return self._result(source, listing, files, hashes, outcomes, self.hf_cache, snapshot)
 
@@ -579,11 +591,11 @@ class _Plan:
         need = sum(j.size for j in jobs) - have
         _check_space(where, need, repo_id)
         display: Progress = make_progress(self.progress and bool(jobs))
-        client = None
+        client, owned = None, False
         if any(j.url for j in jobs):
-            from provision.hub.sources import http_client
+            from provision.hub.sources import transfer_client
 
-            client = http_client()
+            client, owned = transfer_client(source)
         fetcher = Fetcher(
             client,
             headers,
@@ -593,17 +605,21 @@ class _Plan:
             gated_page=source.license_page(repo_id, self.repo_type),
             hub="modelscope" if source.kind == "modelscope" else "huggingface",
         )
-        display.start(f"{repo_id} from {source.name}", total, total - need)
-        try:
-            outcomes = run_jobs(fetcher, jobs, self.workers, still_needed, placed)
-        finally:
-            display.stop()
-            if client is not None:
-                client.close()
-        for outcome in outcomes:
+
+        def done(outcome: Outcome) -> None:
+            # In the worker that placed the file (run_jobs), while the others still transfer.
             if outcome.sha256 and not outcome.placed_by_other:
                 stamps.record(root, outcome.job.target, outcome.sha256)
-        return outcomes
+            if placed is not None:
+                placed(outcome)
+
+        display.start(f"{repo_id} from {source.name}", total, total - need)
+        try:
+            return run_jobs(fetcher, jobs, self.workers, still_needed, done)
+        finally:
+            display.stop()
+            if owned:
+                client.close()
 
     def _check_pins(self, kind: str, repo_id: str, hashes: dict[str, str | None]) -> None:
         expected = self.pinned_hashes(kind, repo_id)
@@ -649,6 +665,31 @@ class _Plan:
             cache_dir=cache_dir,
             snapshot=snapshot,
         )
+
+
+class _Background:
+    """`fn()` in a thread of its own; `wait` for it, then `reraise` what it raised, if anything
+    (after a failed transfer the caller only waits: the transfer's error is the one to tell)."""
+
+    def __init__(self, fn: Any) -> None:
+        import threading
+
+        self.error: BaseException | None = None
+        self.thread = threading.Thread(target=self._run, args=(fn,), daemon=True)
+        self.thread.start()
+
+    def _run(self, fn: Any) -> None:
+        try:
+            fn()
+        except BaseException as exc:  # handed to the main thread by reraise()
+            self.error = exc
+
+    def wait(self) -> None:
+        self.thread.join()
+
+    def reraise(self) -> None:
+        if self.error is not None:
+            raise self.error
 
 
 def _resolve_url(

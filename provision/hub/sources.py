@@ -196,12 +196,33 @@ def http_client(timeout: float | None = None, **kwargs: Any) -> Any:
     AutoDL's network_turbo sets them."""
     import httpx2
 
-    if timeout is None:
-        spec = httpx2.Timeout(connect=15.0, read=60.0, write=60.0, pool=None)
-    else:
-        spec = httpx2.Timeout(timeout)
+    spec = transfer_timeout() if timeout is None else httpx2.Timeout(timeout)
     headers = {"User-Agent": USER_AGENT, **kwargs.pop("headers", {})}
     return httpx2.Client(follow_redirects=True, timeout=spec, headers=headers, **kwargs)
+
+
+def transfer_timeout() -> Any:
+    """How long a file transfer waits: 15 s to connect, 60 s for each read or write."""
+    import httpx2
+
+    return httpx2.Timeout(connect=15.0, read=60.0, write=60.0, pool=None)
+
+
+def transfer_client(source: Source) -> tuple[Any, bool]:
+    """The client a download's files come through, and whether the caller must close it.
+
+    A Hugging Face source's files go through huggingface_hub's own shared client (`get_session`),
+    the one its listing has just used: the listing's connection to the hub is reused, a client
+    factory the user set (`set_client_factory`: proxies, a CA bundle) applies to the files as
+    to the listing, and no second TLS context is built (a CA bundle loaded again: ~50 ms of
+    CPU per run, at every file count; issue 17). That client sets no timeout and no
+    User-Agent of its own: `Fetcher` passes them with each request. ModelScope sources get a
+    client of ours."""
+    if source.kind == "hf":
+        from huggingface_hub.utils import get_session
+
+        return get_session(), False
+    return http_client(), True
 
 
 def probe(

@@ -160,7 +160,16 @@ class Fetcher:
     ) -> None:
         self.client = client
         self.repo_id = repo_id
-        self.headers = {"Accept-Encoding": "identity", **(headers or {})}
+        from provision.hub.sources import USER_AGENT
+
+        # Per request, not per client: the client may be huggingface_hub's shared one
+        # (sources.transfer_client), which sets neither.
+        self.headers = {"User-Agent": USER_AGENT, "Accept-Encoding": "identity", **(headers or {})}
+        self.timeout: Any = None
+        if client is not None:
+            from provision.hub.sources import transfer_timeout
+
+            self.timeout = transfer_timeout()
         self.progress = progress or Progress()
         self.stop = threading.Event()
         self.describe = describe  # the source, for messages
@@ -168,6 +177,9 @@ class Fetcher:
         self.hub = hub
         self.retries, self.wait = _settings()
         self.folders: set[Path] = set()  # where files were renamed into place (sync_folders)
+        # At most this many transfers at once (run_jobs sets it to `workers`); the fsync and
+        # rename of a file already fetched happen outside it (see run_jobs).
+        self.slots: threading.Semaphore | None = None
         self._lock = threading.Lock()
 
     # --- one job -----------------------------------------------------------------------------
@@ -179,23 +191,29 @@ class Fetcher:
             if still_needed is not None and not still_needed(job):
                 return Outcome(job, job.sha256 or "", placed_by_other=True)
             self._adopt_leftovers(job)
-            wasted = 0  # bytes of earlier attempts that failed the check
-            for attempt in range(1, HASH_ATTEMPTS + 1):
-                try:
-                    outcome = self._fetch(job)
-                    outcome.fetched += wasted
-                    break
-                except HashMismatch as exc:
-                    wasted += exc.args[1] if len(exc.args) > 1 else 0
-                    job.partial.unlink(missing_ok=True)
-                    if attempt == HASH_ATTEMPTS:
-                        raise SourceFailed(
-                            f"{job.path} from {self.describe} failed its check {attempt} times "
-                            f"({exc.args[0]}).",
-                            "The source is serving wrong bytes; try another --source.",
-                        ) from exc
-            self._place(job)
+            with self.slots if self.slots is not None else contextlib.nullcontext():
+                outcome = self._verified(job)
+            self._place(job)  # the slot is free for the next transfer while this file syncs
         return outcome
+
+    def _verified(self, job: Job) -> Outcome:
+        """The file's bytes in its partial file, checked; fetched again when they are wrong."""
+        wasted = 0  # bytes of earlier attempts that failed the check
+        for attempt in range(1, HASH_ATTEMPTS + 1):
+            try:
+                outcome = self._fetch(job)
+                outcome.fetched += wasted
+                return outcome
+            except HashMismatch as exc:
+                wasted += exc.args[1] if len(exc.args) > 1 else 0
+                job.partial.unlink(missing_ok=True)
+                if attempt == HASH_ATTEMPTS:
+                    raise SourceFailed(
+                        f"{job.path} from {self.describe} failed its check {attempt} times "
+                        f"({exc.args[0]}).",
+                        "The source is serving wrong bytes; try another --source.",
+                    ) from exc
+        raise AssertionError("unreachable")
 
     def _adopt_leftovers(self, job: Job) -> None:
         """A partial file huggingface_hub left when killed is a prefix of the same blob: keep the
@@ -335,7 +353,7 @@ class Fetcher:
         headers = dict(self.headers)
         if offset:
             headers["Range"] = f"bytes={offset}-"
-        with self.client.stream("GET", job.url, headers=headers) as response:
+        with self.client.stream("GET", job.url, headers=headers, timeout=self.timeout) as response:
             status = response.status_code
             if status == 206:
                 start = _range_start(response.headers.get("Content-Range"))
@@ -422,7 +440,18 @@ def run_jobs(
     on_done: Any = None,
 ) -> list[Outcome]:
     """Fetch `jobs`, several at once; the first hard failure stops the others (their partial
-    files stay for the next run) and is raised."""
+    files stay for the next run) and is raised.
+
+    `on_done(outcome)` runs in the worker that placed the file, right after it: the per-file
+    bookkeeping (links, stamps) overlaps the other transfers. Run by the main thread, it waited
+    for the last transfer (`wait` returns when all are done) and then ran file after file, a
+    serial tail that grew with the file count (issue 17). It must be safe to call from several
+    threads at once for different files.
+
+    At most `workers` files transfer at once (`Fetcher.slots`), as many as `hf download`'s
+    default; twice as many threads run, so that while a fetched file waits for its fsync
+    (milliseconds each, tens when other processes write to the same disk) the next transfer
+    starts instead of waiting with it."""
     from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
 
     if not jobs:
@@ -431,9 +460,18 @@ def run_jobs(
     # Biggest first: the long transfers start early and the small ones fill the gaps.
     ordered = sorted(jobs, key=lambda j: -j.size)
     error: BaseException | None = None
+
+    def work(job: Job) -> Outcome:
+        outcome = fetcher.run(job, still_needed)
+        if on_done is not None:
+            on_done(outcome)
+        return outcome
+
+    workers = max(1, workers)
+    fetcher.slots = threading.Semaphore(workers)
     try:
-        with ThreadPoolExecutor(max_workers=max(1, min(workers, len(jobs)))) as pool:
-            futures = {pool.submit(fetcher.run, job, still_needed): job for job in ordered}
+        with ThreadPoolExecutor(max_workers=min(2 * workers, len(jobs))) as pool:
+            futures = {pool.submit(work, job): job for job in ordered}
             pending = set(futures)
             while pending:
                 try:
@@ -450,10 +488,7 @@ def run_jobs(
                 for future in done:
                     exc = future.exception()
                     if exc is None:
-                        outcome = future.result()
-                        outcomes.append(outcome)
-                        if on_done is not None:
-                            on_done(outcome)
+                        outcomes.append(future.result())
                     elif not isinstance(exc, Cancelled) and error is None:
                         error = exc
                         fetcher.stop.set()

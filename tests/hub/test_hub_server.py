@@ -178,3 +178,27 @@ def test_standalone_server_and_its_control_routes(tmp_path):
 def test_counts_start_clean_per_server(tmp_path):
     with HubServer(tmp_path / "h") as server:
         assert server.bytes_sent == 0 and server.requests == []
+
+
+def test_file_answers_are_not_held_back_by_nagle(hub: HubServer, tmp_path: Path, monkeypatch):
+    """The hub's sockets set TCP_NODELAY, as the hubs' front servers do: with Nagle on, a file's
+    body (sent after its headers) waited for the client's delayed ACK, ~40 ms per file GET that
+    every downloader paid, hiding their own per-file costs (issue 17)."""
+    import socket
+
+    from tests.servers import hub as hub_module
+
+    seen: list[int] = []
+    real_setup = hub_module._Handler.setup
+
+    def setup(self):
+        real_setup(self)
+        seen.append(self.connection.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY))
+
+    monkeypatch.setattr(hub_module._Handler, "setup", setup)
+    folder = helpers.make_repo(tmp_path / "src" / "nd", {"model.safetensors": 5000})
+    hub.add_repo("org/nd", folder)
+    with httpx2.Client() as client:
+        got = client.get(f"{hub.url}/org/nd/resolve/main/model.safetensors")
+    assert got.status_code == 200 and len(got.content) == 5000
+    assert seen and all(seen), seen

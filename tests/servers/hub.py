@@ -446,6 +446,12 @@ class _Handler(BaseHTTPRequestHandler):
     hub: HubServer
     protocol_version = "HTTP/1.1"  # keep-alive, as the clients' connection pools expect
     server_version = "provision-test-hub/1"
+    # TCP_NODELAY, as the hubs' front servers set it (nginx's tcp_nodelay is on by default): a
+    # file is sent as two writes (the headers, then the body by sendfile), and with Nagle on the
+    # body waited for the client's delayed ACK of the headers, about 40 ms per file GET on
+    # Linux. Every downloader paid it once per file, which hid their own per-file costs in the
+    # issue 17 comparisons (benchmarks/download_files.py).
+    disable_nagle_algorithm = True
 
     def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - the base signature
         pass  # the request log replaces stderr noise
