@@ -94,38 +94,44 @@ def test_json_and_default_launcher_from_the_stack(world):
     assert launcher_line("ms-swift", 8).startswith('NNODES="$SLURM_NNODES" NODE_RANK=')
 
 
+# Each launcher's node-rank flag, as it appears once per node.
+RANKS = {
+    "torchrun": ("--node-rank=0", "--node-rank=1"),
+    "deepspeed": ("--node_rank=0", "--node_rank=1"),
+    "ms-swift": ("NODE_RANK=0", "NODE_RANK=1"),
+}
+
+
 @pytest.mark.slurm
-@pytest.mark.parametrize("name", ["torchrun", "deepspeed", "ms-swift"])
-def test_the_launcher_line_expands_on_every_node_of_a_real_job(slurm_cluster, tmp_path, name):
-    lines = launcher_block(name, 8, "train.py --cfg a.yaml")
-    script = tmp_path / "job.sh"
-    script.write_text(
-        "#!/bin/bash\nset -eu\n"
-        f"JOB_DIR={tmp_path}\n" + "\n".join(lines) + "\n"
-        "export LAUNCH\n"
-        # What the script tells the user to run, with `echo` in front of the launcher.
-        "srun --ntasks-per-node=1 bash -c 'eval \"echo $LAUNCH\"'\n"
-    )
+def test_the_launcher_lines_expand_on_every_node_of_a_real_job(slurm_cluster, tmp_path):
+    """Every launcher's block, one after another in one real two-node job (one job, not three:
+    the scheduler's start-up is most of a job's time), each run on both nodes as the script tells
+    the user to run it, with `echo` in front of the launcher."""
+    script = ["#!/bin/bash", "set -eu", f"JOB_DIR={tmp_path}"]
+    for name in RANKS:
+        script += launcher_block(name, 8, "train.py --cfg a.yaml")
+        script += [
+            "export LAUNCH",
+            f"srun --ntasks-per-node=1 bash -c 'eval \"echo {name}: $LAUNCH\"'",
+        ]
+    (tmp_path / "job.sh").write_text("\n".join(script) + "\n")
     out = tmp_path / "out.txt"
     proc = slurm_cluster.run(
-        "sbatch", "--parsable", "-N", "2", "--ntasks-per-node=1", "-o", str(out), str(script)
-    )
+        "sbatch", "--parsable", "-N", "2", "--ntasks-per-node=1", "-o", str(out),
+        str(tmp_path / "job.sh"),
+    )  # fmt: skip
     job = proc.stdout.strip()
     assert slurm_cluster.wait_gone(job) in ("COMPLETED", "GONE"), slurm_cluster.logs()
-    got = sorted(out.read_text().splitlines())
-    assert len(got) == 2, got
+    lines = out.read_text().splitlines()
     port = 20000 + int(job) % 20000
-    ranks = {
-        "torchrun": ("--node-rank=0", "--node-rank=1"),
-        "deepspeed": ("--node_rank=0", "--node_rank=1"),
-        "ms-swift": ("NODE_RANK=0", "NODE_RANK=1"),
-    }[name]
-    for line, rank in zip(got, sorted(ranks), strict=True):
-        assert rank in line and "127.0.0.1" in line and str(port) in line, line
-        assert any(n in line for n in ("NNODES=2", "--nnodes=2", "--num_nodes=2")), line
-        assert "train.py --cfg a.yaml" in line and "8" in line
-    if name == "deepspeed":
-        assert (tmp_path / f"hostfile-{job}").read_text() == "n1 slots=8\nn2 slots=8\n"
+    for name, ranks in RANKS.items():
+        got = sorted(line for line in lines if line.startswith(f"{name}: "))
+        assert len(got) == 2, (name, lines)
+        for line, rank in zip(got, sorted(ranks), strict=True):
+            assert rank in line and "127.0.0.1" in line and str(port) in line, line
+            assert any(n in line for n in ("NNODES=2", "--nnodes=2", "--num_nodes=2")), line
+            assert "train.py --cfg a.yaml" in line and "8" in line
+    assert (tmp_path / f"hostfile-{job}").read_text() == "n1 slots=8\nn2 slots=8\n"
 
 
 def test_job_dataclass_defaults(tmp_path):
