@@ -115,6 +115,18 @@ ARCH: dict[str, dict[str, Any]] = {
 }
 
 
+def text_shape(text: dict[str, Any]) -> dict[str, Any]:
+    """The profile's `[text]` shape under transformers' config names."""
+    return {
+        "hidden_size": text["hidden"],
+        "intermediate_size": text["intermediate"],
+        "num_hidden_layers": text["layers"],
+        "num_attention_heads": text["heads"],
+        "num_key_value_heads": text["kv_heads"],
+        "vocab_size": text["vocab"],
+    }
+
+
 def hub_config(name: str, text: dict[str, Any]) -> dict[str, Any]:
     """The profile's config as transformers' own class reads it (a dict), from the stored hub
     config and the profile's text shape where ARCH says it is derived."""
@@ -123,16 +135,7 @@ def hub_config(name: str, text: dict[str, Any]) -> dict[str, Any]:
     kind = arch["kind"]
     if kind == "gemma-3":
         t = raw["text_config"]
-        t.update(
-            hidden_size=text["hidden"],
-            intermediate_size=text["intermediate"],
-            num_hidden_layers=text["layers"],
-            num_attention_heads=text["heads"],
-            num_key_value_heads=text["kv_heads"],
-            head_dim=text["head_dim"],
-            vocab_size=text["vocab"],
-            sliding_window=text["sliding_window"],
-        )
+        t.update(text_shape(text), head_dim=text["head_dim"], sliding_window=text["sliding_window"])
         t.pop("layer_types", None)  # rebuilt from sliding_window_pattern for the new depth
     elif kind == "llava":
         raw["text_config"]["vocab_size"] = text["vocab"]
@@ -147,13 +150,7 @@ def hub_config(name: str, text: dict[str, Any]) -> dict[str, Any]:
         else:  # InternLM2 as a Llama decoder of the profile's shape
             tc = {"model_type": "llama", "max_position_embeddings": text["max_context"]}
         tc.update(
-            hidden_size=text["hidden"],
-            intermediate_size=text["intermediate"],
-            num_hidden_layers=text["layers"],
-            num_attention_heads=text["heads"],
-            num_key_value_heads=text["kv_heads"],
-            vocab_size=text["vocab"],
-            tie_word_embeddings=bool(text.get("tie_word_embeddings", False)),
+            text_shape(text), tie_word_embeddings=bool(text.get("tie_word_embeddings", False))
         )
         vc = {
             "model_type": "internvl_vision",
@@ -458,12 +455,7 @@ def decoder_config(text: dict[str, Any]) -> Any:
     from transformers import LlamaConfig
 
     cfg = LlamaConfig(
-        vocab_size=text["vocab"],
-        hidden_size=text["hidden"],
-        intermediate_size=text["intermediate"],
-        num_hidden_layers=text["layers"],
-        num_attention_heads=text["heads"],
-        num_key_value_heads=text["kv_heads"],
+        **text_shape(text),
         head_dim=text["head_dim"],
         max_position_embeddings=max(text.get("max_context", 4096), 4096),
         tie_word_embeddings=bool(text.get("tie_word_embeddings", False)),

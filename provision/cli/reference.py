@@ -177,18 +177,23 @@ def calibration_table() -> str:
     return f"{line}\n\n{table()}\n"
 
 
-def calibration_page(root: Path = REPO_DIR) -> str:
-    """docs/calibration.md with its generated region (between the markers) made now; the prose
-    around it is the page's own, read from `root` (else this checkout)."""
-    path = root / CALIBRATION_PAGE
+def _regenerated(root: Path, rel: str, begin: str, end: str, body: str) -> str:
+    """The page `rel` with `body` made now on the lines between its markers (the marker lines
+    stay); the rest is the page's own, read from `root` (else this checkout)."""
+    path = root / rel
     if not path.is_file():
-        path = REPO_DIR / CALIBRATION_PAGE
+        path = REPO_DIR / rel
     text = path.read_text(encoding="utf-8")
-    start, end = text.find(TABLE_BEGIN), text.find(TABLE_END)
-    if start < 0 or end < start:
-        raise ValueError(f"{path}: the markers around the generated table are gone")
+    start, stop = text.find(begin), text.find(end)
+    if start < 0 or stop < start:
+        raise ValueError(f"{path}: the markers around the generated part are gone")
     head = text[: text.index("\n", start) + 1]
-    return f"{head}\n{calibration_table()}{text[end:]}"
+    return f"{head}{body}{text[stop:]}"
+
+
+def calibration_page(root: Path = REPO_DIR) -> str:
+    """docs/calibration.md with its generated table made now."""
+    return _regenerated(root, CALIBRATION_PAGE, TABLE_BEGIN, TABLE_END, f"\n{calibration_table()}")
 
 
 README = "README.md"
@@ -199,17 +204,10 @@ SUMMARY_END = "<!-- end of calibration summary -->"
 
 
 def readme(root: Path = REPO_DIR) -> str:
-    """README.md with the calibration summary line (verdicts that agree, figures within 15%)
-    made now between its markers; the rest is the README's own, read from `root`."""
-    path = root / README
-    if not path.is_file():
-        path = REPO_DIR / README
-    text = path.read_text(encoding="utf-8")
-    start, end = text.find(SUMMARY_BEGIN), text.find(SUMMARY_END)
-    if start < 0 or end < start:
-        raise ValueError(f"{path}: the markers around the calibration summary are gone")
+    """README.md with its calibration summary line (verdicts that agree, figures within 15%)
+    made now."""
     line = calibration_table().split("\n", 1)[0]
-    return f"{text[: start + len(SUMMARY_BEGIN)]}\n{line}\n{text[end:]}"
+    return _regenerated(root, README, SUMMARY_BEGIN, SUMMARY_END, f"{line}\n")
 
 
 # --- the command ---------------------------------------------------------------------------------
