@@ -17,6 +17,7 @@ from provision.memory import (
     resolve_request,
     stacks,
     vision_family,
+    vllm_runner,
 )
 from provision.profiles import Profile
 from provision.units import GIB
@@ -136,6 +137,15 @@ def judge(profile: Profile, req: FitRequest, machine: Machine) -> tuple[Estimate
     return est, verdicts
 
 
+def lmdeploy_pool(est: Estimate, total: int) -> float:
+    """Bytes LMDeploy's KV cache takes on a card of `total` bytes: its share of what is free
+    once the weights and the CUDA context are in."""
+    eng = est.engine
+    assert eng is not None
+    loaded = eng["weights_bytes"] + coefficients()["overhead"]["context_gib"] * GIB
+    return eng["cache_max_entry_count"] * max(total - loaded, 0)
+
+
 def engine_check(est: Estimate, total: int) -> tuple[float, float, str | None]:
     """(need, usable, the engine's refusal or None) on a card of `total` bytes, as the engine
     itself decides at start-up (stacks.toml: versions and the messages quoted)."""
@@ -145,9 +155,7 @@ def engine_check(est: Estimate, total: int) -> tuple[float, float, str | None]:
     non_kv = est.per_gpu - kv
     info = stacks()[est.request.stack or ""]
     if eng["name"] == "lmdeploy":
-        # The cache takes its share of what is free once the weights and the context are in.
-        loaded = eng["weights_bytes"] + coefficients()["overhead"]["context_gib"] * GIB
-        pool = eng["cache_max_entry_count"] * max(total - loaded, 0)
+        pool = lmdeploy_pool(est, total)
         need = non_kv + pool
         if kv > pool:
             tokens = int(pool // max(eng["kv_bytes_per_token"], 1))
@@ -209,7 +217,7 @@ def check_fit(
             reason += f"; {name} would refuse to start: {refused.engine_error}"
         eng = est.engine
         if eng and eng["name"] == "lmdeploy" and not worst.engine_error:
-            pool = worst.need - (est.per_gpu - eng["kv_bytes"])
+            pool = lmdeploy_pool(est, worst.total)
             if pool > eng["kv_bytes"]:
                 notes.append(
                     f"LMDeploy takes {eng['cache_max_entry_count']} of the memory left after the "
@@ -499,9 +507,7 @@ def pp_allowed(profile: Profile, stack: str | None) -> bool:
     """Whether the engine runs this model with pipeline parallelism (vLLM's encoder-decoder
     runner, which serves Mllama, refuses it: stacks.toml pp_refused_runners)."""
     eng = engine_of(stack) or {}
-    v0 = vision_family(profile).get("vllm_profile") == "encoder-decoder"
-    runner = "V0 encoder-decoder" if v0 else "V1"
-    return runner not in eng.get("pp_refused_runners", ())
+    return vllm_runner(profile) not in eng.get("pp_refused_runners", ())
 
 
 def parallel_ok(profile: Profile, stack: str | None, count: int) -> bool:

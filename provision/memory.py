@@ -36,6 +36,13 @@ def vision_family(profile: Profile) -> dict[str, Any]:
     return _table("vision.toml")["family"].get(profile.data.get("family", ""), {})
 
 
+def vllm_runner(profile: Profile) -> str:
+    """Which vLLM runner serves the model: "V0 encoder-decoder" for the families vision.toml marks
+    `vllm_profile = "encoder-decoder"` (Mllama), else "V1"."""
+    v0 = vision_family(profile).get("vllm_profile") == "encoder-decoder"
+    return "V0 encoder-decoder" if v0 else "V1"
+
+
 def engine_of(stack: str | None) -> dict[str, Any] | None:
     """The serving engine's start-up facts, for stacks that have them (vLLM, LMDeploy)."""
     return stacks().get(stack or "", {}).get("engine")
@@ -537,7 +544,6 @@ def _engine(
     request of `req.context` tokens in the KV cache. Facts and versions: stacks.toml."""
     c = coefficients()
     act, t, eng = c["activations"], profile.text, info["engine"]
-    fam = vision_family(profile)
     assert req.seq and req.image_tokens and req.quant and req.context
     weights = loaded_weight_bytes(profile, req)
     kv = kv_bytes(profile, req.context, req.batch)
@@ -553,7 +559,7 @@ def _engine(
         Component("weights", weights / gpus, f"{loaded_as(req)}, {weights / GIB:.1f} GiB in all")
     ]
     if eng["name"] == "vllm":
-        v0 = fam.get("vllm_profile") == "encoder-decoder"
+        v0 = vllm_runner(profile) == "V0 encoder-decoder"
         batched = req.max_batched_tokens or (
             max(req.context, eng["v0_min_batched_tokens"]) if v0 else eng["max_num_batched_tokens"]
         )
@@ -571,7 +577,7 @@ def _engine(
         sampler = seqs * t["vocab"] * eng["sampler_bytes_per_logit"]
         graphs = 0.0 if req.enforce_eager else eng["cuda_graph_gib"] * GIB
         out.update(
-            runner="V0 encoder-decoder" if v0 else "V1",
+            runner=vllm_runner(profile),
             max_num_batched_tokens=batched,
             profile_images=items,
             image_tokens_each=item_tokens,

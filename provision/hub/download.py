@@ -484,14 +484,16 @@ class _Plan:
             cache.write_ref(listing.revision, commit)
             cache.write_tree(commit, listing.files)
 
-        meta = _Background(meta_files)
-        try:
+        from concurrent.futures import ThreadPoolExecutor
+
+        # Leaving the block waits for the meta files; after a failed transfer its error is the
+        # one to tell, so the meta files' own error is read only after a good one.
+        with ThreadPoolExecutor(max_workers=1) as pool:
+            meta = pool.submit(meta_files)
             outcomes = self._fetch(
                 source, repo_id, unique, headers, files, still_needed, placed, blobs, cache.cache
             )
-        finally:
-            meta.wait()
-        meta.reraise()
+        meta.result()
         hashes = dict(reused)
         for outcome in outcomes:
             sha = outcome.sha256 or file_sha256(outcome.job.target)
@@ -665,31 +667,6 @@ class _Plan:
             cache_dir=cache_dir,
             snapshot=snapshot,
         )
-
-
-class _Background:
-    """`fn()` in a thread of its own; `wait` for it, then `reraise` what it raised, if anything
-    (after a failed transfer the caller only waits: the transfer's error is the one to tell)."""
-
-    def __init__(self, fn: Any) -> None:
-        import threading
-
-        self.error: BaseException | None = None
-        self.thread = threading.Thread(target=self._run, args=(fn,), daemon=True)
-        self.thread.start()
-
-    def _run(self, fn: Any) -> None:
-        try:
-            fn()
-        except BaseException as exc:  # handed to the main thread by reraise()
-            self.error = exc
-
-    def wait(self) -> None:
-        self.thread.join()
-
-    def reraise(self) -> None:
-        if self.error is not None:
-            raise self.error
 
 
 def _resolve_url(

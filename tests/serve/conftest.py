@@ -16,6 +16,7 @@ from tests.setup.conftest import (  # noqa: F401 - fixtures, shared with the set
     REPO,
     builder_python,
     tiny_llava_folder,
+    use_world_env,
     write_profile,
 )
 
@@ -32,19 +33,7 @@ def served_world(tmp_path_factory: pytest.TempPathFactory, tiny_llava_folder: Pa
     with pytest.MonkeyPatch.context() as mp, HubServer(root / "hub") as hub:
         commit = hub.add_repo(REPO, tiny_llava_folder)
         write_profile(root / "profiles")
-        env = {
-            "PROVISION_PROFILES_DIR": str(root / "profiles"),
-            "PROVISION_LOCK_DIR": str(root / "locks"),
-            "PROVISION_DATA_DIR": str(root / "data"),
-            "PROVISION_SOURCES": hub.url,
-            "HF_ENDPOINT": hub.url,
-            "HF_HUB_DISABLE_TELEMETRY": "1",
-            "PYTHONPYCACHEPREFIX": str(root / "pycache"),
-        }
-        for key, value in env.items():
-            mp.setenv(key, value)
-        for key in ("HF_HOME", "HF_HUB_CACHE", "HF_TOKEN", "HF_HUB_OFFLINE"):
-            mp.delenv(key, raising=False)
+        env = use_world_env(mp, root, hub.url)
         rc, report = run_json(
             "setup", PROFILE, "--torch-index", str(torch_wheel_dir()), timeout=1800
         )

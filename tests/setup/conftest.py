@@ -63,6 +63,28 @@ def write_profile(folder: Path, name: str = PROFILE, repo: str = REPO) -> Path:
     return path
 
 
+def use_world_env(mp: pytest.MonkeyPatch, root: Path, hub_url: str) -> dict[str, str]:
+    """The variables a user of a world under `root` would have set (profiles, locks and data
+    disk there, the local hub as the only source), set in this process and so in the CLI it
+    starts; a user's own hub settings are taken away. Returns what was set."""
+    env = {
+        "PROVISION_PROFILES_DIR": str(root / "profiles"),
+        "PROVISION_LOCK_DIR": str(root / "locks"),
+        "PROVISION_DATA_DIR": str(root / "data"),
+        "PROVISION_SOURCES": hub_url,
+        "HF_ENDPOINT": hub_url,
+        "HF_HUB_DISABLE_TELEMETRY": "1",
+        "PROVISION_RETRY_WAIT": "0.05",
+        # Bytecode of this test's own environment goes with the test.
+        "PYTHONPYCACHEPREFIX": str(root / "pycache"),
+    }
+    for key, value in env.items():
+        mp.setenv(key, value)
+    for key in ("HF_HOME", "HF_HUB_CACHE", "HF_TOKEN", "HF_HUB_OFFLINE", "PYTHONDONTWRITEBYTECODE"):
+        mp.delenv(key, raising=False)
+    return env
+
+
 @pytest.fixture
 def setup_world(tmp_path: Path, tiny_llava_folder: Path, monkeypatch: pytest.MonkeyPatch):
     """A hub serving the tiny model, a profiles folder, and a data disk, all under tmp_path;
@@ -70,25 +92,5 @@ def setup_world(tmp_path: Path, tiny_llava_folder: Path, monkeypatch: pytest.Mon
     with HubServer(tmp_path / "hub") as hub:
         commit = hub.add_repo(REPO, tiny_llava_folder)
         write_profile(tmp_path / "profiles")
-        env = {
-            "PROVISION_PROFILES_DIR": str(tmp_path / "profiles"),
-            "PROVISION_LOCK_DIR": str(tmp_path / "locks"),
-            "PROVISION_DATA_DIR": str(tmp_path / "data"),
-            "PROVISION_SOURCES": hub.url,
-            "HF_ENDPOINT": hub.url,
-            "HF_HUB_DISABLE_TELEMETRY": "1",
-            "PROVISION_RETRY_WAIT": "0.05",
-            # Bytecode of this test's own environment goes with the test.
-            "PYTHONPYCACHEPREFIX": str(tmp_path / "pycache"),
-        }
-        for key, value in env.items():
-            monkeypatch.setenv(key, value)
-        for key in (
-            "HF_HOME",
-            "HF_HUB_CACHE",
-            "HF_TOKEN",
-            "HF_HUB_OFFLINE",
-            "PYTHONDONTWRITEBYTECODE",
-        ):
-            monkeypatch.delenv(key, raising=False)
+        env = use_world_env(monkeypatch, tmp_path, hub.url)
         yield {"hub": hub, "commit": commit, "root": tmp_path, "env": env}
