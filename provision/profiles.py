@@ -8,7 +8,6 @@ file, the key and the reason.
 
 from __future__ import annotations
 
-import hashlib
 import os
 import re
 import sys
@@ -276,6 +275,8 @@ class Profile:
 
     def content_hash(self) -> str:
         """sha256 of the profile file's bytes: what a lock was made from."""
+        import hashlib
+
         return hashlib.sha256(self.path.read_bytes()).hexdigest()
 
 

@@ -26,6 +26,8 @@ def planned_machine(gpu: str | None, gpu_mem: str | None, gpus: int | None, driv
 
 def lock_machine(gpu: str | None, gpu_mem: str | None, gpus: int | None, driver: str | None) -> Any:
     """The machine a lock is planned for (None: this one). Shared with `direction lock`."""
+    if gpu is None and gpu_mem is None and gpus is None and driver is None:
+        return None  # this machine: the GPU catalogue is not read (issue 17, a lock's start-up)
     if driver and gpu is None and gpu_mem is None:
         # A driver alone is enough to choose a build: plan for it without sizing any GPU.
         from provision.hardware.machine import Machine, cuda_for_driver

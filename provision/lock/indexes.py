@@ -12,7 +12,6 @@ the site file ($VIRTUAL_ENV/pip.conf), PIP_CONFIG_FILE, then PIP_* variables. Wi
 
 from __future__ import annotations
 
-import configparser
 import os
 import re
 from collections.abc import Mapping
@@ -100,6 +99,8 @@ def _split(value: str) -> list[str]:
 
 
 def _read_file(path: Path) -> dict[str, str]:
+    import configparser
+
     parser = configparser.RawConfigParser()
     try:
         with path.open(encoding="utf-8") as handle:

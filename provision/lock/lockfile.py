@@ -12,7 +12,6 @@ This module owns finding locks, reading them with their record, and recording at
 from __future__ import annotations
 
 import copy
-import hashlib
 import os
 import re
 import sys
@@ -24,12 +23,17 @@ from provision import __version__
 from provision.atomic import atomic_write_text, file_lock
 from provision.errors import ProvisionError
 
-if sys.version_info >= (3, 11):
-    import tomllib
-else:  # pragma: no cover
-    import tomli as tomllib
-
 LOCK_DIR_ENV = "PROVISION_LOCK_DIR"
+
+
+def _tomllib() -> Any:
+    """The standard library's TOML reader (tomli below 3.11), imported where a lock is read, not
+    when this module is (a lock's start-up, issue 17)."""
+    if sys.version_info >= (3, 11):
+        import tomllib
+    else:  # pragma: no cover
+        import tomli as tomllib
+    return tomllib
 
 
 def lock_name(profile_name: str) -> str:
@@ -137,6 +141,7 @@ def read_lock(path: str | os.PathLike[str]) -> dict[str, Any]:
             f"Lockfile {lock} does not exist.",
             "Run `provision lock PROFILE` first, or pass the lockfile you were given.",
         ) from exc
+    tomllib = _tomllib()
     try:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
@@ -211,6 +216,8 @@ def record_file(
 ) -> Path:
     """This machine's record for `lock`: `<data dir>/lock-records/<lock name>.<digest>.toml`,
     the digest over the lock's bytes (another lock, or this one re-made, gets a new record)."""
+    import hashlib
+
     from provision.settings import resolve_data_dir
 
     path = Path(lock)
@@ -226,6 +233,7 @@ def recorded_table(
     path = Path(lock)
     record = record_file(path, data_dir)
     if record.is_file():
+        tomllib = _tomllib()
         try:
             return tool_table(tomllib.loads(record.read_text(encoding="utf-8")))
         except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError):
@@ -270,6 +278,7 @@ def _write_record(
         data: dict[str, Any] | None = None
         source = start or target
         if source.is_file():
+            tomllib = _tomllib()
             try:
                 data = tomllib.loads(source.read_text(encoding="utf-8"))
             except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError):

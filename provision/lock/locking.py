@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import os
 import re
-import sys
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -41,18 +40,13 @@ from provision.lock.resolve import (
     Resolution,
     Route,
     canonical,
-    resolve,
+    start_resolve,
 )
 from provision.profiles import Profile, load_profile, load_profile_file
 from provision.resources import builtin_dir
 from provision.secrets import redact_text
-from provision.settings import public_env
 from provision.torch_select import TorchPlan, cc_text, plan_torch, variant_info
-
-if sys.version_info >= (3, 11):
-    import tomllib
-else:  # pragma: no cover
-    import tomli as tomllib
+from provision.uv import uv_version
 
 PIN = re.compile(r"^\s*([A-Za-z0-9][A-Za-z0-9._-]*)(\[[^\]]*\])?\s*==\s*([^\s;,]+)")
 _OWN_SECTIONS = (
@@ -242,6 +236,8 @@ def kept_model(
 
 def keep_env(table: dict[str, Any], old_table: Mapping[str, Any], kept: list[str]) -> None:
     """Variables a later stage recorded that this lock does not set itself (never secrets)."""
+    from provision.settings import public_env
+
     old_env = public_env(old_table.get("env", {}))
     others = {k: v for k, v in old_env.items() if k not in table["env"]}
     if others:
@@ -341,31 +337,95 @@ def _parse_lock(text: str) -> dict[str, Any] | None:
         return None
 
 
+# What a plan is made with before this machine is probed (a forced build, see lock_profile).
+NOT_PROBED = DriverFacts(None, None, [], [], "not probed yet", [])
+
 # Where provision's own table starts in a lock it wrote (tomli_w's first header for it).
 _TOOL_START = "[tool.provision]\n"
 
 
+@dataclass
+class OldLock:
+    """The lock file at a path as it was read while uv ran (issue 17: its reading and parsing
+    overlap the resolution). `text` is None when there was no readable file. When the text is
+    this lock's header, then uv's part, then `[tool.provision]`, that last part is parsed
+    (`tool`, from `tool_at`) and so is uv's part (`body`): a re-lock that uv answers with the
+    same text parses neither again. `stamp` tells whether the file changed since (write_lock
+    reads it again under the file lock if it did)."""
+
+    path: Path
+    text: str | None
+    stamp: tuple[int, int, int] | None = None
+    tool_at: int = -1
+    tool: dict[str, Any] | None = None
+    body: tuple[str, dict[str, Any]] | None = None  # uv's part (its text, parsed)
+
+    def current(self) -> bool:
+        return self.stamp == _stamp(self.path)
+
+
+def _stamp(path: Path) -> tuple[int, int, int] | None:
+    try:
+        info = path.stat()
+    except OSError:
+        return None
+    return info.st_ino, info.st_size, info.st_mtime_ns
+
+
+def read_old_lock(path: Path, header: str) -> OldLock:
+    """The lock at `path`, read and split for `previous_lock` (see OldLock)."""
+    stamp = _stamp(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError):
+        return OldLock(path, None, stamp)
+    if not text.startswith(header):
+        return OldLock(path, text, stamp)
+    at = text.find("\n\n" + _TOOL_START, len(header))
+    if at < 0:
+        return OldLock(path, text, stamp)
+    uv_part = text[len(header) : at]
+    parsed = _parse_lock(uv_part)
+    return OldLock(
+        path,
+        text,
+        stamp,
+        at + 2,
+        _parse_lock(text[at + 2 :]),
+        (uv_part, parsed) if parsed is not None and "tool" not in parsed else None,
+    )
+
+
 def previous_lock(
-    path: Path, body: str, packages: set[tuple[str, str]]
+    path: Path, body: str, packages: set[tuple[str, str]], old: OldLock | None = None
 ) -> tuple[dict[str, Any] | None, bool]:
     """The lock already at `path` (None when there is none or it does not parse), and whether
     its packages are `packages`, for a new lock that will be `body` + `[tool.provision]`.
+    `old`: that file as read earlier (read_old_lock), still current.
 
     Re-locking usually gives uv's part back byte for byte (uv keeps the previous versions): then
     only the old `[tool.provision]` part is parsed, as a document of its own. That is the same
     data as parsing the whole file: `body` parses alone to the new packages and has no `tool`
     key, and the part after it holds nothing but the `tool` table. Any other file is parsed
     whole (a 27 KB lock takes 5-20 ms to parse here; the issue counted 38 ms of TOML a lock)."""
-    try:
-        text = path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError):
+    if old is not None:
+        text = old.text
+    else:
+        try:
+            text = path.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError):
+            text = None
+    if text is None:
         return None, False
     if text.startswith(body + _TOOL_START):
-        tool = _parse_lock(text[len(body) :])
+        if old is not None and old.tool_at == len(body):
+            tool = old.tool
+        else:
+            tool = _parse_lock(text[len(body) :])
         if tool is not None and list(tool) == ["tool"]:
             return tool, True
-    old = _parse_lock(text)
-    return old, old is not None and package_set(old) == packages
+    old_data = _parse_lock(text)
+    return old_data, old_data is not None and package_set(old_data) == packages
 
 
 def write_lock(
@@ -374,10 +434,12 @@ def write_lock(
     resolution: Resolution,
     table: dict[str, Any],
     merge: Callable[[dict[str, Any], Mapping[str, Any] | None, bool], list[str]],
+    old: OldLock | None = None,
 ) -> list[str]:
     """Write `header`, uv's lock and `[tool.provision]` = `table` to `path`, atomically and under
     the lock's file lock. `merge(table, previous, same_packages)` first carries over what the
-    previous lock there recorded; it returns what it kept, and so does this."""
+    previous lock there recorded; it returns what it kept, and so does this. `old` is that
+    previous lock as read while uv ran; it is read again if the file has changed since."""
     import tomli_w
 
     # uv's part was parsed in resolve() and has no [tool] table (no key of ours can clash),
@@ -386,8 +448,10 @@ def write_lock(
         raise ProvisionError("uv's lock already has a [tool] table; cannot add ours.")
     body = header + resolution.text.rstrip("\n") + "\n\n"
     with file_lock(str(path) + ".lock"):
-        old, same_packages = previous_lock(path, body, package_set(resolution.data))
-        kept = merge(table, old, same_packages)
+        if old is not None and not old.current():
+            old = None
+        previous, same_packages = previous_lock(path, body, package_set(resolution.data), old)
+        kept = merge(table, previous, same_packages)
         tool = tomli_w.dumps({"tool": {"provision": table}})
         atomic_write_text(path, body + tool)
     return kept
@@ -458,52 +522,72 @@ def lock_profile(
     prof = profile if isinstance(profile, Profile) else load_profile(profile, profiles_dir)
     spec = prof.task(task)
     python = python or spec.python or prof.python
-    facts = facts or driver_facts(machine, env=env)
     config = indexes or index_config(use_pip_config, env)
+    # uv starts as soon as its input is known, and the rest of the lock is made while it runs
+    # (issue 17). A forced build does not depend on this machine's driver: then the probe (NVML,
+    # /proc, nvidia-smi) waits until uv runs; what it finds still goes into the plan and the
+    # lock ([tool.provision.target] planned_for_driver / planned_for_gpus, the warnings).
+    probe_later = facts is None and variant is not None and not (machine and machine.planned)
+    if not probe_later:
+        facts = facts or driver_facts(machine, env=env)
     rset, plan, route = profile_requirements(
-        prof, task, facts, python, config, torch_index=torch_index, variant=variant
+        prof, task, facts or NOT_PROBED, python, config, torch_index=torch_index, variant=variant
     )
     path = Path(output) if output else lock_path(prof.name, lock_dir, task)
     check_lock_name(path)
-    try:
-        resolution = resolve(
-            [rset],
-            python,
-            config,
-            [route],
-            platform=platform,
-            previous=None if upgrade else path,
-            min_cc=facts.min_cc,
-        )
-    except ProvisionError as exc:
-        exc.explain_lines = decision_lines(facts, plan, indexes_table(plan, config))  # type: ignore[attr-defined]
-        raise
+    header = _header(prof, task)
+    pending = start_resolve(
+        [rset], python, config, [route], platform=platform, previous=None if upgrade else path
+    )
+    with pending:
+        if probe_later:
+            facts = driver_facts(machine, env=env)
+            planned = profile_requirements(
+                prof, task, facts, python, config, torch_index=torch_index, variant=variant
+            )
+            if planned[0] != rset or planned[2] != route:  # pragma: no cover - a forced build
+                raise ProvisionError(  # does not depend on the driver (torch_select._asked)
+                    "The torch plan changed with this machine's driver under a forced --variant.",
+                    "This is a bug in provision; please report it with --explain output.",
+                )
+            plan = planned[1]
+        assert facts is not None
+        table: dict[str, Any] = {
+            "tool-version": __version__,
+            "resolver": f"uv {uv_version()}",
+            "profile": {
+                "name": prof.name,
+                "hash": "sha256:" + prof.content_hash(),
+                "inputs_hash": inputs_hash(prof, task),
+                "task": task,
+                "stack": spec.stack,
+                "builtin": prof.builtin,
+            },
+            "target": target_table(plan, python, platform, facts),
+            "indexes": indexes_table(plan, config),
+            "model": model_table(prof),
+            "fixes": {"apply": list(prof.fixes)},
+        }
+        old = read_old_lock(path, header)
+        import tomli_w  # noqa: F401 - imported while uv runs, used by write_lock
 
-    table: dict[str, Any] = {
-        "tool-version": __version__,
-        "resolver": f"uv {resolution.uv_version}",
-        "profile": {
-            "name": prof.name,
-            "hash": "sha256:" + prof.content_hash(),
-            "inputs_hash": inputs_hash(prof, task),
-            "task": task,
-            "stack": spec.stack,
-            "builtin": prof.builtin,
-        },
-        "target": target_table(plan, python, platform, facts),
-        "indexes": indexes_table(plan, config),
-        "model": model_table(prof),
-        "fixes": {"apply": list(prof.fixes)},
-        "env": public_env(resolution.install_env),
-        "smoke": {},
-    }
+        try:
+            resolution = pending.result(facts.min_cc, known=old.body)
+        except ProvisionError as exc:
+            exc.explain_lines = decision_lines(facts, plan, indexes_table(plan, config))  # type: ignore[attr-defined]
+            raise
+    from provision.settings import public_env
+
+    table["env"] = public_env(resolution.install_env)
+    table["smoke"] = {}
     table.update(attention_table(resolution))
     kept = write_lock(
         path,
-        _header(prof, task),
+        header,
         resolution,
         table,
         lambda new, old, same: _merge_previous(new, old, same, prof),
+        old,
     )
     return LockResult(
         path, prof.name, task, python, platform, facts, plan, config, resolution, table, kept
@@ -639,6 +723,9 @@ def lock_file_reasons(lock: Path) -> tuple[dict[str, Any] | None, list[str]]:
     lock, whatever it was made for."""
     if not lock.exists():
         return None, [f"{lock} does not exist"]
+    from provision.lock.lockfile import _tomllib
+
+    tomllib = _tomllib()
     try:
         data = tomllib.loads(lock.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:

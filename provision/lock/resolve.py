@@ -344,7 +344,117 @@ def resolve(
     Raises CheckFailed (exit 1) when the sets cannot be satisfied, naming the packages and which
     set needs what; ProvisionError (exit 2) for an index that is down or is not an index, or a
     Python version or platform no wheel supports.
+
+    This is `start_resolve(...)` and its `result()`: a caller with work of its own to do while
+    uv runs calls those two itself.
     """
+    with start_resolve(
+        sets, python, indexes, routes, platform, uv, timeout, workdir, previous
+    ) as pending:
+        return pending.result(min_cc)
+
+
+class PendingResolution:
+    """A `uv pip compile` that is running: `result()` waits for it and reads its lock. Use it as
+    a context manager (or call `close()`), so that uv is stopped and its folder removed when the
+    caller fails before asking for the result."""
+
+    def __init__(
+        self,
+        process: subprocess.Popen[str],
+        tmp: tempfile.TemporaryDirectory[str],
+        command: list[str],
+        sets: Sequence[RequirementSet],
+        who: Mapping[str, list[tuple[str, str]]],
+        indexes: IndexConfig,
+        routes: Sequence[Route],
+        python: str,
+        platform: str,
+        flash_attn: str | None,
+        timeout: float,
+        started: float,
+    ) -> None:
+        self.process = process
+        self.started = started
+        self._tmp = tmp
+        self.command = command
+        self._sets, self._who, self._indexes, self._routes = sets, who, indexes, routes
+        self._python, self._platform, self._flash_attn = python, platform, flash_attn
+        self._timeout = timeout
+
+    def __enter__(self) -> PendingResolution:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Stop uv if it still runs and remove its folder (idempotent)."""
+        if self.process.poll() is None:
+            self.process.kill()
+            self.process.communicate()
+        self._tmp.cleanup()
+
+    def result(
+        self,
+        min_cc: tuple[int, int] | None = None,
+        known: tuple[str, dict[str, Any]] | None = None,
+    ) -> Resolution:
+        """Wait for uv and return its lock, checked. `min_cc`: see `resolve`. `known` is a lock
+        text already parsed (text, data), e.g. the previous lock's uv part parsed while uv ran:
+        when uv writes that very text (trailing newlines aside), it is not parsed again."""
+        try:
+            left = self._timeout - (time.perf_counter() - self.started)
+            _out, stderr = self.process.communicate(timeout=max(left, 0.001))
+        except subprocess.TimeoutExpired as exc:
+            raise ProvisionError(
+                f"uv did not finish resolving in {self._timeout:.0f} s.",
+                "An index may be very slow; check the indexes listed by --explain.",
+            ) from exc
+        seconds = time.perf_counter() - self.started
+        if self.process.returncode != 0:
+            raise explain_failure(
+                stderr,
+                self._sets,
+                self._who,
+                self._indexes,
+                self._routes,
+                self._python,
+                self._platform,
+            )
+        text = Path(self._tmp.name, "pylock.toml").read_text(encoding="utf-8")
+        self.close()
+        # Parsed once per run: write_lock and the checks use `data`.
+        same = known is not None and known[0].rstrip("\n") == text.rstrip("\n")
+        data = known[1] if known is not None and same else parse_toml(text)
+        packages = [_locked(p) for p in data.get("packages", [])]
+        resolution = Resolution(
+            text, packages, ["uv", *self.command], uv_version(), seconds, data=data
+        )
+        _check_routes(resolution, self._routes)
+        _sdist_notes(resolution)
+        if self._flash_attn:
+            resolution.attention = _attention(
+                self._flash_attn, resolution, self._routes, self._python, self._platform, min_cc
+            )
+            resolution.notes.append(resolution.attention.note())
+        return resolution
+
+
+def start_resolve(
+    sets: Sequence[RequirementSet],
+    python: str,
+    indexes: IndexConfig,
+    routes: Sequence[Route] = (),
+    platform: str = DEFAULT_PLATFORM,
+    uv: str | None = None,
+    timeout: float = 900,
+    workdir: str | os.PathLike[str] | None = None,
+    previous: str | os.PathLike[str] | None = None,
+) -> PendingResolution:
+    """Start uv on the sets (see `resolve`) and return at once: the caller does what does not
+    need uv's answer while uv resolves, then asks `result()` (issue 17: the resolution is most
+    of a lock's wall time, and provision's own work overlaps it on a second core)."""
     if not sets:
         raise ProvisionError("Nothing to resolve: no requirement sets were given.")
     merged, who = _merge(sets)
@@ -369,39 +479,39 @@ def resolve(
     env = uv_env(scrub=True)
     env.update(secrets)
 
-    with tempfile.TemporaryDirectory(prefix="provision-resolve-", dir=workdir) as tmp:
-        Path(tmp, "pyproject.toml").write_text(pyproject, encoding="utf-8")
-        if previous is not None and Path(previous).is_file():
-            shutil.copyfile(previous, Path(tmp, "pylock.toml"))
+    given = str(previous) if previous is not None and Path(previous).is_file() else None
+    tmp = tempfile.TemporaryDirectory(prefix="provision-resolve-", dir=workdir)
+    try:
+        Path(tmp.name, "pyproject.toml").write_text(pyproject, encoding="utf-8")
+        if given is not None:
+            shutil.copyfile(given, Path(tmp.name, "pylock.toml"))
         started = time.perf_counter()
-        try:
-            done = subprocess.run(
-                [binary, *command],
-                cwd=tmp,
-                env=env,
-                capture_output=True,
-                text=True,
-                timeout=timeout,
-            )
-        except subprocess.TimeoutExpired as exc:
-            raise ProvisionError(
-                f"uv did not finish resolving in {timeout:.0f} s.",
-                "An index may be very slow; check the indexes listed by --explain.",
-            ) from exc
-        seconds = time.perf_counter() - started
-        if done.returncode != 0:
-            raise explain_failure(done.stderr, sets, who, indexes, routes, python, platform)
-        text = Path(tmp, "pylock.toml").read_text(encoding="utf-8")
-
-    data = parse_toml(text)  # once per run: write_lock and the checks use `data`
-    packages = [_locked(p) for p in data.get("packages", [])]
-    resolution = Resolution(text, packages, ["uv", *command], uv_version(), seconds, data=data)
-    _check_routes(resolution, routes)
-    _sdist_notes(resolution)
-    if flash_attn:
-        resolution.attention = _attention(flash_attn, resolution, routes, python, platform, min_cc)
-        resolution.notes.append(resolution.attention.note())
-    return resolution
+        process = subprocess.Popen(
+            [binary, *command],
+            cwd=tmp.name,
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+    except BaseException:
+        tmp.cleanup()
+        raise
+    return PendingResolution(
+        process,
+        tmp,
+        command,
+        sets,
+        who,
+        indexes,
+        routes,
+        python,
+        platform,
+        flash_attn,
+        timeout,
+        started,
+    )
 
 
 def _locked(entry: Mapping[str, Any]) -> LockedPackage:

@@ -86,9 +86,15 @@ def test_missing_or_broken_previous_lock_is_none(tmp_path, text):
     assert same is False
 
 
-def test_relock_with_the_same_answer_reads_the_old_table_only(lock_env, fake_index, monkeypatch):
+def test_relock_with_the_same_answer_parses_the_packages_once_while_uv_runs(
+    lock_env, fake_index, monkeypatch
+):
     """A real re-lock: uv's part comes back byte for byte, the smoke result recorded into the lock
-    is kept, and the old lock's packages are never parsed again."""
+    is kept, and the packages are parsed once in all: the previous lock's, while uv resolves
+    (issue 17), and uv's identical answer not again."""
+    from provision.lock import resolve as resolve_module
+    from tests.lock.test_overlap import uv_children
+
     common = {"env": {**os.environ, "PROVISION_CUDA_DRIVER": "535.104.05"}}
     first = lock_profile("tiny-vl", **common)
     text = first.path.read_text(encoding="utf-8")
@@ -98,10 +104,29 @@ def test_relock_with_the_same_answer_reads_the_old_table_only(lock_env, fake_ind
         text.replace("[tool.provision.smoke]\n", "[tool.provision.smoke]\nok = true\n")
     )
     seen = _parsed_texts(monkeypatch)
+    during: list[bool] = []
+    real = resolve_module.parse_toml
+
+    def spy_resolve(text: str) -> dict:  # resolve.py's own name for the parser
+        seen.append(text)
+        return real(text)
+
+    monkeypatch.setattr(resolve_module, "parse_toml", spy_resolve)
+    real_loads = tomlparse.loads
+
+    def note(text: str) -> dict:
+        if "[[packages]]" in text or text.startswith("[tool.provision]"):
+            during.append(bool(uv_children()))
+        return real_loads(text)
+
+    monkeypatch.setattr(tomlparse, "loads", note)
     again = lock_profile("tiny-vl", **common)
     assert again.resolution.text == first.resolution.text
     assert "smoke" in again.kept
     assert tool_table(read_lock(again.path))["smoke"] == {"ok": True}
-    old_texts = [t for t in seen if "[[packages]]" in t]
-    assert old_texts == [], "the previous lock's packages were parsed again"
+    package_texts = [t for t in seen if "[[packages]]" in t]
+    assert len(package_texts) == 1, "the packages were parsed more than once"
+    assert package_texts[0].rstrip("\n") == first.resolution.text.rstrip("\n")
+    assert during and all(during), "the previous lock was parsed after uv had finished"
     assert any(t.startswith("[tool.provision]\n") for t in seen)
+    assert again.resolution.data == first.resolution.data
