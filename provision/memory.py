@@ -451,7 +451,10 @@ def resolve_request(profile: Profile, req: FitRequest) -> FitRequest:
             "Add --zero 2 (optimizer state in RAM) or --zero 3 (the parameters too).",
         )
     paged = info["kind"] == "paged"
-    context = req.context or (profile.text["max_context"] if paged else seq)
+    # A serving engine started without --max-model-len / --session-len reserves what it reads from
+    # config.json, which can be above the context the model card recommends (Qwen2.5-VL: 128000
+    # against 32768): the check answers for the engine as it starts.
+    context = req.context or (engine_max_len(profile) if paged else seq)
     _check_context(profile, req, seq, context, image_total, paged)
     fraction = req.memory_fraction or info.get("memory_fraction", 1.0)
     return replace(
@@ -488,12 +491,23 @@ def _check_context(
             "context.",
             f"{fewer} or --seq {limit} or less.",
         )
-    if paged and context > limit:
+    engine_limit = engine_max_len(profile)
+    if paged and context > engine_limit:
         raise ProvisionError(
-            f"--context {context} is longer than {profile.name}'s {limit}-token context; the "
-            "engine refuses a max_model_len above the model's.",
-            f"Use --context {limit} or less.",
+            f"--context {context} is longer than {profile.name}'s {engine_limit}-token context; "
+            "the engine refuses a max_model_len above the model's.",
+            f"Use --context {engine_limit} or less.",
         )
+
+
+def _past_card(profile: Profile, context: int) -> str:
+    card = profile.text["max_context"]
+    return f" (above the model card's {card})" * (context > card)
+
+
+def engine_max_len(profile: Profile) -> int:
+    """The max_model_len (vLLM) or session_len (LMDeploy) the engine takes when none is given."""
+    return int(profile.text.get("engine_max_len", profile.text["max_context"]))
 
 
 def estimate(profile: Profile, req: FitRequest, gpus: int = 1) -> Estimate:
@@ -588,7 +602,9 @@ def _engine(
             Component(
                 "kv cache",
                 kv / gpus,
-                f"one request of max_model_len {req.context}" + f" x {req.batch}" * (req.batch > 1),
+                f"one request of max_model_len {req.context}"
+                + f" x {req.batch}" * (req.batch > 1)
+                + _past_card(profile, req.context),
             ),
             Component(
                 "activations",
@@ -611,7 +627,11 @@ def _engine(
             vision = vision_bytes(profile, req, 1, False, n_images=eng["vision_batch"])
         out.update(cache_max_entry_count=share, session_len=req.context)
         parts += [
-            Component("kv cache", kv / gpus, f"session_len {req.context} x batch {req.batch}"),
+            Component(
+                "kv cache",
+                kv / gpus,
+                f"session_len {req.context} x batch {req.batch}" + _past_card(profile, req.context),
+            ),
             Component(
                 "activations",
                 tokens * width * 2 / gpus + vision,
