@@ -308,15 +308,18 @@ def weight_bytes(profile: Profile, quant: str, lora_base_bytes: float | None = N
     return linear * coefficients()["quant"][quant] + (total - linear) * 2.0
 
 
-def kv_bytes(profile: Profile, tokens: int, batch: int) -> float:
-    """16-bit KV cache for `tokens` per sequence: sliding layers keep at most their window."""
+def kv_bytes(profile: Profile, tokens: int, batch: int, sliding_held: int | None = None) -> float:
+    """16-bit KV cache for `tokens` per sequence: sliding layers keep at most their window (or
+    `sliding_held` tokens, where an engine counts them its own way)."""
     text = profile.text
     per_layer_token = 2 * text["kv_heads"] * text["head_dim"] * 2
     self_layers = text["layers"] - text.get("cross_attention_layers", 0)
     window = text.get("sliding_window", 0)
     global_layers = text.get("global_layers", self_layers) if window else self_layers
     sliding_layers = self_layers - global_layers
-    held = global_layers * tokens + sliding_layers * min(tokens, window or tokens)
+    if sliding_held is None:
+        sliding_held = min(tokens, window or tokens)
+    held = global_layers * tokens + sliding_layers * sliding_held
     return float(batch * per_layer_token * held)
 
 
@@ -577,6 +580,11 @@ def _engine(
         batched = req.max_batched_tokens or (
             max(req.context, eng["v0_min_batched_tokens"]) if v0 else eng["max_num_batched_tokens"]
         )
+        window = t.get("sliding_window")
+        if window and eng.get("sliding_kv_adds_batched") and not v0:
+            held = min(window - 1 + batched, req.context) + eng["kv_block_tokens"]
+            kv = kv_bytes(profile, req.context, req.batch, sliding_held=held)
+            kv += cross_kv_bytes(profile, req.image_tokens, req.images, req.batch)
         if v0:  # every dummy sequence carries its own largest image (enc_dec_model_runner)
             items = seqs * limit
         else:  # V1: the encoder budget's worth of the largest item, capped by the decoder's

@@ -16,6 +16,7 @@ from provision.memory import (
     FitRequest,
     estimate,
     image_tokens_for,
+    kv_bytes,
     resolve_request,
     stacks,
     vision_bytes,
@@ -425,3 +426,24 @@ def test_a_qwen_video_takes_the_processors_video_budget():
     result = invoke("check", "qwen2.5-vl-7b", "--frames", "64", "--gpu", "H100-80GB")
     assert result.returncode == 0, result.stderr
     assert "1 video(s) of 64 frames x 24576 tokens" in result.stdout
+
+
+def test_vllm_counts_a_sliding_layer_at_its_window_plus_the_batched_tokens():
+    """vLLM 0.8.5's start-up check (SlidingWindowSpec.max_memory_usage_bytes) holds a sliding
+    layer at min(window - 1 + max_num_batched_tokens, max_model_len) tokens + one block: for
+    Gemma 3 at 8192 batched tokens that is 9231 tokens, not the 1024 of the window."""
+    gemma = load_profile("gemma-3-12b-it")
+    t = gemma.text
+    est = estimate(gemma, resolve_request(gemma, FitRequest(stack="vllm", context=131072)))
+    kv = next(c for c in est.components if c.name == "kv cache")
+    per_token = 2 * t["kv_heads"] * t["head_dim"] * 2
+    sliding = t["layers"] - t["global_layers"]
+    want = per_token * (t["global_layers"] * 131072 + sliding * (1024 - 1 + 8192 + 16))
+    assert kv.bytes == pytest.approx(want)
+    # transformers' cache keeps the window only
+    plain = kv_bytes(gemma, 131072, 1)
+    assert plain == per_token * (t["global_layers"] * 131072 + sliding * 1024) < kv.bytes
+    # a context inside the window plus the batch holds every token in every layer
+    short = estimate(gemma, resolve_request(gemma, FitRequest(stack="vllm", context=4096)))
+    kv_short = next(c for c in short.components if c.name == "kv cache")
+    assert kv_short.bytes == pytest.approx(per_token * (t["layers"] * 4096 + sliding * 16))
