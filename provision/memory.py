@@ -457,8 +457,9 @@ def resolve_request(profile: Profile, req: FitRequest) -> FitRequest:
     # A serving engine started without --max-model-len / --session-len reserves what it reads from
     # config.json, which can be above the context the model card recommends (Qwen2.5-VL: 128000
     # against 32768): the check answers for the engine as it starts.
-    context = req.context or (engine_max_len(profile) if paged else seq)
-    _check_context(profile, req, seq, context, image_total, paged)
+    engine = info.get("engine", {})
+    context = req.context or (engine_max_len(profile, engine) if paged else seq)
+    _check_context(profile, req, seq, context, image_total, engine if paged else None)
     fraction = req.memory_fraction or info.get("memory_fraction", 1.0)
     return replace(
         req,
@@ -475,7 +476,12 @@ def resolve_request(profile: Profile, req: FitRequest) -> FitRequest:
 
 
 def _check_context(
-    profile: Profile, req: FitRequest, seq: int, context: int, image_total: int, paged: bool
+    profile: Profile,
+    req: FitRequest,
+    seq: int,
+    context: int,
+    image_total: int,
+    engine: dict[str, Any] | None,
 ) -> None:
     """A sample longer than the model's context is an input error, never a silent "fits"."""
     limit = profile.text["max_context"]
@@ -494,11 +500,13 @@ def _check_context(
             "context.",
             f"{fewer} or --seq {limit} or less.",
         )
-    engine_limit = engine_max_len(profile)
-    if paged and context > engine_limit:
+    if engine is None or not engine.get("refuses_longer_context"):
+        return
+    engine_limit = engine_max_len(profile, engine)
+    if context > engine_limit:
         raise ProvisionError(
             f"--context {context} is longer than {profile.name}'s {engine_limit}-token context; "
-            "the engine refuses a max_model_len above the model's.",
+            f"{engine['name']} refuses a max_model_len above the model's.",
             f"Use --context {engine_limit} or less.",
         )
 
@@ -508,9 +516,20 @@ def _past_card(profile: Profile, context: int) -> str:
     return f" (above the model card's {card})" * (context > card)
 
 
-def engine_max_len(profile: Profile) -> int:
-    """The max_model_len (vLLM) or session_len (LMDeploy) the engine takes when none is given."""
-    return int(profile.text.get("engine_max_len", profile.text["max_context"]))
+def engine_max_len(profile: Profile, engine: dict[str, Any]) -> int:
+    """The max_model_len (vLLM) or session_len (LMDeploy) the engine takes when given none:
+    config.json's, which can be above the model card's (Qwen2.5-VL: 128000 against 32768), scaled
+    by the rope factor where the engine does (stacks.toml [stack.*.engine] max_len_*)."""
+    t = profile.text
+    length = t.get("config_max_len", t["max_context"])
+    if (
+        engine.get("max_len_rope_scales")
+        and "rope_factor" in t
+        and t["rope_type"] not in engine.get("max_len_rope_types_unscaled", [])
+        and profile.family not in engine.get("max_len_families_unscaled", [])
+    ):
+        length *= t["rope_factor"]
+    return int(length)
 
 
 def estimate(profile: Profile, req: FitRequest, gpus: int = 1) -> Estimate:

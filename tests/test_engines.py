@@ -240,6 +240,22 @@ def test_a_serving_engine_started_without_a_length_reserves_config_json_s(stack)
     assert resolve_request(QWEN7, FitRequest(stack="transformers")).context < 32768
 
 
+def test_the_rope_factor_scales_vllm_s_default_length_and_not_lmdeploy_s():
+    """InternVL2-2B's llm_config: max_position_embeddings 32768, rope_scaling dynamic x2. vLLM
+    0.8.5 multiplies (65536), LMDeploy 0.7.3 does not (32768); Llama 3.2's llama3 rope and
+    Gemma 3's linear one are not multiplied by vLLM."""
+    internvl2 = load_profile("internvl2-2b")
+    assert resolve_request(internvl2, FitRequest(stack="vllm")).context == 65536
+    assert resolve_request(internvl2, FitRequest(stack="lmdeploy")).context == 32768
+    assert resolve_request(MLLAMA, FitRequest(stack="vllm")).context == 131072
+    gemma = load_profile("gemma-3-12b-it")
+    assert resolve_request(gemma, FitRequest(stack="vllm")).context == 131072
+    # LMDeploy takes a longer session with a warning; vLLM refuses it
+    assert resolve_request(internvl2, FitRequest(stack="lmdeploy", context=65536)).context == 65536
+    with pytest.raises(ProvisionError, match="vllm refuses a max_model_len above"):
+        resolve_request(internvl2, FitRequest(stack="vllm", context=131072))
+
+
 def test_qwen7_on_a_4090_with_vllm_s_default_length_is_refused_as_vllm_refuses():
     rc, data = invoke_json("check", "qwen2.5-vl-7b", "--gpu", "RTX 4090", "--stack", "vllm")
     assert rc == 1, data
@@ -299,7 +315,9 @@ def test_lmdeploy_and_ms_swift_launch_lines():
     _, out = invoke_json("check", "internvl2-1b", "--gpu", "RTX 4090", "--emit")
     argv = out["launch"]["argv"]
     assert argv[:4] == ["lmdeploy", "serve", "api_server", "OpenGVLab/InternVL2-1B"]
-    assert argv[argv.index("--session-len") + 1] == "8192"
+    assert (
+        argv[argv.index("--session-len") + 1] == "32768"
+    )  # LMDeploy reads llm_config max_position_embeddings
     lora = ("check", "qwen2.5-vl-7b", "--task", "lora", "--gpu", "A100-80GB", "--emit")
     _, swift = invoke_json(*lora)
     argv = swift["launch"]["argv"]
