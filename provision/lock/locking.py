@@ -571,13 +571,13 @@ def lock_profile(
         old = read_old_lock(path, header)
         import tomli_w  # noqa: F401 - imported while uv runs, used by write_lock
 
+        from provision.settings import public_env
+
         try:
             resolution = pending.result(facts.min_cc, known=old.body)
         except ProvisionError as exc:
             exc.explain_lines = decision_lines(facts, plan, indexes_table(plan, config))  # type: ignore[attr-defined]
             raise
-    from provision.settings import public_env
-
     table["env"] = public_env(resolution.install_env)
     table["smoke"] = {}
     table.update(attention_table(resolution))
