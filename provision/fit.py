@@ -18,6 +18,7 @@ from provision.memory import (
     stacks,
     vision_family,
     vllm_runner,
+    vllm_video_tokens,
 )
 from provision.profiles import Profile
 from provision.units import GIB
@@ -325,6 +326,26 @@ def suggest(
                     )
                 )
         engine = (engine_of(req.stack) or {}).get("name")
+        largest = req.largest_image_tokens or req.image_tokens or 0
+        if (
+            req.task == "infer"
+            and engine == "vllm"
+            and req.limit_videos != 0
+            and req.context
+            and vllm_video_tokens(profile, req.context, largest) > largest
+        ):
+            ok, need = fits(replace(asked, limit_videos=0))
+            if ok:
+                images = req.limit_images if req.limit_images is not None else max(req.images, 1)
+                out.append(
+                    Suggestion(
+                        "limit-mm",
+                        f"--limit-mm image={images},video=0: no video, so vLLM's start-up "
+                        "profile run encodes an image, not the largest video the context holds",
+                        need,
+                        {"limit_videos": 0},
+                    )
+                )
         if req.task == "infer" and engine == "vllm":
             seqs = req.max_num_seqs or stacks()["vllm"]["engine"]["max_num_seqs"]
             for eager in (False, True):

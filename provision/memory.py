@@ -36,6 +36,20 @@ def vision_family(profile: Profile) -> dict[str, Any]:
     return _table("vision.toml")["family"].get(profile.data.get("family", ""), {})
 
 
+def vllm_video_tokens(profile: Profile, context: int, pair_tokens: int) -> int:
+    """vLLM's largest dummy video for a model that takes video (vision.toml vllm_video_max_frames:
+    Qwen2-VL and Qwen2.5-VL): as many frames of the largest image as fit in the context after one
+    image, at most the frame cap, two frames per token group (qwen2_vl.py
+    get_num_frames_with_most_features, vLLM 0.8.5). 0 for a model without video."""
+    fam = vision_family(profile)
+    cap = fam.get("vllm_video_max_frames")
+    if not cap:
+        return 0
+    per_group = fam.get("temporal_patch_size", 1)
+    groups = max(1, min((context - pair_tokens) // pair_tokens, cap // per_group))
+    return groups * pair_tokens
+
+
 def vllm_runner(profile: Profile, req: FitRequest | None = None) -> str:
     """Which vLLM runner serves the model: "V0 encoder-decoder" for the families vision.toml marks
     `vllm_profile = "encoder-decoder"` (Mllama); "V0" where the GPUs fall back to the V0 engine
@@ -614,16 +628,26 @@ def _engine(
                 held = min(window - 1 + batched, req.context) + eng["kv_block_tokens"]
             kv = kv_bytes(profile, req.context, req.batch, sliding_held=held)
             kv += cross_kv_bytes(profile, req.image_tokens, req.images, req.batch)
+        videos = req.limit_videos if req.limit_videos is not None else 1
+        video = vllm_video_tokens(profile, req.context, item_tokens) if videos else 0
+        kind, n_videos = "image", 0
         if runner == "V0 encoder-decoder":  # each dummy sequence has its own largest image
             items = seqs * limit
         elif v0:  # model_runner._dummy_run: as many sequences as the batch holds full prompts
-            seqs = max(1, min(seqs, batched // (item_tokens * limit))) if limit else seqs
-            items = seqs * limit
-        else:  # V1: the encoder budget's worth of the largest item, capped by the decoder's
+            per_prompt = item_tokens * limit + video * videos
+            seqs = max(1, min(seqs, batched // per_prompt)) if per_prompt else seqs
+            items, n_videos = seqs * limit, seqs * videos if video else 0
+            video = vllm_video_tokens(profile, batched // seqs, item_tokens) if n_videos else 0
+        elif video > item_tokens:  # V1 profiles the modality whose largest item is largest
+            kind, item_tokens, limit = "video", video, videos
+        if not v0:  # V1: the encoder budget's worth of the largest item, capped by the decoder's
             budget = max(batched, item_tokens)
             items = min(-(-budget // item_tokens), seqs * limit) if limit else 0
         probe = replace(req, image_tokens=item_tokens)
         vision = vision_bytes(profile, probe, 1, False, n_images=items, memory_efficient=True)
+        if n_videos:  # V0 encodes a batch's images, then its videos
+            clip = replace(req, image_tokens=video)
+            vision = max(vision, vision_bytes(profile, clip, 1, False, n_videos, True))
         cross = 0.0
         if t.get("cross_attention_layers") and items:  # one layer's cross K/V for every image
             cross = 2.0 * t["kv_heads"] * t["head_dim"] * 2 * item_tokens * items / gpus
@@ -635,6 +659,8 @@ def _engine(
             max_num_batched_tokens=batched,
             profile_images=items,
             image_tokens_each=item_tokens,
+            profile_modality=kind,
+            profile_videos=n_videos,
             enforce_eager=req.enforce_eager,
             gpu_memory_utilization=req.memory_fraction,
         )
@@ -649,8 +675,10 @@ def _engine(
             Component(
                 "activations",
                 lm + vision + cross,
-                f"start-up profile run: {batched} tokens, {items} image(s) of {item_tokens} "
-                f"tokens through the encoder ({seqs} seqs)",
+                f"start-up profile run: {batched} tokens, {items} {kind}(s) of {item_tokens} "
+                f"tokens through the encoder"
+                + f" and {n_videos} video(s) of {video}" * bool(n_videos)
+                + f" ({seqs} seqs)",
             ),
             Component("sampler", sampler, f"{seqs} rows x vocab {t['vocab']} in fp32"),
             Component(
