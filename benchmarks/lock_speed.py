@@ -75,11 +75,22 @@ def report(title: str, times: dict[str, list[float]]) -> None:
         )
 
 
+def uv_cache_dir(env: dict[str, str]) -> str:
+    """The cache folder uv uses in `env` (`uv cache dir`)."""
+    found = subprocess.run(
+        [uv_bin(), "cache", "dir"], env=env, capture_output=True, text=True, check=True
+    )
+    return found.stdout.strip()
+
+
 def base_env(work: Path) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("UV_INDEX", "PIP_"))}
     env.update({"UV_PYTHON_DOWNLOADS": "never", "NO_COLOR": "1", "PIP_CONFIG_FILE": os.devnull})
     env["PROVISION_LOCK_DIR"] = str(work / "locks")
-    env["XDG_CACHE_HOME"] = str(work / "cache")  # provision's stored uv input (lock/early.py)
+    # uv's cache stays the one users have (uv reads XDG_CACHE_HOME too); provision's stored uv
+    # input (provision/lock/early.py) goes to a folder of this run's own
+    env["UV_CACHE_DIR"] = uv_cache_dir(env)
+    env["XDG_CACHE_HOME"] = str(work / "cache")
     return env
 
 
@@ -89,7 +100,7 @@ def first_run(command: list[str], env: dict[str, str], cwd: Path, work: Path) ->
     the first lock with these arguments (the previous lock is still there for uv, as for the
     bare `uv pip compile -o`)."""
     fresh = Path(tempfile.mkdtemp(prefix="cache-", dir=work))
-    try:
+    try:  # uv's cache stays the warm one (UV_CACHE_DIR, set by base_env)
         return timed(command, {**env, "XDG_CACHE_HOME": str(fresh)}, cwd)
     finally:
         shutil.rmtree(fresh, ignore_errors=True)
