@@ -17,6 +17,7 @@ from provision.memory import (
     resolve_request,
     stacks,
     vision_family,
+    vllm_defaults,
     vllm_runner,
     vllm_video_tokens,
 )
@@ -111,7 +112,7 @@ def verdict_for(need: float, usable: float) -> str:
 
 
 def judge(profile: Profile, req: FitRequest, machine: Machine) -> tuple[Estimate, list[GpuVerdict]]:
-    req = replace(req, vllm_v0=vllm_falls_back_to_v0(machine))
+    req = replace(req, **machine_facts(machine))
     est = estimate(profile, req, gpus=max(machine.gpu_count, 1))
     verdicts = []
     for gpu in machine.gpus:
@@ -172,6 +173,10 @@ def engine_check(est: Estimate, total: int) -> tuple[float, float, str | None]:
         return need, float(total), None
     usable = total * est.memory_fraction
     errors = info["errors"]
+    # CUDA graphs are captured after the KV cache took its share: they come out of what the share
+    # leaves of the card, not out of the share.
+    outside = eng.get("outside_share_bytes", 0.0)
+    non_kv -= outside
     available = usable - non_kv
     if non_kv > total:
         return est.per_gpu, usable, errors["profile_oom"]
@@ -186,7 +191,16 @@ def engine_check(est: Estimate, total: int) -> tuple[float, float, str | None]:
             kv_tokens=int(available // per_token) // 16 * 16,
         )
         return est.per_gpu, usable, text
-    return est.per_gpu, usable, None
+    if outside > total - usable:  # what the share leaves (vllm#16199: 0.98 of a 24 GB card)
+        return est.per_gpu, usable, errors["graph_oom"]
+    return est.per_gpu - outside, usable, None
+
+
+def machine_facts(machine: Machine) -> dict[str, Any]:
+    """What the engines read from the card at start-up: vLLM's V0 fallback and the card's size
+    (V1's defaults depend on it)."""
+    sizes = [g.memory_total for g in machine.gpus if g.memory_total]
+    return {"vllm_v0": vllm_falls_back_to_v0(machine), "card_bytes": min(sizes) if sizes else None}
 
 
 def vllm_falls_back_to_v0(machine: Machine) -> bool:
@@ -209,7 +223,7 @@ def check_fit(
     siblings: list[Profile] | None = None,
 ) -> FitResult:
     """The estimate, the verdict per GPU and, when it does not fit, ranked suggestions."""
-    resolved = replace(resolve_request(profile, req), vllm_v0=vllm_falls_back_to_v0(machine))
+    resolved = replace(resolve_request(profile, req), **machine_facts(machine))
     est, verdicts = judge(profile, resolved, machine)
     verdict = _overall(verdicts)
     notes = []
@@ -347,7 +361,8 @@ def suggest(
                     )
                 )
         if req.task == "infer" and engine == "vllm":
-            seqs = req.max_num_seqs or stacks()["vllm"]["engine"]["max_num_seqs"]
+            eng = stacks()["vllm"]["engine"]
+            seqs = req.max_num_seqs or vllm_defaults(eng, vllm_runner(profile, asked), asked)[1]
             for eager in (False, True):
                 n = seqs // 2
                 while n >= 1:
