@@ -360,7 +360,7 @@ def measure(
         row["step_s"] = round(time.perf_counter() - started - row["build_s"], 2)
         trains = task != "infer"
         row["trainable"] = sum(p.numel() for p in model.parameters() if trains and p.requires_grad)
-    except torch.OutOfMemoryError as exc:
+    except getattr(torch, "OutOfMemoryError", torch.cuda.OutOfMemoryError) as exc:
         row["status"] = "oom"
         row["error"] = str(exc).splitlines()[0][:300]
     except RowTimeout:

@@ -413,8 +413,10 @@ def _lora_class() -> Any:
         def __init__(self, base: nn.Linear, rank: int) -> None:
             super().__init__()
             self.base = base
-            self.lora_A = nn.Linear(base.in_features, rank, bias=False, dtype=torch.float32)
-            self.lora_B = nn.Linear(rank, base.out_features, bias=False, dtype=torch.float32)
+            # On the base's device: a model built on the GPU gets its adapters there too.
+            at = {"dtype": torch.float32, "device": base.weight.device}
+            self.lora_A = nn.Linear(base.in_features, rank, bias=False, **at)
+            self.lora_B = nn.Linear(rank, base.out_features, bias=False, **at)
 
         def forward(self, x: Any) -> Any:
             out = self.base(x)

@@ -149,6 +149,37 @@ def test_rows_run_smallest_model_first():
     assert all(r[2:4] == (1, None) for r in rows)  # batch 1, the estimate's default tokens
 
 
+def test_lora_adapters_are_made_on_the_models_device():
+    """A model built on the GPU gets its adapters there (they were made on the default device,
+    the CPU: the first LoRA forward on a GPU would have failed). The meta device stands in."""
+    import torch
+
+    cfg = trace_oracle.build_config("qwen2-vl-2b", {}, tiny=True)
+    with torch.device("meta"):
+        model = trace_oracle.model_class("qwen2-vl-2b")(cfg)
+    assert trace_oracle.add_lora(model, 8) > 0
+    adapters = [p for n, p in model.named_parameters() if "lora_" in n]
+    assert adapters and {p.device.type for p in adapters} == {"meta"}
+    assert {p.dtype for p in adapters} == {torch.float32}
+
+
+def test_each_profiles_image_token_is_an_id_of_its_vocabulary():
+    """Real forwards embed the ids (FakeTensorMode never indexed them): llava-v1.5-7b's 32000
+    ids held llava-hf's <image> 32000, one past the end. Mllama reads its image by
+    cross-attention; its image id lies past the text vocabulary by design (masked from labels)."""
+    import torch
+
+    from provision.profiles import load_profile
+
+    for name, arch in trace_oracle.ARCH.items():
+        cfg = trace_oracle.build_config(name, load_profile(name).text)
+        # Built in bf16 throughout (llava-hf's text_config says float16: an fp16 language
+        # model under a bf16 lm_head failed its first real forward).
+        assert cfg.get_text_config().dtype == torch.bfloat16 == cfg.dtype, name
+        if arch["kind"] != "mllama":
+            assert gpu_truth.image_token_id(cfg) < cfg.get_text_config().vocab_size, name
+
+
 def _tiny_run(tmp_path, monkeypatch, only, *extra):
     monkeypatch.setitem(sys.modules, "pynvml", FakeNvml(os.getpid()))
     out = tmp_path / "truth.json"
