@@ -56,6 +56,8 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
+# No network on the GPU machine, and none needed: configs come from tests/fixtures/hub-configs.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
