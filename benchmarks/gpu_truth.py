@@ -199,10 +199,11 @@ def provision_check(
     }
 
 
-def plan(names: list[str], tasks: list[str], shapes: list[tuple[int, int]] | None, tiny: bool):
+def plan(
+    names: list[str], tasks: list[str], shapes: list[tuple[int, int]] | None, tiny: bool
+) -> list[tuple[str, str, int, int | None, int]]:
     """The rows to run, smallest model first (infer before lora): (profile, task, batch, seq or
     None for the estimate's default, image tokens)."""
-
     rows = []
     for name in names:
         profile = load_profile(name)
@@ -234,7 +235,11 @@ def _fill_random(model: Any) -> None:
 def build(name: str, text: dict[str, Any], tiny: bool, device: str) -> tuple[Any, Any]:
     """The profile's own class with random bf16 weights on `device`, and its config."""
     import torch
-    from transformers.initialization import no_init_weights
+
+    try:
+        from transformers.initialization import no_init_weights
+    except ImportError:  # transformers 4.x keeps it in modeling_utils
+        from transformers.modeling_utils import no_init_weights
 
     cfg = build_config(name, text, tiny)
     previous = torch.get_default_dtype()
