@@ -110,6 +110,7 @@ def verdict_for(need: float, usable: float) -> str:
 
 
 def judge(profile: Profile, req: FitRequest, machine: Machine) -> tuple[Estimate, list[GpuVerdict]]:
+    req = replace(req, vllm_v0=vllm_falls_back_to_v0(machine))
     est = estimate(profile, req, gpus=max(machine.gpu_count, 1))
     verdicts = []
     for gpu in machine.gpus:
@@ -187,6 +188,13 @@ def engine_check(est: Estimate, total: int) -> tuple[float, float, str | None]:
     return est.per_gpu, usable, None
 
 
+def vllm_falls_back_to_v0(machine: Machine) -> bool:
+    """vLLM's V1 engine needs the compute capability stacks.toml names; below it, V0 runs."""
+    floor = tuple(stacks()["vllm"]["engine"]["v1_min_compute_capability"])
+    ccs = [g.compute_capability for g in machine.gpus if g.compute_capability]
+    return bool(ccs) and min(ccs) < floor
+
+
 def _overall(verdicts: list[GpuVerdict]) -> str:
     if not verdicts:
         return "does not fit"
@@ -200,7 +208,7 @@ def check_fit(
     siblings: list[Profile] | None = None,
 ) -> FitResult:
     """The estimate, the verdict per GPU and, when it does not fit, ranked suggestions."""
-    resolved = resolve_request(profile, req)
+    resolved = replace(resolve_request(profile, req), vllm_v0=vllm_falls_back_to_v0(machine))
     est, verdicts = judge(profile, resolved, machine)
     verdict = _overall(verdicts)
     notes = []

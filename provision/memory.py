@@ -36,11 +36,13 @@ def vision_family(profile: Profile) -> dict[str, Any]:
     return _table("vision.toml")["family"].get(profile.data.get("family", ""), {})
 
 
-def vllm_runner(profile: Profile) -> str:
+def vllm_runner(profile: Profile, req: FitRequest | None = None) -> str:
     """Which vLLM runner serves the model: "V0 encoder-decoder" for the families vision.toml marks
-    `vllm_profile = "encoder-decoder"` (Mllama), else "V1"."""
-    v0 = vision_family(profile).get("vllm_profile") == "encoder-decoder"
-    return "V0 encoder-decoder" if v0 else "V1"
+    `vllm_profile = "encoder-decoder"` (Mllama); "V0" where the GPUs fall back to the V0 engine
+    (`req.vllm_v0`, set by fit.judge from the machine); else "V1"."""
+    if vision_family(profile).get("vllm_profile") == "encoder-decoder":
+        return "V0 encoder-decoder"
+    return "V0" if req is not None and req.vllm_v0 else "V1"
 
 
 def engine_of(stack: str | None) -> dict[str, Any] | None:
@@ -133,6 +135,9 @@ class FitRequest:
     dtype: str | None = None  # the loaded weights' dtype: fp32 doubles the 16-bit weights
     # The largest image an engine's start-up profiles with: the user's bound, else the model's max.
     largest_image_tokens: int | None = None
+    # vLLM runs its V0 engine on these GPUs (below the compute capability V1 needs): set from the
+    # machine by fit.judge, not by the user.
+    vllm_v0: bool = False
 
     def __post_init__(self) -> None:
         from provision.bounds import check_bound
@@ -595,16 +600,24 @@ def _engine(
         Component("weights", weights / gpus, f"{loaded_as(req)}, {weights / GIB:.1f} GiB in all")
     ]
     if eng["name"] == "vllm":
-        v0 = vllm_runner(profile) == "V0 encoder-decoder"
+        runner = vllm_runner(profile, req)
+        v0 = runner.startswith("V0")
         batched = req.max_batched_tokens or (
             max(req.context, eng["v0_min_batched_tokens"]) if v0 else eng["max_num_batched_tokens"]
         )
         window = t.get("sliding_window")
-        if window and eng.get("sliding_kv_adds_batched") and not v0:
-            held = min(window - 1 + batched, req.context) + eng["kv_block_tokens"]
+        if window and eng.get("sliding_kv_adds_batched"):
+            # V1 counts a sliding layer at its window plus the batch; V0's check compares the
+            # blocks of a layer with max_model_len, so every layer holds the whole context.
+            held = req.context
+            if not v0:
+                held = min(window - 1 + batched, req.context) + eng["kv_block_tokens"]
             kv = kv_bytes(profile, req.context, req.batch, sliding_held=held)
             kv += cross_kv_bytes(profile, req.image_tokens, req.images, req.batch)
-        if v0:  # every dummy sequence carries its own largest image (enc_dec_model_runner)
+        if runner == "V0 encoder-decoder":  # each dummy sequence has its own largest image
+            items = seqs * limit
+        elif v0:  # model_runner._dummy_run: as many sequences as the batch holds full prompts
+            seqs = max(1, min(seqs, batched // (item_tokens * limit))) if limit else seqs
             items = seqs * limit
         else:  # V1: the encoder budget's worth of the largest item, capped by the decoder's
             budget = max(batched, item_tokens)
@@ -618,7 +631,7 @@ def _engine(
         sampler = seqs * t["vocab"] * eng["sampler_bytes_per_logit"]
         graphs = 0.0 if req.enforce_eager else eng["cuda_graph_gib"] * GIB
         out.update(
-            runner=vllm_runner(profile),
+            runner=runner,
             max_num_batched_tokens=batched,
             profile_images=items,
             image_tokens_each=item_tokens,

@@ -465,3 +465,33 @@ def test_vllm_counts_a_sliding_layer_at_its_window_plus_the_batched_tokens():
     short = estimate(gemma, resolve_request(gemma, FitRequest(stack="vllm", context=4096)))
     kv_short = next(c for c in short.components if c.name == "kv cache")
     assert kv_short.bytes == pytest.approx(per_token * (t["layers"] * 4096 + sliding * 16))
+
+
+def test_vllm_on_a_gpu_below_compute_capability_8_profiles_as_its_v0_engine():
+    """vLLM 0.8.5 falls back to V0 below compute capability 8.0 (T4, V100). V0's profile run
+    takes max(max_model_len, 5120) tokens in min(256, tokens // one prompt's image tokens)
+    sequences, each with its largest image: for Qwen2-VL-2B at 32768 that is 2 images of 16384
+    tokens, where V1 on an Ampere card runs 8192 tokens and 1 image."""
+    qwen2 = load_profile("qwen2-vl-2b")
+    t4 = _check(qwen2, FitRequest(stack="vllm"), "T4")
+    ampere = _check(qwen2, FitRequest(stack="vllm"), "RTX 4090")
+    assert t4.estimate.engine["runner"] == "V0" and ampere.estimate.engine["runner"] == "V1"
+    assert t4.request.vllm_v0 and not ampere.request.vllm_v0
+    assert t4.estimate.engine["max_num_batched_tokens"] == 32768
+    assert t4.estimate.engine["profile_images"] == 2
+    assert ampere.estimate.engine["profile_images"] == 1
+    sampler = {
+        r.estimate.engine["runner"]: c.bytes
+        for r in (t4, ampere)
+        for c in r.estimate.components
+        if c.name == "sampler"
+    }
+    assert sampler["V0"] == 2 * qwen2.text["vocab"] * 12 < sampler["V1"]
+    # a shorter context shrinks V0's profile run (5120 at least), not V1's
+    short = _check(qwen2, FitRequest(stack="vllm", context=4096), "T4")
+    assert short.estimate.engine["max_num_batched_tokens"] == 5120
+    assert short.estimate.engine["profile_images"] == 1
+    # V0's refusal is V0's message
+    tight = _check(qwen2, FitRequest(stack="vllm", memory_fraction=0.85), "T4")
+    assert tight.verdict == "does not fit"
+    assert "is larger than the maximum number of tokens that can be stored" in tight.reason
