@@ -278,3 +278,41 @@ def test_a_missing_xtuner_config_is_a_placeholder_not_a_model_xtuner_cannot_trai
     )
     assert not any("cannot train" in n for n in launch.notes)
     assert any("ships no config for internvl2-1b" in n for n in launch.notes)
+
+
+EXAMPLES = Path(__file__).parent / "fixtures" / "launch-examples"  # copied from the tags
+
+
+def _yaml_keys(path: Path) -> dict[str, str]:
+    """The flat `key: value` pairs of a LLaMA-Factory example (each key is a parser option)."""
+    pairs = {}
+    for raw in path.read_text("utf-8").splitlines():
+        line = raw.split("#", 1)[0].strip()
+        if line and ":" in line:
+            key, _, value = line.partition(":")
+            pairs[key.strip()] = value.strip()
+    return pairs
+
+
+@pytest.mark.parametrize(
+    ("example", "profile"),
+    [("qwen2vl_lora_sft", "qwen2-vl-2b"), ("llava1_5_lora_sft", "llava-1.5-7b-hf")],
+)
+def test_llama_factory_s_own_examples_agree_with_the_line(example, profile):
+    """LLaMA-Factory 0.9.2's example for the family trains on mllm_demo with the template the line
+    names, and every key the example sets is an option in train_flags.toml (the table is not
+    missing what the project itself uses)."""
+    keys = _yaml_keys(EXAMPLES / f"llamafactory-0.9.2-{example}.yaml")
+    launch = _launch(load_profile(profile), FitRequest(task="lora", stack="llama-factory"))
+    assert launch.template == keys["template"]
+    assert launch.dataset in keys["dataset"].split(",")
+    assert "output_dir" in keys and launch.output_dir
+    assert_known("llama-factory", [f"--{k}" for k in keys])
+
+
+def test_ms_swift_s_own_ocr_example_is_the_demo_dataset_and_its_flags_are_known():
+    script = (EXAMPLES / "ms-swift-3.4.1-ocr.sh").read_text("utf-8")
+    argv = shlex.split(script.replace("\\\n", " "), comments=True)
+    assert argv[argv.index("--dataset") + 1] == stacks()["ms-swift"]["launch"]["demo_dataset"]
+    assert "--template" not in argv  # ms-swift's own example leaves it to the model
+    assert_known("ms-swift", argv)
