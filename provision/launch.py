@@ -78,6 +78,8 @@ def launch_for(
     if req.task != "infer":
         values = _run_values(profile, req, table, dataset, out)
     values.update(_values(profile, req, gpus, stack))
+    if profile.data.get("family") not in table.get("max_tiles_families", ()):
+        values.pop("max_tiles", None)  # the tile cap is a setting of these families' templates
 
     env: list[str] = []
     cfg: list[str] = []  # key=value overrides of a config file (XTuner --cfg-options)
@@ -230,6 +232,16 @@ def _vision_values(req: FitRequest, table: dict[str, Any], notes: list[str]) -> 
     return {"freeze_vision": "false"}
 
 
+def _tiles_of(tokens: int | None, fam: dict[str, Any]) -> int | None:
+    """The tile count a tiled family's image of `tokens` tokens has (its thumbnail not counted),
+    so a stack that takes a tile cap is told the one the check sized; None if not tiled."""
+    per = fam.get("tokens_per_tile")
+    if not per or not tokens or tokens % per:
+        return None
+    tiles = tokens // per
+    return tiles - 1 if fam.get("thumbnail") and tiles > 1 else tiles
+
+
 def _kv(pairs: dict[str, Any], style: str) -> str:
     if style == "json":
         return "{" + ", ".join(f'"{k}": {v}' for k, v in pairs.items()) + "}"
@@ -274,8 +286,7 @@ def _values(profile: Profile, req: FitRequest, gpus: int, stack: str) -> dict[st
             out["max_pixels"] = req.max_pixels or (req.image_tokens or 0) * fam.get(
                 "pixels_per_token", 0
             )
-        if req.max_tiles is not None:
-            out["max_tiles"] = req.max_tiles
+        out["max_tiles"] = req.max_tiles or _tiles_of(req.image_tokens, fam)
         out["zero"] = req.zero or None
         out["nproc"] = gpus if gpus > 1 else None
         out["trust_remote_code"] = bool(profile.data["source"].get("trust_remote_code"))

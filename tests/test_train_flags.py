@@ -316,3 +316,17 @@ def test_ms_swift_s_own_ocr_example_is_the_demo_dataset_and_its_flags_are_known(
     assert argv[argv.index("--dataset") + 1] == stacks()["ms-swift"]["launch"]["demo_dataset"]
     assert "--template" not in argv  # ms-swift's own example leaves it to the model
     assert_known("ms-swift", argv)
+
+
+def test_ms_swift_is_told_the_internvl_tiles_the_check_sized():
+    """ms-swift 3.4.1's InternVL template takes up to MAX_NUM tiles (default 12) + a thumbnail:
+    without MAX_NUM the run would cut 13 tiles where the check sized the profile's 6 + 1."""
+    internvl = load_profile("internvl2-2b")
+    req = resolve_request(internvl, FitRequest(task="lora", stack="ms-swift"))
+    launch = launch_for(internvl, req, 1)
+    assert req.image_tokens == 7 * 256 and launch.argv[0] == "MAX_NUM=6"
+    wide = _launch(internvl, FitRequest(task="lora", stack="ms-swift", max_tiles=12))
+    assert wide.argv[0] == "MAX_NUM=12"
+    # Other families take no tile cap from ms-swift: nothing set for them.
+    smol = _launch(load_profile("smolvlm-256m"), FitRequest(task="lora", stack="ms-swift"))
+    assert not any(a.startswith("MAX_NUM=") for a in smol.argv)
