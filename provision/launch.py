@@ -91,7 +91,10 @@ def launch_for(
         if key == "train_type" and value == "qlora" and "qlora" in table:
             argv.extend(table["qlora"])
         elif key == "zero":
-            argv.extend(_zero(table, value, req.cpu_offload, notes))
+            deepspeed = _zero(table, value, req.cpu_offload, notes)
+            argv.extend(deepspeed)
+            if deepspeed and "zero_env" in table:  # what the stack needs to start DeepSpeed
+                env.append(table["zero_env"])
         elif flag.startswith("env:"):  # a setting the stack reads from the environment
             env.append(f"{flag[4:]}={value}")
         elif flag.startswith("cfg:"):

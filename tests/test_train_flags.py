@@ -330,3 +330,12 @@ def test_ms_swift_is_told_the_internvl_tiles_the_check_sized():
     # Other families take no tile cap from ms-swift: nothing set for them.
     smol = _launch(load_profile("smolvlm-256m"), FitRequest(task="lora", stack="ms-swift"))
     assert not any(a.startswith("MAX_NUM=") for a in smol.argv)
+
+
+def test_llama_factory_starts_deepspeed_under_torchrun_even_on_one_gpu():
+    """0.9.2 refuses --deepspeed outside torchrun and only starts torchrun itself on 2+ GPUs."""
+    qwen = load_profile("qwen2-vl-2b")
+    one = _launch(qwen, FitRequest(task="lora", stack="llama-factory", zero=3, cpu_offload=True))
+    assert one.argv[0] == "FORCE_TORCHRUN=1" and "--deepspeed" in one.argv
+    plain = _launch(qwen, FitRequest(task="lora", stack="llama-factory"))
+    assert not any(a.startswith("FORCE_TORCHRUN") for a in plain.argv)
