@@ -217,6 +217,13 @@ def _architectures(wheel: zipfile.ZipFile) -> list[str]:
     return sorted(out)
 
 
+def _json_stems(wheel: zipfile.ZipFile, folder: str) -> list[str]:
+    """The names of the DeepSpeed configs a stack ships (what its --deepspeed NAME resolves)."""
+    return sorted(
+        Path(n).stem for n in wheel.namelist() if n.startswith(folder) and n.endswith(".json")
+    )
+
+
 def _wheel(folder: Path, prefix: str) -> tuple[zipfile.ZipFile, str]:
     path = next(folder.glob(f"{prefix}-py3-none-any.whl"))
     digest = hashlib.sha256(path.read_bytes()).hexdigest()
@@ -255,11 +262,7 @@ def main(folder: str) -> int:
             name = base + suffix
             path = f"xtuner/configs/internvl/v2/{name}.py"
             xt_configs[name] = _config_keys(ast.parse(xt.read(path)))
-    deepspeed = sorted(
-        Path(n).stem
-        for n in xt.namelist()
-        if n.startswith("xtuner/configs/deepspeed/") and n.endswith(".json")
-    )
+    deepspeed = _json_stems(xt, "xtuner/configs/deepspeed/")
 
     parts = [
         "# Every option each training stack's own parser accepts, at the version",
@@ -281,9 +284,11 @@ def main(folder: str) -> int:
         'command = "swift sft"',
         f'source = "{swift_src}: swift/llm/argument/train_args.py TrainArguments and its bases, '
         f"transformers' part read in {tf51_src}; architectures: every ModelMeta architectures= "
-        'in swift/llm/model/model/"',
+        "in swift/llm/model/model/; deepspeed: swift/llm/ds_config/ (train_args.py "
+        '_init_deepspeed)"',
         *_toml_list("flags", sorted({f"--{f}" for f in swift_fields})),
         *_toml_list("architectures", _architectures(swift)),
+        *_toml_list("deepspeed", _json_stems(swift, "swift/llm/ds_config/")),
         "",
         "[stack.xtuner]",
         'version = "0.1.23"',

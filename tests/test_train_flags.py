@@ -34,7 +34,7 @@ def _launch(profile, req, gpus=1, dataset=None):
     return launch_for(profile, resolve_request(profile, req), gpus, dataset)
 
 
-def assert_known(stack: str, argv: list[str]) -> None:
+def assert_known(stack: str, argv: list[str], names_only: bool = False) -> None:
     """Every --flag (and, for XTuner, every --cfg-options key and --deepspeed name) is one the
     pinned version has."""
     table = FLAGS[stack]
@@ -42,6 +42,10 @@ def assert_known(stack: str, argv: list[str]) -> None:
     flags = [a for a in argv if a.startswith("--")]
     unknown = [f for f in flags if f not in table["flags"]]
     assert not unknown, f"{stack} {table['version']} has no {unknown} (argv {argv})"
+    if names_only:
+        return
+    if stack == "ms-swift" and "--deepspeed" in argv[:-1]:
+        assert argv[argv.index("--deepspeed") + 1] in table["deepspeed"]
     if stack != "xtuner" or "train" not in argv:
         return
     config = argv[argv.index("train") + 1]
@@ -89,7 +93,7 @@ def test_every_flag_the_training_launch_tables_name_is_the_stack_s():
         named = [v for v in named if " " not in v]  # flag names, not the notes
         named += [a for a in launch.get("qlora", []) if a.startswith("--")]
         named += shlex.split(launch["command"].format(repo="r", config="c"))
-        assert_known(stack, [a for a in named if a.startswith("--")])
+        assert_known(stack, [a for a in named if a.startswith("--")], names_only=True)
     xtuner = stacks()["xtuner"]["launch"]
     cfg_keys = [v[4:] for v in xtuner.values() if isinstance(v, str) and v.startswith("cfg:")]
     for base in xtuner["configs"].values():
@@ -101,6 +105,11 @@ def test_every_flag_the_training_launch_tables_name_is_the_stack_s():
         assert xtuner["zero_format"].format(n=n) in FLAGS["xtuner"]["deepspeed"]
     for n in xtuner["zero_offload_stages"]:
         assert xtuner["zero_offload_format"].format(n=n) in FLAGS["xtuner"]["deepspeed"]
+    swift = stacks()["ms-swift"]["launch"]
+    for n in (1, 2, 3):
+        assert swift["zero_format"].format(n=n) in FLAGS["ms-swift"]["deepspeed"]
+    for n in swift["zero_offload_stages"]:
+        assert swift["zero_offload_format"].format(n=n) in FLAGS["ms-swift"]["deepspeed"]
 
 
 REQUESTS = [
