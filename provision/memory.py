@@ -308,15 +308,18 @@ def weight_bytes(profile: Profile, quant: str, lora_base_bytes: float | None = N
     return linear * coefficients()["quant"][quant] + (total - linear) * 2.0
 
 
-def kv_bytes(profile: Profile, tokens: int, batch: int) -> float:
-    """16-bit KV cache for `tokens` per sequence: sliding layers keep at most their window."""
+def kv_bytes(profile: Profile, tokens: int, batch: int, sliding_held: int | None = None) -> float:
+    """16-bit KV cache for `tokens` per sequence: sliding layers keep at most their window (or
+    `sliding_held` tokens, where an engine counts them its own way)."""
     text = profile.text
     per_layer_token = 2 * text["kv_heads"] * text["head_dim"] * 2
     self_layers = text["layers"] - text.get("cross_attention_layers", 0)
     window = text.get("sliding_window", 0)
     global_layers = text.get("global_layers", self_layers) if window else self_layers
     sliding_layers = self_layers - global_layers
-    held = global_layers * tokens + sliding_layers * min(tokens, window or tokens)
+    if sliding_held is None:
+        sliding_held = min(tokens, window or tokens)
+    held = global_layers * tokens + sliding_layers * sliding_held
     return float(batch * per_layer_token * held)
 
 
@@ -451,7 +454,10 @@ def resolve_request(profile: Profile, req: FitRequest) -> FitRequest:
             "Add --zero 2 (optimizer state in RAM) or --zero 3 (the parameters too).",
         )
     paged = info["kind"] == "paged"
-    context = req.context or (profile.text["max_context"] if paged else seq)
+    # A serving engine started without --max-model-len / --session-len reserves what it reads from
+    # config.json, which can be above the context the model card recommends (Qwen2.5-VL: 128000
+    # against 32768): the check answers for the engine as it starts.
+    context = req.context or (engine_max_len(profile) if paged else seq)
     _check_context(profile, req, seq, context, image_total, paged)
     fraction = req.memory_fraction or info.get("memory_fraction", 1.0)
     return replace(
@@ -488,12 +494,23 @@ def _check_context(
             "context.",
             f"{fewer} or --seq {limit} or less.",
         )
-    if paged and context > limit:
+    engine_limit = engine_max_len(profile)
+    if paged and context > engine_limit:
         raise ProvisionError(
-            f"--context {context} is longer than {profile.name}'s {limit}-token context; the "
-            "engine refuses a max_model_len above the model's.",
-            f"Use --context {limit} or less.",
+            f"--context {context} is longer than {profile.name}'s {engine_limit}-token context; "
+            "the engine refuses a max_model_len above the model's.",
+            f"Use --context {engine_limit} or less.",
         )
+
+
+def _past_card(profile: Profile, context: int) -> str:
+    card = profile.text["max_context"]
+    return f" (above the model card's {card})" * (context > card)
+
+
+def engine_max_len(profile: Profile) -> int:
+    """The max_model_len (vLLM) or session_len (LMDeploy) the engine takes when none is given."""
+    return int(profile.text.get("engine_max_len", profile.text["max_context"]))
 
 
 def estimate(profile: Profile, req: FitRequest, gpus: int = 1) -> Estimate:
@@ -563,6 +580,11 @@ def _engine(
         batched = req.max_batched_tokens or (
             max(req.context, eng["v0_min_batched_tokens"]) if v0 else eng["max_num_batched_tokens"]
         )
+        window = t.get("sliding_window")
+        if window and eng.get("sliding_kv_adds_batched") and not v0:
+            held = min(window - 1 + batched, req.context) + eng["kv_block_tokens"]
+            kv = kv_bytes(profile, req.context, req.batch, sliding_held=held)
+            kv += cross_kv_bytes(profile, req.image_tokens, req.images, req.batch)
         if v0:  # every dummy sequence carries its own largest image (enc_dec_model_runner)
             items = seqs * limit
         else:  # V1: the encoder budget's worth of the largest item, capped by the decoder's
@@ -588,7 +610,9 @@ def _engine(
             Component(
                 "kv cache",
                 kv / gpus,
-                f"one request of max_model_len {req.context}" + f" x {req.batch}" * (req.batch > 1),
+                f"one request of max_model_len {req.context}"
+                + f" x {req.batch}" * (req.batch > 1)
+                + _past_card(profile, req.context),
             ),
             Component(
                 "activations",
@@ -611,7 +635,11 @@ def _engine(
             vision = vision_bytes(profile, req, 1, False, n_images=eng["vision_batch"])
         out.update(cache_max_entry_count=share, session_len=req.context)
         parts += [
-            Component("kv cache", kv / gpus, f"session_len {req.context} x batch {req.batch}"),
+            Component(
+                "kv cache",
+                kv / gpus,
+                f"session_len {req.context} x batch {req.batch}" + _past_card(profile, req.context),
+            ),
             Component(
                 "activations",
                 tokens * width * 2 / gpus + vision,

@@ -70,6 +70,12 @@ TEXT_SCHEMA = {
     "head_dim": (INT, True, "head dimension"),
     "vocab": (INT, True, "vocabulary size"),
     "max_context": (INT, True, "longest context the model is meant to use"),
+    "engine_max_len": (
+        INT,
+        False,
+        "the max_model_len vLLM and LMDeploy take from config.json when none is given, where it "
+        "is above max_context",
+    ),
     "tie_word_embeddings": (BOOL, True, "lm_head shares the embedding matrix"),
     "sliding_window": (INT, False, "tokens a sliding-window layer keeps"),
     "global_layers": (INT, False, "layers with full attention when others slide"),
@@ -312,6 +318,8 @@ def _check_semantics(data: dict[str, Any], path: Path) -> None:
             raise ProfileError(path, f"text.{key}", "must be positive")
     if text["heads"] % text["kv_heads"]:
         raise ProfileError(path, "text.kv_heads", "must divide text.heads")
+    if text.get("engine_max_len", text["max_context"]) < text["max_context"]:
+        raise ProfileError(path, "text.engine_max_len", "must not be below text.max_context")
     if "infer" not in data["tasks"]:
         raise ProfileError(path, "tasks.infer", "missing table (every profile can at least infer)")
     for task, spec in data["tasks"].items():

@@ -16,6 +16,7 @@ from provision.memory import (
     FitRequest,
     estimate,
     image_tokens_for,
+    kv_bytes,
     resolve_request,
     stacks,
     vision_bytes,
@@ -79,7 +80,7 @@ def test_v1_encoder_budget_caps_the_profile_images():
 def test_vllm_kv_check_quotes_vllms_error_and_suggests_a_round_context():
     result = _check(QWEN7, FitRequest(stack="vllm"), "RTX 4090")
     assert result.verdict == "does not fit"
-    assert "To serve at least one request with the models's max seq len (32768)" in result.reason
+    assert "To serve at least one request with the models's max seq len (128000)" in result.reason
     assert "Try increasing `gpu_memory_utilization` or decreasing `max_model_len`" in result.reason
     gemma = _check(load_profile("gemma-3-12b-it"), FitRequest(stack="vllm"), "A100-40GB")
     context = [s for s in gemma.suggestions if s.kind == "context"]
@@ -222,8 +223,31 @@ def test_a_sample_longer_than_the_context_is_an_error():
         resolve_request(LLAVA, FitRequest(images=15))
     with pytest.raises(ProvisionError, match="4096-token context"):
         resolve_request(LLAVA, FitRequest(task="lora", seq=10000))
-    with pytest.raises(ProvisionError, match="max_model_len above"):
-        resolve_request(QWEN7, FitRequest(stack="vllm", context=65536))
+    with pytest.raises(ProvisionError, match="128000-token context.*max_model_len above"):
+        resolve_request(QWEN7, FitRequest(stack="vllm", context=131072))
+
+
+@pytest.mark.parametrize("stack", ["vllm", "lmdeploy"])
+def test_a_serving_engine_started_without_a_length_reserves_config_json_s(stack):
+    """`vllm serve Qwen/Qwen2.5-VL-7B-Instruct` reserves max_position_embeddings, 128000 tokens,
+    not the model card's 32768 (public reports: "The model's max seq len (128000) is larger than
+    the maximum number of tokens that can be stored in KV cache")."""
+    assert resolve_request(QWEN7, FitRequest(stack=stack)).context == 128000
+    assert resolve_request(QWEN7, FitRequest(stack=stack, context=65536)).context == 65536
+    # a model whose config says what its card says keeps it
+    assert resolve_request(LLAVA, FitRequest(stack=stack)).context == 4096
+    # transformers holds what the sample needs, not a reservation
+    assert resolve_request(QWEN7, FitRequest(stack="transformers")).context < 32768
+
+
+def test_qwen7_on_a_4090_with_vllm_s_default_length_is_refused_as_vllm_refuses():
+    rc, data = invoke_json("check", "qwen2.5-vl-7b", "--gpu", "RTX 4090", "--stack", "vllm")
+    assert rc == 1, data
+    fit = data["fit"]
+    assert fit["verdict"] == "does not fit"
+    assert "max seq len (128000)" in json.dumps(fit)
+    kv = next(c for c in fit["estimate"]["components"] if c["name"] == "kv cache")
+    assert kv["gib"] > 6.8 and "128000 (above the model card's 32768)" in kv["detail"]
 
 
 @pytest.mark.parametrize(
@@ -402,3 +426,24 @@ def test_a_qwen_video_takes_the_processors_video_budget():
     result = invoke("check", "qwen2.5-vl-7b", "--frames", "64", "--gpu", "H100-80GB")
     assert result.returncode == 0, result.stderr
     assert "1 video(s) of 64 frames x 24576 tokens" in result.stdout
+
+
+def test_vllm_counts_a_sliding_layer_at_its_window_plus_the_batched_tokens():
+    """vLLM 0.8.5's start-up check (SlidingWindowSpec.max_memory_usage_bytes) holds a sliding
+    layer at min(window - 1 + max_num_batched_tokens, max_model_len) tokens + one block: for
+    Gemma 3 at 8192 batched tokens that is 9231 tokens, not the 1024 of the window."""
+    gemma = load_profile("gemma-3-12b-it")
+    t = gemma.text
+    est = estimate(gemma, resolve_request(gemma, FitRequest(stack="vllm", context=131072)))
+    kv = next(c for c in est.components if c.name == "kv cache")
+    per_token = 2 * t["kv_heads"] * t["head_dim"] * 2
+    sliding = t["layers"] - t["global_layers"]
+    want = per_token * (t["global_layers"] * 131072 + sliding * (1024 - 1 + 8192 + 16))
+    assert kv.bytes == pytest.approx(want)
+    # transformers' cache keeps the window only
+    plain = kv_bytes(gemma, 131072, 1)
+    assert plain == per_token * (t["global_layers"] * 131072 + sliding * 1024) < kv.bytes
+    # a context inside the window plus the batch holds every token in every layer
+    short = estimate(gemma, resolve_request(gemma, FitRequest(stack="vllm", context=4096)))
+    kv_short = next(c for c in short.components if c.name == "kv cache")
+    assert kv_short.bytes == pytest.approx(per_token * (t["layers"] * 4096 + sliding * 16))
