@@ -18,6 +18,7 @@ from provision.memory import (
     stacks,
     vision_family,
     vllm_runner,
+    vllm_video_tokens,
 )
 from provision.profiles import Profile
 from provision.units import GIB
@@ -110,6 +111,7 @@ def verdict_for(need: float, usable: float) -> str:
 
 
 def judge(profile: Profile, req: FitRequest, machine: Machine) -> tuple[Estimate, list[GpuVerdict]]:
+    req = replace(req, vllm_v0=vllm_falls_back_to_v0(machine))
     est = estimate(profile, req, gpus=max(machine.gpu_count, 1))
     verdicts = []
     for gpu in machine.gpus:
@@ -187,6 +189,13 @@ def engine_check(est: Estimate, total: int) -> tuple[float, float, str | None]:
     return est.per_gpu, usable, None
 
 
+def vllm_falls_back_to_v0(machine: Machine) -> bool:
+    """vLLM's V1 engine needs the compute capability stacks.toml names; below it, V0 runs."""
+    floor = tuple(stacks()["vllm"]["engine"]["v1_min_compute_capability"])
+    ccs = [g.compute_capability for g in machine.gpus if g.compute_capability]
+    return bool(ccs) and min(ccs) < floor
+
+
 def _overall(verdicts: list[GpuVerdict]) -> str:
     if not verdicts:
         return "does not fit"
@@ -200,7 +209,7 @@ def check_fit(
     siblings: list[Profile] | None = None,
 ) -> FitResult:
     """The estimate, the verdict per GPU and, when it does not fit, ranked suggestions."""
-    resolved = resolve_request(profile, req)
+    resolved = replace(resolve_request(profile, req), vllm_v0=vllm_falls_back_to_v0(machine))
     est, verdicts = judge(profile, resolved, machine)
     verdict = _overall(verdicts)
     notes = []
@@ -317,6 +326,26 @@ def suggest(
                     )
                 )
         engine = (engine_of(req.stack) or {}).get("name")
+        largest = req.largest_image_tokens or req.image_tokens or 0
+        if (
+            req.task == "infer"
+            and engine == "vllm"
+            and req.limit_videos != 0
+            and req.context
+            and vllm_video_tokens(profile, req.context, largest) > largest
+        ):
+            ok, need = fits(replace(asked, limit_videos=0))
+            if ok:
+                images = req.limit_images if req.limit_images is not None else max(req.images, 1)
+                out.append(
+                    Suggestion(
+                        "limit-mm",
+                        f"--limit-mm image={images},video=0: no video, so vLLM's start-up "
+                        "profile run encodes an image, not the largest video the context holds",
+                        need,
+                        {"limit_videos": 0},
+                    )
+                )
         if req.task == "infer" and engine == "vllm":
             seqs = req.max_num_seqs or stacks()["vllm"]["engine"]["max_num_seqs"]
             for eager in (False, True):

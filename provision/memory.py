@@ -36,11 +36,27 @@ def vision_family(profile: Profile) -> dict[str, Any]:
     return _table("vision.toml")["family"].get(profile.data.get("family", ""), {})
 
 
-def vllm_runner(profile: Profile) -> str:
+def vllm_video_tokens(profile: Profile, context: int, pair_tokens: int) -> int:
+    """vLLM's largest dummy video for a model that takes video (vision.toml vllm_video_max_frames:
+    Qwen2-VL and Qwen2.5-VL): as many frames of the largest image as fit in the context after one
+    image, at most the frame cap, two frames per token group (qwen2_vl.py
+    get_num_frames_with_most_features, vLLM 0.8.5). 0 for a model without video."""
+    fam = vision_family(profile)
+    cap = fam.get("vllm_video_max_frames")
+    if not cap:
+        return 0
+    per_group = fam.get("temporal_patch_size", 1)
+    groups = max(1, min((context - pair_tokens) // pair_tokens, cap // per_group))
+    return groups * pair_tokens
+
+
+def vllm_runner(profile: Profile, req: FitRequest | None = None) -> str:
     """Which vLLM runner serves the model: "V0 encoder-decoder" for the families vision.toml marks
-    `vllm_profile = "encoder-decoder"` (Mllama), else "V1"."""
-    v0 = vision_family(profile).get("vllm_profile") == "encoder-decoder"
-    return "V0 encoder-decoder" if v0 else "V1"
+    `vllm_profile = "encoder-decoder"` (Mllama); "V0" where the GPUs fall back to the V0 engine
+    (`req.vllm_v0`, set by fit.judge from the machine); else "V1"."""
+    if vision_family(profile).get("vllm_profile") == "encoder-decoder":
+        return "V0 encoder-decoder"
+    return "V0" if req is not None and req.vllm_v0 else "V1"
 
 
 def engine_of(stack: str | None) -> dict[str, Any] | None:
@@ -133,6 +149,9 @@ class FitRequest:
     dtype: str | None = None  # the loaded weights' dtype: fp32 doubles the 16-bit weights
     # The largest image an engine's start-up profiles with: the user's bound, else the model's max.
     largest_image_tokens: int | None = None
+    # vLLM runs its V0 engine on these GPUs (below the compute capability V1 needs): set from the
+    # machine by fit.judge, not by the user.
+    vllm_v0: bool = False
 
     def __post_init__(self) -> None:
         from provision.bounds import check_bound
@@ -457,8 +476,9 @@ def resolve_request(profile: Profile, req: FitRequest) -> FitRequest:
     # A serving engine started without --max-model-len / --session-len reserves what it reads from
     # config.json, which can be above the context the model card recommends (Qwen2.5-VL: 128000
     # against 32768): the check answers for the engine as it starts.
-    context = req.context or (engine_max_len(profile) if paged else seq)
-    _check_context(profile, req, seq, context, image_total, paged)
+    engine = info.get("engine", {})
+    context = req.context or (engine_max_len(profile, engine) if paged else seq)
+    _check_context(profile, req, seq, context, image_total, engine if paged else None)
     fraction = req.memory_fraction or info.get("memory_fraction", 1.0)
     return replace(
         req,
@@ -475,7 +495,12 @@ def resolve_request(profile: Profile, req: FitRequest) -> FitRequest:
 
 
 def _check_context(
-    profile: Profile, req: FitRequest, seq: int, context: int, image_total: int, paged: bool
+    profile: Profile,
+    req: FitRequest,
+    seq: int,
+    context: int,
+    image_total: int,
+    engine: dict[str, Any] | None,
 ) -> None:
     """A sample longer than the model's context is an input error, never a silent "fits"."""
     limit = profile.text["max_context"]
@@ -494,11 +519,13 @@ def _check_context(
             "context.",
             f"{fewer} or --seq {limit} or less.",
         )
-    engine_limit = engine_max_len(profile)
-    if paged and context > engine_limit:
+    if engine is None or not engine.get("refuses_longer_context"):
+        return
+    engine_limit = engine_max_len(profile, engine)
+    if context > engine_limit:
         raise ProvisionError(
             f"--context {context} is longer than {profile.name}'s {engine_limit}-token context; "
-            "the engine refuses a max_model_len above the model's.",
+            f"{engine['name']} refuses a max_model_len above the model's.",
             f"Use --context {engine_limit} or less.",
         )
 
@@ -508,9 +535,20 @@ def _past_card(profile: Profile, context: int) -> str:
     return f" (above the model card's {card})" * (context > card)
 
 
-def engine_max_len(profile: Profile) -> int:
-    """The max_model_len (vLLM) or session_len (LMDeploy) the engine takes when none is given."""
-    return int(profile.text.get("engine_max_len", profile.text["max_context"]))
+def engine_max_len(profile: Profile, engine: dict[str, Any]) -> int:
+    """The max_model_len (vLLM) or session_len (LMDeploy) the engine takes when given none:
+    config.json's, which can be above the model card's (Qwen2.5-VL: 128000 against 32768), scaled
+    by the rope factor where the engine does (stacks.toml [stack.*.engine] max_len_*)."""
+    t = profile.text
+    length = t.get("config_max_len", t["max_context"])
+    if (
+        engine.get("max_len_rope_scales")
+        and "rope_factor" in t
+        and t["rope_type"] not in engine.get("max_len_rope_types_unscaled", [])
+        and profile.family not in engine.get("max_len_families_unscaled", [])
+    ):
+        length *= t["rope_factor"]
+    return int(length)
 
 
 def estimate(profile: Profile, req: FitRequest, gpus: int = 1) -> Estimate:
@@ -576,22 +614,40 @@ def _engine(
         Component("weights", weights / gpus, f"{loaded_as(req)}, {weights / GIB:.1f} GiB in all")
     ]
     if eng["name"] == "vllm":
-        v0 = vllm_runner(profile) == "V0 encoder-decoder"
+        runner = vllm_runner(profile, req)
+        v0 = runner.startswith("V0")
         batched = req.max_batched_tokens or (
             max(req.context, eng["v0_min_batched_tokens"]) if v0 else eng["max_num_batched_tokens"]
         )
         window = t.get("sliding_window")
-        if window and eng.get("sliding_kv_adds_batched") and not v0:
-            held = min(window - 1 + batched, req.context) + eng["kv_block_tokens"]
+        if window and eng.get("sliding_kv_adds_batched"):
+            # V1 counts a sliding layer at its window plus the batch; V0's check compares the
+            # blocks of a layer with max_model_len, so every layer holds the whole context.
+            held = req.context
+            if not v0:
+                held = min(window - 1 + batched, req.context) + eng["kv_block_tokens"]
             kv = kv_bytes(profile, req.context, req.batch, sliding_held=held)
             kv += cross_kv_bytes(profile, req.image_tokens, req.images, req.batch)
-        if v0:  # every dummy sequence carries its own largest image (enc_dec_model_runner)
+        videos = req.limit_videos if req.limit_videos is not None else 1
+        video = vllm_video_tokens(profile, req.context, item_tokens) if videos else 0
+        kind, n_videos = "image", 0
+        if runner == "V0 encoder-decoder":  # each dummy sequence has its own largest image
             items = seqs * limit
-        else:  # V1: the encoder budget's worth of the largest item, capped by the decoder's
+        elif v0:  # model_runner._dummy_run: as many sequences as the batch holds full prompts
+            per_prompt = item_tokens * limit + video * videos
+            seqs = max(1, min(seqs, batched // per_prompt)) if per_prompt else seqs
+            items, n_videos = seqs * limit, seqs * videos if video else 0
+            video = vllm_video_tokens(profile, batched // seqs, item_tokens) if n_videos else 0
+        elif video > item_tokens:  # V1 profiles the modality whose largest item is largest
+            kind, item_tokens, limit = "video", video, videos
+        if not v0:  # V1: the encoder budget's worth of the largest item, capped by the decoder's
             budget = max(batched, item_tokens)
             items = min(-(-budget // item_tokens), seqs * limit) if limit else 0
         probe = replace(req, image_tokens=item_tokens)
         vision = vision_bytes(profile, probe, 1, False, n_images=items, memory_efficient=True)
+        if n_videos:  # V0 encodes a batch's images, then its videos
+            clip = replace(req, image_tokens=video)
+            vision = max(vision, vision_bytes(profile, clip, 1, False, n_videos, True))
         cross = 0.0
         if t.get("cross_attention_layers") and items:  # one layer's cross K/V for every image
             cross = 2.0 * t["kv_heads"] * t["head_dim"] * 2 * item_tokens * items / gpus
@@ -599,10 +655,12 @@ def _engine(
         sampler = seqs * t["vocab"] * eng["sampler_bytes_per_logit"]
         graphs = 0.0 if req.enforce_eager else eng["cuda_graph_gib"] * GIB
         out.update(
-            runner=vllm_runner(profile),
+            runner=runner,
             max_num_batched_tokens=batched,
             profile_images=items,
             image_tokens_each=item_tokens,
+            profile_modality=kind,
+            profile_videos=n_videos,
             enforce_eager=req.enforce_eager,
             gpu_memory_utilization=req.memory_fraction,
         )
@@ -617,8 +675,10 @@ def _engine(
             Component(
                 "activations",
                 lm + vision + cross,
-                f"start-up profile run: {batched} tokens, {items} image(s) of {item_tokens} "
-                f"tokens through the encoder ({seqs} seqs)",
+                f"start-up profile run: {batched} tokens, {items} {kind}(s) of {item_tokens} "
+                f"tokens through the encoder"
+                + f" and {n_videos} video(s) of {video}" * bool(n_videos)
+                + f" ({seqs} seqs)",
             ),
             Component("sampler", sampler, f"{seqs} rows x vocab {t['vocab']} in fp32"),
             Component(

@@ -70,12 +70,14 @@ TEXT_SCHEMA = {
     "head_dim": (INT, True, "head dimension"),
     "vocab": (INT, True, "vocabulary size"),
     "max_context": (INT, True, "longest context the model is meant to use"),
-    "engine_max_len": (
+    "config_max_len": (
         INT,
         False,
-        "the max_model_len vLLM and LMDeploy take from config.json when none is given, where it "
-        "is above max_context",
+        "the text config's max_position_embeddings, where above max_context: what a serving "
+        "engine reads when given no length",
     ),
+    "rope_type": (STR, False, "the text config's rope_scaling type, where it has a factor"),
+    "rope_factor": ((int, float), False, "the text config's rope_scaling factor (with rope_type)"),
     "tie_word_embeddings": (BOOL, True, "lm_head shares the embedding matrix"),
     "sliding_window": (INT, False, "tokens a sliding-window layer keeps"),
     "global_layers": (INT, False, "layers with full attention when others slide"),
@@ -318,8 +320,10 @@ def _check_semantics(data: dict[str, Any], path: Path) -> None:
             raise ProfileError(path, f"text.{key}", "must be positive")
     if text["heads"] % text["kv_heads"]:
         raise ProfileError(path, "text.kv_heads", "must divide text.heads")
-    if text.get("engine_max_len", text["max_context"]) < text["max_context"]:
-        raise ProfileError(path, "text.engine_max_len", "must not be below text.max_context")
+    if text.get("config_max_len", text["max_context"]) < text["max_context"]:
+        raise ProfileError(path, "text.config_max_len", "must not be below text.max_context")
+    if ("rope_type" in text) != ("rope_factor" in text):
+        raise ProfileError(path, "text.rope_factor", "rope_type and rope_factor go together")
     if "infer" not in data["tasks"]:
         raise ProfileError(path, "tasks.infer", "missing table (every profile can at least infer)")
     for task, spec in data["tasks"].items():

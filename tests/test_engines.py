@@ -65,7 +65,8 @@ def test_enforce_eager_drops_the_cuda_graph_memory():
 def test_v1_encoder_budget_caps_the_profile_images():
     """V1 profiles min(cdiv(budget, tokens per item), max_num_seqs x limit) items of the largest
     image; a bigger --max-batched-tokens pushes more images, --limit-mm image=0 none."""
-    req = FitRequest(stack="vllm", context=8192, max_pixels=1280 * 28 * 28)
+    # video off: at 8192 tokens a 10-frame video (6400 tokens) would be the largest item
+    req = FitRequest(stack="vllm", context=8192, max_pixels=1280 * 28 * 28, limit_videos=0)
     one = estimate(QWEN7, req).engine
     assert one["runner"] == "V1" and one["image_tokens_each"] == 1280
     assert one["profile_images"] == -(-8192 // 1280)  # 7
@@ -78,7 +79,7 @@ def test_v1_encoder_budget_caps_the_profile_images():
 
 
 def test_vllm_kv_check_quotes_vllms_error_and_suggests_a_round_context():
-    result = _check(QWEN7, FitRequest(stack="vllm"), "RTX 4090")
+    result = _check(QWEN7, FitRequest(stack="vllm", limit_videos=0), "RTX 4090")
     assert result.verdict == "does not fit"
     assert "To serve at least one request with the models's max seq len (128000)" in result.reason
     assert "Try increasing `gpu_memory_utilization` or decreasing `max_model_len`" in result.reason
@@ -138,10 +139,12 @@ def test_a_model_the_v1_runner_serves_takes_pipeline_parallelism_instead():
     --pipeline-parallel-size 3, which the note and the launch line say."""
     note = tp_problem(QWEN7, "vllm", 3)
     assert note and "--pipeline-parallel-size 3" in note
-    three = check_fit(QWEN7, FitRequest(stack="vllm"), target_machine(gpu="RTX 3090", gpus=3))
+    at_card = FitRequest(stack="vllm", context=32768)
+    three = check_fit(QWEN7, at_card, target_machine(gpu="RTX 3090", gpus=3))
     assert three.verdict == "fits"
     code, result = invoke_json(
-        "check", "qwen2.5-vl-7b", "--stack", "vllm", "--gpu", "RTX 3090", "--gpus", "3", "--emit"
+        *("check", "qwen2.5-vl-7b", "--stack", "vllm", "--gpu", "RTX 3090", "--gpus", "3"),
+        *("--context", "32768", "--emit"),
     )
     assert code == 0
     assert "--pipeline-parallel-size 3" in json.dumps(result["launch"])
@@ -240,8 +243,27 @@ def test_a_serving_engine_started_without_a_length_reserves_config_json_s(stack)
     assert resolve_request(QWEN7, FitRequest(stack="transformers")).context < 32768
 
 
+def test_the_rope_factor_scales_vllm_s_default_length_and_not_lmdeploy_s():
+    """InternVL2-2B's llm_config: max_position_embeddings 32768, rope_scaling dynamic x2. vLLM
+    0.8.5 multiplies (65536), LMDeploy 0.7.3 does not (32768); Llama 3.2's llama3 rope and
+    Gemma 3's linear one are not multiplied by vLLM."""
+    internvl2 = load_profile("internvl2-2b")
+    assert resolve_request(internvl2, FitRequest(stack="vllm")).context == 65536
+    assert resolve_request(internvl2, FitRequest(stack="lmdeploy")).context == 32768
+    assert resolve_request(MLLAMA, FitRequest(stack="vllm")).context == 131072
+    gemma = load_profile("gemma-3-12b-it")
+    assert resolve_request(gemma, FitRequest(stack="vllm")).context == 131072
+    # LMDeploy takes a longer session with a warning; vLLM refuses it
+    assert resolve_request(internvl2, FitRequest(stack="lmdeploy", context=65536)).context == 65536
+    with pytest.raises(ProvisionError, match="vllm refuses a max_model_len above"):
+        resolve_request(internvl2, FitRequest(stack="vllm", context=131072))
+
+
 def test_qwen7_on_a_4090_with_vllm_s_default_length_is_refused_as_vllm_refuses():
-    rc, data = invoke_json("check", "qwen2.5-vl-7b", "--gpu", "RTX 4090", "--stack", "vllm")
+    rc, data = invoke_json(
+        *("check", "qwen2.5-vl-7b", "--gpu", "RTX 4090", "--stack", "vllm"),
+        *("--limit-mm", "image=1,video=0"),
+    )
     assert rc == 1, data
     fit = data["fit"]
     assert fit["verdict"] == "does not fit"
@@ -299,7 +321,9 @@ def test_lmdeploy_and_ms_swift_launch_lines():
     _, out = invoke_json("check", "internvl2-1b", "--gpu", "RTX 4090", "--emit")
     argv = out["launch"]["argv"]
     assert argv[:4] == ["lmdeploy", "serve", "api_server", "OpenGVLab/InternVL2-1B"]
-    assert argv[argv.index("--session-len") + 1] == "8192"
+    assert (
+        argv[argv.index("--session-len") + 1] == "32768"
+    )  # LMDeploy reads llm_config max_position_embeddings
     lora = ("check", "qwen2.5-vl-7b", "--task", "lora", "--gpu", "A100-80GB", "--emit")
     _, swift = invoke_json(*lora)
     argv = swift["launch"]["argv"]
@@ -447,3 +471,67 @@ def test_vllm_counts_a_sliding_layer_at_its_window_plus_the_batched_tokens():
     short = estimate(gemma, resolve_request(gemma, FitRequest(stack="vllm", context=4096)))
     kv_short = next(c for c in short.components if c.name == "kv cache")
     assert kv_short.bytes == pytest.approx(per_token * (t["layers"] * 4096 + sliding * 16))
+
+
+def test_vllm_on_a_gpu_below_compute_capability_8_profiles_as_its_v0_engine():
+    """vLLM 0.8.5 falls back to V0 below compute capability 8.0 (T4, V100). V0's profile run
+    takes max(max_model_len, 5120) tokens in min(256, tokens // one prompt's image tokens)
+    sequences, each with its largest image: for Qwen2-VL-2B at 32768 with video off that is 2
+    images of 16384 tokens, where V1 on an Ampere card runs 8192 tokens and 1 image."""
+    qwen2 = load_profile("qwen2-vl-2b")
+    images_only = FitRequest(stack="vllm", limit_videos=0)
+    t4 = _check(qwen2, images_only, "T4")
+    ampere = _check(qwen2, images_only, "RTX 4090")
+    assert t4.estimate.engine["runner"] == "V0" and ampere.estimate.engine["runner"] == "V1"
+    assert t4.request.vllm_v0 and not ampere.request.vllm_v0
+    assert t4.estimate.engine["max_num_batched_tokens"] == 32768
+    assert t4.estimate.engine["profile_images"] == 2
+    assert ampere.estimate.engine["profile_images"] == 1
+    sampler = {
+        r.estimate.engine["runner"]: c.bytes
+        for r in (t4, ampere)
+        for c in r.estimate.components
+        if c.name == "sampler"
+    }
+    assert sampler["V0"] == 2 * qwen2.text["vocab"] * 12 < sampler["V1"]
+    # a shorter context shrinks V0's profile run (5120 at least), not V1's
+    short = _check(qwen2, replace(images_only, context=4096), "T4")
+    assert short.estimate.engine["max_num_batched_tokens"] == 5120
+    assert short.estimate.engine["profile_images"] == 1
+    # V0's refusal is V0's message
+    tight = _check(qwen2, FitRequest(stack="vllm", memory_fraction=0.7), "T4")
+    assert tight.verdict == "does not fit"
+    assert "is larger than the maximum number of tokens that can be stored" in tight.reason
+
+
+def test_vllm_v1_profiles_the_largest_video_when_it_is_larger_than_an_image():
+    """vLLM 0.8.5 (V1 profile_run) encodes one item of the modality whose largest item is
+    largest. Qwen2.5-VL takes video (limit 1 by default): at its default 128000-token context the
+    largest dummy video is 12 frames of the largest image, 6 x 16384 = 98304 tokens
+    (qwen2_vl.py get_num_frames_with_most_features); at 32768 it is no larger than an image."""
+    long = _check(QWEN7, FitRequest(stack="vllm"), "A100-80GB").estimate.engine
+    assert (long["profile_modality"], long["image_tokens_each"]) == ("video", 98304)
+    assert long["profile_images"] == 1
+    short = _check(QWEN7, FitRequest(stack="vllm", context=32768), "A100-80GB").estimate.engine
+    assert (short["profile_modality"], short["image_tokens_each"]) == ("image", 16384)
+    off = _check(QWEN7, FitRequest(stack="vllm", limit_videos=0), "A100-80GB").estimate.engine
+    assert off["profile_modality"] == "image"
+    # a family without video never profiles one
+    gemma = _check(load_profile("gemma-3-12b-it"), FitRequest(stack="vllm"), "A100-80GB")
+    assert gemma.estimate.engine["profile_modality"] == "image"
+    # on a 40 GB card the video decides it, and turning video off is offered
+    result = _check(QWEN7, FitRequest(stack="vllm"), "A100-40GB")
+    assert result.verdict == "does not fit"
+    offered = [s for s in result.suggestions if s.kind == "limit-mm"]
+    assert offered and offered[0].change == {"limit_videos": 0}
+    assert "--limit-mm image=1,video=0" in offered[0].text
+
+
+def test_vllm_v0_profiles_each_sequence_s_images_and_video():
+    """V0 (_dummy_run) fits as many prompts as the batch holds, each with its images and its
+    video: Qwen2-VL-2B at 32768 on a T4 is one prompt of an image and a 2-frame video."""
+    qwen2 = load_profile("qwen2-vl-2b")
+    engine = _check(qwen2, FitRequest(stack="vllm"), "T4").estimate.engine
+    assert engine["profile_images"] == 1 and engine["profile_videos"] == 1
+    no_video = _check(qwen2, FitRequest(stack="vllm", limit_videos=0), "T4").estimate.engine
+    assert no_video["profile_images"] == 2 and no_video["profile_videos"] == 0

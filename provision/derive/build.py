@@ -206,16 +206,13 @@ def text_shape(
     context = _int(_first(text, "max_position_embeddings", "seq_length", "max_sequence_length"))
     cap = _int(family.get("max_context"))
     out["max_context"] = min(context, cap) if context and cap else (context or cap)
+    if context and cap and context > cap:
+        out["config_max_len"] = context  # what a serving engine reserves when given no length
     scaling = text.get("rope_scaling")
-    if (
-        context
-        and cap
-        and context > cap
-        and not (isinstance(scaling, dict) and "factor" in scaling)
-    ):
-        # What vLLM and LMDeploy reserve when started without a length: config.json's, not the
-        # model card's (a rope factor would scale it; only the unscaled case is taken as known).
-        out["engine_max_len"] = context
+    if isinstance(scaling, dict) and isinstance(scaling.get("factor"), (int, float)):
+        kind = scaling.get("rope_type", scaling.get("type"))
+        if isinstance(kind, str) and scaling["factor"] > 0:
+            out["rope_type"], out["rope_factor"] = kind, scaling["factor"]
     tie = _first(text, "tie_word_embeddings")
     if tie is None:
         tie = config.get("tie_word_embeddings")

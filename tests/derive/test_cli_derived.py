@@ -11,25 +11,25 @@ REPO = "Qwen/Qwen2.5-VL-3B-Instruct"
 
 
 def test_check_takes_a_repo_id_and_the_second_run_is_offline(derive_env, derive_hub) -> None:
-    rc, cold = invoke_json("check", f"{REPO}@main", "--gpu", "RTX 4090")
+    rc, cold = invoke_json("check", f"{REPO}@main", "--gpu", "A100-80GB")
     assert rc == 0, cold
     assert cold["profile"] == "qwen2.5-vl-3b-instruct"
     assert cold["profile_origin"].startswith(f"derived from {REPO} at ")
     derive_hub.reset_counters()
-    rc, warm = invoke_json("check", f"{REPO}@main", "--gpu", "RTX 4090", "--offline")
+    rc, warm = invoke_json("check", f"{REPO}@main", "--gpu", "A100-80GB", "--offline")
     assert rc == 0 and derive_hub.requests == []
     assert warm["fit"] == cold["fit"]
     # the human view says where the profile came from
-    text = invoke("check", f"{REPO}@main", "--gpu", "RTX 4090", "--offline").stdout
+    text = invoke("check", f"{REPO}@main", "--gpu", "A100-80GB", "--offline").stdout
     assert f"Profile derived from {REPO} at" in text
 
 
 def test_a_warm_check_imports_no_hub_client_torch_or_transformers(derive_env) -> None:
-    assert invoke("check", f"{REPO}@main", "--gpu", "RTX 4090").returncode == 0
+    assert invoke("check", f"{REPO}@main", "--gpu", "A100-80GB").returncode == 0
     code = (
         "import sys\n"
         "from provision.cli.main import main\n"
-        "sys.argv = ['provision', 'check', {!r}, '--gpu', 'RTX 4090', '--offline']\n"
+        "sys.argv = ['provision', 'check', {!r}, '--gpu', 'A100-80GB', '--offline']\n"
         "code = 0\n"
         "try:\n    main()\nexcept SystemExit as exc:\n    code = exc.code\n"
         "heavy = [m for m in ('torch', 'transformers', 'huggingface_hub', 'modelscope', "
@@ -74,14 +74,14 @@ def test_profiles_add_without_a_folder_uses_the_config_folder(derive_env, tmp_pa
 
 
 def test_unknown_name_still_suggests_and_mentions_repo_ids(derive_env) -> None:
-    proc = invoke("check", "qwen2.5-vl-7", "--gpu", "RTX 4090")
+    proc = invoke("check", "qwen2.5-vl-7", "--gpu", "A100-80GB")
     assert proc.returncode == 2
     out = proc.stdout + proc.stderr
     assert "Did you mean" in out and "org/name" in out and "Traceback" not in out
 
 
 def test_a_missing_repo_on_the_cli_is_one_message(derive_env, derive_hub) -> None:
-    proc = invoke("check", "nobody/missing-model", "--gpu", "RTX 4090")
+    proc = invoke("check", "nobody/missing-model", "--gpu", "A100-80GB")
     assert proc.returncode == 2
     assert "No repository nobody/missing-model" in proc.stdout + proc.stderr
     assert "Traceback" not in proc.stderr

@@ -48,7 +48,7 @@ def test_derived_profile_matches_the_curated_one(derive_env, name: str) -> None:
     for key in SHAPE_KEYS:
         assert close(derived.text[key], curated.text[key], 0.005), key
     assert derived.text["tie_word_embeddings"] == curated.text["tie_word_embeddings"]
-    for key in ("cross_attention_layers", "sliding_window", "global_layers", "engine_max_len"):
+    for key in ("cross_attention_layers", "sliding_window", "global_layers", "config_max_len"):
         assert derived.text.get(key) == curated.text.get(key), key
     for key in IMAGE_KEYS:
         if key in curated.image:
