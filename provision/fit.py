@@ -142,11 +142,12 @@ def judge(profile: Profile, req: FitRequest, machine: Machine) -> tuple[Estimate
 
 def lmdeploy_pool(est: Estimate, total: int) -> float:
     """Bytes LMDeploy's KV cache takes on a card of `total` bytes: its share of what is free
-    once the weights and the CUDA context are in."""
+    once the weights and the CUDA context are in, less what the PyTorch engine keeps free for
+    the prefill's logits (engine["runtime_bytes"], 0 on TurboMind)."""
     eng = est.engine
     assert eng is not None
     loaded = eng["weights_bytes"] + coefficients()["overhead"]["context_gib"] * GIB
-    return eng["cache_max_entry_count"] * max(total - loaded, 0)
+    return eng["cache_max_entry_count"] * max(total - loaded - eng.get("runtime_bytes", 0.0), 0)
 
 
 def engine_check(est: Estimate, total: int) -> tuple[float, float, str | None]:
@@ -242,9 +243,16 @@ def check_fit(
         if eng and eng["name"] == "lmdeploy" and not worst.engine_error:
             pool = lmdeploy_pool(est, worst.total)
             if pool > eng["kv_bytes"]:
+                runtime = eng.get("runtime_bytes", 0.0)
+                kept = (
+                    f" and what its PyTorch engine keeps free for the prefill's logits "
+                    f"({_b(runtime)}, --max-prefill-token-num)"
+                    if runtime
+                    else ""
+                )
                 notes.append(
                     f"LMDeploy takes {eng['cache_max_entry_count']} of the memory left after the "
-                    f"weights for its KV cache (--cache-max-entry-count): {_b(pool)} on "
+                    f"weights{kept} for its KV cache (--cache-max-entry-count): {_b(pool)} on "
                     f"{worst.name}, so it holds {_b(worst.need)} in all, not only the "
                     f"{_b(est.per_gpu)} the run itself needs."
                 )

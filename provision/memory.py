@@ -36,6 +36,12 @@ def vision_family(profile: Profile) -> dict[str, Any]:
     return _table("vision.toml")["family"].get(profile.data.get("family", ""), {})
 
 
+def lmdeploy_backend(profile: Profile, eng: dict[str, Any]) -> str:
+    """ "turbomind" for the architectures LMDeploy's TurboMind serves, else "pytorch"
+    (lmdeploy/archs.py autoget_backend; the list is stacks.toml's)."""
+    return "turbomind" if profile.architecture in eng["turbomind_architectures"] else "pytorch"
+
+
 def vllm_defaults(eng: dict[str, Any], runner: str, req: FitRequest) -> tuple[int, int]:
     """(max_num_batched_tokens, max_num_seqs) `vllm serve` takes when not given: V1's depend on
     the card (stacks.toml [stack.vllm.engine.v1_defaults]); V0 takes 256 sequences."""
@@ -729,7 +735,16 @@ def _engine(
         vision = 0.0
         if limit:
             vision = vision_bytes(profile, req, 1, False, n_images=eng["vision_batch"])
-        out.update(cache_max_entry_count=share, session_len=req.context)
+        backend = lmdeploy_backend(profile, eng)
+        runtime = 0.0
+        if backend == "pytorch":  # kept free for the prefill's logits before the cache share
+            runtime = eng["max_prefill_token_num"] * t["vocab"] * eng["runtime_bytes_per_logit"]
+        out.update(
+            cache_max_entry_count=share,
+            session_len=req.context,
+            backend=backend,
+            runtime_bytes=runtime / gpus,
+        )
         parts += [
             Component(
                 "kv cache",

@@ -585,3 +585,23 @@ def test_cuda_graphs_come_out_of_what_the_share_leaves():
         replace(req, memory_fraction=0.99, enforce_eager=True),
         "RTX 4090",
     ).verdict in ("fits", "tight")
+
+
+def test_lmdeploy_s_pytorch_engine_keeps_the_prefill_logits_free_before_its_share():
+    """LMDeploy 0.7.3 runs Qwen2.5-VL on its PyTorch engine, which keeps
+    max_prefill_token_num x vocab x 7 bytes free before taking cache_max_entry_count of the rest
+    (executor/base.py update_configs); TurboMind (InternVL2) has no such term. lmdeploy#3280:
+    Qwen2.5-VL-7B at --cache-max-entry-count 0.99 with two images starts on an H100."""
+    req = FitRequest(
+        stack="lmdeploy", context=32768, cache_max_entry_count=0.99, images=2,
+        image_tokens=2691, seq=5500,
+    )  # fmt: skip
+    result = _check(QWEN7, req, "H100-80GB")
+    engine = result.estimate.engine
+    assert engine["backend"] == "pytorch"
+    assert engine["runtime_bytes"] == 8192 * QWEN7.text["vocab"] * 7
+    assert result.verdict in ("fits", "tight")
+    assert any("keeps free for the prefill's logits" in n for n in result.notes)
+    internvl = _check(load_profile("internvl2-2b"), FitRequest(stack="lmdeploy"), "A100-80GB")
+    assert internvl.estimate.engine["backend"] == "turbomind"
+    assert internvl.estimate.engine["runtime_bytes"] == 0
