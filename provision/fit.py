@@ -119,7 +119,9 @@ def judge(profile: Profile, req: FitRequest, machine: Machine) -> tuple[Estimate
         usable = gpu.memory_total * est.memory_fraction
         need, error = est.per_gpu, None
         if est.engine is not None:
-            need, usable, error = engine_check(est, gpu.memory_total)
+            # Memory other processes hold now (this machine only): the engines see it too.
+            held = gpu.memory_total - gpu.memory_free if gpu.memory_free is not None else 0
+            need, usable, error = engine_check(est, gpu.memory_total, max(held, 0))
             if error is None and not parallel_ok(profile, est.request.stack, machine.gpu_count):
                 error = _parallel_refusal(profile, est.request.stack, machine.gpu_count)
         verdict = verdict_for(need, usable)
@@ -150,15 +152,17 @@ def lmdeploy_pool(est: Estimate, total: int) -> float:
     return eng["cache_max_entry_count"] * max(total - loaded - eng.get("runtime_bytes", 0.0), 0)
 
 
-def engine_check(est: Estimate, total: int) -> tuple[float, float, str | None]:
-    """(need, usable, the engine's refusal or None) on a card of `total` bytes, as the engine
-    itself decides at start-up (stacks.toml: versions and the messages quoted)."""
+def engine_check(est: Estimate, total: int, held: float = 0.0) -> tuple[float, float, str | None]:
+    """(need, usable, the engine's refusal or None) on a card of `total` bytes of which other
+    processes hold `held`, as the engine itself decides at start-up (stacks.toml: versions and
+    the messages quoted)."""
     eng = est.engine
     assert eng is not None
     kv = eng["kv_bytes"]
     non_kv = est.per_gpu - kv
     info = stacks()[est.request.stack or ""]
-    if eng["name"] == "lmdeploy":
+    if eng["name"] == "lmdeploy":  # it sizes its cache from the memory free now
+        total = int(total - held)
         pool = lmdeploy_pool(est, total)
         need = non_kv + pool
         if kv > pool:
@@ -177,12 +181,14 @@ def engine_check(est: Estimate, total: int) -> tuple[float, float, str | None]:
     # CUDA graphs are captured after the KV cache took its share: they come out of what the share
     # leaves of the card, not out of the share.
     outside = eng.get("outside_share_bytes", 0.0)
-    non_kv -= outside
+    # 0.8.5 counts every byte in use on the device that is not its own tensors (other processes
+    # included) as its non-torch memory, inside the share (gpu_worker.determine_available_memory).
+    non_kv += held - outside
     available = usable - non_kv
     if non_kv > total:
-        return est.per_gpu, usable, errors["profile_oom"]
+        return est.per_gpu + held, usable, errors["profile_oom"]
     if available <= 0:
-        return est.per_gpu, usable, errors["no_blocks"]
+        return est.per_gpu + held, usable, errors["no_blocks"]
     if kv > available:
         per_token = max(eng["kv_bytes_per_token"], 1)
         text = errors["v0" if eng.get("runner", "").startswith("V0") else "v1"].format(
@@ -191,10 +197,10 @@ def engine_check(est: Estimate, total: int) -> tuple[float, float, str | None]:
             available_gib=available / GIB,
             kv_tokens=int(available // per_token) // 16 * 16,
         )
-        return est.per_gpu, usable, text
+        return est.per_gpu + held, usable, text
     if outside > total - usable:  # what the share leaves (vllm#16199: 0.98 of a 24 GB card)
-        return est.per_gpu, usable, errors["graph_oom"]
-    return est.per_gpu - outside, usable, None
+        return est.per_gpu + held, usable, errors["graph_oom"]
+    return est.per_gpu + held - outside, usable, None
 
 
 def machine_facts(machine: Machine) -> dict[str, Any]:

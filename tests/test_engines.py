@@ -605,3 +605,28 @@ def test_lmdeploy_s_pytorch_engine_keeps_the_prefill_logits_free_before_its_shar
     internvl = _check(load_profile("internvl2-2b"), FitRequest(stack="lmdeploy"), "A100-80GB")
     assert internvl.estimate.engine["backend"] == "turbomind"
     assert internvl.estimate.engine["runtime_bytes"] == 0
+
+
+def test_memory_other_processes_hold_counts_against_the_engines():
+    """vLLM 0.8.5 counts every byte in use on the device that is not its own as non-torch
+    memory inside its share; LMDeploy sizes its cache from what is free. On this machine (NVML's
+    free memory known) 14 GiB held by another process turn a fit into a refusal
+    (vllm#18124: Qwen2.5-VL-3B at 0.3 of an 80 GB card, "No available memory for the cache
+    blocks")."""
+    machine = target_machine(gpu="A100-80GB")
+    busy = replace(
+        machine,
+        gpus=[replace(machine.gpus[0], memory_free=machine.gpus[0].memory_total - 14 * GIB)],
+    )
+    req = FitRequest(stack="vllm", memory_fraction=0.3, context=32768)
+    qwen3b = load_profile("qwen2.5-vl-3b")
+    assert check_fit(qwen3b, req, machine).verdict == "fits"
+    shared = check_fit(qwen3b, req, busy)
+    assert shared.verdict == "does not fit"
+    assert shared.gpus[0].need > check_fit(qwen3b, req, machine).gpus[0].need + 13 * GIB
+    lmdeploy = FitRequest(stack="lmdeploy", context=32768)
+    alone = check_fit(QWEN7, lmdeploy, machine).gpus[0]
+    crowded = check_fit(QWEN7, lmdeploy, busy).gpus[0]
+    assert crowded.usable == pytest.approx(machine.gpus[0].memory_total - 14 * GIB)
+    # its cache share (0.8) is of 14 GiB less
+    assert alone.need - crowded.need == pytest.approx(0.8 * 14 * GIB)
