@@ -87,7 +87,8 @@ ARCH: dict[str, dict[str, Any]] = {
         "config": "llava-hf--llava-1.5-7b-hf",
         "derived": "liuhaotian's repo is the original LlavaLlamaForCausalLM (no transformers "
         "class): the hf-format equivalent, llava-hf/llava-1.5-7b-hf, with the profile's vocab "
-        "(32000; llava-hf pads it to 32064)",
+        "(32000; llava-hf pads it to 32064) and id 31999 for <image> (llava-hf's 32000 lies past "
+        "32000 ids; the original marks images with -200, no id)",
     },
     "smolvlm-256m": {"kind": "idefics3", "config": "HuggingFaceTB--SmolVLM-256M-Instruct"},
     "internvl2-1b": {
@@ -140,6 +141,9 @@ def hub_config(name: str, text: dict[str, Any]) -> dict[str, Any]:
     elif kind == "llava":
         raw["text_config"]["vocab_size"] = text["vocab"]
         raw["vocab_size"] = text["vocab"]
+        # llava-hf's <image> is id 32000 of its padded 32064; in the original's 32000 ids the
+        # last one stands for it (the original swaps its -200 marker for features, no id).
+        raw["image_token_index"] = min(raw["image_token_index"], text["vocab"] - 1)
     elif kind == "internvl":
         llm, vit = raw["llm_config"], raw["vision_config"]
         if llm["model_type"] == "qwen2":
@@ -216,6 +220,7 @@ def shrink(raw: dict[str, Any], kind: str) -> dict[str, Any]:
 
 def build_config(name: str, text: dict[str, Any], tiny: bool = False) -> Any:
     """The transformers config object for the profile's class (sdpa attention everywhere)."""
+    import torch
     import transformers
 
     kind = ARCH[name]["kind"]
@@ -236,6 +241,9 @@ def build_config(name: str, text: dict[str, Any], tiny: bool = False) -> Any:
     for sub in (cfg, *(getattr(cfg, n, None) for n in ("text_config", "vision_config"))):
         if sub is not None:
             sub._attn_implementation = "sdpa"
+            # bf16 everywhere, as the models are built: llava-hf's text_config says float16,
+            # which from_config would give the language model under a bf16 lm_head.
+            sub.dtype = torch.bfloat16
     return cfg
 
 
@@ -405,8 +413,10 @@ def _lora_class() -> Any:
         def __init__(self, base: nn.Linear, rank: int) -> None:
             super().__init__()
             self.base = base
-            self.lora_A = nn.Linear(base.in_features, rank, bias=False, dtype=torch.float32)
-            self.lora_B = nn.Linear(rank, base.out_features, bias=False, dtype=torch.float32)
+            # On the base's device: a model built on the GPU gets its adapters there too.
+            at = {"dtype": torch.float32, "device": base.weight.device}
+            self.lora_A = nn.Linear(base.in_features, rank, bias=False, **at)
+            self.lora_B = nn.Linear(rank, base.out_features, bias=False, **at)
 
         def forward(self, x: Any) -> Any:
             out = self.base(x)
@@ -448,20 +458,6 @@ def add_lora(model: Any, rank: int) -> int:
     for parent, name, child in targets:
         setattr(parent, name, lora(child, rank))
     return sum(p.numel() for p in model.parameters() if p.requires_grad)
-
-
-def decoder_config(text: dict[str, Any]) -> Any:
-    """A LlamaConfig with the profile's text shape (benchmarks/gpu_truth.py builds it on a GPU)."""
-    from transformers import LlamaConfig
-
-    cfg = LlamaConfig(
-        **text_shape(text),
-        head_dim=text["head_dim"],
-        max_position_embeddings=max(text.get("max_context", 4096), 4096),
-        tie_word_embeddings=bool(text.get("tie_word_embeddings", False)),
-    )
-    cfg._attn_implementation = "sdpa"
-    return cfg
 
 
 def _tracker_class(base: Any) -> Any:
@@ -696,25 +692,6 @@ def probe_profile(profile: Any, cfg: Any, traced: dict[str, Any]) -> Any:
         "vision": vision,
     }
     data["weights"] = {**profile.weights, "dtype": "bfloat16", "bytes": 2 * traced["params"]}
-    return replace(profile, data=data)
-
-
-def text_only(profile: Any, text: dict[str, Any] | None = None, params: int | None = None) -> Any:
-    """The profile as a language model alone (no vision tower), optionally with another text
-    shape and the parameter count a build has (benchmarks/gpu_truth.py's Llama decoders)."""
-    from provision.memory import embedding_params
-
-    data = dict(profile.data)
-    data["text"] = {**profile.text, **(text or {})}
-    probe = replace(profile, data=data)
-    if params is None:
-        t = data["text"]
-        embed, head = embedding_params(probe)
-        q, kv = t["heads"] * t["head_dim"], t["kv_heads"] * t["head_dim"]
-        per_layer = t["hidden"] * (2 * q + 2 * kv) + 3 * t["hidden"] * t["intermediate"]
-        params = embed + head + t["layers"] * (per_layer + 2 * t["hidden"]) + t["hidden"]
-    data["params"] = {**profile.params, "total": params, "language": params, "vision": 0}
-    data["weights"] = {**profile.weights, "dtype": "bfloat16", "bytes": 2 * params}
     return replace(profile, data=data)
 
 

@@ -79,6 +79,7 @@ def run_check(
     machine: Machine | None = None,
     profiles_dir: str | os.PathLike[str] | None = None,
     emit: bool = False,
+    dataset: str | None = None,
 ) -> CheckReport:
     """Load the profile, probe this machine unless a planned one is given, and judge the fit."""
     profile = load_profile(profile_name, profiles_dir)
@@ -94,13 +95,17 @@ def run_check(
             continue
     fit = check_fit(profile, request, machine, siblings)
     report = CheckReport(profile=profile, machine=machine, fit=fit, disk=check_disk(profile))
-    if emit:
-        report.launch, report.launch_note = plan_launch(profile, request, fit, machine)
+    if emit or dataset is not None:  # a dataset is only for the launch line: it implies --emit
+        report.launch, report.launch_note = plan_launch(profile, request, fit, machine, dataset)
     return report
 
 
 def plan_launch(
-    profile: Profile, request: FitRequest, fit: FitResult, machine: Machine
+    profile: Profile,
+    request: FitRequest,
+    fit: FitResult,
+    machine: Machine,
+    dataset: str | None = None,
 ) -> tuple[Any, str]:
     """The launch command for the request if it fits, else for the first suggestion that changes
     only the request or the GPU count (the numbers that make it fit)."""
@@ -111,11 +116,13 @@ def plan_launch(
 
     gpus = max(machine.gpu_count, 1)
     if fit.fits:
-        return launch_for(profile, fit.request, gpus), ""
+        return launch_for(profile, fit.request, gpus, dataset), ""
     names = {f.name for f in fields(FitRequest)}
     for s in fit.suggestions:
         if s.change and set(s.change) <= names | {"gpus"}:
             change = {k: v for k, v in s.change.items() if k != "gpus"}
             req = resolve_request(profile, replace(request, **change))
-            return launch_for(profile, req, s.change.get("gpus", gpus)), s.text
-    return launch_for(profile, fit.request, gpus), "nothing listed makes it fit on this machine"
+            return launch_for(profile, req, s.change.get("gpus", gpus), dataset), s.text
+    return launch_for(
+        profile, fit.request, gpus, dataset
+    ), "nothing listed makes it fit on this machine"

@@ -17,6 +17,7 @@ from provision.memory import (
     resolve_request,
     stacks,
     vision_family,
+    vllm_defaults,
     vllm_runner,
     vllm_video_tokens,
 )
@@ -111,14 +112,16 @@ def verdict_for(need: float, usable: float) -> str:
 
 
 def judge(profile: Profile, req: FitRequest, machine: Machine) -> tuple[Estimate, list[GpuVerdict]]:
-    req = replace(req, vllm_v0=vllm_falls_back_to_v0(machine))
+    req = replace(req, **machine_facts(machine))
     est = estimate(profile, req, gpus=max(machine.gpu_count, 1))
     verdicts = []
     for gpu in machine.gpus:
         usable = gpu.memory_total * est.memory_fraction
         need, error = est.per_gpu, None
         if est.engine is not None:
-            need, usable, error = engine_check(est, gpu.memory_total)
+            # Memory other processes hold now (this machine only): the engines see it too.
+            held = gpu.memory_total - gpu.memory_free if gpu.memory_free is not None else 0
+            need, usable, error = engine_check(est, gpu.memory_total, max(held, 0))
             if error is None and not parallel_ok(profile, est.request.stack, machine.gpu_count):
                 error = _parallel_refusal(profile, est.request.stack, machine.gpu_count)
         verdict = verdict_for(need, usable)
@@ -141,22 +144,25 @@ def judge(profile: Profile, req: FitRequest, machine: Machine) -> tuple[Estimate
 
 def lmdeploy_pool(est: Estimate, total: int) -> float:
     """Bytes LMDeploy's KV cache takes on a card of `total` bytes: its share of what is free
-    once the weights and the CUDA context are in."""
+    once the weights and the CUDA context are in, less what the PyTorch engine keeps free for
+    the prefill's logits (engine["runtime_bytes"], 0 on TurboMind)."""
     eng = est.engine
     assert eng is not None
     loaded = eng["weights_bytes"] + coefficients()["overhead"]["context_gib"] * GIB
-    return eng["cache_max_entry_count"] * max(total - loaded, 0)
+    return eng["cache_max_entry_count"] * max(total - loaded - eng.get("runtime_bytes", 0.0), 0)
 
 
-def engine_check(est: Estimate, total: int) -> tuple[float, float, str | None]:
-    """(need, usable, the engine's refusal or None) on a card of `total` bytes, as the engine
-    itself decides at start-up (stacks.toml: versions and the messages quoted)."""
+def engine_check(est: Estimate, total: int, held: float = 0.0) -> tuple[float, float, str | None]:
+    """(need, usable, the engine's refusal or None) on a card of `total` bytes of which other
+    processes hold `held`, as the engine itself decides at start-up (stacks.toml: versions and
+    the messages quoted)."""
     eng = est.engine
     assert eng is not None
     kv = eng["kv_bytes"]
     non_kv = est.per_gpu - kv
     info = stacks()[est.request.stack or ""]
-    if eng["name"] == "lmdeploy":
+    if eng["name"] == "lmdeploy":  # it sizes its cache from the memory free now
+        total = int(total - held)
         pool = lmdeploy_pool(est, total)
         need = non_kv + pool
         if kv > pool:
@@ -172,11 +178,17 @@ def engine_check(est: Estimate, total: int) -> tuple[float, float, str | None]:
         return need, float(total), None
     usable = total * est.memory_fraction
     errors = info["errors"]
+    # CUDA graphs are captured after the KV cache took its share: they come out of what the share
+    # leaves of the card, not out of the share.
+    outside = eng.get("outside_share_bytes", 0.0)
+    # 0.8.5 counts every byte in use on the device that is not its own tensors (other processes
+    # included) as its non-torch memory, inside the share (gpu_worker.determine_available_memory).
+    non_kv += held - outside
     available = usable - non_kv
     if non_kv > total:
-        return est.per_gpu, usable, errors["profile_oom"]
+        return est.per_gpu + held, usable, errors["profile_oom"]
     if available <= 0:
-        return est.per_gpu, usable, errors["no_blocks"]
+        return est.per_gpu + held, usable, errors["no_blocks"]
     if kv > available:
         per_token = max(eng["kv_bytes_per_token"], 1)
         text = errors["v0" if eng.get("runner", "").startswith("V0") else "v1"].format(
@@ -185,8 +197,17 @@ def engine_check(est: Estimate, total: int) -> tuple[float, float, str | None]:
             available_gib=available / GIB,
             kv_tokens=int(available // per_token) // 16 * 16,
         )
-        return est.per_gpu, usable, text
-    return est.per_gpu, usable, None
+        return est.per_gpu + held, usable, text
+    if outside > total - usable:  # what the share leaves (vllm#16199: 0.98 of a 24 GB card)
+        return est.per_gpu + held, usable, errors["graph_oom"]
+    return est.per_gpu + held - outside, usable, None
+
+
+def machine_facts(machine: Machine) -> dict[str, Any]:
+    """What the engines read from the card at start-up: vLLM's V0 fallback and the card's size
+    (V1's defaults depend on it)."""
+    sizes = [g.memory_total for g in machine.gpus if g.memory_total]
+    return {"vllm_v0": vllm_falls_back_to_v0(machine), "card_bytes": min(sizes) if sizes else None}
 
 
 def vllm_falls_back_to_v0(machine: Machine) -> bool:
@@ -209,7 +230,7 @@ def check_fit(
     siblings: list[Profile] | None = None,
 ) -> FitResult:
     """The estimate, the verdict per GPU and, when it does not fit, ranked suggestions."""
-    resolved = replace(resolve_request(profile, req), vllm_v0=vllm_falls_back_to_v0(machine))
+    resolved = replace(resolve_request(profile, req), **machine_facts(machine))
     est, verdicts = judge(profile, resolved, machine)
     verdict = _overall(verdicts)
     notes = []
@@ -228,9 +249,16 @@ def check_fit(
         if eng and eng["name"] == "lmdeploy" and not worst.engine_error:
             pool = lmdeploy_pool(est, worst.total)
             if pool > eng["kv_bytes"]:
+                runtime = eng.get("runtime_bytes", 0.0)
+                kept = (
+                    f" and what its PyTorch engine keeps free for the prefill's logits "
+                    f"({_b(runtime)}, --max-prefill-token-num)"
+                    if runtime
+                    else ""
+                )
                 notes.append(
                     f"LMDeploy takes {eng['cache_max_entry_count']} of the memory left after the "
-                    f"weights for its KV cache (--cache-max-entry-count): {_b(pool)} on "
+                    f"weights{kept} for its KV cache (--cache-max-entry-count): {_b(pool)} on "
                     f"{worst.name}, so it holds {_b(worst.need)} in all, not only the "
                     f"{_b(est.per_gpu)} the run itself needs."
                 )
@@ -347,7 +375,8 @@ def suggest(
                     )
                 )
         if req.task == "infer" and engine == "vllm":
-            seqs = req.max_num_seqs or stacks()["vllm"]["engine"]["max_num_seqs"]
+            eng = stacks()["vllm"]["engine"]
+            seqs = req.max_num_seqs or vllm_defaults(eng, vllm_runner(profile, asked), asked)[1]
             for eager in (False, True):
                 n = seqs // 2
                 while n >= 1:

@@ -10,6 +10,7 @@ import shlex
 from dataclasses import dataclass, field
 from typing import Any
 
+from provision.errors import ProvisionError
 from provision.memory import FitRequest, engine_of, stacks, vision_family
 from provision.profiles import Profile
 
@@ -21,6 +22,12 @@ class Launch:
     version: str
     source: str
     notes: list[str] = field(default_factory=list)  # what the line cannot say
+    # Training lines: what the run reads and writes, and what the user must still put in.
+    template: str | None = None
+    dataset: str | None = None
+    dataset_note: str = ""  # whose dataset it is and how to pass one's own
+    output_dir: str | None = None
+    placeholders: list[str] = field(default_factory=list)  # words to replace before it runs
 
     @property
     def line(self) -> str:
@@ -34,20 +41,45 @@ class Launch:
             "version": self.version,
             "source": self.source,
             "notes": self.notes,
+            "template": self.template,
+            "dataset": self.dataset,
+            "dataset_note": self.dataset_note or None,
+            "output_dir": self.output_dir,
+            "placeholders": self.placeholders,
+            "runs_as_printed": not self.placeholders,
         }
 
 
-def launch_for(profile: Profile, req: FitRequest, gpus: int) -> Launch | None:
+def launch_for(
+    profile: Profile, req: FitRequest, gpus: int, dataset: str | None = None
+) -> Launch | None:
     """The launch command for the resolved request on `gpus` GPUs; None for a stack without a
-    launch table (transformers scripts are the user's own)."""
+    launch table (transformers scripts are the user's own). `dataset` goes into a training
+    line in place of the stack's own demo dataset."""
     stack = req.stack or ""
     table = stacks().get(stack, {}).get("launch")
+    if dataset is not None and (table is None or req.task == "infer"):
+        why = (
+            "--task infer has none" if req.task == "infer" else f"stack {stack} has no launch line"
+        )
+        raise ProvisionError(
+            f"--dataset goes into a training stack's launch line; {why}.",
+            "Use it with --task lora/qlora/full and --stack ms-swift, llama-factory or xtuner.",
+        )
     if table is None:
         return None
     notes: list[str] = []
+    out = Launch(stack, [], table["version"], table["source"], notes)
     config = _config(profile, req, table, notes)
+    if config == table.get("config_missing"):
+        out.placeholders.append(config)
     argv = shlex.split(table["command"].format(repo=profile.hf_repo, config=config))
-    values = _values(profile, req, gpus, stack)
+    values: dict[str, Any] = {}
+    if req.task != "infer":
+        values = _run_values(profile, req, table, dataset, out)
+    values.update(_values(profile, req, gpus, stack))
+    if profile.data.get("family") not in table.get("max_tiles_families", ()):
+        values.pop("max_tiles", None)  # the tile cap is a setting of these families' templates
 
     env: list[str] = []
     cfg: list[str] = []  # key=value overrides of a config file (XTuner --cfg-options)
@@ -59,7 +91,10 @@ def launch_for(profile: Profile, req: FitRequest, gpus: int) -> Launch | None:
         if key == "train_type" and value == "qlora" and "qlora" in table:
             argv.extend(table["qlora"])
         elif key == "zero":
-            argv.extend(_zero(table, value, req.cpu_offload, notes))
+            deepspeed = _zero(table, value, req.cpu_offload, notes)
+            argv.extend(deepspeed)
+            if deepspeed and "zero_env" in table:  # what the stack needs to start DeepSpeed
+                env.append(table["zero_env"])
         elif flag.startswith("env:"):  # a setting the stack reads from the environment
             env.append(f"{flag[4:]}={value}")
         elif flag.startswith("cfg:"):
@@ -79,7 +114,83 @@ def launch_for(profile: Profile, req: FitRequest, gpus: int) -> Launch | None:
         add(key, value)
     if cfg:
         argv.extend([table["cfg_flag"], *cfg])
-    return Launch(stack, env + argv, table["version"], table["source"], notes)
+    out.argv = env + argv
+    return out
+
+
+def _run_values(
+    profile: Profile, req: FitRequest, table: dict[str, Any], dataset: str | None, out: Launch
+) -> dict[str, Any]:
+    """What a training run needs to start besides the numbers: the template (where the stack
+    does not infer it), the dataset (the stack's own demo one unless `dataset` is given) and
+    the output folder (where the stack requires one)."""
+    values: dict[str, Any] = {}
+    if "templates" in table:
+        template = table["templates"].get(profile.architecture)
+        if template is None:
+            template = table["template_missing"]
+            out.placeholders.append(template)
+            out.notes.append(_unsupported(profile, req, table))
+        out.template = values["template"] = template
+    elif "configs" not in table and not _trains(profile, req.stack or "", table):
+        out.notes.append(_unsupported(profile, req, table))
+    if dataset is not None:
+        if not dataset.strip() or any(not c.isprintable() for c in dataset):
+            raise ProvisionError(
+                f"--dataset {dataset!r} is not a dataset name or path.",
+                "Example: --dataset mllm_demo (LLaMA-Factory), --dataset my_data.jsonl (ms-swift).",
+            )
+        out.dataset = dataset
+        out.dataset_note = table.get("dataset_note", "")
+    else:
+        out.dataset = table.get("demo_dataset")
+        out.dataset_note = table.get("demo_note", "")
+    values["dataset"] = out.dataset
+    if "output_dir_format" in table:
+        out.output_dir = values["output_dir"] = table["output_dir_format"].format(
+            profile=profile.name, task=req.task
+        )
+    fixed = table.get("fixed_tiles_note")
+    tiles = stacks()[req.stack or ""].get("default_max_tiles")
+    if fixed and req.max_tiles is not None and tiles is not None and req.max_tiles != tiles:
+        out.notes.append(
+            fixed.format(
+                version=table["version"], tiles=tiles, model=profile.name, asked=req.max_tiles
+            )
+        )
+    return values
+
+
+def _unsupported(profile: Profile, req: FitRequest, table: dict[str, Any]) -> str:
+    """The note for a model the stack's pinned version cannot train, naming the stacks that can."""
+    others = [
+        name
+        for name, entry in stacks().items()
+        if name != req.stack and _trains(profile, name, entry.get("launch"))
+    ]
+    where = f": use --stack {' or '.join(others)}" if others else ""
+    return (
+        f"{req.stack} {table['version']} cannot train {profile.architecture} ({profile.name}): "
+        f"it has no template or model entry for it{where}"
+    )
+
+
+def _trains(profile: Profile, stack: str, table: dict[str, Any] | None) -> bool:
+    """Whether `stack`'s pinned version can train the profile's model: a template for its
+    architecture (LLaMA-Factory), a shipped config (XTuner; a missing one has its own note),
+    or an architecture it registers (ms-swift, read from its wheel into train_flags.toml)."""
+    if table is None or "train_type" not in table and "configs" not in table:
+        return False
+    if "templates" in table:
+        return profile.architecture in table["templates"]
+    if "configs" in table:
+        return profile.name in table["configs"]
+    if table.get("architectures_from"):
+        from provision.resources import load_table
+
+        known = load_table(table["architectures_from"])["stack"][stack]["architectures"]
+        return profile.architecture in known
+    return False
 
 
 def _config(profile: Profile, req: FitRequest, table: dict[str, Any], notes: list[str]) -> str:
@@ -122,6 +233,16 @@ def _vision_values(req: FitRequest, table: dict[str, Any], notes: list[str]) -> 
         notes.append(f"--train-vision {req.train_vision} has no flag in {req.stack}'s command")
         return {}
     return {"freeze_vision": "false"}
+
+
+def _tiles_of(tokens: int | None, fam: dict[str, Any]) -> int | None:
+    """The tile count a tiled family's image of `tokens` tokens has (its thumbnail not counted),
+    so a stack that takes a tile cap is told the one the check sized; None if not tiled."""
+    per = fam.get("tokens_per_tile")
+    if not per or not tokens or tokens % per:
+        return None
+    tiles = tokens // per
+    return tiles - 1 if fam.get("thumbnail") and tiles > 1 else tiles
 
 
 def _kv(pairs: dict[str, Any], style: str) -> str:
@@ -168,8 +289,7 @@ def _values(profile: Profile, req: FitRequest, gpus: int, stack: str) -> dict[st
             out["max_pixels"] = req.max_pixels or (req.image_tokens or 0) * fam.get(
                 "pixels_per_token", 0
             )
-        if req.max_tiles is not None:
-            out["max_tiles"] = req.max_tiles
+        out["max_tiles"] = req.max_tiles or _tiles_of(req.image_tokens, fam)
         out["zero"] = req.zero or None
         out["nproc"] = gpus if gpus > 1 else None
         out["trust_remote_code"] = bool(profile.data["source"].get("trust_remote_code"))

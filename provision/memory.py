@@ -36,6 +36,23 @@ def vision_family(profile: Profile) -> dict[str, Any]:
     return _table("vision.toml")["family"].get(profile.data.get("family", ""), {})
 
 
+def lmdeploy_backend(profile: Profile, eng: dict[str, Any]) -> str:
+    """ "turbomind" for the architectures LMDeploy's TurboMind serves, else "pytorch"
+    (lmdeploy/archs.py autoget_backend; the list is stacks.toml's)."""
+    return "turbomind" if profile.architecture in eng["turbomind_architectures"] else "pytorch"
+
+
+def vllm_defaults(eng: dict[str, Any], runner: str, req: FitRequest) -> tuple[int, int]:
+    """(max_num_batched_tokens, max_num_seqs) `vllm serve` takes when not given: V1's depend on
+    the card (stacks.toml [stack.vllm.engine.v1_defaults]); V0 takes 256 sequences."""
+    if runner.startswith("V0"):
+        return eng["v0_min_batched_tokens"], eng["max_num_seqs"]
+    table = eng["v1_defaults"]
+    large = req.card_bytes is None or req.card_bytes >= table["large_card_gib"] * GIB
+    chosen = table["large" if large else "small"]
+    return chosen["max_num_batched_tokens"], chosen["max_num_seqs"]
+
+
 def vllm_video_tokens(profile: Profile, context: int, pair_tokens: int) -> int:
     """vLLM's largest dummy video for a model that takes video (vision.toml vllm_video_max_frames:
     Qwen2-VL and Qwen2.5-VL): as many frames of the largest image as fit in the context after one
@@ -152,6 +169,8 @@ class FitRequest:
     # vLLM runs its V0 engine on these GPUs (below the compute capability V1 needs): set from the
     # machine by fit.judge, not by the user.
     vllm_v0: bool = False
+    # The smallest GPU's memory, set by fit.judge: vLLM's V1 defaults depend on it.
+    card_bytes: int | None = None
 
     def __post_init__(self) -> None:
         from provision.bounds import check_bound
@@ -566,6 +585,8 @@ def estimate(profile: Profile, req: FitRequest, gpus: int = 1) -> Estimate:
         parts, strategy = _training(profile, req, gpus, info)
     ovh = coefficients()["overhead"]
     transient = sum(p.bytes for p in parts if p.name in ("activations", "logits", "sampler"))
+    if engine is not None and engine["name"] == "vllm":
+        transient = 0.0  # vLLM's check takes torch's allocated peak: no allocator rounding
     overhead = ovh["context_gib"] * GIB + ovh["fragmentation"] * transient
     if info["kind"] == "paged" and engine is None:
         overhead += ovh["engine_gib"] * GIB
@@ -616,8 +637,11 @@ def _engine(
     if eng["name"] == "vllm":
         runner = vllm_runner(profile, req)
         v0 = runner.startswith("V0")
+        default_batched, default_seqs = vllm_defaults(eng, runner, req)
+        seqs = req.max_num_seqs or default_seqs
+        out["max_num_seqs"] = seqs
         batched = req.max_batched_tokens or (
-            max(req.context, eng["v0_min_batched_tokens"]) if v0 else eng["max_num_batched_tokens"]
+            max(req.context, eng["v0_min_batched_tokens"]) if v0 else default_batched
         )
         window = t.get("sliding_window")
         if window and eng.get("sliding_kv_adds_batched"):
@@ -652,8 +676,24 @@ def _engine(
         if t.get("cross_attention_layers") and items:  # one layer's cross K/V for every image
             cross = 2.0 * t["kv_heads"] * t["head_dim"] * 2 * item_tokens * items / gpus
         lm = batched * width * 2 / gpus
-        sampler = seqs * t["vocab"] * eng["sampler_bytes_per_logit"]
+        rows = seqs if v0 else min(seqs, batched)  # V1 samples one row per dummy request
+        sampler = rows * t["vocab"] * eng["sampler_bytes_per_logit"]
         graphs = 0.0 if req.enforce_eager else eng["cuda_graph_gib"] * GIB
+        if runner == "V0 encoder-decoder":
+            # Mllama's encoder and cross-attention run inside the decoder's forward: all at once.
+            peak, phase = lm + vision + cross + sampler, "encoder, forward and sampler at once"
+        else:
+            # profile_run encodes, keeps only the encoder outputs, then runs the decoder, then
+            # the sampler: the allocator's peak is the largest phase, not their sum.
+            kept = items * item_tokens * t["hidden"] * 2 + n_videos * video * t["hidden"] * 2
+            phases = {
+                "the encoder": vision,
+                "the forward": kept + lm,
+                "the sampler": kept + sampler,
+            }
+            phase = max(phases, key=lambda name: phases[name])
+            peak = phases[phase]
+            phase = f"peak in {phase}"
         out.update(
             runner=runner,
             max_num_batched_tokens=batched,
@@ -674,26 +714,37 @@ def _engine(
             ),
             Component(
                 "activations",
-                lm + vision + cross,
+                peak,
                 f"start-up profile run: {batched} tokens, {items} {kind}(s) of {item_tokens} "
                 f"tokens through the encoder"
                 + f" and {n_videos} video(s) of {video}" * bool(n_videos)
-                + f" ({seqs} seqs)",
+                + f", sampler over {rows} rows x vocab {t['vocab']} ({seqs} seqs; {phase})",
             ),
-            Component("sampler", sampler, f"{seqs} rows x vocab {t['vocab']} in fp32"),
             Component(
                 "cuda graphs",
                 graphs,
-                "--enforce-eager: none" if req.enforce_eager else "captured after the KV cache",
+                "--enforce-eager: none"
+                if req.enforce_eager
+                else "captured after the KV cache, outside the --memory-fraction share",
             ),
         ]
+        out.update(sampler_rows=rows, outside_share_bytes=graphs, activation_peak_bytes=peak)
     else:  # LMDeploy: the vision model takes `vision_batch` images at a time
         share = req.cache_max_entry_count or eng["cache_max_entry_count"]
         tokens = min(req.seq * req.batch, c["overhead"]["engine_profile_tokens"])
         vision = 0.0
         if limit:
             vision = vision_bytes(profile, req, 1, False, n_images=eng["vision_batch"])
-        out.update(cache_max_entry_count=share, session_len=req.context)
+        backend = lmdeploy_backend(profile, eng)
+        runtime = 0.0
+        if backend == "pytorch":  # kept free for the prefill's logits before the cache share
+            runtime = eng["max_prefill_token_num"] * t["vocab"] * eng["runtime_bytes_per_logit"]
+        out.update(
+            cache_max_entry_count=share,
+            session_len=req.context,
+            backend=backend,
+            runtime_bytes=runtime / gpus,
+        )
         parts += [
             Component(
                 "kv cache",

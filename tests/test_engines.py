@@ -487,19 +487,14 @@ def test_vllm_on_a_gpu_below_compute_capability_8_profiles_as_its_v0_engine():
     assert t4.estimate.engine["max_num_batched_tokens"] == 32768
     assert t4.estimate.engine["profile_images"] == 2
     assert ampere.estimate.engine["profile_images"] == 1
-    sampler = {
-        r.estimate.engine["runner"]: c.bytes
-        for r in (t4, ampere)
-        for c in r.estimate.components
-        if c.name == "sampler"
-    }
-    assert sampler["V0"] == 2 * qwen2.text["vocab"] * 12 < sampler["V1"]
+    # V0 samples over its 2 sequences, V1 over its 256 dummy requests
+    assert t4.estimate.engine["sampler_rows"] == 2 and ampere.estimate.engine["sampler_rows"] == 256
     # a shorter context shrinks V0's profile run (5120 at least), not V1's
     short = _check(qwen2, replace(images_only, context=4096), "T4")
     assert short.estimate.engine["max_num_batched_tokens"] == 5120
     assert short.estimate.engine["profile_images"] == 1
     # V0's refusal is V0's message
-    tight = _check(qwen2, FitRequest(stack="vllm", memory_fraction=0.7), "T4")
+    tight = _check(qwen2, FitRequest(stack="vllm", memory_fraction=0.5), "T4")
     assert tight.verdict == "does not fit"
     assert "is larger than the maximum number of tokens that can be stored" in tight.reason
 
@@ -519,8 +514,8 @@ def test_vllm_v1_profiles_the_largest_video_when_it_is_larger_than_an_image():
     # a family without video never profiles one
     gemma = _check(load_profile("gemma-3-12b-it"), FitRequest(stack="vllm"), "A100-80GB")
     assert gemma.estimate.engine["profile_modality"] == "image"
-    # on a 40 GB card the video decides it, and turning video off is offered
-    result = _check(QWEN7, FitRequest(stack="vllm"), "A100-40GB")
+    # on a 40 GB card at 0.85 the video decides it, and turning video off is offered
+    result = _check(QWEN7, FitRequest(stack="vllm", memory_fraction=0.85), "A100-40GB")
     assert result.verdict == "does not fit"
     offered = [s for s in result.suggestions if s.kind == "limit-mm"]
     assert offered and offered[0].change == {"limit_videos": 0}
@@ -535,3 +530,103 @@ def test_vllm_v0_profiles_each_sequence_s_images_and_video():
     assert engine["profile_images"] == 1 and engine["profile_videos"] == 1
     no_video = _check(qwen2, FitRequest(stack="vllm", limit_videos=0), "T4").estimate.engine
     assert no_video["profile_images"] == 2 and no_video["profile_videos"] == 0
+
+
+def test_vllm_v1_defaults_follow_the_card():
+    """`vllm serve` on V1 (arg_utils.py _set_default_args_v1, 0.8.5): 2048 batched tokens and 256
+    sequences under 70 GiB, 8192 and 1024 above."""
+    small = _check(QWEN7, FitRequest(stack="vllm", context=8192), "RTX 4090").estimate.engine
+    large = _check(QWEN7, FitRequest(stack="vllm", context=8192), "H100-80GB").estimate.engine
+    assert (small["max_num_batched_tokens"], small["max_num_seqs"]) == (2048, 256)
+    assert (large["max_num_batched_tokens"], large["max_num_seqs"]) == (8192, 1024)
+    assert large["sampler_rows"] == 1024
+    given = FitRequest(stack="vllm", context=8192, max_batched_tokens=4096, max_num_seqs=8)
+    mine = _check(QWEN7, given, "H100-80GB").estimate.engine
+    assert (mine["max_num_batched_tokens"], mine["max_num_seqs"], mine["sampler_rows"]) == (
+        4096,
+        8,
+        8,
+    )
+
+
+def test_vllm_v1_peak_is_the_largest_phase_not_the_sum():
+    """profile_run frees the encoder's activations before the forward, keeping its outputs:
+    the peak is max(encoder, outputs + forward, outputs + sampler)."""
+    req = FitRequest(stack="vllm", context=8192, limit_videos=0)
+    result = _check(QWEN7, req, "H100-80GB")
+    engine, t = result.estimate.engine, QWEN7.text
+    probe = replace(result.request, image_tokens=16384)
+    encoder = vision_bytes(QWEN7, probe, 1, False, n_images=1, memory_efficient=True)
+    kept = 16384 * t["hidden"] * 2
+    assert engine["activation_peak_bytes"] >= max(encoder, kept)
+    assert result.estimate.part("activations") == engine["activation_peak_bytes"]
+    assert result.estimate.part("sampler") == 0  # inside the peak, not beside it
+    # Mllama's V0 encoder-decoder runner runs them inside one forward: the sum stays
+    mllama = _check(MLLAMA, FitRequest(stack="vllm", context=1024), "H100-80GB")
+    assert "at once" in next(
+        c.detail for c in mllama.estimate.components if c.name == "activations"
+    )
+
+
+def test_cuda_graphs_come_out_of_what_the_share_leaves():
+    """Graphs are captured after the KV cache took the share: they are not in the verdict's
+    figure, and a share that leaves no room for them is refused as vLLM fails at capture."""
+    req = FitRequest(stack="vllm", context=8192)
+    result = _check(QWEN7, req, "RTX 4090")
+    graphs = result.estimate.part("cuda graphs")
+    assert graphs > 0 and result.gpus[0].need == pytest.approx(result.estimate.per_gpu - graphs)
+    eager = _check(QWEN7, replace(req, enforce_eager=True), "RTX 4090")
+    assert eager.gpus[0].need == pytest.approx(result.gpus[0].need)
+    squeezed = _check(load_profile("qwen2-vl-2b"), replace(req, memory_fraction=0.99), "RTX 4090")
+    assert squeezed.verdict == "does not fit"
+    assert "capturing CUDA graphs" in squeezed.reason
+    assert _check(
+        load_profile("qwen2-vl-2b"),
+        replace(req, memory_fraction=0.99, enforce_eager=True),
+        "RTX 4090",
+    ).verdict in ("fits", "tight")
+
+
+def test_lmdeploy_s_pytorch_engine_keeps_the_prefill_logits_free_before_its_share():
+    """LMDeploy 0.7.3 runs Qwen2.5-VL on its PyTorch engine, which keeps
+    max_prefill_token_num x vocab x 7 bytes free before taking cache_max_entry_count of the rest
+    (executor/base.py update_configs); TurboMind (InternVL2) has no such term. lmdeploy#3280:
+    Qwen2.5-VL-7B at --cache-max-entry-count 0.99 with two images starts on an H100."""
+    req = FitRequest(
+        stack="lmdeploy", context=32768, cache_max_entry_count=0.99, images=2,
+        image_tokens=2691, seq=5500,
+    )  # fmt: skip
+    result = _check(QWEN7, req, "H100-80GB")
+    engine = result.estimate.engine
+    assert engine["backend"] == "pytorch"
+    assert engine["runtime_bytes"] == 8192 * QWEN7.text["vocab"] * 7
+    assert result.verdict in ("fits", "tight")
+    assert any("keeps free for the prefill's logits" in n for n in result.notes)
+    internvl = _check(load_profile("internvl2-2b"), FitRequest(stack="lmdeploy"), "A100-80GB")
+    assert internvl.estimate.engine["backend"] == "turbomind"
+    assert internvl.estimate.engine["runtime_bytes"] == 0
+
+
+def test_memory_other_processes_hold_counts_against_the_engines():
+    """vLLM 0.8.5 counts every byte in use on the device that is not its own as non-torch
+    memory inside its share; LMDeploy sizes its cache from what is free. On this machine (NVML's
+    free memory known) 14 GiB held by another process turn a fit into a refusal
+    (vllm#18124: Qwen2.5-VL-3B at 0.3 of an 80 GB card, "No available memory for the cache
+    blocks")."""
+    machine = target_machine(gpu="A100-80GB")
+    busy = replace(
+        machine,
+        gpus=[replace(machine.gpus[0], memory_free=machine.gpus[0].memory_total - 14 * GIB)],
+    )
+    req = FitRequest(stack="vllm", memory_fraction=0.3, context=32768)
+    qwen3b = load_profile("qwen2.5-vl-3b")
+    assert check_fit(qwen3b, req, machine).verdict == "fits"
+    shared = check_fit(qwen3b, req, busy)
+    assert shared.verdict == "does not fit"
+    assert shared.gpus[0].need > check_fit(qwen3b, req, machine).gpus[0].need + 13 * GIB
+    lmdeploy = FitRequest(stack="lmdeploy", context=32768)
+    alone = check_fit(QWEN7, lmdeploy, machine).gpus[0]
+    crowded = check_fit(QWEN7, lmdeploy, busy).gpus[0]
+    assert crowded.usable == pytest.approx(machine.gpus[0].memory_total - 14 * GIB)
+    # its cache share (0.8) is of 14 GiB less
+    assert alone.need - crowded.need == pytest.approx(0.8 * 14 * GIB)

@@ -212,7 +212,9 @@ def test_llama_factory_line():
     )
     launch = _launch(QWEN7, req, gpus=4)
     argv = launch.argv
-    assert argv[0] == "NPROC_PER_NODE=4" and argv[1:3] == ["llamafactory-cli", "train"]
+    # DeepSpeed only starts under torchrun in 0.9.2 (FORCE_TORCHRUN=1, tests/test_train_flags.py).
+    assert argv[:2] == ["FORCE_TORCHRUN=1", "NPROC_PER_NODE=4"]
+    assert argv[2:4] == ["llamafactory-cli", "train"]
     assert _flag(argv, "--model_name_or_path") == "Qwen/Qwen2.5-VL-7B-Instruct"
     assert _flag(argv, "--finetuning_type") == "lora" and _flag(argv, "--quantization_bit") == "4"
     assert _flag(argv, "--per_device_train_batch_size") == "2"

@@ -20,6 +20,7 @@ from provision.cli.options import (
     GpuMemOpt,
     GpuOpt,
     GpusOpt,
+    LaunchDatasetOpt,
     LimitMmOpt,
     LoraRankOpt,
     MaxBatchedTokensOpt,
@@ -84,6 +85,7 @@ def check(
     limit_mm: LimitMmOpt = None,
     cache_max_entry_count: CacheMaxEntryOpt = None,
     emit_launch: EmitOpt = False,
+    dataset: LaunchDatasetOpt = None,
     gpu: GpuOpt = None,
     gpu_mem: GpuMemOpt = None,
     gpus: GpusOpt = None,
@@ -136,7 +138,9 @@ def check(
 
         report = check_nodes(profile, request, machine, nodes, profiles_dir)
     else:
-        report = run_check(profile, request, machine, profiles_dir, emit=emit_launch)
+        report = run_check(
+            profile, request, machine, profiles_dir, emit=emit_launch, dataset=dataset
+        )
     error = None if report.ok else CheckFailed(_not_ok(report))
     emit_result(report, lambda con: render(con, report), json_output, error, plain=True)
 
@@ -225,8 +229,15 @@ def render(con: Any, report: Any) -> None:
             markup=False,
         )
         con.print(report.launch.line, markup=False)
-        for note in report.launch.notes:
+        notes = [report.launch.dataset_note] if report.launch.dataset_note else []
+        for note in notes + report.launch.notes:
             con.print(f"  note: {note}", markup=False)
+        if report.launch.placeholders:
+            con.print(
+                f"  It does not run as printed: {', '.join(report.launch.placeholders)} stands "
+                "for what the stack lacks (see the notes).",
+                markup=False,
+            )
 
 
 def register(app: typer.Typer) -> None:

@@ -223,6 +223,15 @@ EmitOpt = Annotated[
         "--emit", help="Print the stack's own launch command with the numbers that make it fit."
     ),
 ]
+LaunchDatasetOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--dataset",
+        help="With --emit, training: the dataset the launch line trains on, as the stack names "
+        "it (LLaMA-Factory: a data/dataset_info.json entry; ms-swift: a hub id or a .jsonl; "
+        "XTuner: a LLaVA-format .json). Default: the stack's own demo dataset.",
+    ),
+]
 
 
 def parse_limit_mm(value: str | None) -> tuple[int | None, int | None]:
