@@ -3,6 +3,7 @@ ranked suggestions when it does not fit."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -481,6 +482,10 @@ def suggest(
                         {"task": "qlora", "quant": None, "stack": None, "zero": None},
                     )
                 )
+        if not out and req.task == "infer" and engine in ("vllm", "lmdeploy"):
+            found = _combined(profile, asked, req, engine, fits)
+            if found:
+                out.append(found)
         for sibling in siblings:
             ok, need = _fits_on(sibling, asked, machine)
             if ok:
@@ -495,6 +500,49 @@ def suggest(
                 break
     out.extend(_catalogue_suggestions(profile, asked, machine))
     return out
+
+
+def _combined(
+    profile: Profile,
+    asked: FitRequest,
+    req: FitRequest,
+    engine: str,
+    fits: Callable[[FitRequest], tuple[bool, float]],
+) -> Suggestion | None:
+    """When no single change is enough on this card: the serving levers applied one after
+    another (a shorter context, fewer profile sequences, no CUDA graphs, no video, quantised
+    weights) until the request fits, as one suggestion with every flag it needs."""
+    largest = req.largest_image_tokens or req.image_tokens or 0
+    steps: list[tuple[dict[str, Any], str]] = []
+    if req.context and req.context > 8192:
+        steps.append(({"context": 8192}, "--context 8192"))
+    if engine == "vllm":
+        if (req.max_num_seqs or 256) > 8:
+            steps.append(({"max_num_seqs": 8}, "--max-num-seqs 8"))
+        if not req.enforce_eager:
+            steps.append(({"enforce_eager": True}, "--enforce-eager"))
+        video = vllm_video_tokens(profile, min(req.context or 0, 8192), largest)
+        if req.limit_videos != 0 and video > largest:
+            steps.append(({"limit_videos": 0}, "--limit-mm video=0"))
+    for quant in ("int8", "int4"):
+        if QUANTS.index(quant) > QUANTS.index(req.quant or "bf16"):
+            steps.append(({"quant": quant}, f"--quant {quant}"))
+    change: dict[str, Any] = {}
+    flags: list[str] = []
+    for step, flag in steps:
+        if "quant" in step:  # the lighter quantisation is replaced, not kept beside
+            flags = [f for f in flags if not f.startswith("--quant")]
+        change |= step
+        flags.append(flag)
+        ok, need = fits(replace(asked, **change))
+        if ok and len(flags) > 1:
+            return Suggestion(
+                "combined",
+                " ".join(flags) + " (together: no single change is enough on this card)",
+                need,
+                dict(change),
+            )
+    return None
 
 
 def _training_suggestions(

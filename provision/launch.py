@@ -73,7 +73,18 @@ def launch_for(
     config = _config(profile, req, table, notes)
     if config == table.get("config_missing"):
         out.placeholders.append(config)
-    argv = shlex.split(table["command"].format(repo=profile.hf_repo, config=config))
+    repo = profile.hf_repo
+    if req.task == "infer" and req.quant in ("int8", "int4"):
+        # The engines read a checkpoint's quantisation from its config.json: the 16-bit repo
+        # would load 16-bit weights, not the ones the check sized.
+        repo = f"YOUR_{req.quant.upper()}_BUILD_OF_{repo.split('/')[-1]}"
+        out.placeholders.append(repo)
+        notes.append(
+            f"--quant {req.quant} sizes a {req.quant[3:]}-bit checkpoint: put an AWQ or GPTQ "
+            f"build of {profile.hf_repo} in place of {repo} (the engine reads its quantisation "
+            "from its config.json)"
+        )
+    argv = shlex.split(table["command"].format(repo=repo, config=config))
     values: dict[str, Any] = {}
     if req.task != "infer":
         values = _run_values(profile, req, table, dataset, out)

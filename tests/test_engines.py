@@ -630,3 +630,34 @@ def test_memory_other_processes_hold_counts_against_the_engines():
     assert crowded.usable == pytest.approx(machine.gpus[0].memory_total - 14 * GIB)
     # its cache share (0.8) is of 14 GiB less
     assert alone.need - crowded.need == pytest.approx(0.8 * 14 * GIB)
+
+
+def test_when_no_single_change_fits_the_levers_are_combined():
+    """Llama 3.2 Vision on one 4090 with vLLM: no single lever is enough, so the check offers
+    them together, and the launch line carries every flag of it."""
+    result = _check(MLLAMA, FitRequest(stack="vllm"), "RTX 4090")
+    assert result.verdict == "does not fit"
+    combined = [s for s in result.suggestions if s.kind == "combined"]
+    assert len(combined) == 1
+    change = combined[0].change
+    assert change["context"] == 8192 and change["quant"] in ("int8", "int4")
+    again = _check(MLLAMA, replace(FitRequest(stack="vllm"), **change), "RTX 4090")
+    assert again.verdict == "fits"
+    # a model one lever makes fit gets no combined suggestion
+    assert not [
+        s
+        for s in _check(QWEN7, FitRequest(stack="vllm"), "RTX 4090").suggestions
+        if s.kind == "combined"
+    ]
+
+
+def test_a_quantised_launch_line_names_the_build_it_needs_not_the_16_bit_repo():
+    rc, data = invoke_json(
+        *("check", "qwen2.5-vl-7b", "--gpu", "RTX 4080", "--stack", "vllm"),
+        *("--quant", "int4", "--context", "8192", "--emit"),
+    )
+    launch = data["launch"]
+    assert "Qwen/Qwen2.5-VL-7B-Instruct" not in launch["argv"]
+    assert launch["argv"][2] == "YOUR_INT4_BUILD_OF_Qwen2.5-VL-7B-Instruct"
+    assert launch["runs_as_printed"] is False
+    assert any("AWQ or GPTQ build of Qwen/Qwen2.5-VL-7B-Instruct" in n for n in launch["notes"])

@@ -18,19 +18,8 @@ import tomllib
 from benchmarks import gpu_truth, trace_oracle
 from provision import calibration
 from provision.units import GIB
+from tests.test_trace_oracle import KINDS  # one profile per transformers class
 
-# One profile per transformers class (InternVL twice: a Qwen2 and a Llama decoder), as
-# tests/test_trace_oracle.py traces them.
-KINDS = [
-    "qwen2-vl-2b",
-    "qwen2.5-vl-7b",
-    "gemma-3-12b-it",
-    "llama-3.2-11b-vision",
-    "llava-1.5-7b-hf",
-    "smolvlm-256m",
-    "internvl2-1b",
-    "internvl2-2b",
-]
 # The fast loop runs every class's prefill and one class's LoRA step (a LoRA step of these takes
 # 1-7 s on a CPU: Gemma's 262k-token logits, Mllama's four 560 px tiles); the slow test trains
 # the other classes.

@@ -338,6 +338,12 @@ def _command(
             argv.append("--trust-remote-code")
         return argv, "", servers()["transformers"]["source"]
     launch = report.launch
+    if launch.placeholders:  # the limits that fit need weights other than the snapshot's
+        raise ProvisionError(
+            f"{profile.name} does not fit here as served from its own weights: the check's way "
+            f"to make it fit is {report.launch_note or 'a quantised build'}.",
+            "; ".join(launch.notes) or "Serve on a larger GPU, or with a shorter --context.",
+        )
     argv = list(launch.argv)
     # The launch line names the repo; the server loads the verified snapshot folder instead.
     argv[argv.index(profile.hf_repo)] = model_path

@@ -182,3 +182,15 @@ def test_the_default_stack_is_the_profile_s_and_original_llava_is_pointed_elsewh
     proc = invoke("serve", "llava-v1.5-7b", "--print")
     assert proc.returncode == 2 and "provision serve llava-1.5-7b-hf" in proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+def test_serve_refuses_limits_that_need_a_quantised_build_instead_of_serving_16_bit_weights():
+    """On a 4090 Llama 3.2 Vision fits vLLM only with 8-bit weights (and shorter limits): the
+    snapshot holds 16-bit ones, so serve says so rather than start a server that cannot fit."""
+    with pytest.raises(ProvisionError, match="does not fit here as served from its own weights"):
+        plan_serve(
+            "llama-3.2-11b-vision",
+            stack="vllm",
+            machine=target_machine(gpu="RTX 4090"),
+            print_only=True,
+        )
