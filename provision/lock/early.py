@@ -19,7 +19,6 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import sys
 import tempfile
 import time
 import zlib
@@ -83,12 +82,6 @@ def _valid(entry: Any, text: str) -> bool:
         and "-o" not in entry["command"]
         and entry["command"].count("--output-file") == 1
         and entry["command"][entry["command"].index("--output-file") + 1 :][:1] == ["pylock.toml"]
-        # the only interpreter uv may run is this one (resolve.py gives it --python so)
-        and all(
-            entry["command"][i + 1 : i + 2] == [sys.executable]
-            for i, arg in enumerate(entry["command"])
-            if arg == "--python"
-        )
         and (entry.get("previous") is None or isinstance(entry.get("previous"), str))
     )
 
