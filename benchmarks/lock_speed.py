@@ -19,10 +19,6 @@ provision runs as users run it, through its console script.
 
 Prints median and best seconds, the ratio provision / uv (target: at most 1.2) and the seconds
 provision adds (its Python start-up, about 0.3 s here, dominates when uv needs only 0.1 s).
-"provision lock" runs as a re-lock with the same arguments does: uv starts on the input stored by
-the run before (provision/lock/early.py), which every timed run after the untimed warm-up finds;
-"lock, nothing stored" is the same command with an empty cache each run (as a first lock with
-these arguments, or one whose input changed), so both cases are shown.
 """
 
 from __future__ import annotations
@@ -75,35 +71,11 @@ def report(title: str, times: dict[str, list[float]]) -> None:
         )
 
 
-def uv_cache_dir(env: dict[str, str]) -> str:
-    """The cache folder uv uses in `env` (`uv cache dir`)."""
-    found = subprocess.run(
-        [uv_bin(), "cache", "dir"], env=env, capture_output=True, text=True, check=True
-    )
-    return found.stdout.strip()
-
-
 def base_env(work: Path) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("UV_INDEX", "PIP_"))}
     env.update({"UV_PYTHON_DOWNLOADS": "never", "NO_COLOR": "1", "PIP_CONFIG_FILE": os.devnull})
     env["PROVISION_LOCK_DIR"] = str(work / "locks")
-    # uv's cache stays the one users have (uv reads XDG_CACHE_HOME too); provision's stored uv
-    # input (provision/lock/early.py) goes to a folder of this run's own
-    env["UV_CACHE_DIR"] = uv_cache_dir(env)
-    env["XDG_CACHE_HOME"] = str(work / "cache")
     return env
-
-
-def first_run(command: list[str], env: dict[str, str], cwd: Path, work: Path) -> float:
-    """`command` with nothing stored from an earlier run (an empty XDG_CACHE_HOME each time):
-    uv starts only once provision has parsed its command line and computed uv's input, as on
-    the first lock with these arguments (the previous lock is still there for uv, as for the
-    bare `uv pip compile -o`)."""
-    fresh = Path(tempfile.mkdtemp(prefix="cache-", dir=work))
-    try:  # uv's cache stays the warm one (UV_CACHE_DIR, set by base_env)
-        return timed(command, {**env, "XDG_CACHE_HOME": str(fresh)}, cwd)
-    finally:
-        shutil.rmtree(fresh, ignore_errors=True)
 
 
 def uv_compile(requirements: Path, python: str, index: str, output: Path, *extra: str) -> list[str]:
@@ -163,22 +135,24 @@ def scenario_pypi(profile_name: str, runs: int, with_pip_compile: bool, work: Pa
     req = work / "requirements.in"
     req.write_text("\n".join(plan.requirements) + "\n")
     env = base_env(work)
-    lock = [
-        *PROVISION,
-        "lock",
-        profile_name,
-        "--variant",
-        "pypi",
-        "--ignore-pip-config",
-        "-o",
-        str(work / "pylock.provision.toml"),
-    ]
     tools: dict[str, Callable[[], float]] = {
-        "provision lock": lambda: timed(lock, env, REPO),
+        "provision lock": lambda: timed(
+            [
+                *PROVISION,
+                "lock",
+                profile_name,
+                "--variant",
+                "pypi",
+                "--ignore-pip-config",
+                "-o",
+                str(work / "pylock.provision.toml"),
+            ],
+            env,
+            REPO,
+        ),
         "uv pip compile": lambda: timed(
             uv_compile(req, python, PYPI, work / "pylock.uv.toml"), env, work
         ),
-        "lock, nothing stored": lambda: first_run(lock, env, REPO, work),
     }
     pip_compile = pip_tools(work) if with_pip_compile else None
     if pip_compile is not None:
@@ -230,19 +204,22 @@ def scenario_local(runs: int, work: Path) -> None:
         req.write_text(
             "torch==2.4.0+cu124\ntorchvision==0.19.0+cu124\ntransformers==4.44.0\ntinylib==1.0\n"
         )
-        lock = [
-            *PROVISION,
-            "lock",
-            "bench-vl",
-            "--driver",
-            "550.54.14",
-            "--torch-index",
-            index.torch_template,
-            "-o",
-            str(work / "pylock.local.toml"),
-        ]
         tools = {
-            "provision lock": lambda: timed(lock, env, REPO),
+            "provision lock": lambda: timed(
+                [
+                    *PROVISION,
+                    "lock",
+                    "bench-vl",
+                    "--driver",
+                    "550.54.14",
+                    "--torch-index",
+                    index.torch_template,
+                    "-o",
+                    str(work / "pylock.local.toml"),
+                ],
+                env,
+                REPO,
+            ),
             "uv pip compile": lambda: timed(
                 uv_compile(
                     req, "3.11", index.simple, work / "pylock.localuv.toml", "--index", torch_index
@@ -250,7 +227,6 @@ def scenario_local(runs: int, work: Path) -> None:
                 env,
                 work,
             ),
-            "lock, nothing stored": lambda: first_run(lock, env, REPO, work),
         }
         print("\nScenario 2: local PEP 503 index, torch 2.4.0+cu124 routed to its own index")
         report(f"Scenario 2, {runs} runs each:", race(tools, runs))

@@ -16,22 +16,11 @@ def main() -> None:
     # cli.app turns it back on for every command but the short ones (app.COLLECTOR_OFF).
     collecting = gc.isenabled()
     gc.disable()
-    if "lock" in sys.argv[1:3]:
-        # A re-lock starts uv on the last run's input before typer is even imported; the lock
-        # adopts it only if its own input is the same (provision/lock/early.py, issue 17).
-        from provision.lock import early
-
-        args = early.wanted_here(sys.argv)
-        if args is not None:
-            early.start(args)
     try:
         _main(collecting)
     finally:
         if collecting:
             gc.enable()
-        started = sys.modules.get("provision.lock.early")
-        if started is not None:
-            started.close()  # a uv no lock claimed (a usage error, say) does not outlive us
 
 
 def _main(collecting: bool) -> None:
