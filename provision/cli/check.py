@@ -234,8 +234,8 @@ def render(con: Any, report: Any) -> None:
             con.print(f"  note: {note}", markup=False)
         if report.launch.placeholders:
             con.print(
-                f"  It does not run as printed: {', '.join(report.launch.placeholders)} stands "
-                "for what the stack lacks (see the notes).",
+                f"  It does not run as printed: {', '.join(report.launch.placeholders)} is a "
+                "placeholder (see the notes).",
                 markup=False,
             )
 
