@@ -57,7 +57,10 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 # No network on the GPU machine, and none needed: configs come from tests/fixtures/hub-configs.
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
+# Set before the hub client is imported, and only when run as a script: imported (by the tests),
+# it must not change the importing process's environment.
+if __name__ == "__main__":
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 

@@ -317,3 +317,16 @@ def test_observations_refuse_a_cpu_run(tmp_path, capsys):
     path.write_text(json.dumps(_measured_doc()))
     assert gpu_truth.main(["--observations", str(path)]) == 0
     assert capsys.readouterr().out.count("[[observation]]") == 3
+
+
+def test_importing_the_kit_leaves_the_environment_alone():
+    """The kit sets HF_HUB_OFFLINE when run as a script; imported by the tests, it must not: a
+    later download test in the same process saw HF_HUB_OFFLINE=1 and refused to download."""
+    code = (
+        "import os, sys; sys.path.insert(0, '.'); import benchmarks.gpu_truth; "
+        "print(os.environ.get('HF_HUB_OFFLINE'))"
+    )
+    env = {k: v for k, v in os.environ.items() if k != "HF_HUB_OFFLINE"}
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "None"
