@@ -80,8 +80,11 @@ def run_check(
     profiles_dir: str | os.PathLike[str] | None = None,
     emit: bool = False,
     dataset: str | None = None,
+    same_machine: bool = False,
 ) -> CheckReport:
-    """Load the profile, probe this machine unless a planned one is given, and judge the fit."""
+    """Load the profile, probe this machine unless a planned one is given, and judge the fit.
+    `same_machine`: the launch line may only change the request, not the GPU count (serve runs
+    it here)."""
     profile = load_profile(profile_name, profiles_dir)
     if machine is None:
         from provision.hardware.probe import probe_machine
@@ -96,7 +99,9 @@ def run_check(
     fit = check_fit(profile, request, machine, siblings)
     report = CheckReport(profile=profile, machine=machine, fit=fit, disk=check_disk(profile))
     if emit or dataset is not None:  # a dataset is only for the launch line: it implies --emit
-        report.launch, report.launch_note = plan_launch(profile, request, fit, machine, dataset)
+        report.launch, report.launch_note = plan_launch(
+            profile, request, fit, machine, dataset, same_machine
+        )
     return report
 
 
@@ -106,9 +111,11 @@ def plan_launch(
     fit: FitResult,
     machine: Machine,
     dataset: str | None = None,
+    same_machine: bool = False,
 ) -> tuple[Any, str]:
     """The launch command for the request if it fits, else for the first suggestion that changes
-    only the request or the GPU count (the numbers that make it fit)."""
+    only the request or the GPU count (the numbers that make it fit); only the request with
+    `same_machine`."""
     from dataclasses import fields, replace
 
     from provision.launch import launch_for
@@ -117,9 +124,9 @@ def plan_launch(
     gpus = max(machine.gpu_count, 1)
     if fit.fits:
         return launch_for(profile, fit.request, gpus, dataset), ""
-    names = {f.name for f in fields(FitRequest)}
+    names = {f.name for f in fields(FitRequest)} | ({"gpus"} if not same_machine else set())
     for s in fit.suggestions:
-        if s.change and set(s.change) <= names | {"gpus"}:
+        if s.change and set(s.change) <= names:
             change = {k: v for k, v in s.change.items() if k != "gpus"}
             req = resolve_request(profile, replace(request, **change))
             return launch_for(profile, req, s.change.get("gpus", gpus), dataset), s.text

@@ -181,7 +181,7 @@ def _fit(
     from provision.fit import FitRequest
 
     request = FitRequest(task="infer", stack=stack, **overrides)
-    return run_check(profile.name, request, machine, profiles_dir, emit=True)
+    return run_check(profile.name, request, machine, profiles_dir, emit=True, same_machine=True)
 
 
 def _child_env(verified: bool) -> dict[str, str]:

@@ -194,3 +194,19 @@ def test_serve_refuses_limits_that_need_a_quantised_build_instead_of_serving_16_
             machine=target_machine(gpu="RTX 4090"),
             print_only=True,
         )
+
+
+def test_serve_keeps_the_machine_it_runs_on():
+    """Gemma 3 12B does not fit one 4090; check's first way out is a second GPU. serve runs here,
+    on one GPU, so it must not print --tensor-parallel-size 2: the ways left change the weights,
+    and it says so."""
+    one = target_machine(gpu="RTX 4090")
+    with pytest.raises(ProvisionError, match="does not fit here") as refused:
+        plan_serve("gemma-3-12b-it", stack="vllm", machine=one, print_only=True)
+    assert "tensor-parallel" not in str(refused.value.message)
+    # with two GPUs here, the same model is served split over them
+    two = plan_serve(
+        "gemma-3-12b-it", stack="vllm", machine=target_machine(gpu="RTX 4090", gpus=2),
+        print_only=True,
+    )  # fmt: skip
+    assert two.argv[two.argv.index("--tensor-parallel-size") + 1] == "2"
