@@ -231,8 +231,8 @@ def check_fit(
     siblings: list[Profile] | None = None,
 ) -> FitResult:
     """The estimate, the verdict per GPU and, when it does not fit, ranked suggestions."""
-    resolved = replace(resolve_request(profile, req), **machine_facts(machine))
-    est, verdicts = judge(profile, resolved, machine)
+    est, verdicts = judge(profile, resolve_request(profile, req), machine)
+    resolved = est.request  # resolved, with what the engines read from this machine
     verdict = _overall(verdicts)
     notes = []
     if not machine.gpus:
