@@ -377,7 +377,7 @@ def suggest(
                 )
         if req.task == "infer" and engine == "vllm":
             eng = stacks()["vllm"]["engine"]
-            seqs = req.max_num_seqs or vllm_defaults(eng, vllm_runner(profile, asked), asked)[1]
+            seqs = req.max_num_seqs or vllm_defaults(eng, vllm_runner(profile, req), req)[1]
             for eager in (False, True):
                 n = seqs // 2
                 while n >= 1:
@@ -517,7 +517,8 @@ def _combined(
     if req.context and req.context > 8192:
         steps.append(({"context": 8192}, "--context 8192"))
     if engine == "vllm":
-        if (req.max_num_seqs or 256) > 8:
+        eng = stacks()["vllm"]["engine"]
+        if (req.max_num_seqs or vllm_defaults(eng, vllm_runner(profile, req), req)[1]) > 8:
             steps.append(({"max_num_seqs": 8}, "--max-num-seqs 8"))
         if not req.enforce_eager:
             steps.append(({"enforce_eager": True}, "--enforce-eager"))
