@@ -278,6 +278,22 @@ def project_toml(
     return tomli_w.dumps(doc)
 
 
+def needed_routes(routes: Sequence[Route], indexes: IndexConfig) -> list[Route]:
+    """The routes uv must be told about. A route to the default index, when uv has no other
+    index or find-links location to take a package from, changes nothing in what uv locks, and
+    uv 0.13 then ignores the previous lock's versions for the routed packages and asks for them
+    again: 30-50 ms of each PyPI-torch lock here (issue 17). The locked labels are checked all the
+    same (`_check_routes`)."""
+    if indexes.extras or indexes.find_links or indexes.no_index:
+        return list(routes)
+    default = indexes.default
+    return [
+        route
+        for route in routes
+        if (route.index.url, route.index.format) != (default.url, default.format)
+    ]
+
+
 def compile_command(
     python: str,
     platform: str,
@@ -468,7 +484,7 @@ def start_resolve(
     split, flash_attn = split_flash_attn(sets)
     merged, _ = _merge(split)
     secrets: dict[str, str] = {}
-    pyproject = project_toml(merged, python, routes, secrets)
+    pyproject = project_toml(merged, python, needed_routes(routes, indexes), secrets)
     command = compile_command(python, platform, indexes, secrets)
     if python == f"{sys.version_info[0]}.{sys.version_info[1]}":
         # The interpreter uv needs (for building an sdist's metadata) is this one; otherwise uv
