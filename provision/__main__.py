@@ -1,3 +1,3 @@
-from provision.cli.main import main
+from provision.cli.main import entry
 
-main()
+entry()

@@ -43,6 +43,9 @@ COMMANDS = {
 COLLECTOR_OFF = frozenset({"check", "lock", "profiles", "gpus", "env"})
 # Whether the collector was on when main() started (the in-process tests run main() too).
 collect_after_start = True
+# Whether the invoked command is one of those short ones: main.entry() then skips the
+# interpreter's teardown at exit.
+quick_exit = False
 
 # One example per command, shown under `provision --help` (the single place they are listed).
 EXAMPLES = [
@@ -109,8 +112,10 @@ class LazyGroup(TyperGroup):
         return self.commands.get(cmd_name)
 
     def resolve_command(self, ctx: Any, args: list[str]) -> Any:
+        global quick_exit
         if args and args[0] in COMMANDS:
             note_command(args[0])  # the --json envelope's command, until its own flag says more
+        quick_exit = bool(args) and args[0] in COLLECTOR_OFF
         if collect_after_start and not (args and args[0] in COLLECTOR_OFF):
             import gc
 
