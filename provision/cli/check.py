@@ -20,6 +20,7 @@ from provision.cli.options import (
     GpuMemOpt,
     GpuOpt,
     GpusOpt,
+    JsonFlag,
     LaunchDatasetOpt,
     LimitMmOpt,
     LoraRankOpt,
@@ -37,7 +38,7 @@ from provision.cli.options import (
     VisionCheckpointingOpt,
     parse_limit_mm,
 )
-from provision.cli.output import JsonFlag, emit_result
+from provision.cli.output import emit_result
 from provision.cli.shared import apply_offline, planned_machine
 from provision.errors import CheckFailed
 

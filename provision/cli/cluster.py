@@ -9,8 +9,8 @@ from typing import Annotated, Any
 
 import typer
 
-from provision.cli.options import ProfilesDir, SourceOpt
-from provision.cli.output import JsonFlag, emit, emit_result
+from provision.cli.options import JsonFlag, ProfilesDir, SourceOpt
+from provision.cli.output import emit, emit_result
 
 group = typer.Typer(
     help="Provision a cluster's nodes from the same lock (Slurm).",

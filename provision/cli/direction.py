@@ -16,6 +16,7 @@ from provision.cli.options import (
     GpuOpt,
     GpusOpt,
     IgnorePipOpt,
+    JsonFlag,
     LockDirOpt,
     MemberTaskOpt,
     ProfilesDir,
@@ -29,7 +30,7 @@ from provision.cli.options import (
     VariantOpt,
     WheelhouseOpt,
 )
-from provision.cli.output import JsonFlag, emit, emit_error, emit_result, use_json
+from provision.cli.output import emit, emit_error, emit_result, use_json
 from provision.cli.shared import (
     LockFlags,
     emit_checks,

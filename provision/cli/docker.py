@@ -8,8 +8,8 @@ from typing import Annotated, Any
 import typer
 
 from provision.choices import Task
-from provision.cli.options import ProfilesDir, TaskOpt
-from provision.cli.output import JsonFlag, console, emit, use_json
+from provision.cli.options import JsonFlag, ProfilesDir, TaskOpt
+from provision.cli.output import console, emit, use_json
 
 
 def _build_args(values: list[str] | None) -> dict[str, str]:

@@ -7,8 +7,8 @@ from typing import Annotated, Any
 
 import typer
 
-from provision.cli.options import ProfilesDir, SourceOpt
-from provision.cli.output import JsonFlag, emit, emit_result, use_json
+from provision.cli.options import JsonFlag, ProfilesDir, SourceOpt
+from provision.cli.output import emit, emit_result, use_json
 from provision.errors import CheckFailed, ProvisionError
 
 LockOpt = Annotated[

@@ -9,8 +9,8 @@ from typing import Annotated, Any
 
 import typer
 
-from provision.cli.options import ProfilesDir, SourceOpt
-from provision.cli.output import JsonFlag, emit, use_json
+from provision.cli.options import JsonFlag, ProfilesDir, SourceOpt
+from provision.cli.output import emit, use_json
 from provision.errors import ProvisionError
 
 

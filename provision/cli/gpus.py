@@ -6,7 +6,8 @@ from typing import Any
 
 import typer
 
-from provision.cli.output import JsonFlag, emit
+from provision.cli.options import JsonFlag
+from provision.cli.output import emit
 
 
 def gpus(json_output: JsonFlag = False) -> None:

@@ -13,6 +13,7 @@ from provision.cli.options import (
     GpuOpt,
     GpusOpt,
     IgnorePipOpt,
+    JsonFlag,
     LockDirOpt,
     ProfilesDir,
     TaskOpt,
@@ -20,7 +21,7 @@ from provision.cli.options import (
     UpgradeOpt,
     VariantOpt,
 )
-from provision.cli.output import JsonFlag, emit, use_json
+from provision.cli.output import emit, use_json
 from provision.cli.shared import LockFlags, emit_checks, emit_locked
 
 

@@ -8,6 +8,24 @@ from typing import Annotated
 import typer
 
 from provision.choices import Attention, Quant, Stack, Task, TrainVision
+from provision.cli.output import command_path, record_command
+
+
+def _record_command(ctx: typer.Context, value: bool) -> bool:
+    record_command(command_path(ctx), value)
+    return value
+
+
+# `--json` works before the command (global) and after it (each reporting command's own flag).
+JsonFlag = Annotated[
+    bool,
+    typer.Option(
+        "--json",
+        help="Print the result as JSON (one envelope: see docs/json.md).",
+        callback=_record_command,
+        is_eager=True,
+    ),
+]
 
 # What a run is: check, lock, setup, docker, direction add. Fixed choices are enums, so a typo
 # fails with the list (exit 2).

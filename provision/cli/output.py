@@ -11,9 +11,7 @@ from __future__ import annotations
 import os
 import sys
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Annotated, Any
-
-import typer
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from provision.errors import ProvisionError
@@ -24,25 +22,12 @@ ENVELOPE_VERSION = 1
 _STATE: dict[str, Any] = {"json": False, "command": None}
 
 
-def _record_command(ctx: typer.Context, value: bool) -> bool:
-    """Each command's `--json` flag notes which command runs (the envelope's `command`),
-    eagerly, before any other option can fail."""
-    _STATE["command"] = command_path(ctx)
-    if value:
+def record_command(name: str, as_json: bool) -> None:
+    """Each command's `--json` flag notes which command runs (the envelope's `command`), eagerly,
+    before any other option can fail (provision.cli.options.JsonFlag)."""
+    _STATE["command"] = name
+    if as_json:
         _STATE["json"] = True
-    return value
-
-
-# `--json` works before the command (global) and after it (each reporting command's own flag).
-JsonFlag = Annotated[
-    bool,
-    typer.Option(
-        "--json",
-        help="Print the result as JSON (one envelope: see docs/json.md).",
-        callback=_record_command,
-        is_eager=True,
-    ),
-]
 
 
 def command_path(ctx: Any) -> str:
@@ -122,7 +107,7 @@ def emit_result(
         return
     if tell and not use_json(as_json):
         raise error  # printed after the result by the entry point
-    raise typer.Exit(error.exit_code)
+    raise SystemExit(error.exit_code)
 
 
 def emit_error(exc: ProvisionError, result: Any = None) -> None:

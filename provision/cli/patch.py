@@ -7,7 +7,8 @@ from typing import Annotated, Any
 
 import typer
 
-from provision.cli.output import JsonFlag, emit_result
+from provision.cli.options import JsonFlag
+from provision.cli.output import emit_result
 
 FixArg = Annotated[
     str | None,

@@ -6,8 +6,8 @@ from typing import Annotated, Any
 
 import typer
 
-from provision.cli.options import OfflineOpt, ProfilesDir
-from provision.cli.output import JsonFlag, emit
+from provision.cli.options import JsonFlag, OfflineOpt, ProfilesDir
+from provision.cli.output import emit
 from provision.cli.shared import apply_offline
 
 group = typer.Typer(

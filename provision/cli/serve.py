@@ -14,12 +14,13 @@ from provision.cli.options import (
     GpuMemOpt,
     GpuOpt,
     GpusOpt,
+    JsonFlag,
     LimitMmOpt,
     MaxNumSeqsOpt,
     ProfilesDir,
     parse_limit_mm,
 )
-from provision.cli.output import JsonFlag, emit, use_json
+from provision.cli.output import emit, use_json
 
 
 def _render_plan(plan: Any) -> Any:

@@ -10,6 +10,7 @@ import typer
 from provision.choices import Task
 from provision.cli.options import (
     ForceOpt,
+    JsonFlag,
     ProfilesDir,
     SetupLockOpt,
     SkipCheckOpt,
@@ -18,7 +19,7 @@ from provision.cli.options import (
     TorchIndexOpt,
     WheelhouseOpt,
 )
-from provision.cli.output import JsonFlag, emit, use_json
+from provision.cli.output import emit, use_json
 from provision.cli.shared import progress_printer, show_partial, stage_table
 
 

@@ -9,8 +9,6 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-import typer
-
 from provision.cli.output import emit_error, emit_result
 
 if TYPE_CHECKING:
@@ -95,7 +93,7 @@ def show_partial(exc: ProvisionError, render_result: Callable[[Any], None], quie
     partial = getattr(exc, "setup_result", None)
     if quiet:
         emit_error(exc, partial)
-        raise typer.Exit(exc.exit_code)
+        raise SystemExit(exc.exit_code)
     if partial is not None:
         render_result(partial)
 

@@ -8,8 +8,8 @@ from typing import Annotated, Any
 
 import typer
 
-from provision.cli.options import ProfilesDir, ServedOpt
-from provision.cli.output import JsonFlag, emit_result, use_json
+from provision.cli.options import JsonFlag, ProfilesDir, ServedOpt
+from provision.cli.output import emit_result, use_json
 from provision.errors import CheckFailed, ProvisionError
 
 
