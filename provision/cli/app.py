@@ -16,6 +16,7 @@ import typer
 from typer.core import TyperGroup
 
 from provision import __version__
+from provision.cli.output import _STATE as output_state
 from provision.cli.output import note_command, use_json
 
 # Command name -> the module under provision.cli whose register(app) defines it, in the order
@@ -43,9 +44,6 @@ COMMANDS = {
 COLLECTOR_OFF = frozenset({"check", "lock", "profiles", "gpus", "env"})
 # Whether the collector was on when main() started (the in-process tests run main() too).
 collect_after_start = True
-# Whether the invoked command is one of those short ones: main.entry() then skips the
-# interpreter's teardown at exit.
-quick_exit = False
 
 # One example per command, shown under `provision --help` (the single place they are listed).
 EXAMPLES = [
@@ -112,10 +110,10 @@ class LazyGroup(TyperGroup):
         return self.commands.get(cmd_name)
 
     def resolve_command(self, ctx: Any, args: list[str]) -> Any:
-        global quick_exit
         if args and args[0] in COMMANDS:
             note_command(args[0])  # the --json envelope's command, until its own flag says more
-        quick_exit = bool(args) and args[0] in COLLECTOR_OFF
+        # one of the short commands: main.entry() skips the interpreter's teardown at exit
+        output_state["short"] = bool(args) and args[0] in COLLECTOR_OFF
         if collect_after_start and not (args and args[0] in COLLECTOR_OFF):
             import gc
 

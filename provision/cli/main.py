@@ -35,9 +35,9 @@ def entry() -> None:
         code: object = 0
     except SystemExit as exc:
         code = exc.code
-    from provision.cli import app as cli_app
+    from provision.cli.output import _STATE
 
-    if not cli_app.quick_exit or _other_threads():
+    if not _STATE.get("short") or _other_threads():
         sys.exit(code)
     status = _status(code)
     import atexit
@@ -68,13 +68,16 @@ def _status(code: object) -> int:
 
 
 def _main(collecting: bool) -> None:
-    from provision.cli import app as cli_app
-
-    cli_app.collect_after_start = collecting
-    app = cli_app.app
     debug = os.environ.get("PROVISION_DEBUG") == "1"
     try:
-        app()
+        from provision.cli.quick import run_quick
+
+        if run_quick(sys.argv[1:]):  # `provision lock ...`, read without typer (issue 17)
+            return
+        from provision.cli import app as cli_app
+
+        cli_app.collect_after_start = collecting
+        cli_app.app()
     except ProvisionError as exc:
         if debug:
             raise

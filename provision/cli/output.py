@@ -19,7 +19,7 @@ if TYPE_CHECKING:
 # The envelope's shape: a new key is compatible; a renamed or removed one bumps the version.
 ENVELOPE_VERSION = 1
 
-_STATE: dict[str, Any] = {"json": False, "command": None}
+_STATE: dict[str, Any] = {"json": False, "command": None, "short": False}
 
 
 def record_command(name: str, as_json: bool) -> None:

@@ -1,4 +1,5 @@
-"""The generated parts of docs/: CLI reference, environment variables, calibration table.
+"""The generated parts of docs/: CLI reference, environment variables, calibration table (and
+provision/data/cli_grammar.json, what `provision lock` accepts, read without typer).
 
     python -m provision.cli.reference --write   # regenerate them (docs/cli.md, configuration.md,
                                                 # and the table in docs/calibration.md)
@@ -34,7 +35,15 @@ def pages(root: Path = REPO_DIR) -> dict[str, str]:
         "docs/configuration.md": configuration_reference(),
         CALIBRATION_PAGE: calibration_page(root),
         "README.md": readme(root),
+        "provision/data/cli_grammar.json": grammar_json(),
     }
+
+
+def grammar_json() -> str:
+    """What `provision lock` accepts, for its typer-free reading (provision/cli/quick.py)."""
+    from provision.cli.quick import grammar_json as make
+
+    return make()
 
 
 # --- the CLI -------------------------------------------------------------------------------------
