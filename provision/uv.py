@@ -17,7 +17,6 @@ import re
 import subprocess
 from collections.abc import Mapping
 from functools import lru_cache
-from pathlib import Path
 
 # Variables through which uv would take indexes or settings we did not choose.
 SCRUBBED = re.compile(
@@ -46,6 +45,8 @@ def uv_version() -> str:
 
     Read from the name of its dist-info folder beside the package: importlib.metadata would
     scan every distribution on sys.path for it, 20-100 ms of each `provision lock` here."""
+    from pathlib import Path  # not before uv starts (provision/lock/early.py)
+
     import uv
 
     site = Path(uv.__file__).resolve().parent.parent

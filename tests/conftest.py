@@ -36,10 +36,21 @@ def _cli_output_state() -> Iterator[None]:
 
 @pytest.fixture(scope="session", autouse=True)
 def _session_data_dir(tmp_path_factory: pytest.TempPathFactory) -> None:
-    """provision's data dir (records, registry, caches) in this session's basetemp: without it
-    a test that names no data dir writes into the real ~/.cache/provision, and what one run
-    leaves there (a lock's machine record) changes what the next run sees."""
+    """provision's data dir (records, registry, caches) and XDG_CACHE_HOME in this session's
+    basetemp: without them a test writes into the real ~/.cache/provision, and what one run
+    leaves there (a lock's machine record, a stored uv input) changes what the next run sees."""
     os.environ["PROVISION_DATA_DIR"] = str(tmp_path_factory.mktemp("provision-data"))
+    # provision's own small caches too (a lock's stored uv input, provision/lock/early.py), while
+    # uv keeps its own warm cache where it is
+    if not os.environ.get("UV_CACHE_DIR"):
+        import subprocess
+
+        from provision.uv import uv_bin
+
+        where = subprocess.run([uv_bin(), "cache", "dir"], capture_output=True, text=True)
+        if where.returncode == 0 and where.stdout.strip():
+            os.environ["UV_CACHE_DIR"] = where.stdout.strip()
+    os.environ["XDG_CACHE_HOME"] = str(tmp_path_factory.mktemp("xdg-cache"))
 
 
 @pytest.fixture(scope="session")

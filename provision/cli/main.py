@@ -21,6 +21,9 @@ def main() -> None:
     finally:
         if collecting:
             gc.enable()
+        started = sys.modules.get("provision.lock.early")
+        if started is not None:
+            started.close()  # a uv no lock claimed (a usage error, say) does not outlive us
 
 
 def entry() -> None:

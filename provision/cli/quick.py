@@ -15,8 +15,11 @@ which prints its usual usage error; nothing here prints one.
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping, Sequence
-from typing import Any
+
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without typing's import, before uv starts (early.py)
+if TYPE_CHECKING:
+    from collections.abc import Mapping, Sequence
+    from typing import Any
 
 GRAMMAR = "cli_grammar.json"
 
@@ -38,6 +41,12 @@ def run_quick(argv: Sequence[str]) -> bool:
     kwargs = parse(grammar, argv[1:], os.environ)
     if kwargs is None:
         return False
+    if name == "lock" and not kwargs["check"] and not kwargs["all_profiles"]:
+        # A re-lock starts uv on the last run's input before the lock modules are even imported;
+        # the lock adopts it only if its own input is the same (provision/lock/early.py).
+        from provision.lock import early
+
+        early.start(list(argv))
     from provision.cli.output import _STATE, record_command
 
     _STATE["short"] = True  # a COLLECTOR_OFF command: main.entry() may leave quickly
@@ -52,10 +61,12 @@ def run_quick(argv: Sequence[str]) -> bool:
 def _load() -> dict[str, Any]:
     import json
 
-    from provision.resources import data_file
-
+    # provision/data/ beside this package, as provision.resources.data_file has it (without
+    # pathlib's import, 3 ms before uv can start)
+    here = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     try:
-        return json.loads(data_file(GRAMMAR).read_text(encoding="utf-8"))
+        with open(os.path.join(here, "data", GRAMMAR), encoding="utf-8") as handle:
+            return json.load(handle)
     except (OSError, ValueError):  # a broken install: typer still parses
         return {}
 

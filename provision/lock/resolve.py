@@ -89,6 +89,7 @@ class Resolution:
     data: dict[str, Any] = field(default_factory=dict, repr=False)  # `text`, parsed
     # flash-attn, when asked for: its release wheel or the named fallback (provision.attention)
     attention: AttentionPick | None = None
+    started_early: bool = False  # see provision.lock.early
 
     def package(self, name: str) -> LockedPackage | None:
         for pkg in self.packages:
@@ -105,6 +106,7 @@ class Resolution:
             "install_env": dict(self.install_env),
             "notes": list(self.notes),
             "attention": self.attention.table() if self.attention else None,
+            "started_early": self.started_early,
         }
 
 
@@ -389,9 +391,11 @@ class PendingResolution:
         flash_attn: str | None,
         timeout: float,
         started: float,
+        early: bool = False,
     ) -> None:
         self.process = process
         self.started = started
+        self.early = early  # started on the last run's input (provision.lock.early)
         self._tmp = tmp
         self.command = command
         self._sets, self._who, self._indexes, self._routes = sets, who, indexes, routes
@@ -447,6 +451,12 @@ class PendingResolution:
         resolution = Resolution(
             text, packages, ["uv", *self.command], uv_version(), seconds, data=data
         )
+        if self.early:
+            resolution.started_early = True
+            resolution.notes.append(
+                "uv was started as soon as the command line was read, on the input of the last "
+                "lock with these arguments here: the same input as this one."
+            )
         _check_routes(resolution, self._routes)
         _sdist_notes(resolution)
         if self._flash_attn:
@@ -496,6 +506,26 @@ def start_resolve(
     env.update(secrets)
 
     given = str(previous) if previous is not None and Path(previous).is_file() else None
+    early = sys.modules.get("provision.lock.early")  # loaded by cli/quick.py for a lock
+    if early is not None and workdir is None:
+        at = str(previous) if previous is not None else None
+        started_early = early.claim(binary, command, pyproject, env, at, not secrets)
+        if started_early is not None:
+            return PendingResolution(
+                started_early.process,
+                started_early.tmp,
+                command,
+                sets,
+                who,
+                indexes,
+                routes,
+                python,
+                platform,
+                flash_attn,
+                timeout,
+                started_early.started,
+                early=True,
+            )
     tmp = tempfile.TemporaryDirectory(prefix="provision-resolve-", dir=workdir)
     try:
         Path(tmp.name, "pyproject.toml").write_text(pyproject, encoding="utf-8")
@@ -514,6 +544,8 @@ def start_resolve(
     except BaseException:
         tmp.cleanup()
         raise
+    if early is not None:
+        early.save()  # while uv runs
     return PendingResolution(
         process,
         tmp,
