@@ -76,25 +76,55 @@ def _key(args: list[str]) -> tuple[str, str]:
     return f"{zlib.crc32(text.encode('utf-8')):08x}-{len(text)}", text
 
 
+# The arguments resolve.compile_command gives uv, and nothing else: flag -> the values it may take
+# (None: any). uv writes into its own temporary folder only, reads no configuration file, and the
+# only interpreter it may run is this one.
+_FLAGS = {"--generate-hashes": (), "--no-config": (), "--no-header": ()}
+_VALUED: dict[str, tuple[str, ...] | None] = {
+    "--format": ("pylock.toml",),
+    "--python-version": None,
+    "--python-platform": None,
+    "--index-strategy": ("first-index", "unsafe-best-match"),
+    "--output-file": ("pylock.toml",),
+    "--index": None,
+    "--default-index": None,
+    "--find-links": None,
+    "--python": None,  # sys.executable, checked below
+}
+
+
+def _valid_command(command: Any) -> bool:
+    if not isinstance(command, list) or not all(isinstance(a, str) for a in command):
+        return False
+    if command[:3] != ["pip", "compile", "pyproject.toml"] or "--no-config" not in command:
+        return False
+    rest = command[3:]
+    outputs = 0
+    while rest:
+        flag = rest.pop(0)
+        if flag in _FLAGS:
+            continue
+        if flag not in _VALUED or not rest:
+            return False
+        value = rest.pop(0)
+        allowed = (sys.executable,) if flag == "--python" else _VALUED[flag]
+        if allowed is not None and value not in allowed:
+            return False
+        outputs += flag == "--output-file"
+    return outputs == 1
+
+
 def _valid(entry: Any, text: str) -> bool:
-    """An entry as save() writes it, for exactly these arguments (anything else is ignored)."""
+    """An entry as save() writes it, for exactly these arguments (anything else is ignored).
+
+    The stored input is trusted as uv's own cache beside it is (a person who can write here can
+    also put wheels in uv's cache): this check keeps a damaged or foreign entry from running uv
+    otherwise than provision does, not an index chosen by someone else out."""
     return (
         isinstance(entry, dict)
         and entry.get("key") == text
         and isinstance(entry.get("pyproject"), str)
-        and isinstance(entry.get("command"), list)
-        and all(isinstance(a, str) for a in entry["command"])
-        and entry["command"][:2] == ["pip", "compile"]
-        # uv writes into its temporary folder only (as compile_command has it), nowhere else
-        and "-o" not in entry["command"]
-        and entry["command"].count("--output-file") == 1
-        and entry["command"][entry["command"].index("--output-file") + 1 :][:1] == ["pylock.toml"]
-        # the only interpreter uv may run is this one (resolve.py gives it --python so)
-        and all(
-            entry["command"][i + 1 : i + 2] == [sys.executable]
-            for i, arg in enumerate(entry["command"])
-            if arg == "--python"
-        )
+        and _valid_command(entry.get("command"))
         and (entry.get("previous") is None or isinstance(entry.get("previous"), str))
     )
 

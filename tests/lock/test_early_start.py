@@ -139,26 +139,37 @@ def test_credentials_never_reach_the_stored_input(cache):
 
 
 def test_a_stored_input_that_would_run_uv_otherwise_is_refused():
-    """The shape check before uv runs on a stored input: `pip compile`, output into its own
-    temporary folder only, no interpreter but this one, and these very arguments."""
+    """The shape check before uv runs on a stored input: `pip compile` with the arguments
+    compile_command gives and no others, output into its own temporary folder only, no
+    configuration file, no interpreter but this one, and these very arguments."""
+    from provision.lock.indexes import Index, IndexConfig
+    from provision.lock.resolve import compile_command
+
     _, key = early._key(["lock", "x"])
-    good = {
-        "key": key,
-        "pyproject": "[project]\n",
-        "previous": None,
-        "command": ["pip", "compile", "pyproject.toml", "--output-file", "pylock.toml"],
-    }
+    config = IndexConfig(
+        Index("default", "https://pypi.org/simple", "default"),
+        extras=[Index("extra-1", "https://mirror.example/simple", "pip")],
+        find_links=[("/wheels", "pip")],
+    )
+    made = compile_command("3.11", "x86_64-manylinux_2_28", config)
+    good = {"key": key, "pyproject": "[project]\n", "previous": None, "command": made}
     assert early._valid(good, key)
-    here = [*good["command"], "--python", sys.executable]
-    assert early._valid({**good, "command": here}, key)
+    assert early._valid({**good, "command": [*made, "--python", sys.executable]}, key)
     bad_commands = [
         ["sh", "-c", "true"],
-        [*good["command"], "-o", "/tmp/elsewhere"],
-        ["pip", "compile", "pyproject.toml", "--output-file", "/tmp/elsewhere"],
-        [*good["command"], "--output-file", "pylock.toml"],
-        [*good["command"], "--python", "/bin/sh"],
-        [*good["command"], "--python"],
-        [*good["command"], 3],
+        [*made, "-o", "/tmp/elsewhere"],
+        [
+            ("/tmp/elsewhere" if prev == "--output-file" else m)
+            for prev, m in zip(["", *made[:-1]], made, strict=True)
+        ],
+        [*made, "--output-file", "pylock.toml"],
+        [*made, "--python", "/bin/sh"],
+        [*made, "--python"],
+        [*made, "--config-file", "/tmp/uv.toml"],
+        [*made, "--cache-dir", "/tmp/elsewhere"],
+        [m for m in made if m != "--no-config"],
+        [*made, "--format", "requirements.txt"],
+        [*made, 3],
     ]
     for command in bad_commands:
         assert not early._valid({**good, "command": command}, key), command
