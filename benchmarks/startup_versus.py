@@ -5,15 +5,19 @@
 
 Both trees run with this interpreter (PYTHONPATH set to each), alternating: `python -m provision`
 for `check PROFILE --gpu 'RTX 4090'` (with and without --json) and `--help`, next to
-`python -c pass`; then `--json lock PROFILE --variant pypi`, whose wall time minus the seconds
-provision records for its uv subprocess is provision's own share of a lock.
+`python -c pass`; then `lock PROFILE --variant pypi --json`, whose wall time minus the seconds
+provision records for its uv subprocess is provision's own share of a lock. The locks run as
+re-locks with the same arguments (each tree's second run on finds the uv input its first run
+stored, provision/lock/early.py) in their own XDG_CACHE_HOME; uv's cache stays where it is.
 """
 
 from __future__ import annotations
 
 import argparse
+import atexit
 import json
 import os
+import shutil
 import statistics
 import subprocess
 import sys
@@ -32,6 +36,10 @@ def main() -> None:
     args = parser.parse_args()
     trees = {"old": args.old.resolve(), "new": NEW}
     base_env = {**os.environ, "PIP_CONFIG_FILE": os.devnull, "UV_PYTHON_DOWNLOADS": "never"}
+    uv_cache = subprocess.run([sys.executable, "-m", "uv", "cache", "dir"], capture_output=True)
+    base_env["UV_CACHE_DIR"] = uv_cache.stdout.decode().strip()
+    base_env["XDG_CACHE_HOME"] = tempfile.mkdtemp(prefix="startup-versus-")
+    atexit.register(shutil.rmtree, base_env["XDG_CACHE_HOME"], True)
 
     def wall(tree: str, argv: list[str]) -> tuple[float, str]:
         env = {**base_env, "PYTHONPATH": str(trees[tree])}
@@ -64,7 +72,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as out:
         for i in range(max(3, args.runs // 3)):
             for tree in list(trees) if i % 2 == 0 else list(trees)[::-1]:
-                lock = ["--json", "lock", args.profile, "--variant", "pypi", "--ignore-pip-config"]
+                lock = ["lock", args.profile, "--variant", "pypi", "--ignore-pip-config", "--json"]
                 seconds, stdout = wall(tree, [*lock, "-o", f"{out}/pylock.{tree}.toml"])
                 doc = json.loads(stdout)
                 result = doc["result"] if "ok" in doc else doc  # the --json envelope, or older

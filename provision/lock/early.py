@@ -119,7 +119,7 @@ def _valid(entry: Any, text: str) -> bool:
 
     The stored input is trusted as uv's own cache beside it is (a person who can write here can
     also put wheels in uv's cache): this check keeps a damaged or foreign entry from running uv
-    otherwise than provision does, not an index chosen by someone else out."""
+    otherwise than provision does; it does not keep out an index someone else chose."""
     return (
         isinstance(entry, dict)
         and entry.get("key") == text
@@ -191,7 +191,7 @@ def stamp(path: str) -> tuple[int, int, int] | None:
     return info.st_ino, info.st_size, info.st_mtime_ns
 
 
-# The input claim() found new, saved by saved() once the real uv runs (off the critical path).
+# The input claim() found new, written by save() once the real uv runs (off the critical path).
 _unsaved: tuple[list[str], dict[str, Any]] | None = None
 
 

@@ -104,6 +104,11 @@ class LockResult:
         lines = decision_lines(self.facts, self.plan, self.table["indexes"])
         lines.append(f"Resolved by: {redact_text(' '.join(self.resolution.command))}")
         lines += [f"  {note}" for note in self.resolution.notes]
+        if self.resolution.started_early:
+            lines.append(
+                "  uv was started as soon as the command line was read, on the input the last "
+                "lock with these arguments here gave it: the same input as this one."
+            )
         target = self.table["target"]
         lines.append(
             f"Target: Python {target['python']} on {target['platform']}, {target['variant']}"

@@ -451,12 +451,7 @@ class PendingResolution:
         resolution = Resolution(
             text, packages, ["uv", *self.command], uv_version(), seconds, data=data
         )
-        if self.early:
-            resolution.started_early = True
-            resolution.notes.append(
-                "uv was started as soon as the command line was read, on the input of the last "
-                "lock with these arguments here: the same input as this one."
-            )
+        resolution.started_early = self.early  # --explain says so (LockResult.explain)
         _check_routes(resolution, self._routes)
         _sdist_notes(resolution)
         if self._flash_attn:

@@ -52,6 +52,7 @@ def test_a_relock_adopts_the_uv_started_from_the_last_input(lock_env, cache):
     invoke(*ARGS, "--explain")  # other arguments: stored apart
     explained = invoke(*ARGS, "--explain")
     assert "uv was started as soon as the command line was read" in explained.stdout
+    assert "uv was started" not in invoke(*ARGS).stdout  # a plain re-lock does not say it
 
 
 def test_a_changed_input_stops_the_early_uv_and_locks_its_own(lock_env, cache, monkeypatch):
