@@ -1,6 +1,7 @@
 """How much `provision lock` costs over the tools users would otherwise run, in one run.
 
     python benchmarks/lock_speed.py [--profile qwen2.5-vl-7b] [--runs 3] [--no-pip-compile]
+                                    [--old OLD]  # OLD: git archive REV | tar -x -C OLD
 
 Two scenarios, each timed as a person runs it (a fresh process per run, caches warm after a first
 untimed run of each tool, runs interleaved so that network weather hits all tools alike):
@@ -147,7 +148,9 @@ def pip_tools(work: Path) -> Path | None:
     return venv / "bin" / "pip-compile"
 
 
-def scenario_pypi(profile_name: str, runs: int, with_pip_compile: bool, work: Path) -> None:
+def scenario_pypi(
+    profile_name: str, runs: int, with_pip_compile: bool, work: Path, old: Path | None = None
+) -> None:
     profile = load_profile(profile_name)
     spec = profile.task("infer")
     python = spec.python or profile.python
@@ -173,6 +176,13 @@ def scenario_pypi(profile_name: str, runs: int, with_pip_compile: bool, work: Pa
         ),
         "lock, nothing stored": lambda: first_run(lock, env, REPO, work),
     }
+    if old is not None:
+        # an older tree (git archive REV | tar -x -C OLD): `python -m provision` with PYTHONPATH,
+        # as the console script here runs this tree; runpy costs it 2-3 ms more
+        old_lock = [sys.executable, "-m", "provision", *lock[len(PROVISION) :]]
+        old_lock[-1] = str(work / "pylock.old.toml")
+        old_env = {**env, "PYTHONPATH": str(old)}
+        tools["lock, older tree"] = lambda: timed(old_lock, old_env, old)
     pip_compile = pip_tools(work) if with_pip_compile else None
     if pip_compile is not None:
         tools["pip-compile"] = lambda: timed(
@@ -254,10 +264,13 @@ def main() -> None:
     parser.add_argument("--profile", default="qwen2.5-vl-7b")
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--no-pip-compile", action="store_true")
+    parser.add_argument(
+        "--old", type=Path, help="also time the re-lock of an older tree (from git archive)"
+    )
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="lock-speed-"))
     try:
-        scenario_pypi(args.profile, args.runs, not args.no_pip_compile, work)
+        scenario_pypi(args.profile, args.runs, not args.no_pip_compile, work, args.old)
         scenario_local(args.runs, work)
     finally:
         shutil.rmtree(work, ignore_errors=True)
