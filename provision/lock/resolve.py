@@ -502,45 +502,33 @@ def start_resolve(
 
     given = str(previous) if previous is not None and Path(previous).is_file() else None
     early = sys.modules.get("provision.lock.early")  # loaded by cli/quick.py for a lock
+    started_early = None
     if early is not None and workdir is None:
         at = str(previous) if previous is not None else None
         started_early = early.claim(binary, command, pyproject, env, at, not secrets)
-        if started_early is not None:
-            return PendingResolution(
-                started_early.process,
-                started_early.tmp,
-                command,
-                sets,
-                who,
-                indexes,
-                routes,
-                python,
-                platform,
-                flash_attn,
-                timeout,
-                started_early.started,
-                early=True,
+    if started_early is not None:
+        process, tmp, started = started_early.process, started_early.tmp, started_early.started
+    else:
+        tmp = tempfile.TemporaryDirectory(prefix="provision-resolve-", dir=workdir)
+        try:
+            Path(tmp.name, "pyproject.toml").write_text(pyproject, encoding="utf-8")
+            if given is not None:
+                shutil.copyfile(given, Path(tmp.name, "pylock.toml"))
+            started = time.perf_counter()
+            process = subprocess.Popen(
+                [binary, *command],
+                cwd=tmp.name,
+                env=env,
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.PIPE,
+                text=True,
             )
-    tmp = tempfile.TemporaryDirectory(prefix="provision-resolve-", dir=workdir)
-    try:
-        Path(tmp.name, "pyproject.toml").write_text(pyproject, encoding="utf-8")
-        if given is not None:
-            shutil.copyfile(given, Path(tmp.name, "pylock.toml"))
-        started = time.perf_counter()
-        process = subprocess.Popen(
-            [binary, *command],
-            cwd=tmp.name,
-            env=env,
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
-    except BaseException:
-        tmp.cleanup()
-        raise
-    if early is not None:
-        early.save()  # while uv runs
+        except BaseException:
+            tmp.cleanup()
+            raise
+        if early is not None:
+            early.save()  # while uv runs
     return PendingResolution(
         process,
         tmp,
@@ -554,6 +542,7 @@ def start_resolve(
         flash_attn,
         timeout,
         started,
+        early=started_early is not None,
     )
 
 
