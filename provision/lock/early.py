@@ -20,6 +20,7 @@ environment is compared in memory only. A stored entry is checked for its shape 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import subprocess
@@ -192,7 +193,7 @@ def stamp(path: str) -> tuple[int, int, int] | None:
 
 
 # The input claim() found new, written by save() once the real uv runs (off the critical path).
-_unsaved: tuple[list[str], dict[str, Any]] | None = None
+_unsaved: tuple[list[str], dict[str, Any] | None] | None = None  # None: remove the stored one
 
 
 def claim(
@@ -207,7 +208,7 @@ def claim(
     and folder), else None after stopping it. `previous` is where the previous lock uv is given
     would be (None: none, as with --upgrade); it may not exist. When `saveable` (no credentials)
     and the input differs from what was stored, save() stores it for the next run of the same
-    arguments."""
+    arguments; when not `saveable`, it removes what was stored for them."""
     global _current, _unsaved
     early, _current = _current, None
     if early is None:
@@ -226,7 +227,9 @@ def claim(
     )
     if not same:
         early.close()
-    if saveable and {k: entry.get(k) for k in wanted} != wanted:
+    if not saveable and early.entry is not None:
+        _unsaved = (early.args, None)  # an input with credentials: forget the stored one
+    elif saveable and {k: entry.get(k) for k in wanted} != wanted:
         _unsaved = (early.args, wanted)
     return early if same else None
 
@@ -238,17 +241,21 @@ def save() -> None:
     if _unsaved is None:
         return
     (args, wanted), _unsaved = _unsaved, None
+    name, text = _key(args)
+    path = os.path.join(_cache_root(), f"{name}.json")
+    if wanted is None:  # not stored: it would only start a uv that is stopped again
+        with contextlib.suppress(OSError):
+            os.unlink(path)
+        return
     from provision.secrets import redact_text
 
-    name, text = _key(args)
     doc = json.dumps({"key": text, **wanted}, indent=1)
     if redact_text(doc) != doc:  # a URL with credentials: never on disk
         return
     try:
         from provision.atomic import atomic_write_text
 
-        folder = _cache_root()
-        os.makedirs(folder, mode=0o700, exist_ok=True)
-        atomic_write_text(os.path.join(folder, f"{name}.json"), doc, durable=False)
+        os.makedirs(_cache_root(), mode=0o700, exist_ok=True)
+        atomic_write_text(path, doc, durable=False)
     except OSError:
         pass

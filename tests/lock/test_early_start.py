@@ -136,7 +136,13 @@ def test_credentials_never_reach_the_stored_input(cache):
     early._current = early.EarlyStart(args, None)
     early.claim("uv", command, "[project]\n", {}, None, True)
     early.save()
-    assert "pw" not in next(cache.iterdir()).read_text()
+    stored = next(cache.iterdir())
+    assert "pw" not in stored.read_text()
+    # the same arguments resolved with credentials later: what was stored goes
+    early._current = early.EarlyStart(args, json.loads(stored.read_text()))
+    early.claim("uv", command, "[project]\n", {"UV_INDEX_X_PASSWORD": "pw"}, None, False)
+    early.save()
+    assert not stored.exists()
 
 
 def test_a_stored_input_that_would_run_uv_otherwise_is_refused():
