@@ -4,6 +4,7 @@ and a short one with another thread still running, exits as Python does."""
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 
@@ -32,8 +33,6 @@ entry()
 
 def _run(*argv: str, thread: bool = False) -> subprocess.CompletedProcess[str]:
     env = {"PROBE_THREAD": "1"} if thread else {}
-    import os
-
     return subprocess.run(
         [sys.executable, "-c", PROBE, *argv],
         capture_output=True,

@@ -16,8 +16,7 @@ import typer
 from typer.core import TyperGroup
 
 from provision import __version__
-from provision.cli.output import _STATE as output_state
-from provision.cli.output import note_command, use_json
+from provision.cli.output import note_command, short_run, use_json
 
 # Command name -> the module under provision.cli whose register(app) defines it, in the order
 # `provision --help` lists them.
@@ -112,8 +111,7 @@ class LazyGroup(TyperGroup):
     def resolve_command(self, ctx: Any, args: list[str]) -> Any:
         if args and args[0] in COMMANDS:
             note_command(args[0])  # the --json envelope's command, until its own flag says more
-        # one of the short commands: main.entry() skips the interpreter's teardown at exit
-        output_state["short"] = bool(args) and args[0] in COLLECTOR_OFF
+        short_run(bool(args) and args[0] in COLLECTOR_OFF)
         if collect_after_start and not (args and args[0] in COLLECTOR_OFF):
             import gc
 

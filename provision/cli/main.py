@@ -38,9 +38,9 @@ def entry() -> None:
         code: object = 0
     except SystemExit as exc:
         code = exc.code
-    from provision.cli.output import _STATE
+    from provision.cli.output import short_run
 
-    if not _STATE.get("short") or _other_threads():
+    if not short_run() or _other_threads():
         sys.exit(code)
     status = _status(code)
     import atexit

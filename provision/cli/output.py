@@ -44,6 +44,14 @@ def note_command(name: str) -> None:
     _STATE["command"] = name
 
 
+def short_run(short: bool | None = None) -> bool:
+    """Whether the command that runs is one of the short ones (app.COLLECTOR_OFF), which
+    main.entry() ends without the interpreter's teardown; `short` records it."""
+    if short is not None:
+        _STATE["short"] = short
+    return bool(_STATE.get("short"))
+
+
 def use_json(local: bool = False) -> bool:
     if local:
         _STATE["json"] = True

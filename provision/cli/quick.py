@@ -47,9 +47,9 @@ def run_quick(argv: Sequence[str]) -> bool:
         from provision.lock import early
 
         early.start(list(argv))
-    from provision.cli.output import _STATE, record_command
+    from provision.cli.output import record_command, short_run
 
-    _STATE["short"] = True  # a COLLECTOR_OFF command: main.entry() may leave quickly
+    short_run(True)  # lock is one of app.COLLECTOR_OFF: main.entry() may leave quickly
     record_command(name, bool(kwargs.get(grammar["json"], False)))
     import importlib
 

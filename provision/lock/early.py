@@ -130,7 +130,7 @@ def _valid(entry: Any, text: str) -> bool:
     )
 
 
-def start(args: list[str]) -> EarlyStart | None:
+def start(args: list[str]) -> None:
     """Start uv on the input stored for `provision ARGS` here, if any; remember the attempt
     (claim() saves the real input for next time). Never raises: a guess that cannot be made is
     no guess."""
@@ -144,9 +144,9 @@ def start(args: list[str]) -> EarlyStart | None:
             with open(os.path.join(_cache_root(), f"{name}.json"), encoding="utf-8") as handle:
                 entry = json.load(handle)
         except (OSError, UnicodeDecodeError, ValueError):
-            return early
+            return
         if not _valid(entry, text):
-            return early
+            return
         early.entry = entry
         from provision.uv import uv_bin, uv_env
 
@@ -170,10 +170,8 @@ def start(args: list[str]) -> EarlyStart | None:
             stderr=subprocess.PIPE,
             text=True,
         )
-        return early
     except Exception:  # noqa: BLE001 - a failed guess only loses the head start
         close()
-        return None
 
 
 def close() -> None:
