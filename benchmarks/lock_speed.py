@@ -19,7 +19,7 @@ with .venv/bin first on PATH, 0.5 s through pyenv's shims, which flattered the r
 provision runs as users run it, through its console script.
 
 Prints median and best seconds, the ratio provision / uv (target: at most 1.2) and the seconds
-provision adds (its Python start-up, about 0.3 s here, dominates when uv needs only 0.1 s).
+provision adds (its fixed cost, 50-100 ms here, dominates when uv needs only 0.02 s).
 "provision lock" runs as a re-lock with the same arguments does: uv starts on the input stored by
 the run before (provision/lock/early.py), which every timed run after the untimed warm-up finds;
 "lock, nothing stored" is the same command with an empty cache each run (as a first lock with
@@ -41,7 +41,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from benchmarks.timing import race, timed  # noqa: E402
+from benchmarks.timing import own_provision_cache, race, timed  # noqa: E402
 from provision.hardware.driver import DriverFacts  # noqa: E402
 from provision.profiles import load_profile  # noqa: E402
 from provision.torch_select import plan_torch  # noqa: E402
@@ -80,12 +80,7 @@ def base_env(work: Path) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("UV_INDEX", "PIP_"))}
     env.update({"UV_PYTHON_DOWNLOADS": "never", "NO_COLOR": "1", "PIP_CONFIG_FILE": os.devnull})
     env["PROVISION_LOCK_DIR"] = str(work / "locks")
-    # uv's own cache stays where it is (warm, and shared by every tool timed here); XDG_CACHE_HOME
-    # moves only provision's stored uv input (lock/early.py), which first_run empties
-    uv_cache = subprocess.run([uv_bin(), "cache", "dir"], capture_output=True, text=True, env=env)
-    env["UV_CACHE_DIR"] = uv_cache.stdout.strip()
-    env["XDG_CACHE_HOME"] = str(work / "cache")
-    return env
+    return own_provision_cache(env, work / "cache")  # first_run empties it
 
 
 def first_run(command: list[str], env: dict[str, str], cwd: Path, work: Path) -> float:

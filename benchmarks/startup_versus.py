@@ -26,6 +26,9 @@ import time
 from pathlib import Path
 
 NEW = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(NEW))
+
+from benchmarks.timing import own_provision_cache  # noqa: E402
 
 
 def main() -> None:
@@ -36,9 +39,7 @@ def main() -> None:
     args = parser.parse_args()
     trees = {"old": args.old.resolve(), "new": NEW}
     base_env = {**os.environ, "PIP_CONFIG_FILE": os.devnull, "UV_PYTHON_DOWNLOADS": "never"}
-    uv_cache = subprocess.run([sys.executable, "-m", "uv", "cache", "dir"], capture_output=True)
-    base_env["UV_CACHE_DIR"] = uv_cache.stdout.decode().strip()
-    base_env["XDG_CACHE_HOME"] = tempfile.mkdtemp(prefix="startup-versus-")
+    base_env = own_provision_cache(base_env, tempfile.mkdtemp(prefix="startup-versus-"))
     atexit.register(shutil.rmtree, base_env["XDG_CACHE_HOME"], True)
 
     def wall(tree: str, argv: list[str]) -> tuple[float, str]:

@@ -42,15 +42,9 @@ def _session_data_dir(tmp_path_factory: pytest.TempPathFactory) -> None:
     os.environ["PROVISION_DATA_DIR"] = str(tmp_path_factory.mktemp("provision-data"))
     # provision's own small caches too (a lock's stored uv input, provision/lock/early.py), while
     # uv keeps its own warm cache where it is
-    if not os.environ.get("UV_CACHE_DIR"):
-        import subprocess
+    from benchmarks.timing import own_provision_cache
 
-        from provision.uv import uv_bin
-
-        where = subprocess.run([uv_bin(), "cache", "dir"], capture_output=True, text=True)
-        if where.returncode == 0 and where.stdout.strip():
-            os.environ["UV_CACHE_DIR"] = where.stdout.strip()
-    os.environ["XDG_CACHE_HOME"] = str(tmp_path_factory.mktemp("xdg-cache"))
+    os.environ.update(own_provision_cache(dict(os.environ), tmp_path_factory.mktemp("xdg-cache")))
 
 
 @pytest.fixture(scope="session")
