@@ -538,13 +538,15 @@ def _check_context(
             "context.",
             f"{fewer} or --seq {limit} or less.",
         )
-    if engine is None or not engine.get("refuses_longer_context"):
+    # A paged engine refuses a length above the model's unless its table says otherwise (vLLM
+    # does, LMDeploy does not; SGLang, without a table, refuses a context_length above config's).
+    if engine is None or not engine.get("refuses_longer_context", True):
         return
     engine_limit = engine_max_len(profile, engine)
     if context > engine_limit:
         raise ProvisionError(
             f"--context {context} is longer than {profile.name}'s {engine_limit}-token context; "
-            f"{engine['name']} refuses a max_model_len above the model's.",
+            f"{engine.get('name', req.stack)} refuses a max_model_len above the model's.",
             f"Use --context {engine_limit} or less.",
         )
 

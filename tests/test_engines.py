@@ -228,6 +228,9 @@ def test_a_sample_longer_than_the_context_is_an_error():
         resolve_request(LLAVA, FitRequest(task="lora", seq=10000))
     with pytest.raises(ProvisionError, match="128000-token context.*max_model_len above"):
         resolve_request(QWEN7, FitRequest(stack="vllm", context=131072))
+    # SGLang has no engine table: it refuses a context_length above config.json's all the same
+    with pytest.raises(ProvisionError, match="128000-token context.*sglang refuses"):
+        resolve_request(QWEN7, FitRequest(stack="sglang", context=131072))
 
 
 @pytest.mark.parametrize("stack", ["vllm", "lmdeploy"])
@@ -253,6 +256,19 @@ def test_the_rope_factor_scales_vllm_s_default_length_and_not_lmdeploy_s():
     assert resolve_request(MLLAMA, FitRequest(stack="vllm")).context == 131072
     gemma = load_profile("gemma-3-12b-it")
     assert resolve_request(gemma, FitRequest(stack="vllm")).context == 131072
+    # the same, with the rope_scaling their config.json files carry (the curated profiles keep
+    # none; a derived one does): Llama 3.2's llama3 x8 and Gemma 3's linear x8 stay unscaled
+    for profile, kind in ((MLLAMA, "llama3"), (gemma, "linear")):
+        text = {**profile.text, "rope_type": kind, "rope_factor": 8.0}
+        scaled = replace(profile, data={**profile.data, "text": text})
+        assert resolve_request(scaled, FitRequest(stack="vllm")).context == 131072, kind
+    dynamic = {**internvl2.text, "rope_type": "dynamic", "rope_factor": 8.0}
+    assert (
+        resolve_request(
+            replace(internvl2, data={**internvl2.data, "text": dynamic}), FitRequest(stack="vllm")
+        ).context
+        == 32768 * 8
+    )
     # LMDeploy takes a longer session with a warning; vLLM refuses it
     assert resolve_request(internvl2, FitRequest(stack="lmdeploy", context=65536)).context == 65536
     with pytest.raises(ProvisionError, match="vllm refuses a max_model_len above"):
