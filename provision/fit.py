@@ -266,7 +266,9 @@ def check_fit(
         tp_note = tp_problem(profile, resolved.stack, machine.gpu_count)
         if tp_note:
             notes.append(tp_note)
-        for v in verdicts:
+        # An engine's need already counts what other processes hold (engine_check); for the
+        # others, memory held elsewhere is what can make a figure that fits fail now.
+        for v in verdicts if est.engine is None else ():
             if v.free is not None and v.free < v.need <= v.usable:
                 notes.append(
                     f"GPU {v.index} has only {_b(v.free)} free now: other processes hold the rest."

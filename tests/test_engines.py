@@ -646,6 +646,16 @@ def test_memory_other_processes_hold_counts_against_the_engines():
     assert crowded.usable == pytest.approx(machine.gpus[0].memory_total - 14 * GIB)
     # its cache share (0.8) is of 14 GiB less
     assert alone.need - crowded.need == pytest.approx(0.8 * 14 * GIB)
+    # the held memory is in the engine's need already: no note that it is short of free memory
+    roomy = replace(req, memory_fraction=0.9, context=8192)
+    half = replace(machine.gpus[0], memory_free=machine.gpus[0].memory_total - 40 * GIB)
+    held = check_fit(qwen3b, roomy, replace(machine, gpus=[half]))
+    assert held.verdict == "fits" and held.gpus[0].free < held.gpus[0].need
+    assert not [n for n in held.notes if "free now" in n]
+    # transformers sizes nothing from the card: there the note says why a fit may fail now
+    starved = replace(machine, gpus=[replace(machine.gpus[0], memory_free=2 * GIB)])
+    plain = check_fit(qwen3b, FitRequest(stack="transformers"), starved)
+    assert plain.verdict == "fits" and any("2.0 GiB free now" in n for n in plain.notes)
 
 
 def test_when_no_single_change_fits_the_levers_are_combined():
