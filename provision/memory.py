@@ -463,10 +463,17 @@ def resolve_request(profile: Profile, req: FitRequest) -> FitRequest:
     quant = req.quant or ("int4" if req.task == "qlora" else "bf16")
     from_setting = image_tokens_for(profile, req)
     stack_tiles = info.get("default_max_tiles")
-    tiled = "tokens_per_tile" in vision_family(profile)
-    if from_setting is None and req.image_tokens is None and stack_tiles and tiled:
-        # The stack's own default resolution (XTuner: the model's max_dynamic_patch).
-        from_setting = image_tokens_for(profile, replace(req, max_tiles=stack_tiles))
+    fam = vision_family(profile)
+    if (
+        from_setting is None
+        and req.image_tokens is None
+        and stack_tiles
+        and "tokens_per_tile" in fam
+    ):
+        # The stack's own default resolution (XTuner: the model's max_dynamic_patch), never
+        # above what the family takes (Llama 3.2 Vision: 4 tiles).
+        tiles = min(stack_tiles, fam.get("max_tiles", stack_tiles))
+        from_setting = image_tokens_for(profile, replace(req, max_tiles=tiles))
     # A resolved request keeps its setting and the tokens it gave, so resolving it again agrees.
     if req.image_tokens is not None and from_setting not in (None, req.image_tokens):
         raise ProvisionError(

@@ -369,6 +369,10 @@ def test_xtuner_uses_the_models_max_dynamic_patch_by_default():
     assert xtuner.image_tokens == 3328
     swift = resolve_request(internvl2, FitRequest(task="lora", stack="ms-swift"))
     assert swift.image_tokens == internvl2.image["tokens"]
+    # a family that takes fewer tiles gets its own largest, not an error about a --max-tiles 12
+    # nobody typed (Llama 3.2 Vision: 4 tiles)
+    mllama = resolve_request(MLLAMA, FitRequest(task="lora", stack="xtuner"))
+    assert mllama.image_tokens == resolve_request(MLLAMA, FitRequest(max_tiles=4)).image_tokens
 
 
 def test_llava_quick_start_loads_the_model_twice():
