@@ -181,7 +181,7 @@ def engine_check(est: Estimate, total: int, held: float = 0.0) -> tuple[float, f
     errors = info["errors"]
     # CUDA graphs are captured after the KV cache took its share: they come out of what the share
     # leaves of the card, not out of the share.
-    outside = eng.get("outside_share_bytes", 0.0)
+    outside = est.part("cuda graphs")
     # 0.8.5 counts every byte in use on the device that is not its own tensors (other processes
     # included) as its non-torch memory, inside the share (gpu_worker.determine_available_memory).
     non_kv += held - outside

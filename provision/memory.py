@@ -593,7 +593,7 @@ def estimate(profile: Profile, req: FitRequest, gpus: int = 1) -> Estimate:
     else:
         parts, strategy = _training(profile, req, gpus, info)
     ovh = coefficients()["overhead"]
-    transient = sum(p.bytes for p in parts if p.name in ("activations", "logits", "sampler"))
+    transient = sum(p.bytes for p in parts if p.name in ("activations", "logits"))
     if engine is not None and engine["name"] == "vllm":
         transient = 0.0  # vLLM's check takes torch's allocated peak: no allocator rounding
     overhead = ovh["context_gib"] * GIB + ovh["fragmentation"] * transient
@@ -703,6 +703,7 @@ def _engine(
             phase = max(phases, key=lambda name: phases[name])
             peak = phases[phase]
             phase = f"peak in {phase}"
+            out["profile_phases_bytes"] = phases
         out.update(
             runner=runner,
             max_num_batched_tokens=batched,
@@ -737,7 +738,7 @@ def _engine(
                 else "captured after the KV cache, outside the --memory-fraction share",
             ),
         ]
-        out.update(sampler_rows=rows, outside_share_bytes=graphs, activation_peak_bytes=peak)
+        out.update(sampler_rows=rows)
     else:  # LMDeploy: the vision model takes `vision_batch` images at a time
         share = req.cache_max_entry_count or eng["cache_max_entry_count"]
         tokens = min(req.seq * req.batch, c["overhead"]["engine_profile_tokens"])
