@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import shlex
 from dataclasses import dataclass, field
+from functools import cache
 from typing import Any
 
 from provision.errors import ProvisionError
@@ -197,11 +198,16 @@ def _trains(profile: Profile, stack: str, table: dict[str, Any] | None) -> bool:
     if "configs" in table:
         return profile.name in table["configs"]
     if table.get("architectures_from"):
-        from provision.resources import load_table
-
-        known = load_table(table["architectures_from"])["stack"][stack]["architectures"]
-        return profile.architecture in known
+        return profile.architecture in _architectures(table["architectures_from"], stack)
     return False
+
+
+@cache
+def _architectures(source: str, stack: str) -> frozenset[str]:
+    """The architectures `stack` registers, from its table (train_flags.toml: 54 KB, read once)."""
+    from provision.resources import load_table
+
+    return frozenset(load_table(source)["stack"][stack]["architectures"])
 
 
 def _config(profile: Profile, req: FitRequest, table: dict[str, Any], notes: list[str]) -> str:

@@ -325,6 +325,8 @@ def _check_semantics(data: dict[str, Any], path: Path) -> None:
         raise ProfileError(path, "text.config_max_len", "must not be below text.max_context")
     if ("rope_type" in text) != ("rope_factor" in text):
         raise ProfileError(path, "text.rope_factor", "rope_type and rope_factor go together")
+    if text.get("rope_factor", 1) <= 0:
+        raise ProfileError(path, "text.rope_factor", "must be positive")
     if "infer" not in data["tasks"]:
         raise ProfileError(path, "tasks.infer", "missing table (every profile can at least infer)")
     for task, spec in data["tasks"].items():

@@ -88,6 +88,25 @@ def _bad(tmp_path: Path, old: str, new: str) -> Path:
         # issue 11: zero bytes of weights "fit" anything
         ("bytes = 4417971200", "bytes = 0", "weights.bytes", "must be positive"),
         ("total = 2208985600", "total = 0", "params.total", "must be positive"),
+        # what a serving engine reads when given no length (issue 12)
+        (
+            "max_context = 32768",
+            "max_context = 32768\nconfig_max_len = 4096",
+            "text.config_max_len",
+            "must not be below",
+        ),
+        (
+            "max_context = 32768",
+            'max_context = 32768\nrope_type = "linear"',
+            "text.rope_factor",
+            "go together",
+        ),
+        (
+            "max_context = 32768",
+            'max_context = 32768\nrope_type = "linear"\nrope_factor = 0',
+            "text.rope_factor",
+            "must be positive",
+        ),
     ],
 )
 def test_bad_profile_names_file_key_and_reason(tmp_path, old, new, key, reason):
