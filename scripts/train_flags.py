@@ -32,10 +32,11 @@ import sys
 import zipfile
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from provision.resources import load_table  # noqa: E402
-
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+from provision.resources import load_table  # noqa: E402
+from scripts.engine_flags import _options  # noqa: E402 - the same argparse reading
+
 OUT = ROOT / "provision" / "data" / "train_flags.toml"
 FIXTURE = ROOT / "tests" / "fixtures" / "llamafactory-0.9.2-templates.json"
 
@@ -111,18 +112,6 @@ class Source:
                     continue
                 out.append(node.target.id)
         return out
-
-
-def _options(tree: ast.AST) -> list[str]:
-    out = []
-    for call in ast.walk(tree):
-        if isinstance(call, ast.Call) and getattr(call.func, "attr", "") == "add_argument":
-            out += [
-                a.value
-                for a in call.args
-                if isinstance(a, ast.Constant) and isinstance(a.value, str) and a.value[0] == "-"
-            ]
-    return out
 
 
 def _config_keys(tree: ast.Module) -> dict[str, object]:

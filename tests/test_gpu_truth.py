@@ -34,12 +34,16 @@ def test_shapes_parse_and_bad_ones_are_named():
             gpu_truth.parse_shapes([bad])
 
 
-def test_cli_rejects_bad_input_and_cuda_without_a_gpu(capsys):
+def test_cli_rejects_bad_input_and_cuda_without_a_gpu(capsys, monkeypatch):
     # As a script (its start-up path) for the bad shape; the rest in-process (the script's
     # child would import torch again only to say the same through argparse).
     run = [sys.executable, "benchmarks/gpu_truth.py"]
     bad = subprocess.run([*run, "--shapes", "big"], capture_output=True, text=True, timeout=120)
     assert bad.returncode == 2 and "--shapes 'big' is not BATCHxTOKENS" in bad.stderr
+    # no GPU, as here: on a machine with one, `main([])` would start the whole kit instead
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     for argv, said in [
         ([], "--device cpu --tiny"),
         (["--only", "qwen9-vl"], "--only/--skip: no profile qwen9-vl"),
