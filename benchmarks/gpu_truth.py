@@ -67,24 +67,26 @@ if str(ROOT) not in sys.path:
 from benchmarks.trace_oracle import (  # noqa: E402
     ARCH,
     RESULTS,
+    STACK,
     add_lora,
     build_config,
     checkpointing_on,
     default_seq,
     estimate_image_tokens,
-    estimate_terms,
+    estimate_run,
     image_inputs,
     model_class,
     probe_profile,
+    tensor_terms,
     versions,
     vision_params,
+    write_results,
 )
 from provision.profiles import list_profiles, load_profile  # noqa: E402
 
 GIB = 1024**3
 OUT = ROOT / "benchmarks" / "results" / "gpu_truth.json"
 TASKS = ("infer", "lora")
-STACK = {"infer": "transformers", "lora": "peft"}
 LORA_RANK = 8
 # Under --tiny (the CPU check) one image of few tokens: Qwen 8 x 8 patches, one InternVL tile,
 # one SmolVLM crop (the other families' image sizes are fixed by their config), and 32 text
@@ -401,18 +403,14 @@ def estimated(
     """Provision's estimate of the run built: the profile with the build's shape and parameter
     counts (trace_oracle.probe_profile), its tensor terms (what max_memory_allocated counts) and
     its whole per-GPU figure (what NVML counts)."""
-    from provision.memory import FitRequest, estimate
-
     profile = load_profile(name)
     probe = probe_profile(profile, cfg, measured)
     tokens = estimate_image_tokens(profile, measured)
-    terms = estimate_terms(probe, task, batch, seq, images=1, image_tokens=tokens)
-    req = FitRequest(task=task, stack=STACK[task], batch=batch, seq=seq, images=1,
-                     image_tokens=tokens, zero=0)  # fmt: skip
+    est = estimate_run(probe, task, batch, seq, images=1, image_tokens=tokens)
     return {
         "image_tokens": tokens,
-        "tensors_gib": _gib(sum(terms.values())),
-        "per_gpu_gib": _gib(estimate(probe, req).per_gpu),
+        "tensors_gib": _gib(sum(tensor_terms(est).values())),
+        "per_gpu_gib": _gib(est.per_gpu),
     }
 
 
@@ -469,13 +467,6 @@ def table(runs: list[dict[str, Any]]) -> str:
 
 def _log(msg: str) -> None:
     print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
-
-
-def _write(doc: dict[str, Any], out: Path) -> None:
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(out.name + ".tmp")
-    tmp.write_text(json.dumps(doc, indent=1) + "\n")
-    tmp.replace(out)
 
 
 def _picked(name: str, task: str, patterns: list[str] | None) -> bool:
@@ -557,7 +548,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             rate = step_flops(m["params"], batch, seq, task) / max(m["step_s"], 1e-3)
             best_rate = flops_rate = max(best_rate, rate)
         doc["seconds"] = round(time.perf_counter() - started, 1)
-        _write(doc, args.out)
+        write_results(doc, args.out)
         _log(f"{i}/{len(todo)} {key}: {m['status']} in {m['seconds']:.1f} s  "
              + table([row]).splitlines()[-1])  # fmt: skip
     doc["seconds"] = round(time.perf_counter() - started, 1)
@@ -678,7 +669,7 @@ def main(argv: list[str] | None = None) -> int:
             parser.error("--device cuda: no CUDA device here; use --device cpu --tiny to check")
     args.out = args.out.resolve()
     doc = run(args)
-    _write(doc, args.out)
+    write_results(doc, args.out)
     print(table(doc["runs"]))
     for s in doc["skipped"]:
         print(f"skipped: {s}")

@@ -696,31 +696,42 @@ def probe_profile(profile: Any, cfg: Any, traced: dict[str, Any]) -> Any:
 
 
 SKIP = ("overhead", "training reserve", "deepspeed buffers", "cpu offload")
+# The stack a traced run is: plain transformers for inference, PEFT for the rest.
+STACK = {"infer": "transformers", "lora": "peft", "qlora": "peft", "full": "peft"}
+
+
+def estimate_run(
+    profile: Any, task: str, batch: int, seq: int, images: int = 0, image_tokens: int | None = None
+) -> Any:
+    """provision's estimate of the traced run (one GPU, no ZeRO)."""
+    from provision.memory import FitRequest, estimate
+
+    req = FitRequest(
+        task=task, stack=STACK[task], batch=batch, seq=seq, images=images,
+        image_tokens=image_tokens, zero=0,
+    )  # fmt: skip
+    return estimate(profile, req)
+
+
+def tensor_terms(est: Any) -> dict[str, float]:
+    """An estimate's tensor terms: everything but the CUDA context / fragmentation overhead and
+    the training reserve, which a trace cannot see."""
+    return {c.name: c.bytes for c in est.components if c.name not in SKIP}
 
 
 def estimate_terms(
     profile: Any, task: str, batch: int, seq: int, images: int = 0, image_tokens: int | None = None
 ) -> dict[str, float]:
-    """The estimate's tensor terms for the same run: everything but the CUDA context /
-    fragmentation overhead and the training reserve, which a trace cannot see."""
-    from provision.memory import FitRequest, estimate
-
-    stack = "transformers" if task == "infer" else "peft"
-    req = FitRequest(
-        task=task, stack=stack, batch=batch, seq=seq, images=images, image_tokens=image_tokens,
-        zero=0,
-    )  # fmt: skip
-    est = estimate(profile, req)
-    return {c.name: c.bytes for c in est.components if c.name not in SKIP}
+    """The estimate's tensor terms for the same run."""
+    return tensor_terms(estimate_run(profile, task, batch, seq, images, image_tokens))
 
 
 def estimate_vision(profile: Any, task: str, batch: int, seq: int, image_tokens: int) -> float:
     """The estimate's vision-tower term for the same run (part of its activations)."""
     from provision.memory import FitRequest, resolve_request, vision_bytes
 
-    stack = "transformers" if task == "infer" else "peft"
     req = FitRequest(
-        task=task, stack=stack, batch=batch, seq=seq, image_tokens=image_tokens, zero=0
+        task=task, stack=STACK[task], batch=batch, seq=seq, image_tokens=image_tokens, zero=0
     )
     return vision_bytes(profile, resolve_request(profile, req), batch, train=False)
 
@@ -877,7 +888,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.reestimate:
         doc = json.loads(RESULTS.read_text())
         doc["rows"] = [reestimate(r) for r in doc["rows"]]
-        _write(doc)
+        write_results(doc)
         print(table(doc["rows"]))
         return 0
     if args.table:
@@ -909,14 +920,16 @@ def main(argv: list[str] | None = None) -> int:
             "versions": versions(),
             "rows": kept + rows,
         }
-        _write(doc)
+        write_results(doc)
     return 0
 
 
-def _write(doc: dict[str, Any]) -> None:
-    tmp = RESULTS.with_suffix(".tmp")
+def write_results(doc: dict[str, Any], out: Path = RESULTS) -> None:
+    """`doc` as indented JSON at `out`, whole or not at all (written beside it, then moved)."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(out.name + ".tmp")
     tmp.write_text(json.dumps(doc, indent=1) + "\n")
-    tmp.replace(RESULTS)
+    tmp.replace(out)
 
 
 if __name__ == "__main__":
