@@ -44,9 +44,10 @@ def lmdeploy_backend(profile: Profile, eng: dict[str, Any]) -> str:
 
 def vllm_defaults(eng: dict[str, Any], runner: str, req: FitRequest) -> tuple[int, int]:
     """(max_num_batched_tokens, max_num_seqs) `vllm serve` takes when not given: V1's depend on
-    the card (stacks.toml [stack.vllm.engine.v1_defaults]); V0 takes 256 sequences."""
+    the card (stacks.toml [stack.vllm.engine.v1_defaults]); V0 takes 256 sequences and batches
+    a whole context, at least v0_min_batched_tokens (`req` is resolved: its context is set)."""
     if runner.startswith("V0"):
-        return eng["v0_min_batched_tokens"], eng["max_num_seqs"]
+        return max(req.context or 0, eng["v0_min_batched_tokens"]), eng["max_num_seqs"]
     table = eng["v1_defaults"]
     large = req.card_bytes is None or req.card_bytes >= table["large_card_gib"] * GIB
     chosen = table["large" if large else "small"]
@@ -649,9 +650,7 @@ def _engine(
         default_batched, default_seqs = vllm_defaults(eng, runner, req)
         seqs = req.max_num_seqs or default_seqs
         out["max_num_seqs"] = seqs
-        batched = req.max_batched_tokens or (
-            max(req.context, eng["v0_min_batched_tokens"]) if v0 else default_batched
-        )
+        batched = req.max_batched_tokens or default_batched
         window = t.get("sliding_window")
         if window and eng.get("sliding_kv_adds_batched"):
             # V1 counts a sliding layer at its window plus the batch; V0's check compares the
