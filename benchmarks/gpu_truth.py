@@ -18,8 +18,8 @@ for NVML's figures, optional):
      position, or of all where the profile's generate keeps them); the estimate models no decode;
    - lora: two steps of LoRA rank 8 on every linear of the decoder layers (trace_oracle.add_lora:
      PEFT's fp32 adapters fed an fp32 copy of the input), vision tower and projector frozen,
-     gradient checkpointing, the loss over all positions, AdamW: what provision's estimate
-     assumes for the peft stack; the second step is the steady one;
+     gradient checkpointing, the loss over the text positions (image tokens masked), AdamW:
+     what provision's estimate assumes for the peft stack; the second step is the steady one;
    and records torch.cuda.max_memory_allocated, max_memory_reserved (peaks reset before each
    run) and NVML's used memory for this process right after it, next to provision's estimate of
    the same run (`provision check --json` with the same task, stack, batch, tokens and image

@@ -14,6 +14,7 @@ from dataclasses import replace
 from pathlib import Path
 
 import pytest
+import yaml
 
 from provision.launch import launch_for
 from provision.memory import FitRequest, resolve_request, stacks
@@ -288,17 +289,6 @@ def test_a_missing_xtuner_config_is_a_placeholder_not_a_model_xtuner_cannot_trai
 EXAMPLES = Path(__file__).parent / "fixtures" / "launch-examples"  # copied from the tags
 
 
-def _yaml_keys(path: Path) -> dict[str, str]:
-    """The flat `key: value` pairs of a LLaMA-Factory example (each key is a parser option)."""
-    pairs = {}
-    for raw in path.read_text("utf-8").splitlines():
-        line = raw.split("#", 1)[0].strip()
-        if line and ":" in line:
-            key, _, value = line.partition(":")
-            pairs[key.strip()] = value.strip()
-    return pairs
-
-
 @pytest.mark.parametrize(
     ("example", "profile"),
     [("qwen2vl_lora_sft", "qwen2-vl-2b"), ("llava1_5_lora_sft", "llava-1.5-7b-hf")],
@@ -307,7 +297,7 @@ def test_llama_factory_s_own_examples_agree_with_the_line(example, profile):
     """LLaMA-Factory 0.9.2's example for the family trains on mllm_demo with the template the line
     names, and every key the example sets is an option in train_flags.toml (the table is not
     missing what the project itself uses)."""
-    keys = _yaml_keys(EXAMPLES / f"llamafactory-0.9.2-{example}.yaml")
+    keys = yaml.safe_load((EXAMPLES / f"llamafactory-0.9.2-{example}.yaml").read_text("utf-8"))
     launch = _launch(load_profile(profile), FitRequest(task="lora", stack="llama-factory"))
     assert launch.template == keys["template"]
     assert launch.dataset in keys["dataset"].split(",")
